@@ -1,0 +1,516 @@
+//! The replicated state and the deterministic rules that change it.
+//!
+//! [`State::apply_request`] is the whole business logic of the log: it is a pure function of
+//! the state and the entry (no clock, no randomness, only ordered maps), so every node that
+//! applies the same log reaches the same state. Every change it makes is also recorded as a row
+//! operation, which the state machine writes to RocksDB in the same batch as `last_applied`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::command::{ApplyError, Applied, Command, CommandResult, Condition, Envelope, Request};
+use crate::{LogId, StoredMembership};
+
+/// Retention bounds. They must be the same on every node, since eviction is part of `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// How many changes the history keeps (oldest evicted first).
+    pub history: usize,
+    /// How many idempotency keys are remembered (oldest evicted first).
+    pub idempotency_keys: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self { history: 100_000, idempotency_keys: 100_000 }
+    }
+}
+
+/// A flag or segment as stored: its JSON definition and who changed it last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Revision of the item's last change.
+    pub version: u64,
+    /// The definition as JSON text (postcard cannot carry `serde_json::Value`).
+    pub definition: String,
+    pub updated_at_ms: u64,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub version: u64,
+    pub description: String,
+    /// Revision of the latest change to anything in this namespace.
+    pub last_change: u64,
+    pub flags: BTreeMap<String, Item>,
+    pub segments: BTreeMap<String, Item>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Namespace,
+    Flag,
+    Segment,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Namespace => "namespace",
+            ChangeKind::Flag => "flag",
+            ChangeKind::Segment => "segment",
+        }
+    }
+}
+
+/// One entry of the change history (audit log and watch replay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    /// The namespace's previous change, so a reader can see a gap.
+    pub prev_revision: u64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub ns: String,
+    pub kind: ChangeKind,
+    pub key: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    seq: u64,
+    fingerprint: String,
+    result: CommandResult,
+}
+
+/// Small fields persisted as one row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    revision: u64,
+    clock_ms: u64,
+    idempotency_seq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct NamespaceHeader {
+    version: u64,
+    description: String,
+    last_change: u64,
+}
+
+/// The whole replicated state. Also the snapshot payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    meta: Meta,
+    namespaces: BTreeMap<String, Namespace>,
+    history: VecDeque<Change>,
+    idempotency: BTreeMap<String, IdempotencyRecord>,
+    /// Keys in insertion order, for first-in-first-out eviction.
+    idempotency_order: VecDeque<String>,
+}
+
+/// A pending write to the state-machine column family: `None` deletes the row.
+pub(crate) type RowOp = (Vec<u8>, Option<Vec<u8>>);
+
+const META_KEY: &[u8] = b"m";
+
+fn ns_key(ns: &str) -> Vec<u8> {
+    [b"n:", ns.as_bytes()].concat()
+}
+fn item_key(kind: ChangeKind, ns: &str, key: &str) -> Vec<u8> {
+    let tag: &[u8] = if kind == ChangeKind::Flag { b"f:" } else { b"s:" };
+    [tag, ns.as_bytes(), b"\0", key.as_bytes()].concat()
+}
+fn history_key(revision: u64) -> Vec<u8> {
+    [b"h:".as_slice(), &revision.to_be_bytes()].concat()
+}
+fn idem_key(scope: &str) -> Vec<u8> {
+    [b"i:", scope.as_bytes()].concat()
+}
+
+fn encode_row<T: Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain owned data into a Vec cannot fail.
+    codec::encode(v).unwrap_or_default()
+}
+
+impl State {
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.meta.last_applied
+    }
+    pub fn membership(&self) -> &StoredMembership {
+        &self.meta.membership
+    }
+    /// The cluster revision: +1 per applied change, never reused.
+    pub fn revision(&self) -> u64 {
+        self.meta.revision
+    }
+    pub fn namespaces(&self) -> &BTreeMap<String, Namespace> {
+        &self.namespaces
+    }
+    pub fn namespace(&self, ns: &str) -> Option<&Namespace> {
+        self.namespaces.get(ns)
+    }
+    /// The retained history, oldest first.
+    pub fn history(&self) -> &VecDeque<Change> {
+        &self.history
+    }
+
+    pub(crate) fn set_applied(&mut self, log_id: LogId, rows: &mut Vec<RowOp>) {
+        self.meta.last_applied = Some(log_id);
+        rows.push((META_KEY.to_vec(), Some(encode_row(&self.meta))));
+    }
+
+    pub(crate) fn set_membership(&mut self, m: StoredMembership) {
+        self.meta.membership = m;
+    }
+
+    /// Applies one log entry's commands; returns one result per command and appends the row
+    /// operations that persist the change (the caller adds `last_applied`).
+    pub(crate) fn apply_request(
+        &mut self,
+        req: &Request,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> Vec<CommandResult> {
+        self.meta.clock_ms = self.meta.clock_ms.max(req.proposed_at_ms);
+        req.commands.iter().map(|env| self.apply_envelope(env, limits, rows)).collect()
+    }
+
+    fn apply_envelope(&mut self, env: &Envelope, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+        if let Some(idem) = &env.idempotency {
+            if let Some(rec) = self.idempotency.get(&idem.scope) {
+                if rec.fingerprint != idem.fingerprint {
+                    return Err(ApplyError::IdempotencyKeyReused);
+                }
+                return rec.result.clone().map(|a| Applied { replayed: true, ..a });
+            }
+        }
+        let result = self.apply_command(&env.command, &env.actor, limits, rows);
+        if let Some(idem) = &env.idempotency {
+            self.meta.idempotency_seq += 1;
+            let rec = IdempotencyRecord {
+                seq: self.meta.idempotency_seq,
+                fingerprint: idem.fingerprint.clone(),
+                result: result.clone(),
+            };
+            rows.push((idem_key(&idem.scope), Some(encode_row(&rec))));
+            self.idempotency.insert(idem.scope.clone(), rec);
+            self.idempotency_order.push_back(idem.scope.clone());
+            while self.idempotency_order.len() > limits.idempotency_keys {
+                if let Some(old) = self.idempotency_order.pop_front() {
+                    self.idempotency.remove(&old);
+                    rows.push((idem_key(&old), None));
+                }
+            }
+        }
+        result
+    }
+
+    fn apply_command(&mut self, cmd: &Command, actor: &str, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+        match cmd {
+            Command::PutNamespace { ns, description, condition } => {
+                let current = self.namespaces.get(ns).map(|n| n.version);
+                check(*condition, current)?;
+                let revision = self.meta.revision + 1;
+                let entry = self.namespaces.entry(ns.clone()).or_default();
+                let before = current.map(|_| entry.description.clone());
+                entry.version = revision;
+                entry.description = description.clone();
+                self.finish_change(ChangeKind::Namespace, ns, ns, actor, before, Some(description.clone()), limits, rows)
+            }
+            Command::DeleteNamespace { ns, condition } => {
+                let current = self.namespaces.get(ns).map(|n| n.version);
+                if current.is_none() && *condition == Condition::None {
+                    return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
+                }
+                check(*condition, current)?;
+                let Some(removed) = self.namespaces.remove(ns) else {
+                    return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
+                };
+                for key in removed.flags.keys() {
+                    rows.push((item_key(ChangeKind::Flag, ns, key), None));
+                }
+                for key in removed.segments.keys() {
+                    rows.push((item_key(ChangeKind::Segment, ns, key), None));
+                }
+                rows.push((ns_key(ns), None));
+                let revision = self.meta.revision + 1;
+                self.meta.revision = revision;
+                let change = Change {
+                    revision,
+                    prev_revision: removed.last_change,
+                    at_ms: self.meta.clock_ms,
+                    actor: actor.to_string(),
+                    ns: ns.clone(),
+                    kind: ChangeKind::Namespace,
+                    key: ns.clone(),
+                    before: Some(removed.description),
+                    after: None,
+                };
+                self.record(change, limits, rows);
+                Ok(Applied { revision, replayed: false })
+            }
+            Command::PutFlag { ns, key, definition, condition } => {
+                self.put_item(ChangeKind::Flag, ns, key, definition, *condition, actor, limits, rows)
+            }
+            Command::PutSegment { ns, key, definition, condition } => {
+                self.put_item(ChangeKind::Segment, ns, key, definition, *condition, actor, limits, rows)
+            }
+            Command::DeleteFlag { ns, key, condition } => {
+                self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)
+            }
+            Command::DeleteSegment { ns, key, condition } => {
+                self.delete_item(ChangeKind::Segment, ns, key, *condition, actor, limits, rows)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_item(
+        &mut self,
+        kind: ChangeKind,
+        ns: &str,
+        key: &str,
+        definition: &str,
+        condition: Condition,
+        actor: &str,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
+        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        check(condition, items.get(key).map(|i| i.version))?;
+        check_references(ns, space, kind, key, definition)?;
+
+        let revision = self.meta.revision + 1;
+        let item = Item {
+            version: revision,
+            definition: definition.to_string(),
+            updated_at_ms: self.meta.clock_ms,
+            updated_by: actor.to_string(),
+        };
+        rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+        let before = items.insert(key.to_string(), item).map(|old| old.definition);
+        self.finish_change(kind, ns, key, actor, before, Some(definition.to_string()), limits, rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn delete_item(
+        &mut self,
+        kind: ChangeKind,
+        ns: &str,
+        key: &str,
+        condition: Condition,
+        actor: &str,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
+        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        let current = items.get(key).map(|i| i.version);
+        if current.is_none() && condition == Condition::None {
+            return Err(ApplyError::NotFound { ns: ns.to_string(), kind: kind.as_str().to_string(), key: key.to_string() });
+        }
+        check(condition, current)?;
+        if kind == ChangeKind::Segment {
+            let users = segment_users(space, key);
+            if !users.is_empty() {
+                return Err(ApplyError::SegmentInUse { segment: key.to_string(), users });
+            }
+        }
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+        let before = items.remove(key).map(|old| old.definition);
+        rows.push((item_key(kind, ns, key), None));
+        self.finish_change(kind, ns, key, actor, before, None, limits, rows)
+    }
+
+    /// Bumps the revision, stamps the namespace and records the change.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_change(
+        &mut self,
+        kind: ChangeKind,
+        ns: &str,
+        key: &str,
+        actor: &str,
+        before: Option<String>,
+        after: Option<String>,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
+        let revision = self.meta.revision + 1;
+        self.meta.revision = revision;
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let prev_revision = space.last_change;
+        space.last_change = revision;
+        let header = NamespaceHeader {
+            version: space.version,
+            description: space.description.clone(),
+            last_change: revision,
+        };
+        rows.push((ns_key(ns), Some(encode_row(&header))));
+        let change = Change {
+            revision,
+            prev_revision,
+            at_ms: self.meta.clock_ms,
+            actor: actor.to_string(),
+            ns: ns.to_string(),
+            kind,
+            key: key.to_string(),
+            before,
+            after,
+        };
+        self.record(change, limits, rows);
+        Ok(Applied { revision, replayed: false })
+    }
+
+    fn record(&mut self, change: Change, limits: StateLimits, rows: &mut Vec<RowOp>) {
+        rows.push((history_key(change.revision), Some(encode_row(&change))));
+        self.history.push_back(change);
+        while self.history.len() > limits.history {
+            if let Some(old) = self.history.pop_front() {
+                rows.push((history_key(old.revision), None));
+            }
+        }
+    }
+
+    /// Every row that persists this state (used when a snapshot is installed).
+    pub(crate) fn all_rows(&self) -> Vec<RowOp> {
+        let mut rows = vec![(META_KEY.to_vec(), Some(encode_row(&self.meta)))];
+        for (name, space) in &self.namespaces {
+            let header = NamespaceHeader {
+                version: space.version,
+                description: space.description.clone(),
+                last_change: space.last_change,
+            };
+            rows.push((ns_key(name), Some(encode_row(&header))));
+            for (key, item) in &space.flags {
+                rows.push((item_key(ChangeKind::Flag, name, key), Some(encode_row(item))));
+            }
+            for (key, item) in &space.segments {
+                rows.push((item_key(ChangeKind::Segment, name, key), Some(encode_row(item))));
+            }
+        }
+        for change in &self.history {
+            rows.push((history_key(change.revision), Some(encode_row(change))));
+        }
+        for (scope, rec) in &self.idempotency {
+            rows.push((idem_key(scope), Some(encode_row(rec))));
+        }
+        rows
+    }
+
+    /// Rebuilds the state from the rows written by [`State::apply_request`] and
+    /// [`State::all_rows`], in key order.
+    pub(crate) fn from_rows<'a>(rows: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<State, codec::CodecError> {
+        let mut state = State::default();
+        let mut idem: Vec<(u64, String)> = Vec::new();
+        for (key, value) in rows {
+            let (tag, rest) = key.split_at(key.len().min(2));
+            match tag {
+                b"n:" => {
+                    let h: NamespaceHeader = codec::decode(value)?;
+                    let space = state.namespaces.entry(String::from_utf8_lossy(rest).into_owned()).or_default();
+                    space.version = h.version;
+                    space.description = h.description;
+                    space.last_change = h.last_change;
+                }
+                b"f:" | b"s:" => {
+                    let item: Item = codec::decode(value)?;
+                    let mut parts = rest.splitn(2, |b| *b == 0);
+                    let ns = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let space = state.namespaces.entry(ns).or_default();
+                    if tag == b"f:" {
+                        space.flags.insert(name, item);
+                    } else {
+                        space.segments.insert(name, item);
+                    }
+                }
+                b"h:" => state.history.push_back(codec::decode(value)?),
+                b"i:" => {
+                    let rec: IdempotencyRecord = codec::decode(value)?;
+                    let scope = String::from_utf8_lossy(rest).into_owned();
+                    idem.push((rec.seq, scope.clone()));
+                    state.idempotency.insert(scope, rec);
+                }
+                _ if key == META_KEY => state.meta = codec::decode(value)?,
+                _ => {}
+            }
+        }
+        idem.sort();
+        state.idempotency_order = idem.into_iter().map(|(_, s)| s).collect();
+        Ok(state)
+    }
+}
+
+/// Decides a precondition against the item's current version.
+fn check(condition: Condition, current: Option<u64>) -> Result<(), ApplyError> {
+    match (condition, current) {
+        (Condition::None, _) => Ok(()),
+        (Condition::IfMatch(want), Some(have)) if want == have => Ok(()),
+        (Condition::CreateOnly, None) => Ok(()),
+        _ => Err(ApplyError::PreconditionFailed { current }),
+    }
+}
+
+fn parse(definition: &str) -> serde_json::Value {
+    // The node validated the text before proposal; if it still does not parse, treat it as a
+    // rule with no references (deterministic on every node).
+    serde_json::from_str(definition).unwrap_or(serde_json::Value::Null)
+}
+
+fn references(kind: ChangeKind, definition: &str) -> BTreeSet<String> {
+    let value = parse(definition);
+    if kind == ChangeKind::Flag {
+        flagstaff_flags::flag_refs(&value)
+    } else {
+        flagstaff_flags::rule_refs(&value)
+    }
+}
+
+/// `$ref` targets must exist, and a segment must not close a cycle.
+fn check_references(ns: &str, space: &Namespace, kind: ChangeKind, key: &str, definition: &str) -> Result<(), ApplyError> {
+    let refs = references(kind, definition);
+    let path = if kind == ChangeKind::Flag { "targeting" } else { "rule" };
+    for name in &refs {
+        let exists = space.segments.contains_key(name) || (kind == ChangeKind::Segment && name == key);
+        if !exists {
+            return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: path.to_string(), segment: name.clone() });
+        }
+    }
+    if kind == ChangeKind::Segment && !refs.is_empty() {
+        let mut rules: BTreeMap<String, serde_json::Value> =
+            space.segments.iter().map(|(k, item)| (k.clone(), parse(&item.definition))).collect();
+        rules.insert(key.to_string(), parse(definition));
+        if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
+            return Err(ApplyError::SegmentCycle { cycle });
+        }
+    }
+    Ok(())
+}
+
+/// Flags and segments whose definitions reference `segment`.
+fn segment_users(space: &Namespace, segment: &str) -> Vec<String> {
+    let flags = space
+        .flags
+        .iter()
+        .filter(|(_, item)| references(ChangeKind::Flag, &item.definition).contains(segment))
+        .map(|(k, _)| format!("flag {k}"));
+    let segments = space
+        .segments
+        .iter()
+        .filter(|(k, item)| k.as_str() != segment && references(ChangeKind::Segment, &item.definition).contains(segment))
+        .map(|(k, _)| format!("segment {k}"));
+    flags.chain(segments).collect()
+}
+

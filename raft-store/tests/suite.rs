@@ -1,0 +1,20 @@
+//! openraft's storage conformance suite against the real RocksDB store.
+
+use flagstaff_raft_store::{open, LogStore, StateLimits, StateMachine, StorageError, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+
+struct RocksBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = open(dir.path(), StateLimits::default()).expect("open store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(RocksBuilder)?;
+    Ok(())
+}
