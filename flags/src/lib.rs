@@ -1,25 +1,39 @@
 //! `flagstaff-flags`: the flag model shared by the Flagstaff node and SDK.
 //!
-//! Pure: no I/O, no async, no clock (the evaluation time is passed in). One implementation
-//! decides what a user sees, so the service and the application can never disagree.
+//! Pure: no I/O, no async, no clock (the evaluation time is passed in with the [`Context`]).
+//! One implementation decides what a user sees, so the service and the application can never
+//! disagree.
 //!
-//! - Validation of flagd-compatible definitions, every fault with its JSON path:
-//!   [`validate_flag`], [`validate_segment`], [`validate_document`], plus `$ref` helpers
+//! - **Validation** of flagd-compatible definitions, every fault with its JSON path:
+//!   [`validate_flag`], [`validate_segment`], [`validate_document`], and the `$ref` helpers
 //!   [`flag_refs`], [`rule_refs`], [`find_ref_cycle`].
+//! - **Evaluation**: [`FlagSet`] compiles flags and segments once; [`FlagSet::boolean`],
+//!   [`FlagSet::string`], [`FlagSet::integer`], [`FlagSet::float`], [`FlagSet::object`] and the
+//!   untyped [`FlagSet::resolve`] return value, variant, [`Reason`], [`ErrorCode`] and metadata.
+//! - **Bucketing**: `fractional` hashes exactly as flagd's daemon ([`murmur3_x86_32`] with seed 0,
+//!   `bucket = (hash * total_weight) >> 32`); frozen by `tests/cases/bucketing.json`.
 //!
-//! No function of this crate panics on any input JSON.
+//! Guarantees: no function of this crate panics on any input JSON; evaluation allocates
+//! nothing for boolean and numeric results (checked by `tests/no_alloc.rs`).
 
+mod compiled_rule;
+mod context;
+mod evaluation;
 mod fault;
-#[allow(dead_code)] // evaluation uses the rest; it lands next
 mod flag;
+mod flag_set;
+mod murmur3;
 mod refs;
-#[allow(dead_code)]
 mod rule;
-#[allow(dead_code)]
 mod semver;
 mod validate;
 
+pub use compiled_rule::CompiledRule;
+pub use context::Context;
+pub use evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
 pub use fault::Fault;
 pub use flag::{CompiledFlag, VariantType};
+pub use flag_set::FlagSet;
+pub use murmur3::murmur3_x86_32;
 pub use refs::{find_ref_cycle, flag_refs, rule_refs};
 pub use validate::{validate_document, validate_flag, validate_segment};

@@ -102,7 +102,7 @@ pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
         }
     }
 
-    for (path, def) in document_flags(obj.get("flags"), &mut faults) {
+    for (path, _, def) in document_flags(obj.get("flags"), &mut faults) {
         if let Err(fs) = compile_flag("", &def, &resolve, None) {
             faults
                 .list
@@ -133,9 +133,12 @@ pub(crate) fn document_segments(
     }
 }
 
-/// The document's flags as (path prefix, definition); array entries lose their `key` field.
-/// Returned in key order; duplicate keys in the array form are faults.
-pub(crate) fn document_flags(raw: Option<&Value>, faults: &mut Faults) -> Vec<(String, Value)> {
+/// The document's flags as (path prefix, key, definition); array entries lose their `key`
+/// field (`None` when it is missing or a duplicate, which are faults).
+pub(crate) fn document_flags(
+    raw: Option<&Value>,
+    faults: &mut Faults,
+) -> Vec<(String, Option<String>, Value)> {
     let mut out = Vec::new();
     match raw {
         Some(Value::Object(m)) => {
@@ -143,7 +146,7 @@ pub(crate) fn document_flags(raw: Option<&Value>, faults: &mut Faults) -> Vec<(S
                 if k.is_empty() {
                     faults.add_at_key("flags", "a flag key must not be empty");
                 }
-                out.push((format!("flags.{k}"), v.clone()));
+                out.push((format!("flags.{k}"), Some(k.clone()), v.clone()));
             }
         }
         Some(Value::Array(items)) => {
@@ -152,21 +155,27 @@ pub(crate) fn document_flags(raw: Option<&Value>, faults: &mut Faults) -> Vec<(S
                 let path = format!("flags[{i}]");
                 let mut def = item.clone();
                 let key = def.as_object_mut().and_then(|o| o.remove("key"));
-                match key {
+                let key = match key {
                     Some(Value::String(k)) if !k.is_empty() => {
-                        if !seen.insert(k.clone()) {
+                        if seen.insert(k.clone()) {
+                            Some(k)
+                        } else {
                             faults.add_at_key_path(
                                 &format!("{path}.key"),
                                 format!("duplicate flag key \"{k}\""),
                             );
+                            None
                         }
                     }
-                    _ => faults.add_at_key_path(
-                        &format!("{path}.key"),
-                        "each flag in an array needs a non-empty string key",
-                    ),
-                }
-                out.push((path, def));
+                    _ => {
+                        faults.add_at_key_path(
+                            &format!("{path}.key"),
+                            "each flag in an array needs a non-empty string key",
+                        );
+                        None
+                    }
+                };
+                out.push((path, key, def));
             }
         }
         Some(other) => faults.add_at_key(

@@ -47,7 +47,7 @@ pub(crate) struct Compiler<'r> {
     variants: Option<VariantNames<'r>>,
 }
 
-const MAX_DEPTH: usize = 128;
+const MAX_DEPTH: usize = 64;
 
 impl<'r> Compiler<'r> {
     pub(crate) fn new(

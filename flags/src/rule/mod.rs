@@ -2,8 +2,8 @@
 //! against a context without walking JSON.
 
 pub(crate) mod compile;
-// EVAL
-// VALUE
+pub(crate) mod eval;
+pub(crate) mod value;
 
 use serde_json::Value;
 use std::sync::Arc;

@@ -1,0 +1,460 @@
+//! A compiled set of flags and segments, and evaluation against it.
+
+use crate::context::Context;
+use crate::evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
+use crate::fault::{Fault, Faults};
+use crate::flag::{compile_flag, CompiledFlag, VariantType};
+use crate::refs::find_ref_cycle;
+use crate::rule::compile::{short_json, Compiler, RefLookup};
+use crate::rule::eval::{eval_targeting, Env};
+use crate::rule::value::Val;
+use crate::rule::Node;
+use crate::validate::{document_flags, document_segments};
+use serde_json::{Map, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// How many segments a `$ref` chain may pass through. flagd itself does not allow segments to
+/// reference segments at all; we allow short chains and bound them so evaluation depth is bounded.
+const MAX_REF_DEPTH: usize = 8;
+
+/// Flags and segments compiled for evaluation.
+///
+/// Built once when definitions arrive (not per call); evaluating walks a tree of compiled
+/// nodes, never JSON. Evaluation is pure, never panics, and for boolean and numeric results
+/// does not allocate. A `FlagSet` is `Send + Sync` and can be shared behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct FlagSet {
+    flags: HashMap<Box<str>, CompiledFlag>,
+    metadata: Map<String, Value>,
+}
+
+struct SegmentLinker<'s> {
+    segments: &'s BTreeMap<String, Value>,
+    cache: RefCell<BTreeMap<String, Result<Arc<Node>, String>>>,
+    faults: RefCell<Vec<Fault>>,
+    depth: Cell<usize>,
+}
+
+impl SegmentLinker<'_> {
+    fn lookup(&self, name: &str) -> RefLookup {
+        if let Some(done) = self.cache.borrow().get(name) {
+            return match done {
+                Ok(node) => RefLookup::Found(Arc::clone(node)),
+                Err(why) => RefLookup::Broken(why.clone()),
+            };
+        }
+        let Some(rule) = self.segments.get(name) else {
+            return RefLookup::Missing;
+        };
+        let result = if let Some(cycle) = find_ref_cycle(self.segments, name) {
+            Err(format!("$ref cycle: {}", cycle.join(" -> ")))
+        } else if self.depth.get() >= MAX_REF_DEPTH {
+            Err(format!("$ref chain deeper than {MAX_REF_DEPTH} segments"))
+        } else {
+            self.depth.set(self.depth.get() + 1);
+            let resolve = |n: &str| self.lookup(n);
+            let mut compiler = Compiler::new(&resolve, None);
+            let node = compiler.compile_root(rule, false);
+            self.depth.set(self.depth.get() - 1);
+            if compiler.faults.list.is_empty() {
+                Ok(Arc::new(node))
+            } else {
+                let prefix = format!("$evaluators.{name}");
+                let faults: Vec<Fault> = compiler
+                    .faults
+                    .list
+                    .into_iter()
+                    .map(|f| f.prefixed(&prefix))
+                    .collect();
+                let why = faults
+                    .iter()
+                    .map(Fault::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.faults.borrow_mut().extend(faults);
+                Err(why)
+            }
+        };
+        if let Err(why) = &result {
+            if why.starts_with("$ref") {
+                self.faults
+                    .borrow_mut()
+                    .push(Fault::new(format!("$evaluators.{name}"), why.clone()));
+            }
+        }
+        self.cache.borrow_mut().insert(name.to_string(), result);
+        self.lookup(name)
+    }
+}
+
+impl FlagSet {
+    /// Compiles a flagd document. Fails with every fault (as [`crate::validate_document`]
+    /// reports them) if any part of it is invalid.
+    pub fn from_document(doc: &Value) -> Result<Self, Vec<Fault>> {
+        let (set, faults) = Self::from_document_lossy(doc);
+        if faults.is_empty() {
+            Ok(set)
+        } else {
+            Err(faults)
+        }
+    }
+
+    /// Compiles a flagd document as far as possible: flags whose definitions are invalid are
+    /// kept and evaluate to `PARSE_ERROR`, so one bad flag in a bootstrap or cache file does not
+    /// take every other flag down. Returns the faults found.
+    pub fn from_document_lossy(doc: &Value) -> (Self, Vec<Fault>) {
+        let mut faults = Faults::new();
+        let Value::Object(obj) = doc else {
+            faults.add(format!(
+                "a flagd document must be an object, found {}",
+                short_json(doc)
+            ));
+            return (Self::default(), faults.list);
+        };
+        let segments = document_segments(obj.get("$evaluators"), &mut faults);
+        let metadata = match obj.get("metadata") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        let flags = document_flags(obj.get("flags"), &mut faults);
+        let (set, more) = Self::build(
+            flags
+                .iter()
+                .filter_map(|(_, k, d)| k.as_deref().map(|k| (k, d))),
+            &segments,
+            &metadata,
+        );
+        let mut all = faults.list;
+        all.extend(more);
+        if let Err(fs) = crate::validate_document(doc) {
+            // Document-level faults (unknown fields, bad metadata) that building does not see.
+            for f in fs {
+                if !all.contains(&f) {
+                    all.push(f);
+                }
+            }
+        }
+        (set, all)
+    }
+
+    /// Compiles flags (key → definition) with the segments they may reference (name → rule) and
+    /// the flag set's metadata. Invalid flags are kept and evaluate to `PARSE_ERROR`; the faults
+    /// are returned with paths `flags.KEY…` and `$evaluators.NAME…`.
+    pub fn build<'d>(
+        flags: impl IntoIterator<Item = (&'d str, &'d Value)>,
+        segments: &BTreeMap<String, Value>,
+        metadata: &Map<String, Value>,
+    ) -> (Self, Vec<Fault>) {
+        let linker = SegmentLinker {
+            segments,
+            cache: RefCell::new(BTreeMap::new()),
+            faults: RefCell::new(Vec::new()),
+            depth: Cell::new(0),
+        };
+        // Compile every segment, used or not, so that their faults are reported.
+        for name in segments.keys() {
+            linker.lookup(name);
+        }
+        let resolve = |n: &str| linker.lookup(n);
+        let mut compiled = HashMap::new();
+        let mut faults = Vec::new();
+        for (key, def) in flags {
+            let flag = match compile_flag(key, def, &resolve, Some(metadata)) {
+                Ok(flag) => flag,
+                Err(fs) => {
+                    let fs: Vec<Fault> = fs
+                        .into_iter()
+                        .map(|f| f.prefixed(&format!("flags.{key}")))
+                        .collect();
+                    let flag_meta = match def.get("metadata") {
+                        Some(Value::Object(m)) => {
+                            let mut merged = metadata.clone();
+                            merged.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+                            merged
+                        }
+                        _ => metadata.clone(),
+                    };
+                    let broken = CompiledFlag::broken(key, &fs, flag_meta);
+                    faults.extend(fs);
+                    broken
+                }
+            };
+            compiled.insert(Box::from(key), flag);
+        }
+        let mut all = linker.faults.into_inner();
+        all.extend(faults);
+        (
+            Self {
+                flags: compiled,
+                metadata: metadata.clone(),
+            },
+            all,
+        )
+    }
+
+    /// The compiled flag with `key`.
+    pub fn get(&self, key: &str) -> Option<&CompiledFlag> {
+        self.flags.get(key)
+    }
+
+    /// All flag keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.flags.keys().map(AsRef::as_ref)
+    }
+
+    /// Number of flags.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// Whether there are no flags.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// The flag set's metadata.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// Evaluates flag `key` for `ctx`, untyped. Follows flagd
+    /// (<https://flagd.dev/reference/flag-definitions/>):
+    /// - unknown key → `ERROR` / `FLAG_NOT_FOUND`; a definition that failed to compile →
+    ///   `ERROR` / `PARSE_ERROR`;
+    /// - `DISABLED` → reason `DISABLED` with the default variant (no value without one);
+    /// - no targeting → `STATIC` with the default variant, or `DEFAULT` with no value when
+    ///   there is no default variant (the caller's default applies);
+    /// - targeting returns a variant name, or `true`/`false` for variants named so →
+    ///   `TARGETING_MATCH` (`SPLIT` when a `fractional` chose it);
+    /// - targeting returns `null` → `DEFAULT` with the default variant (or no value);
+    /// - targeting returns anything else (a name that is not a variant, a number, an object) →
+    ///   `ERROR` / `GENERAL`.
+    pub fn resolve<'a>(&'a self, key: &str, ctx: &'a Context) -> Resolution<'a> {
+        let Some(flag) = self.flags.get(key) else {
+            return self.error(&self.metadata, ErrorCode::FlagNotFound, || {
+                format!("flag \"{key}\" not found")
+            });
+        };
+        self.resolve_flag(flag, ctx)
+    }
+
+    fn error<'a>(
+        &'a self,
+        metadata: &'a Map<String, Value>,
+        code: ErrorCode,
+        message: impl FnOnce() -> String,
+    ) -> Resolution<'a> {
+        Resolution {
+            value: None,
+            variant: None,
+            reason: Reason::Error,
+            error: Some(EvaluationError::new(code, message())),
+            metadata,
+        }
+    }
+
+    fn resolve_flag<'a>(&'a self, flag: &'a CompiledFlag, ctx: &'a Context) -> Resolution<'a> {
+        if let Some(why) = &flag.broken {
+            return self.error(&flag.metadata, ErrorCode::ParseError, || {
+                format!("flag \"{}\" has an invalid definition: {why}", flag.key)
+            });
+        }
+        let default = |reason| {
+            let (variant, value) = match flag.default_variant {
+                Some(i) => {
+                    let (n, v) = &flag.variants[i];
+                    (Some(n.as_ref()), Some(v))
+                }
+                None => (None, None),
+            };
+            Resolution {
+                value,
+                variant,
+                reason,
+                error: None,
+                metadata: &flag.metadata,
+            }
+        };
+        if !flag.enabled {
+            return default(Reason::Disabled);
+        }
+        let Some(targeting) = &flag.targeting else {
+            return if flag.default_variant.is_some() {
+                default(Reason::Static)
+            } else {
+                default(Reason::Default)
+            };
+        };
+        let env = Env {
+            data: ctx.attributes(),
+            flag_key: &flag.key,
+            timestamp: ctx.timestamp(),
+        };
+        let (result, split) = eval_targeting(targeting, &env);
+        let name = match &result {
+            Val::Null => return default(Reason::Default),
+            Val::Bool(true) => "true",
+            Val::Bool(false) => "false",
+            Val::Str(s) => s,
+            Val::String(s) => s.as_str(),
+            other => {
+                return self.error(&flag.metadata, ErrorCode::General, || {
+                    format!(
+                        "targeting of flag \"{}\" returned {}, which is not a variant name",
+                        flag.key,
+                        short_json(&other.to_json())
+                    )
+                })
+            }
+        };
+        match flag.variant_index(name) {
+            Some(i) => {
+                let (n, v) = &flag.variants[i];
+                Resolution {
+                    value: Some(v),
+                    variant: Some(n),
+                    reason: if split {
+                        Reason::Split
+                    } else {
+                        Reason::TargetingMatch
+                    },
+                    error: None,
+                    metadata: &flag.metadata,
+                }
+            }
+            None => self.error(&flag.metadata, ErrorCode::General, || {
+                format!(
+                    "targeting of flag \"{}\" returned \"{name}\", which is not a variant",
+                    flag.key
+                )
+            }),
+        }
+    }
+
+    /// Evaluates every flag for `ctx` (bulk evaluation), in no particular order.
+    pub fn resolve_all<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Iterator<Item = (&'a str, Resolution<'a>)> + 'a {
+        self.flags
+            .iter()
+            .map(move |(k, f)| (k.as_ref(), self.resolve_flag(f, ctx)))
+    }
+
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        ctx: &'a Context,
+        default: T,
+        want: VariantType,
+        convert: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Evaluation<'a, T> {
+        if let Some(flag) = self.flags.get(key) {
+            if let Some(t) = flag.variant_type {
+                if t != want {
+                    return mismatch(key, default, want, t, &flag.metadata);
+                }
+            }
+        }
+        let r = self.resolve(key, ctx);
+        match r.value {
+            None => Evaluation {
+                value: default,
+                variant: None,
+                reason: r.reason,
+                error: r.error,
+                metadata: r.metadata,
+            },
+            Some(v) => match convert(v) {
+                Some(value) => Evaluation {
+                    value,
+                    variant: r.variant,
+                    reason: r.reason,
+                    error: None,
+                    metadata: r.metadata,
+                },
+                None => Evaluation {
+                    value: default,
+                    variant: None,
+                    reason: Reason::Error,
+                    error: Some(EvaluationError::new(
+                        ErrorCode::TypeMismatch,
+                        format!("flag \"{key}\" value {} is not {want:?}", short_json(v)),
+                    )),
+                    metadata: r.metadata,
+                },
+            },
+        }
+    }
+
+    /// Evaluates a boolean flag; `default` is returned on any fault or when the flag has no
+    /// default variant. Allocates nothing unless evaluation fails.
+    pub fn boolean<'a>(
+        &'a self,
+        key: &str,
+        ctx: &'a Context,
+        default: bool,
+    ) -> Evaluation<'a, bool> {
+        self.typed(key, ctx, default, VariantType::Boolean, Value::as_bool)
+    }
+
+    /// Evaluates a string flag, borrowing the value from the flag set.
+    pub fn string<'a>(
+        &'a self,
+        key: &str,
+        ctx: &'a Context,
+        default: &'a str,
+    ) -> Evaluation<'a, &'a str> {
+        self.typed(key, ctx, default, VariantType::String, Value::as_str)
+    }
+
+    /// Evaluates an integer flag. A variant that is not a whole number in `i64` range is a
+    /// `TYPE_MISMATCH`. Allocates nothing unless evaluation fails.
+    pub fn integer<'a>(&'a self, key: &str, ctx: &'a Context, default: i64) -> Evaluation<'a, i64> {
+        self.typed(key, ctx, default, VariantType::Number, |v| {
+            v.as_i64().or_else(|| {
+                let f = v.as_f64()?;
+                (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64)
+                    .then_some(f as i64)
+            })
+        })
+    }
+
+    /// Evaluates a number flag as `f64`. Allocates nothing unless evaluation fails.
+    pub fn float<'a>(&'a self, key: &str, ctx: &'a Context, default: f64) -> Evaluation<'a, f64> {
+        self.typed(key, ctx, default, VariantType::Number, Value::as_f64)
+    }
+
+    /// Evaluates an object flag, borrowing the value (a JSON object) from the flag set.
+    pub fn object<'a>(
+        &'a self,
+        key: &str,
+        ctx: &'a Context,
+        default: &'a Value,
+    ) -> Evaluation<'a, &'a Value> {
+        self.typed(key, ctx, default, VariantType::Object, |v| {
+            v.is_object().then_some(v)
+        })
+    }
+}
+
+fn mismatch<'a, T>(
+    key: &str,
+    default: T,
+    want: VariantType,
+    got: VariantType,
+    metadata: &'a Map<String, Value>,
+) -> Evaluation<'a, T> {
+    Evaluation {
+        value: default,
+        variant: None,
+        reason: Reason::Error,
+        error: Some(EvaluationError::new(
+            ErrorCode::TypeMismatch,
+            format!("flag \"{key}\" has {got:?} variants, {want:?} was requested"),
+        )),
+        metadata,
+    }
+}

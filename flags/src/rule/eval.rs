@@ -1,0 +1,515 @@
+//! Evaluation of a compiled [`Node`] tree.
+//!
+//! Operators follow the JsonLogic reference (json-logic-js) as flagd documents it; flagd's own
+//! operators follow its daemon. Like JsonLogic, evaluation never fails: invalid input to an
+//! operator yields `null` ("flagd's custom operations return null on invalid or unexpected
+//! inputs", <https://flagd.dev/reference/flag-definitions/#custom-operations>).
+
+use super::value::{write_js_number, Val};
+use super::{Fractional, Node, PathPart, Weight};
+use crate::murmur3::murmur3_x86_32;
+use crate::semver;
+use serde_json::{Map, Value};
+
+/// What a rule is evaluated against.
+pub(crate) struct Env<'a> {
+    /// The evaluation context; `targetingKey` is one of its entries, as in flagd.
+    pub(crate) data: &'a Map<String, Value>,
+    pub(crate) flag_key: &'a str,
+    /// Unix seconds, for `$flagd.timestamp`.
+    pub(crate) timestamp: i64,
+}
+
+/// The data `var` reads: the context, or an element inside `map`/`filter`/`all`/`some`/`none`,
+/// or `{current, accumulator}` inside `reduce`.
+#[derive(Clone, Copy)]
+enum Data<'a, 'd> {
+    Root,
+    Item(&'d Val<'a>),
+    Reduce {
+        current: &'d Val<'a>,
+        accumulator: &'d Val<'a>,
+    },
+}
+
+/// Evaluates a flag's targeting. The flag tells whether the result came out of a `fractional`
+/// split (reason `SPLIT`) rather than a plain rule.
+pub(crate) fn eval_targeting<'a>(node: &'a Node, env: &Env<'a>) -> (Val<'a>, bool) {
+    eval_result(node, env, Data::Root)
+}
+
+fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a>, bool) {
+    match node {
+        Node::If(args) => {
+            let n = args.len();
+            let mut i = 0;
+            while i + 1 < n {
+                if eval(&args[i], env, data).truthy() {
+                    return eval_result(&args[i + 1], env, data);
+                }
+                i += 2;
+            }
+            if i + 1 == n {
+                eval_result(&args[i], env, data)
+            } else {
+                (Val::Null, false)
+            }
+        }
+        Node::Or(args) | Node::And(args) => {
+            let want = matches!(node, Node::Or(_));
+            let mut last = (Val::Null, false);
+            for a in args.iter() {
+                last = eval_result(a, env, data);
+                if last.0.truthy() == want {
+                    return last;
+                }
+            }
+            last
+        }
+        Node::Fractional(f) => fractional(f, env, data),
+        other => (eval(other, env, data), false),
+    }
+}
+
+fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    match node {
+        Node::Null => Val::Null,
+        Node::Bool(b) => Val::Bool(*b),
+        Node::Num(n) => Val::Num(*n),
+        Node::Str(s) => Val::Str(s),
+        Node::Json(v) => Val::from_json(v),
+        Node::Array(items) => Val::List(items.iter().map(|n| eval(n, env, data)).collect()),
+        Node::Var { path, default } => match lookup(env, data, path.parts.iter().map(part)) {
+            Some(v) => v,
+            None => default.as_ref().map_or(Val::Null, |d| eval(d, env, data)),
+        },
+        Node::VarDyn { path, default } => {
+            let p = eval(path, env, data);
+            let found = match &p {
+                Val::Null => lookup(env, data, std::iter::empty()),
+                Val::Num(_) => {
+                    let text = p.to_js_string();
+                    lookup(env, data, split(&text))
+                }
+                other => match other.as_str() {
+                    Some(text) => lookup(env, data, split(text)),
+                    None => None,
+                },
+            };
+            match found {
+                Some(v) => v,
+                None => default.as_ref().map_or(Val::Null, |d| eval(d, env, data)),
+            }
+        }
+        Node::FlagKey => Val::Str(env.flag_key),
+        Node::Timestamp => Val::Num(env.timestamp as f64),
+        Node::Missing(args) => missing(args, env, data),
+        Node::MissingSome(need, keys) => {
+            let need = eval(need, env, data).to_number();
+            let keys = eval(keys, env, data);
+            let total = keys.array_len().unwrap_or(0);
+            let absent = missing_keys(&keys, env, data);
+            if (total - absent.len()) as f64 >= need {
+                Val::List(Vec::new())
+            } else {
+                Val::List(absent)
+            }
+        }
+        Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
+            eval_result(node, env, data).0
+        }
+        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
+        Node::Ne(ab) => Val::Bool(!eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
+        Node::StrictEq(ab) => {
+            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+        }
+        Node::StrictNe(ab) => {
+            Val::Bool(!eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+        }
+        Node::Not(a) => Val::Bool(!eval(a, env, data).truthy()),
+        Node::Truthy(a) => Val::Bool(eval(a, env, data).truthy()),
+        Node::Less(args) | Node::LessEq(args) => {
+            let strict = matches!(node, Node::Less(_));
+            let holds = |o: Option<std::cmp::Ordering>| match o {
+                Some(std::cmp::Ordering::Less) => true,
+                Some(std::cmp::Ordering::Equal) => !strict,
+                _ => false,
+            };
+            let a = eval(&args[0], env, data);
+            let b = eval(&args[1], env, data);
+            let first = holds(a.js_cmp(&b));
+            match args.get(2) {
+                None => Val::Bool(first),
+                Some(c) => {
+                    let c = eval(c, env, data);
+                    Val::Bool(first && holds(b.js_cmp(&c)))
+                }
+            }
+        }
+        Node::Greater(ab) => {
+            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data));
+            Val::Bool(o == Some(std::cmp::Ordering::Greater))
+        }
+        Node::GreaterEq(ab) => {
+            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data));
+            Val::Bool(matches!(
+                o,
+                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+            ))
+        }
+        Node::In(ab) => {
+            let needle = eval(&ab[0], env, data);
+            let hay = eval(&ab[1], env, data);
+            Val::Bool(contains(&hay, &needle))
+        }
+        Node::InStrings(needle, set) => {
+            let needle = eval(needle, env, data);
+            Val::Bool(match needle.as_str() {
+                Some(s) => set.iter().any(|x| x.as_ref() == s),
+                None => false,
+            })
+        }
+        Node::Cat(args) => {
+            let mut out = String::new();
+            for a in args {
+                eval(a, env, data).write_js(&mut out, true);
+            }
+            Val::String(out)
+        }
+        Node::Substr(args) => substr(args, env, data),
+        Node::Add(args) => Val::Num(args.iter().map(|a| eval(a, env, data).parse_float()).sum()),
+        Node::Mul(args) => Val::Num(
+            args.iter()
+                .map(|a| eval(a, env, data).parse_float())
+                .product(),
+        ),
+        Node::Sub(args) => {
+            let a = eval(&args[0], env, data).to_number();
+            match args.get(1) {
+                None => Val::Num(-a),
+                Some(b) => Val::Num(a - eval(b, env, data).to_number()),
+            }
+        }
+        Node::Div(ab) => {
+            Val::Num(eval(&ab[0], env, data).to_number() / eval(&ab[1], env, data).to_number())
+        }
+        Node::Mod(ab) => {
+            Val::Num(eval(&ab[0], env, data).to_number() % eval(&ab[1], env, data).to_number())
+        }
+        Node::Min(args) | Node::Max(args) => {
+            let is_min = matches!(node, Node::Min(_));
+            let mut acc = if is_min {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            };
+            for a in args {
+                let x = eval(a, env, data).to_number();
+                if x.is_nan() {
+                    return Val::Num(f64::NAN);
+                }
+                acc = if is_min { acc.min(x) } else { acc.max(x) };
+            }
+            Val::Num(acc)
+        }
+        Node::Merge(args) => {
+            let mut out = Vec::new();
+            for a in args {
+                let v = eval(a, env, data);
+                match v.array_len() {
+                    Some(n) => out.extend((0..n).filter_map(|i| v.element(i))),
+                    None => out.push(v),
+                }
+            }
+            Val::List(out)
+        }
+        Node::Map(pair) => {
+            let list = eval(&pair[0], env, data);
+            let n = list.array_len().unwrap_or(0);
+            Val::List(
+                (0..n)
+                    .filter_map(|i| list.element(i))
+                    .map(|item| eval(&pair[1], env, Data::Item(&item)))
+                    .collect(),
+            )
+        }
+        Node::Filter(pair) => {
+            let list = eval(&pair[0], env, data);
+            let n = list.array_len().unwrap_or(0);
+            Val::List(
+                (0..n)
+                    .filter_map(|i| list.element(i))
+                    .filter(|item| eval(&pair[1], env, Data::Item(item)).truthy())
+                    .collect(),
+            )
+        }
+        Node::All(pair) | Node::Some(pair) | Node::None(pair) => {
+            let list = eval(&pair[0], env, data);
+            let n = list.array_len().unwrap_or(0);
+            let mut any_true = false;
+            let mut all_true = true;
+            for item in (0..n).filter_map(|i| list.element(i)) {
+                if eval(&pair[1], env, Data::Item(&item)).truthy() {
+                    any_true = true;
+                } else {
+                    all_true = false;
+                }
+            }
+            Val::Bool(match node {
+                // JsonLogic: `all` of an empty (or non-) array is false.
+                Node::All(_) => n > 0 && all_true,
+                Node::Some(_) => any_true,
+                _ => !any_true,
+            })
+        }
+        Node::Reduce(args) => {
+            let list = eval(&args[0], env, data);
+            let mut acc = eval(&args[2], env, data);
+            let n = list.array_len().unwrap_or(0);
+            for item in (0..n).filter_map(|i| list.element(i)) {
+                acc = eval(
+                    &args[1],
+                    env,
+                    Data::Reduce {
+                        current: &item,
+                        accumulator: &acc,
+                    },
+                );
+            }
+            acc
+        }
+        Node::StartsWith(ab) | Node::EndsWith(ab) => {
+            let a = eval(&ab[0], env, data);
+            let b = eval(&ab[1], env, data);
+            match (a.as_str(), b.as_str()) {
+                (Some(a), Some(b)) => Val::Bool(if matches!(node, Node::StartsWith(_)) {
+                    a.starts_with(b)
+                } else {
+                    a.ends_with(b)
+                }),
+                _ => Val::Null,
+            }
+        }
+        Node::SemVer(args) => sem_ver(args, env, data),
+        Node::Ref(rule) => eval(rule, env, Data::Root),
+    }
+}
+
+fn part(p: &PathPart) -> (&str, Option<usize>) {
+    (&p.key, p.index)
+}
+
+fn split(text: &str) -> impl Iterator<Item = (&str, Option<usize>)> {
+    let parts = if text.is_empty() {
+        None
+    } else {
+        Some(text.split('.'))
+    };
+    parts
+        .into_iter()
+        .flatten()
+        .map(|k| (k, k.parse::<usize>().ok()))
+}
+
+/// JsonLogic `var`: `None` when a step is missing (the default applies); a final `null` is
+/// returned as found.
+fn lookup<'a, 'k>(
+    env: &Env<'a>,
+    data: Data<'a, '_>,
+    mut parts: impl Iterator<Item = (&'k str, Option<usize>)>,
+) -> Option<Val<'a>> {
+    let Some((key, index)) = parts.next() else {
+        return Some(match data {
+            Data::Root => Val::Obj(env.data),
+            Data::Item(v) => v.clone(),
+            Data::Reduce { .. } => Val::Null,
+        });
+    };
+    let mut cur = match data {
+        Data::Root => Val::from_json(env.data.get(key)?),
+        Data::Item(v) => v.get(key, index)?,
+        Data::Reduce {
+            current,
+            accumulator,
+        } => match key {
+            "current" => current.clone(),
+            "accumulator" => accumulator.clone(),
+            _ => return None,
+        },
+    };
+    for (key, index) in parts {
+        cur = cur.get(key, index)?;
+    }
+    Some(cur)
+}
+
+fn missing<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    // json-logic-js: when the first argument is an array, it is the list of keys.
+    let first = args.first().map(|a| eval(a, env, data));
+    if let Some(f) = &first {
+        if f.array_len().is_some() {
+            return Val::List(missing_keys(f, env, data));
+        }
+    }
+    let keys: Vec<Val<'a>> = first
+        .into_iter()
+        .chain(args.iter().skip(1).map(|a| eval(a, env, data)))
+        .collect();
+    Val::List(missing_keys(&Val::List(keys), env, data))
+}
+
+fn missing_keys<'a>(keys: &Val<'a>, env: &Env<'a>, data: Data<'a, '_>) -> Vec<Val<'a>> {
+    let n = keys.array_len().unwrap_or(0);
+    let mut out = Vec::new();
+    for key in (0..n).filter_map(|i| keys.element(i)) {
+        let text = match key.as_str() {
+            Some(s) => s.to_string(),
+            None => key.to_js_string(),
+        };
+        let absent = match lookup(env, data, split(&text)) {
+            None | Some(Val::Null) => true,
+            Some(v) => v.as_str() == Some(""),
+        };
+        if absent {
+            out.push(key);
+        }
+    }
+    out
+}
+
+fn contains(hay: &Val<'_>, needle: &Val<'_>) -> bool {
+    if let Some(h) = hay.as_str() {
+        return match needle.as_str() {
+            Some(n) => h.contains(n),
+            None => h.contains(needle.to_js_string().as_str()),
+        };
+    }
+    match hay.array_len() {
+        Some(n) => (0..n)
+            .filter_map(|i| hay.element(i))
+            .any(|x| x.strict_eq(needle)),
+        None => false,
+    }
+}
+
+/// json-logic-js `substr(source, start, end)`: JavaScript `String.prototype.substr`, with a
+/// negative `end` dropping that many characters from the end. Counts Unicode scalar values.
+fn substr<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    let source = eval(&args[0], env, data).to_js_string();
+    let chars: Vec<char> = source.chars().collect();
+    let len = chars.len() as f64;
+    let to_int = |x: f64| if x.is_nan() { 0.0 } else { x.trunc() };
+    let start = to_int(eval(&args[1], env, data).to_number());
+    let start = if start < 0.0 {
+        (len + start).max(0.0)
+    } else {
+        start.min(len)
+    } as usize;
+    let end = match args.get(2) {
+        None => chars.len(),
+        Some(e) => {
+            let e = to_int(eval(e, env, data).to_number());
+            let rest = (chars.len() - start) as f64;
+            let take = if e < 0.0 {
+                (rest + e).max(0.0)
+            } else {
+                e.min(rest)
+            };
+            start + take as usize
+        }
+    };
+    Val::String(chars[start..end].iter().collect())
+}
+
+/// flagd `sem_ver`: `[version, operator, version]`, `null` when any part is invalid.
+fn sem_ver<'a>(args: &'a [Node; 3], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    let a = eval(&args[0], env, data);
+    let op = eval(&args[1], env, data);
+    let b = eval(&args[2], env, data);
+    let (mut abuf, mut bbuf) = (String::new(), String::new());
+    let (Some(a), Some(b)) = (version_text(&a, &mut abuf), version_text(&b, &mut bbuf)) else {
+        return Val::Null;
+    };
+    let Some(op) = op.as_str().and_then(semver::Operator::parse) else {
+        return Val::Null;
+    };
+    match (semver::parse_lenient(a), semver::parse_lenient(b)) {
+        (Some(a), Some(b)) => Val::Bool(op.holds(&a, &b)),
+        _ => Val::Null,
+    }
+}
+
+/// flagd formats a non-string version with Go's `%v`: numbers as their shortest text.
+fn version_text<'v>(v: &'v Val<'_>, buf: &'v mut String) -> Option<&'v str> {
+    match v {
+        Val::Num(n) => {
+            write_js_number(*n, buf);
+            Some(buf.as_str())
+        }
+        other => other.as_str(),
+    }
+}
+
+/// flagd `fractional`, as its daemon implements it
+/// (<https://flagd.dev/reference/custom-operations/fractional-operation/>):
+/// `h = murmur3_x86_32(bucketing string, seed 0)`, `b = (h * total_weight) >> 32`, and the
+/// variant is the first whose cumulative weight exceeds `b`. The bucketing string is the value
+/// of the bucketing expression when it yields a string, else `$flagd.flagKey` + `targetingKey`;
+/// without a non-empty string targeting key the result is `null` (the default variant).
+/// Weights: missing or null means 1; negative computed weights count as 0; a non-integer,
+/// non-number or too large weight, or a total of 0, makes the result `null`.
+fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a>, bool) {
+    let hash = match f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
+        Some(v) if v.as_str().is_some() => {
+            murmur3_x86_32(&[v.as_str().unwrap_or_default().as_bytes()], 0)
+        }
+        _ => match env.data.get("targetingKey") {
+            Some(Value::String(tk)) if !tk.is_empty() => {
+                murmur3_x86_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0)
+            }
+            _ => return (Val::Null, false),
+        },
+    };
+    let total = match f.const_total {
+        Some(t) => t,
+        None => {
+            let mut t: u64 = 0;
+            for b in &f.buckets {
+                match weight(&b.weight, env, data) {
+                    Some(w) => t += w,
+                    None => return (Val::Null, false),
+                }
+            }
+            t
+        }
+    };
+    if total == 0 || total > i32::MAX as u64 {
+        return (Val::Null, false);
+    }
+    let point = (u64::from(hash) * total) >> 32;
+    let mut end: u64 = 0;
+    for b in &f.buckets {
+        end += weight(&b.weight, env, data).unwrap_or(0);
+        if point < end {
+            let (v, _) = eval_result(&b.variant, env, data);
+            return match v {
+                Val::Str(_) | Val::String(_) | Val::Bool(_) | Val::Num(_) => (v, true),
+                _ => (Val::Null, false),
+            };
+        }
+    }
+    (Val::Null, false)
+}
+
+fn weight<'a>(w: &'a Weight, env: &Env<'a>, data: Data<'a, '_>) -> Option<u64> {
+    match w {
+        Weight::Const(c) => Some(u64::from(*c)),
+        Weight::Expr(e) => match eval(e, env, data) {
+            Val::Null => Some(1),
+            Val::Num(n) if n.is_finite() && n.fract() == 0.0 && n <= f64::from(i32::MAX) => {
+                Some(if n < 0.0 { 0 } else { n as u64 })
+            }
+            _ => None,
+        },
+    }
+}

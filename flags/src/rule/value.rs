@@ -1,0 +1,395 @@
+//! Runtime values and JsonLogic's coercions.
+//!
+//! flagd's providers follow the JsonLogic reference implementation (json-logic-js), whose
+//! operators coerce like JavaScript: truthiness, `==`, `<` and arithmetic below reproduce those
+//! rules for JSON values. Values borrow from the context and the compiled rule, so evaluating a
+//! rule that only compares allocates nothing.
+
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+use std::fmt::Write;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Val<'a> {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(&'a str),
+    String(String),
+    /// A JSON array from the context or a constant.
+    Arr(&'a [Value]),
+    /// An array computed during evaluation.
+    List(Vec<Val<'a>>),
+    Obj(&'a Map<String, Value>),
+}
+
+impl<'a> Val<'a> {
+    pub(crate) fn from_json(v: &'a Value) -> Self {
+        match v {
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Number(n) => Val::Num(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => Val::Str(s),
+            Value::Array(a) => Val::Arr(a),
+            Value::Object(o) => Val::Obj(o),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            Val::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Number of elements when this is an array.
+    pub(crate) fn array_len(&self) -> Option<usize> {
+        match self {
+            Val::Arr(a) => Some(a.len()),
+            Val::List(l) => Some(l.len()),
+            _ => None,
+        }
+    }
+
+    /// Element `i` when this is an array.
+    pub(crate) fn element(&self, i: usize) -> Option<Val<'a>> {
+        match self {
+            Val::Arr(a) => a.get(i).map(Val::from_json),
+            Val::List(l) => l.get(i).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Field `key` when this is an object, or element `index` when this is an array.
+    pub(crate) fn get(&self, key: &str, index: Option<usize>) -> Option<Val<'a>> {
+        match self {
+            Val::Obj(o) => o.get(key).map(Val::from_json),
+            Val::Arr(_) | Val::List(_) => self.element(index?),
+            _ => None,
+        }
+    }
+
+    /// JsonLogic truthiness: like JavaScript, except that an empty array is false.
+    pub(crate) fn truthy(&self) -> bool {
+        match self {
+            Val::Null => false,
+            Val::Bool(b) => *b,
+            Val::Num(n) => *n != 0.0 && !n.is_nan(),
+            Val::Str(s) => !s.is_empty(),
+            Val::String(s) => !s.is_empty(),
+            Val::Arr(a) => !a.is_empty(),
+            Val::List(l) => !l.is_empty(),
+            Val::Obj(_) => true,
+        }
+    }
+
+    /// JavaScript `Number(x)`.
+    pub(crate) fn to_number(&self) -> f64 {
+        match self {
+            Val::Null => 0.0,
+            Val::Bool(b) => f64::from(u8::from(*b)),
+            Val::Num(n) => *n,
+            Val::Str(s) => string_to_number(s),
+            Val::String(s) => string_to_number(s),
+            Val::Arr(_) | Val::List(_) => string_to_number(&self.to_js_string()),
+            Val::Obj(_) => f64::NAN,
+        }
+    }
+
+    /// JavaScript `parseFloat(x)`, which `+` and `*` use in json-logic-js.
+    pub(crate) fn parse_float(&self) -> f64 {
+        match self {
+            Val::Num(n) => *n,
+            Val::Str(s) => parse_float_prefix(s),
+            Val::String(s) => parse_float_prefix(s),
+            Val::Null | Val::Bool(_) | Val::Obj(_) => f64::NAN,
+            Val::Arr(_) | Val::List(_) => parse_float_prefix(&self.to_js_string()),
+        }
+    }
+
+    /// JavaScript `String(x)`.
+    pub(crate) fn to_js_string(&self) -> String {
+        let mut out = String::new();
+        self.write_js(&mut out, false);
+        out
+    }
+
+    /// Appends `String(x)`; inside an array (`Array.prototype.join`) null becomes "".
+    pub(crate) fn write_js(&self, out: &mut String, in_array: bool) {
+        match self {
+            Val::Null => {
+                if !in_array {
+                    out.push_str("null");
+                }
+            }
+            Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Val::Num(n) => write_js_number(*n, out),
+            Val::Str(s) => out.push_str(s),
+            Val::String(s) => out.push_str(s),
+            Val::Arr(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    Val::from_json(v).write_js(out, true);
+                }
+            }
+            Val::List(l) => {
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write_js(out, true);
+                }
+            }
+            Val::Obj(_) => out.push_str("[object Object]"),
+        }
+    }
+
+    fn is_compound(&self) -> bool {
+        matches!(self, Val::Arr(_) | Val::List(_) | Val::Obj(_))
+    }
+
+    fn is_string(&self) -> bool {
+        matches!(self, Val::Str(_) | Val::String(_))
+    }
+
+    /// JavaScript `==`. Two arrays or objects compare by content (JavaScript compares identity,
+    /// which JSON values do not have; flagd's Go evaluator compares content).
+    pub(crate) fn loose_eq(&self, other: &Val<'_>) -> bool {
+        match (self, other) {
+            (Val::Null, Val::Null) => true,
+            (Val::Null, _) | (_, Val::Null) => false,
+            (a, b) if a.is_compound() && b.is_compound() => a.strict_eq(b),
+            (Val::Bool(_), _) => Val::Num(self.to_number()).loose_eq(other),
+            (_, Val::Bool(_)) => self.loose_eq(&Val::Num(other.to_number())),
+            (a, b) if a.is_compound() => Val::String(a.to_js_string()).loose_eq(b),
+            (a, b) if b.is_compound() => a.loose_eq(&Val::String(b.to_js_string())),
+            (a, b) if a.is_string() && b.is_string() => a.as_str() == b.as_str(),
+            (a, b) => a.to_number() == b.to_number(),
+        }
+    }
+
+    /// JavaScript `===` (arrays and objects by content, as for [`Val::loose_eq`]).
+    pub(crate) fn strict_eq(&self, other: &Val<'_>) -> bool {
+        match (self, other) {
+            (Val::Null, Val::Null) => true,
+            (Val::Bool(a), Val::Bool(b)) => a == b,
+            (Val::Num(a), Val::Num(b)) => a == b,
+            (a, b) if a.is_string() && b.is_string() => a.as_str() == b.as_str(),
+            (Val::Obj(a), Val::Obj(b)) => a == b,
+            (a, b) => match (a.array_len(), b.array_len()) {
+                (Some(n), Some(m)) if n == m => {
+                    (0..n).all(|i| match (a.element(i), b.element(i)) {
+                        (Some(x), Some(y)) => x.strict_eq(&y),
+                        _ => false,
+                    })
+                }
+                _ => false,
+            },
+        }
+    }
+
+    /// JavaScript's abstract relational comparison: two strings compare as strings, anything
+    /// else as numbers. `None` when either side is NaN (every comparison is then false).
+    pub(crate) fn js_cmp(&self, other: &Val<'_>) -> Option<Ordering> {
+        let a_str = if self.is_compound() {
+            None
+        } else {
+            self.as_str()
+        };
+        let b_str = if other.is_compound() {
+            None
+        } else {
+            other.as_str()
+        };
+        match (a_str, b_str) {
+            (Some(a), Some(b)) => Some(cmp_utf16(a, b)),
+            _ => {
+                if self.is_compound() || other.is_compound() {
+                    let a = prim(self);
+                    let b = prim(other);
+                    if let (Some(a), Some(b)) = (a.as_str(), b.as_str()) {
+                        return Some(cmp_utf16(a, b));
+                    }
+                    return a.to_number().partial_cmp(&b.to_number());
+                }
+                self.to_number().partial_cmp(&other.to_number())
+            }
+        }
+    }
+
+    /// Converts to JSON (NaN and infinities become null, as `JSON.stringify` does).
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Num(n) => number_to_json(*n),
+            Val::Str(s) => Value::String((*s).to_string()),
+            Val::String(s) => Value::String(s.clone()),
+            Val::Arr(a) => Value::Array(a.to_vec()),
+            Val::List(l) => Value::Array(l.iter().map(Val::to_json).collect()),
+            Val::Obj(o) => Value::Object((*o).clone()),
+        }
+    }
+}
+
+fn prim<'a>(v: &Val<'a>) -> Val<'a> {
+    match v {
+        Val::Arr(_) | Val::List(_) | Val::Obj(_) => Val::String(v.to_js_string()),
+        other => other.clone(),
+    }
+}
+
+/// JavaScript compares strings by UTF-16 code units.
+fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        return a.cmp(b);
+    }
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+pub(crate) fn number_to_json(n: f64) -> Value {
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+        Value::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// JavaScript `Number(string)`: surrounding whitespace ignored, empty is 0, otherwise the whole
+/// string must be a number (decimal, or `0x`/`0o`/`0b` integer, or `Infinity`).
+fn string_to_number(s: &str) -> f64 {
+    let t = s.trim();
+    if t.is_empty() {
+        return 0.0;
+    }
+    for (prefix, radix) in [
+        ("0x", 16),
+        ("0X", 16),
+        ("0o", 8),
+        ("0O", 8),
+        ("0b", 2),
+        ("0B", 2),
+    ] {
+        if let Some(digits) = t.strip_prefix(prefix) {
+            return u64::from_str_radix(digits, radix).map_or(f64::NAN, |v| v as f64);
+        }
+    }
+    match t {
+        "Infinity" | "+Infinity" => return f64::INFINITY,
+        "-Infinity" => return f64::NEG_INFINITY,
+        _ => {}
+    }
+    // Rust accepts "inf", "nan" and "1e5" style; JavaScript only the last.
+    if t.bytes()
+        .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E')
+    {
+        return f64::NAN;
+    }
+    t.parse::<f64>().unwrap_or(f64::NAN)
+}
+
+/// JavaScript `parseFloat`: the longest leading decimal number after leading whitespace.
+fn parse_float_prefix(s: &str) -> f64 {
+    let t = s.trim_start();
+    let b = t.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+        i += 1;
+    }
+    if t[i..].starts_with("Infinity") {
+        return if b.first() == Some(&b'-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
+    }
+    let digits_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut mantissa_digits = i - digits_start;
+    if i < b.len() && b[i] == b'.' {
+        let dot = i;
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        mantissa_digits += i - dot - 1;
+        if mantissa_digits == 0 {
+            return f64::NAN;
+        }
+    }
+    if mantissa_digits == 0 {
+        return f64::NAN;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        let exp_start = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > exp_start {
+            i = j;
+        }
+    }
+    t[..i].parse::<f64>().unwrap_or(f64::NAN)
+}
+
+/// JavaScript's `Number.prototype.toString()` for the values rules produce.
+pub(crate) fn write_js_number(n: f64, out: &mut String) {
+    if n.is_nan() {
+        out.push_str("NaN");
+    } else if n.is_infinite() {
+        out.push_str(if n > 0.0 { "Infinity" } else { "-Infinity" });
+    } else if n == 0.0 {
+        out.push('0');
+    } else if n.fract() == 0.0 && n.abs() < 1e21 {
+        let _ = write!(out, "{}", n as i128);
+    } else {
+        let _ = write!(out, "{n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coercions_follow_javascript() {
+        assert_eq!(string_to_number(" 12 "), 12.0);
+        assert_eq!(string_to_number(""), 0.0);
+        assert!(string_to_number("12px").is_nan());
+        assert!(string_to_number("inf").is_nan());
+        assert_eq!(string_to_number("0x10"), 16.0);
+        assert_eq!(parse_float_prefix("2.5abc"), 2.5);
+        assert_eq!(parse_float_prefix("  -2e3x"), -2000.0);
+        assert!(parse_float_prefix("abc").is_nan());
+        assert!(parse_float_prefix(".").is_nan());
+        assert_eq!(parse_float_prefix(".5"), 0.5);
+        let mut s = String::new();
+        write_js_number(1.0, &mut s);
+        s.push(' ');
+        write_js_number(1.5, &mut s);
+        s.push(' ');
+        write_js_number(-0.0, &mut s);
+        assert_eq!(s, "1 1.5 0");
+        assert!(Val::Num(1.0).loose_eq(&Val::Str("1")));
+        assert!(Val::Bool(true).loose_eq(&Val::Num(1.0)));
+        assert!(!Val::Null.loose_eq(&Val::Num(0.0)));
+        assert!(!Val::Num(1.0).strict_eq(&Val::Str("1")));
+        assert_eq!(Val::Str("10").js_cmp(&Val::Str("9")), Some(Ordering::Less));
+        assert_eq!(
+            Val::Str("10").js_cmp(&Val::Num(9.0)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(Val::Null.js_cmp(&Val::Num(1.0)), Some(Ordering::Less));
+        assert!(!Val::Arr(&[]).truthy());
+        assert!(Val::Str("0").truthy());
+    }
+}

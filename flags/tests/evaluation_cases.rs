@@ -1,0 +1,239 @@
+//! Runs the data-file tables: `cases/operators.json`, `cases/flags.json`, `cases/bucketing.json`.
+
+use flagstaff_flags::{murmur3_x86_32, CompiledRule, Context, FlagSet};
+use serde_json::{json, Map, Value};
+
+const DEFAULT_TIMESTAMP: i64 = 1_700_000_000;
+
+fn load(text: &str) -> Value {
+    serde_json::from_str(text).expect("case file is valid JSON")
+}
+
+/// Numbers compare by value, so `1` and `1.0` are the same expectation.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn context(data: &Value, timestamp: i64) -> Context {
+    match data {
+        Value::Object(m) => Context::from_attributes(m.clone(), timestamp),
+        _ => Context::new(timestamp),
+    }
+}
+
+#[test]
+fn operator_cases() {
+    let table = load(include_str!("cases/operators.json"));
+    let cases = table["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 150, "the table lost cases");
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case[0].as_str().unwrap_or("?");
+        let options = case.get(4).cloned().unwrap_or(json!({}));
+        let flag_key = options["flagKey"].as_str().unwrap_or("flag-key");
+        let timestamp = options["timestamp"].as_i64().unwrap_or(DEFAULT_TIMESTAMP);
+        let rule = match CompiledRule::compile(&case[1]) {
+            Ok(r) => r,
+            Err(faults) => {
+                failures.push(format!("{name}: does not compile: {faults:?}"));
+                continue;
+            }
+        };
+        let got = rule.evaluate(&context(&case[2], timestamp), flag_key);
+        if !same(&got, &case[3]) {
+            failures.push(format!("{name}: expected {}, got {got}", case[3]));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn flag_cases() {
+    let table = load(include_str!("cases/flags.json"));
+    let (set, faults) = FlagSet::from_document_lossy(&table["document"]);
+    // Exactly the one deliberately broken flag is refused.
+    assert!(!faults.is_empty());
+    assert!(
+        faults.iter().all(|f| f.path.starts_with("flags.broken")),
+        "{faults:?}"
+    );
+    assert!(FlagSet::from_document(&table["document"]).is_err());
+
+    let cases = table["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 45, "the table lost cases");
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let key = case["flag"].as_str().expect("flag");
+        let timestamp = case["timestamp"].as_i64().unwrap_or(DEFAULT_TIMESTAMP);
+        let ctx = context(&case["context"], timestamp);
+        let default = &case["default"];
+        let (value, variant, reason, error, metadata): (
+            Value,
+            Option<&str>,
+            &str,
+            Option<&str>,
+            &Map<String, Value>,
+        ) = match case["type"].as_str() {
+            Some("boolean") => {
+                let e = set.boolean(key, &ctx, default.as_bool().expect("bool default"));
+                (
+                    json!(e.value),
+                    e.variant,
+                    e.reason.as_str(),
+                    e.error_code().map(|c| c.as_str()),
+                    e.metadata,
+                )
+            }
+            Some("string") => {
+                let e = set.string(key, &ctx, default.as_str().expect("string default"));
+                (
+                    json!(e.value),
+                    e.variant,
+                    e.reason.as_str(),
+                    e.error_code().map(|c| c.as_str()),
+                    e.metadata,
+                )
+            }
+            Some("integer") => {
+                let e = set.integer(key, &ctx, default.as_i64().expect("integer default"));
+                (
+                    json!(e.value),
+                    e.variant,
+                    e.reason.as_str(),
+                    e.error_code().map(|c| c.as_str()),
+                    e.metadata,
+                )
+            }
+            Some("float") => {
+                let e = set.float(key, &ctx, default.as_f64().expect("float default"));
+                (
+                    json!(e.value),
+                    e.variant,
+                    e.reason.as_str(),
+                    e.error_code().map(|c| c.as_str()),
+                    e.metadata,
+                )
+            }
+            Some("object") => {
+                let e = set.object(key, &ctx, default);
+                (
+                    e.value.clone(),
+                    e.variant,
+                    e.reason.as_str(),
+                    e.error_code().map(|c| c.as_str()),
+                    e.metadata,
+                )
+            }
+            Some("any") => {
+                let r = set.resolve(key, &ctx);
+                let code = r.error.as_ref().map(|e| e.code.as_str());
+                (
+                    r.value.cloned().unwrap_or(Value::Null),
+                    r.variant,
+                    r.reason.as_str(),
+                    code,
+                    r.metadata,
+                )
+            }
+            other => panic!("{name}: unknown type {other:?}"),
+        };
+        let expect = &case["expect"];
+        let mut check = |what: &str, got: Value, want: &Value| {
+            if !same(&got, want) {
+                failures.push(format!("{name}: {what}: expected {want}, got {got}"));
+            }
+        };
+        if let Some(v) = expect.get("value") {
+            check("value", value, v);
+        }
+        if let Some(v) = expect.get("variant") {
+            check("variant", json!(variant), v);
+        }
+        check("reason", json!(reason), &expect["reason"]);
+        check("error", json!(error), &expect["error"]);
+        if let Some(m) = expect.get("metadata") {
+            check("metadata", Value::Object(metadata.clone()), m);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn bucketing_vectors() {
+    let table = load(include_str!("cases/bucketing.json"));
+    let vectors = table["vectors"].as_array().expect("vectors");
+    assert!(vectors.len() >= 40, "the table lost vectors");
+    let mut failures = Vec::new();
+    for (i, v) in vectors.iter().enumerate() {
+        let flag_key = v["flagKey"].as_str().expect("flagKey");
+        let weights = v["weights"].clone();
+        let expected = v["variant"].as_str().expect("variant");
+        // The hash itself is frozen, not just the variant it lands on.
+        let input = match (v["bucketBy"].as_str(), v["targetingKey"].as_str()) {
+            (Some(b), _) => b.to_string(),
+            (None, Some(tk)) => format!("{flag_key}{tk}"),
+            _ => panic!("vector {i} has neither bucketBy nor targetingKey"),
+        };
+        let hash = murmur3_x86_32(&[input.as_bytes()], 0);
+        if Some(u64::from(hash)) != v["hash"].as_u64() {
+            failures.push(format!(
+                "vector {i}: hash of {input:?} is {hash}, frozen {}",
+                v["hash"]
+            ));
+        }
+        // And through the evaluator: a flag whose targeting is this split.
+        let mut buckets: Vec<Value> = weights.as_array().expect("weights").clone();
+        let variants: Map<String, Value> = buckets
+            .iter()
+            .map(|b| (b[0].as_str().expect("name").to_string(), json!(true)))
+            .collect();
+        let mut ctx = Context::new(DEFAULT_TIMESTAMP);
+        if let Some(b) = v["bucketBy"].as_str() {
+            buckets.insert(0, json!({"var": "bucket"}));
+            ctx = ctx.with_attribute("bucket", b);
+        } else if let Some(tk) = v["targetingKey"].as_str() {
+            ctx = ctx.with_targeting_key(tk);
+        }
+        let def =
+            json!({"state": "ENABLED", "variants": variants, "targeting": {"fractional": buckets}});
+        let doc = json!({"flags": {flag_key: def}});
+        let set = match FlagSet::from_document(&doc) {
+            Ok(s) => s,
+            Err(f) => {
+                failures.push(format!("vector {i}: {f:?}"));
+                continue;
+            }
+        };
+        let r = set.resolve(flag_key, &ctx);
+        if r.variant != Some(expected) {
+            failures.push(format!(
+                "vector {i} ({input:?}): expected {expected}, got {:?} ({:?})",
+                r.variant, r.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
