@@ -1,1 +1,208 @@
-fn main() {}
+//! `flagstaff`: run a node, a local cluster, and talk to a cluster from the command line.
+
+mod client;
+mod local_cluster;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use flagstaff_node::NodeConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "flagstaff",
+    version,
+    about = "Flagstaff feature-flag and runtime-config store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node in the foreground.
+    Serve(ServeArgs),
+    /// Local clusters and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Read and change flags.
+    #[command(subcommand)]
+    Flag(client::FlagCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start a local cluster in the foreground (Ctrl-C stops it); reuses its data on restart.
+    Up(local_cluster::UpArgs),
+    /// Initialise a new multi-machine cluster: `--members 1=http://a:7701,http://a:7801 …`.
+    Init {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// `ID=API_URL,PEER_URL`, one per member.
+        #[arg(long, num_args = 1.., required = true)]
+        members: Vec<String>,
+    },
+    /// Members, roles, leader, term and applied index.
+    Status {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Add a non-voting learner (it catches up and serves bounded reads).
+    AddLearner {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        api_addr: String,
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Every option is also an environment variable (`FLAGSTAFF_*`).
+#[derive(Args)]
+struct ServeArgs {
+    /// This node's id (a positive integer, unique in the cluster, never reused).
+    #[arg(long, env = "FLAGSTAFF_ID")]
+    id: u64,
+    /// Data directory (RocksDB and the identity marker).
+    #[arg(long, env = "FLAGSTAFF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Client listener (HTTP API).
+    #[arg(
+        long,
+        env = "FLAGSTAFF_LISTEN_CLIENT",
+        default_value = "127.0.0.1:7701"
+    )]
+    listen_client: SocketAddr,
+    /// Peer listener (raft RPC, forwarding); bind it to a private interface.
+    #[arg(long, env = "FLAGSTAFF_LISTEN_PEER", default_value = "127.0.0.1:7801")]
+    listen_peer: SocketAddr,
+    /// URL others use for the client listener (default: http://LISTEN_CLIENT).
+    #[arg(long, env = "FLAGSTAFF_ADVERTISE_CLIENT")]
+    advertise_client: Option<String>,
+    /// URL others use for the peer listener (default: http://LISTEN_PEER).
+    #[arg(long, env = "FLAGSTAFF_ADVERTISE_PEER")]
+    advertise_peer: Option<String>,
+    /// Cluster id for a pristine data dir (creating or joining a cluster).
+    #[arg(long, env = "FLAGSTAFF_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Shared secret for the peer protocol (same on every node).
+    #[arg(long, env = "FLAGSTAFF_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: String,
+    /// Admin bearer token (same on every node).
+    #[arg(long, env = "FLAGSTAFF_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Default and maximum staleness of bounded reads.
+    #[arg(long, env = "FLAGSTAFF_MAX_STALENESS_MS", default_value_t = 2000)]
+    max_staleness_ms: u64,
+    #[arg(long, env = "FLAGSTAFF_HEARTBEAT_MS", default_value_t = 50)]
+    heartbeat_ms: u64,
+    #[arg(long, env = "FLAGSTAFF_ELECTION_MIN_MS", default_value_t = 150)]
+    election_min_ms: u64,
+    #[arg(long, env = "FLAGSTAFF_ELECTION_MAX_MS", default_value_t = 300)]
+    election_max_ms: u64,
+    /// Build a snapshot every this many log entries.
+    #[arg(long, env = "FLAGSTAFF_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot for lagging followers.
+    #[arg(long, env = "FLAGSTAFF_LOGS_BEHIND_SNAPSHOT", default_value_t = 10_000)]
+    logs_behind_snapshot: u64,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> NodeConfig {
+        let api = self
+            .advertise_client
+            .unwrap_or_else(|| format!("http://{}", self.listen_client));
+        let peer = self
+            .advertise_peer
+            .unwrap_or_else(|| format!("http://{}", self.listen_peer));
+        let mut c = NodeConfig::new(self.id, self.data_dir, api, peer);
+        c.cluster_id = self.cluster_id;
+        c.cluster_secret = self.cluster_secret;
+        c.admin_tokens = vec![("admin".into(), self.admin_token)];
+        c.max_staleness = Duration::from_millis(self.max_staleness_ms);
+        c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
+        c.election_timeout_min = Duration::from_millis(self.election_min_ms);
+        c.election_timeout_max = Duration::from_millis(self.election_max_ms);
+        c.snapshot_every = self.snapshot_every;
+        c.logs_behind_snapshot = self.logs_behind_snapshot;
+        c
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.cluster_secret.is_empty() || args.admin_token.is_empty() {
+        anyhow::bail!("--cluster-secret and --admin-token must not be empty");
+    }
+    let client = tokio::net::TcpListener::bind(args.listen_client)
+        .await
+        .with_context(|| format!("binding client listener {}", args.listen_client))?;
+    let peer = tokio::net::TcpListener::bind(args.listen_peer)
+        .await
+        .with_context(|| format!("binding peer listener {}", args.listen_peer))?;
+    flagstaff_node::run(
+        args.into_config(),
+        client,
+        peer,
+        local_cluster::terminated(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLAGSTAFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Cluster(ClusterCmd::Up(args)) => local_cluster::up(args).await,
+        Cmd::Cluster(ClusterCmd::Init { conn, members }) => {
+            client::cluster_init(&conn, &members).await
+        }
+        Cmd::Cluster(ClusterCmd::Status { conn }) => client::cluster_status(&conn).await,
+        Cmd::Cluster(ClusterCmd::AddLearner {
+            conn,
+            id,
+            api_addr,
+            peer_addr,
+        }) => client::add_learner(&conn, id, &api_addr, &peer_addr).await,
+        Cmd::Cluster(ClusterCmd::Promote { conn, id }) => client::promote(&conn, id).await,
+        Cmd::Cluster(ClusterCmd::Remove { conn, id }) => client::remove(&conn, id).await,
+        Cmd::Flag(cmd) => client::flag(cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! The Flagstaff node: wires the replicated store ([`flagstaff_raft_store`]) to the HTTP API,
+//! the peer protocol, leader forwarding and the read paths.
+//!
+//! Start one with [`server::start`] (already-bound listeners, so tests can use port 0) or
+//! [`server::run`] (until a shutdown future resolves).
+
+pub mod api;
+pub mod bounded_read;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod network;
+pub mod node;
+pub mod peer;
+pub mod peer_api;
+pub mod proposer;
+pub mod read_index;
+pub mod server;
+
+pub use config::NodeConfig;
+pub use error::ApiError;
+pub use node::{Consistency, Node};
+pub use server::{run, start, NodeError, RunningNode};

@@ -51,7 +51,10 @@ mod tests {
 
         let mut wrong = bytes.clone();
         wrong[0] = FORMAT_VERSION + 1;
-        assert!(matches!(decode::<(u64, String, Option<Vec<u8>>)>(&wrong), Err(CodecError::Version { .. })));
+        assert!(matches!(
+            decode::<(u64, String, Option<Vec<u8>>)>(&wrong),
+            Err(CodecError::Version { .. })
+        ));
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
     }
 }

@@ -49,12 +49,37 @@ pub enum Condition {
 /// A state change. Definitions are JSON text, validated by the node before proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    PutNamespace { ns: String, description: String, condition: Condition },
-    DeleteNamespace { ns: String, condition: Condition },
-    PutFlag { ns: String, key: String, definition: String, condition: Condition },
-    DeleteFlag { ns: String, key: String, condition: Condition },
-    PutSegment { ns: String, key: String, definition: String, condition: Condition },
-    DeleteSegment { ns: String, key: String, condition: Condition },
+    PutNamespace {
+        ns: String,
+        description: String,
+        condition: Condition,
+    },
+    DeleteNamespace {
+        ns: String,
+        condition: Condition,
+    },
+    PutFlag {
+        ns: String,
+        key: String,
+        definition: String,
+        condition: Condition,
+    },
+    DeleteFlag {
+        ns: String,
+        key: String,
+        condition: Condition,
+    },
+    PutSegment {
+        ns: String,
+        key: String,
+        definition: String,
+        condition: Condition,
+    },
+    DeleteSegment {
+        ns: String,
+        key: String,
+        condition: Condition,
+    },
 }
 
 impl Command {
@@ -93,11 +118,19 @@ pub enum ApplyError {
     #[error("namespace {ns:?} does not exist")]
     NamespaceNotFound { ns: String },
     #[error("{kind} {key:?} does not exist in namespace {ns:?}")]
-    NotFound { ns: String, kind: String, key: String },
+    NotFound {
+        ns: String,
+        kind: String,
+        key: String,
+    },
     #[error("precondition failed: current version is {current:?}")]
     PreconditionFailed { current: Option<u64> },
     #[error("{path}: segment {segment:?} does not exist in namespace {ns:?}")]
-    UnknownSegment { ns: String, path: String, segment: String },
+    UnknownSegment {
+        ns: String,
+        path: String,
+        segment: String,
+    },
     #[error("segment references form a cycle: {}", cycle.join(" -> "))]
     SegmentCycle { cycle: Vec<String> },
     #[error("segment {segment:?} is still referenced by {users:?}")]

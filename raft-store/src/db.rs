@@ -25,12 +25,14 @@ pub(crate) fn open_db(dir: &Path) -> Result<DB, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs =
+        [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(DB::open_cf_descriptors(&opts, dir, cfs)?)
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StoreError> {
-    db.cf_handle(name).ok_or(StoreError::MissingColumnFamily(name))
+    db.cf_handle(name)
+        .ok_or(StoreError::MissingColumnFamily(name))
 }
 
 /// Write options that return only after the WAL is fsynced.

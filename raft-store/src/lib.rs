@@ -13,10 +13,10 @@
 
 pub mod codec;
 pub mod command;
-pub mod marker;
-pub mod state;
 mod db;
 mod log_store;
+pub mod marker;
+pub mod state;
 mod state_machine;
 #[cfg(test)]
 mod state_tests;
@@ -26,8 +26,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use command::{
-    Actor, ApplyError, Applied, Command, CommandResult, Condition, Envelope, IdempotencyKey, Request,
-    Response,
+    Actor, Applied, ApplyError, Command, CommandResult, Condition, Envelope, IdempotencyKey,
+    Request, Response,
 };
 pub use db::StoreError;
 pub use log_store::LogStore;

@@ -45,7 +45,10 @@ impl LogStore {
         Ok(Self { db })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         let cf = cf(&self.db, CF_META)?;
         match self.db.get_cf(cf, key)? {
             None => Ok(None),
@@ -87,7 +90,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let cf = cf(&self.db, CF_LOGS).map_err(read_err)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
+        for item in self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        ) {
             let (key, value) = item.map_err(read_err)?;
             let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0xff; 8]));
             if !range.contains(&index) {
@@ -105,7 +111,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED).map_err(read_err)?;
         let last_log_id = self.last_entry().map_err(read_err)?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -122,21 +131,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced on its own: it rides on the next synced append. After a crash the node
         // re-applies at most up to what it had durably recorded, which is always safe.
         let cf = cf(&self.db, CF_META).map_err(write_err)?;
-        self.db.put_cf(cf, KEY_COMMITTED, codec::encode(&committed).map_err(write_err)?).map_err(write_err)
+        self.db
+            .put_cf(
+                cf,
+                KEY_COMMITTED,
+                codec::encode(&committed).map_err(write_err)?,
+            )
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED).map_err(read_err)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(read_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -144,7 +167,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = cf(&self.db, CF_LOGS).map_err(write_err)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry).map_err(write_err)?);
+            batch.put_cf(
+                cf,
+                index_key(entry.log_id.index),
+                codec::encode(&entry).map_err(write_err)?,
+            );
         }
         let result = self.write_synced(batch).await;
         // Only now is the append durable; tell openraft either way.
@@ -167,8 +194,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let logs = cf(&self.db, CF_LOGS).map_err(write_err)?;
         let meta = cf(&self.db, CF_META).map_err(write_err)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(meta, KEY_LAST_PURGED, codec::encode(&log_id).map_err(write_err)?);
-        batch.delete_range_cf(logs, index_key(0), index_key(log_id.index.saturating_add(1)));
+        batch.put_cf(
+            meta,
+            KEY_LAST_PURGED,
+            codec::encode(&log_id).map_err(write_err)?,
+        );
+        batch.delete_range_cf(
+            logs,
+            index_key(0),
+            index_key(log_id.index.saturating_add(1)),
+        );
         self.write_synced(batch).await
     }
 }

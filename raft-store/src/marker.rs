@@ -23,13 +23,25 @@ pub struct Marker {
 #[derive(Debug, thiserror::Error)]
 pub enum MarkerError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid marker: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(
         "{dir}: belongs to cluster {found_cluster} as node {found_node}, not cluster {want_cluster} as node {want_node}"
     )]
-    Mismatch { dir: PathBuf, found_cluster: String, found_node: u64, want_cluster: String, want_node: u64 },
+    Mismatch {
+        dir: PathBuf,
+        found_cluster: String,
+        found_node: u64,
+        want_cluster: String,
+        want_node: u64,
+    },
     #[error(
         "{dir}: holds Raft data but no identity marker; refusing to guess which cluster it belongs to"
     )]
@@ -37,17 +49,24 @@ pub enum MarkerError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MarkerError + '_ {
-    move |source| MarkerError::Io { path: path.to_path_buf(), source }
+    move |source| MarkerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads the marker of `dir`, if any.
 pub fn read(dir: &Path) -> Result<Option<Marker>, MarkerError> {
     let path = dir.join(MARKER_FILE);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| MarkerError::Parse { path, source }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| MarkerError::Parse { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.join(DB_DIR).exists() {
-                Err(MarkerError::Unmarked { dir: dir.to_path_buf() })
+                Err(MarkerError::Unmarked {
+                    dir: dir.to_path_buf(),
+                })
             } else {
                 Ok(None)
             }
@@ -66,12 +85,17 @@ pub fn write(dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
     let path = dir.join(MARKER_FILE);
-    let body = serde_json::to_vec_pretty(marker).map_err(|source| MarkerError::Parse { path: path.clone(), source })?;
+    let body = serde_json::to_vec_pretty(marker).map_err(|source| MarkerError::Parse {
+        path: path.clone(),
+        source,
+    })?;
     let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&body).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, &path).map_err(io(&path))?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(())
 }
 
@@ -81,7 +105,11 @@ pub fn write(dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
 ///
 /// Returns the cluster id, or `Ok(None)` when the directory is pristine and no cluster id was
 /// given (the caller decides how to refuse).
-pub fn claim(dir: &Path, node_id: u64, cluster_id: Option<&str>) -> Result<Option<String>, MarkerError> {
+pub fn claim(
+    dir: &Path,
+    node_id: u64,
+    cluster_id: Option<&str>,
+) -> Result<Option<String>, MarkerError> {
     match read(dir)? {
         Some(m) => {
             if m.node_id != node_id || cluster_id.is_some_and(|c| c != m.cluster_id) {
@@ -98,7 +126,14 @@ pub fn claim(dir: &Path, node_id: u64, cluster_id: Option<&str>) -> Result<Optio
         None => match cluster_id {
             None => Ok(None),
             Some(c) => {
-                write(dir, &Marker { format: 1, cluster_id: c.to_string(), node_id })?;
+                write(
+                    dir,
+                    &Marker {
+                        format: 1,
+                        cluster_id: c.to_string(),
+                        node_id,
+                    },
+                )?;
                 Ok(Some(c.to_string()))
             }
         },
@@ -114,17 +149,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(is_pristine(dir.path()));
         assert_eq!(claim(dir.path(), 1, None).unwrap(), None);
-        assert_eq!(claim(dir.path(), 1, Some("c1")).unwrap().as_deref(), Some("c1"));
+        assert_eq!(
+            claim(dir.path(), 1, Some("c1")).unwrap().as_deref(),
+            Some("c1")
+        );
         assert!(!is_pristine(dir.path()));
         assert_eq!(claim(dir.path(), 1, None).unwrap().as_deref(), Some("c1"));
-        assert!(matches!(claim(dir.path(), 2, None), Err(MarkerError::Mismatch { .. })));
-        assert!(matches!(claim(dir.path(), 1, Some("c2")), Err(MarkerError::Mismatch { .. })));
+        assert!(matches!(
+            claim(dir.path(), 2, None),
+            Err(MarkerError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            claim(dir.path(), 1, Some("c2")),
+            Err(MarkerError::Mismatch { .. })
+        ));
     }
 
     #[test]
     fn database_without_marker_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join(DB_DIR)).unwrap();
-        assert!(matches!(read(dir.path()), Err(MarkerError::Unmarked { .. })));
+        assert!(matches!(
+            read(dir.path()),
+            Err(MarkerError::Unmarked { .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::command::{ApplyError, Applied, Command, CommandResult, Condition, Envelope, Request};
+use crate::command::{Applied, ApplyError, Command, CommandResult, Condition, Envelope, Request};
 use crate::{LogId, StoredMembership};
 
 /// Retention bounds. They must be the same on every node, since eviction is part of `apply`.
@@ -24,7 +24,10 @@ pub struct StateLimits {
 
 impl Default for StateLimits {
     fn default() -> Self {
-        Self { history: 100_000, idempotency_keys: 100_000 }
+        Self {
+            history: 100_000,
+            idempotency_keys: 100_000,
+        }
     }
 }
 
@@ -125,7 +128,11 @@ fn ns_key(ns: &str) -> Vec<u8> {
     [b"n:", ns.as_bytes()].concat()
 }
 fn item_key(kind: ChangeKind, ns: &str, key: &str) -> Vec<u8> {
-    let tag: &[u8] = if kind == ChangeKind::Flag { b"f:" } else { b"s:" };
+    let tag: &[u8] = if kind == ChangeKind::Flag {
+        b"f:"
+    } else {
+        b"s:"
+    };
     [tag, ns.as_bytes(), b"\0", key.as_bytes()].concat()
 }
 fn history_key(revision: u64) -> Vec<u8> {
@@ -180,16 +187,27 @@ impl State {
         rows: &mut Vec<RowOp>,
     ) -> Vec<CommandResult> {
         self.meta.clock_ms = self.meta.clock_ms.max(req.proposed_at_ms);
-        req.commands.iter().map(|env| self.apply_envelope(env, limits, rows)).collect()
+        req.commands
+            .iter()
+            .map(|env| self.apply_envelope(env, limits, rows))
+            .collect()
     }
 
-    fn apply_envelope(&mut self, env: &Envelope, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+    fn apply_envelope(
+        &mut self,
+        env: &Envelope,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
         if let Some(idem) = &env.idempotency {
             if let Some(rec) = self.idempotency.get(&idem.scope) {
                 if rec.fingerprint != idem.fingerprint {
                     return Err(ApplyError::IdempotencyKeyReused);
                 }
-                return rec.result.clone().map(|a| Applied { replayed: true, ..a });
+                return rec.result.clone().map(|a| Applied {
+                    replayed: true,
+                    ..a
+                });
             }
         }
         let result = self.apply_command(&env.command, &env.actor, limits, rows);
@@ -213,9 +231,19 @@ impl State {
         result
     }
 
-    fn apply_command(&mut self, cmd: &Command, actor: &str, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+    fn apply_command(
+        &mut self,
+        cmd: &Command,
+        actor: &str,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
         match cmd {
-            Command::PutNamespace { ns, description, condition } => {
+            Command::PutNamespace {
+                ns,
+                description,
+                condition,
+            } => {
                 let current = self.namespaces.get(ns).map(|n| n.version);
                 check(*condition, current)?;
                 let revision = self.meta.revision + 1;
@@ -223,7 +251,16 @@ impl State {
                 let before = current.map(|_| entry.description.clone());
                 entry.version = revision;
                 entry.description = description.clone();
-                self.finish_change(ChangeKind::Namespace, ns, ns, actor, before, Some(description.clone()), limits, rows)
+                self.finish_change(
+                    ChangeKind::Namespace,
+                    ns,
+                    ns,
+                    actor,
+                    before,
+                    Some(description.clone()),
+                    limits,
+                    rows,
+                )
             }
             Command::DeleteNamespace { ns, condition } => {
                 let current = self.namespaces.get(ns).map(|n| n.version);
@@ -255,20 +292,53 @@ impl State {
                     after: None,
                 };
                 self.record(change, limits, rows);
-                Ok(Applied { revision, replayed: false })
+                Ok(Applied {
+                    revision,
+                    replayed: false,
+                })
             }
-            Command::PutFlag { ns, key, definition, condition } => {
-                self.put_item(ChangeKind::Flag, ns, key, definition, *condition, actor, limits, rows)
-            }
-            Command::PutSegment { ns, key, definition, condition } => {
-                self.put_item(ChangeKind::Segment, ns, key, definition, *condition, actor, limits, rows)
-            }
+            Command::PutFlag {
+                ns,
+                key,
+                definition,
+                condition,
+            } => self.put_item(
+                ChangeKind::Flag,
+                ns,
+                key,
+                definition,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
+            Command::PutSegment {
+                ns,
+                key,
+                definition,
+                condition,
+            } => self.put_item(
+                ChangeKind::Segment,
+                ns,
+                key,
+                definition,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
             Command::DeleteFlag { ns, key, condition } => {
                 self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)
             }
-            Command::DeleteSegment { ns, key, condition } => {
-                self.delete_item(ChangeKind::Segment, ns, key, *condition, actor, limits, rows)
-            }
+            Command::DeleteSegment { ns, key, condition } => self.delete_item(
+                ChangeKind::Segment,
+                ns,
+                key,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
         }
     }
 
@@ -284,8 +354,15 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        let space = self
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &space.flags
+        } else {
+            &space.segments
+        };
         check(condition, items.get(key).map(|i| i.version))?;
         check_references(ns, space, kind, key, definition)?;
 
@@ -297,10 +374,28 @@ impl State {
             updated_by: actor.to_string(),
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
-        let before = items.insert(key.to_string(), item).map(|old| old.definition);
-        self.finish_change(kind, ns, key, actor, before, Some(definition.to_string()), limits, rows)
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &mut space.flags
+        } else {
+            &mut space.segments
+        };
+        let before = items
+            .insert(key.to_string(), item)
+            .map(|old| old.definition);
+        self.finish_change(
+            kind,
+            ns,
+            key,
+            actor,
+            before,
+            Some(definition.to_string()),
+            limits,
+            rows,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -314,21 +409,42 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        let space = self
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &space.flags
+        } else {
+            &space.segments
+        };
         let current = items.get(key).map(|i| i.version);
         if current.is_none() && condition == Condition::None {
-            return Err(ApplyError::NotFound { ns: ns.to_string(), kind: kind.as_str().to_string(), key: key.to_string() });
+            return Err(ApplyError::NotFound {
+                ns: ns.to_string(),
+                kind: kind.as_str().to_string(),
+                key: key.to_string(),
+            });
         }
         check(condition, current)?;
         if kind == ChangeKind::Segment {
             let users = segment_users(space, key);
             if !users.is_empty() {
-                return Err(ApplyError::SegmentInUse { segment: key.to_string(), users });
+                return Err(ApplyError::SegmentInUse {
+                    segment: key.to_string(),
+                    users,
+                });
             }
         }
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &mut space.flags
+        } else {
+            &mut space.segments
+        };
         let before = items.remove(key).map(|old| old.definition);
         rows.push((item_key(kind, ns, key), None));
         self.finish_change(kind, ns, key, actor, before, None, limits, rows)
@@ -349,7 +465,10 @@ impl State {
     ) -> CommandResult {
         let revision = self.meta.revision + 1;
         self.meta.revision = revision;
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
         let prev_revision = space.last_change;
         space.last_change = revision;
         let header = NamespaceHeader {
@@ -370,7 +489,10 @@ impl State {
             after,
         };
         self.record(change, limits, rows);
-        Ok(Applied { revision, replayed: false })
+        Ok(Applied {
+            revision,
+            replayed: false,
+        })
     }
 
     fn record(&mut self, change: Change, limits: StateLimits, rows: &mut Vec<RowOp>) {
@@ -394,10 +516,16 @@ impl State {
             };
             rows.push((ns_key(name), Some(encode_row(&header))));
             for (key, item) in &space.flags {
-                rows.push((item_key(ChangeKind::Flag, name, key), Some(encode_row(item))));
+                rows.push((
+                    item_key(ChangeKind::Flag, name, key),
+                    Some(encode_row(item)),
+                ));
             }
             for (key, item) in &space.segments {
-                rows.push((item_key(ChangeKind::Segment, name, key), Some(encode_row(item))));
+                rows.push((
+                    item_key(ChangeKind::Segment, name, key),
+                    Some(encode_row(item)),
+                ));
             }
         }
         for change in &self.history {
@@ -411,7 +539,9 @@ impl State {
 
     /// Rebuilds the state from the rows written by [`State::apply_request`] and
     /// [`State::all_rows`], in key order.
-    pub(crate) fn from_rows<'a>(rows: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<State, codec::CodecError> {
+    pub(crate) fn from_rows<'a>(
+        rows: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<State, codec::CodecError> {
         let mut state = State::default();
         let mut idem: Vec<(u64, String)> = Vec::new();
         for (key, value) in rows {
@@ -419,7 +549,10 @@ impl State {
             match tag {
                 b"n:" => {
                     let h: NamespaceHeader = codec::decode(value)?;
-                    let space = state.namespaces.entry(String::from_utf8_lossy(rest).into_owned()).or_default();
+                    let space = state
+                        .namespaces
+                        .entry(String::from_utf8_lossy(rest).into_owned())
+                        .or_default();
                     space.version = h.version;
                     space.description = h.description;
                     space.last_change = h.last_change;
@@ -428,7 +561,8 @@ impl State {
                     let item: Item = codec::decode(value)?;
                     let mut parts = rest.splitn(2, |b| *b == 0);
                     let ns = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                    let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let name =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                     let space = state.namespaces.entry(ns).or_default();
                     if tag == b"f:" {
                         space.flags.insert(name, item);
@@ -479,18 +613,36 @@ fn references(kind: ChangeKind, definition: &str) -> BTreeSet<String> {
 }
 
 /// `$ref` targets must exist, and a segment must not close a cycle.
-fn check_references(ns: &str, space: &Namespace, kind: ChangeKind, key: &str, definition: &str) -> Result<(), ApplyError> {
+fn check_references(
+    ns: &str,
+    space: &Namespace,
+    kind: ChangeKind,
+    key: &str,
+    definition: &str,
+) -> Result<(), ApplyError> {
     let refs = references(kind, definition);
-    let path = if kind == ChangeKind::Flag { "targeting" } else { "rule" };
+    let path = if kind == ChangeKind::Flag {
+        "targeting"
+    } else {
+        "rule"
+    };
     for name in &refs {
-        let exists = space.segments.contains_key(name) || (kind == ChangeKind::Segment && name == key);
+        let exists =
+            space.segments.contains_key(name) || (kind == ChangeKind::Segment && name == key);
         if !exists {
-            return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: path.to_string(), segment: name.clone() });
+            return Err(ApplyError::UnknownSegment {
+                ns: ns.to_string(),
+                path: path.to_string(),
+                segment: name.clone(),
+            });
         }
     }
     if kind == ChangeKind::Segment && !refs.is_empty() {
-        let mut rules: BTreeMap<String, serde_json::Value> =
-            space.segments.iter().map(|(k, item)| (k.clone(), parse(&item.definition))).collect();
+        let mut rules: BTreeMap<String, serde_json::Value> = space
+            .segments
+            .iter()
+            .map(|(k, item)| (k.clone(), parse(&item.definition)))
+            .collect();
         rules.insert(key.to_string(), parse(definition));
         if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
             return Err(ApplyError::SegmentCycle { cycle });
@@ -509,8 +661,10 @@ fn segment_users(space: &Namespace, segment: &str) -> Vec<String> {
     let segments = space
         .segments
         .iter()
-        .filter(|(k, item)| k.as_str() != segment && references(ChangeKind::Segment, &item.definition).contains(segment))
+        .filter(|(k, item)| {
+            k.as_str() != segment
+                && references(ChangeKind::Segment, &item.definition).contains(segment)
+        })
         .map(|(k, _)| format!("segment {k}"));
     flags.chain(segments).collect()
 }
-

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use crate::codec;
 use crate::db::{cf, synced, StoreError, CF_META, CF_SM};
 use crate::state::{RowOp, State, StateLimits};
-use crate::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::{
+    Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
@@ -91,15 +93,28 @@ impl StateMachine {
             State::from_rows(rows.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))?
         };
         let (applied, _) = watch::channel(view_of(&state, 0));
-        Ok(Self { db, state: Arc::new(RwLock::new(state)), limits, applied })
+        Ok(Self {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            limits,
+            applied,
+        })
     }
 
     /// A read handle for the node.
     pub fn handle(&self) -> StateHandle {
-        StateHandle { state: self.state.clone(), applied: self.applied.subscribe() }
+        StateHandle {
+            state: self.state.clone(),
+            applied: self.applied.subscribe(),
+        }
     }
 
-    fn write_rows(&self, rows: Vec<RowOp>, clear_first: bool, sync: bool) -> Result<(), StoreError> {
+    fn write_rows(
+        &self,
+        rows: Vec<RowOp>,
+        clear_first: bool,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let sm = cf(&self.db, CF_SM)?;
         let mut batch = WriteBatch::default();
         if clear_first {
@@ -145,7 +160,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 let reply = match &entry.payload {
                     EntryPayload::Blank => Response::default(),
-                    EntryPayload::Normal(req) => Response { results: state.apply_request(req, self.limits, &mut rows) },
+                    EntryPayload::Normal(req) => Response {
+                        results: state.apply_request(req, self.limits, &mut rows),
+                    },
                     EntryPayload::Membership(m) => {
                         state.set_membership(StoredMembership::new(Some(entry.log_id), m.clone()));
                         Response::default()
@@ -162,29 +179,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), state: self.state.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state: self.state.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let new_state: State = codec::decode(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
         })?;
         let mut rows = new_state.all_rows();
         let blob = codec::encode(&(meta, &data)).map_err(sm_write_err)?;
-        self.write_rows(std::mem::take(&mut rows), true, true).map_err(sm_write_err)?;
+        self.write_rows(std::mem::take(&mut rows), true, true)
+            .map_err(sm_write_err)?;
         let meta_cf = cf(&self.db, CF_META).map_err(sm_write_err)?;
-        self.db.put_cf_opt(meta_cf, KEY_SNAPSHOT, blob, &synced()).map_err(sm_write_err)?;
+        self.db
+            .put_cf_opt(meta_cf, KEY_SNAPSHOT, blob, &synced())
+            .map_err(sm_write_err)?;
         let view = {
             let mut state = self.write_state();
             *state = new_state;
             view_of(&state, self.applied.borrow().snapshot_epoch + 1)
         };
-        tracing::info!(log_index = view.log_index, revision = view.revision, "installed snapshot");
+        tracing::info!(
+            log_index = view.log_index,
+            revision = view.revision,
+            "installed snapshot"
+        );
         self.applied.send_replace(view);
         Ok(())
     }
@@ -195,7 +229,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let (meta, data): (SnapshotMeta, Vec<u8>) = codec::decode(&blob).map_err(sm_read_err)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 
@@ -215,12 +252,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, state.revision()),
                 None => format!("0-0-{}", state.revision()),
             };
-            let meta = SnapshotMeta { last_log_id: last, last_membership: state.membership().clone(), snapshot_id };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: state.membership().clone(),
+                snapshot_id,
+            };
             (data, meta)
         };
         let blob = codec::encode(&(&meta, &data)).map_err(sm_write_err)?;
         let meta_cf = cf(&self.db, CF_META).map_err(sm_write_err)?;
-        self.db.put_cf(meta_cf, KEY_SNAPSHOT, blob).map_err(sm_write_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        self.db
+            .put_cf(meta_cf, KEY_SNAPSHOT, blob)
+            .map_err(sm_write_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }

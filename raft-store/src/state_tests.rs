@@ -4,31 +4,67 @@ use crate::command::{ApplyError, Command, Condition, Envelope, IdempotencyKey, R
 use crate::state::{State, StateLimits};
 
 fn env(command: Command) -> Envelope {
-    Envelope { actor: "admin".into(), idempotency: None, command }
+    Envelope {
+        actor: "admin".into(),
+        idempotency: None,
+        command,
+    }
 }
 
 fn apply(state: &mut State, commands: Vec<Envelope>) -> Vec<crate::CommandResult> {
     let mut rows = Vec::new();
-    let out = state.apply_request(&Request { proposed_at_ms: 1_000, commands }, StateLimits { history: 3, idempotency_keys: 2 }, &mut rows);
+    let out = state.apply_request(
+        &Request {
+            proposed_at_ms: 1_000,
+            commands,
+        },
+        StateLimits {
+            history: 3,
+            idempotency_keys: 2,
+        },
+        &mut rows,
+    );
     out
 }
 
 fn ns(name: &str) -> Command {
-    Command::PutNamespace { ns: name.into(), description: String::new(), condition: Condition::None }
+    Command::PutNamespace {
+        ns: name.into(),
+        description: String::new(),
+        condition: Condition::None,
+    }
 }
 fn flag(name: &str, def: &str, condition: Condition) -> Command {
-    Command::PutFlag { ns: "prod".into(), key: name.into(), definition: def.into(), condition }
+    Command::PutFlag {
+        ns: "prod".into(),
+        key: name.into(),
+        definition: def.into(),
+        condition,
+    }
 }
 fn segment(name: &str, def: &str) -> Command {
-    Command::PutSegment { ns: "prod".into(), key: name.into(), definition: def.into(), condition: Condition::None }
+    Command::PutSegment {
+        ns: "prod".into(),
+        key: name.into(),
+        definition: def.into(),
+        condition: Condition::None,
+    }
 }
 
-const BOOL_FLAG: &str = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}"#;
+const BOOL_FLAG: &str =
+    r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}"#;
 
 #[test]
 fn each_change_gets_its_own_revision_and_failures_bump_nothing() {
     let mut s = State::default();
-    let r = apply(&mut s, vec![env(ns("prod")), env(flag("a", BOOL_FLAG, Condition::None)), env(flag("b", BOOL_FLAG, Condition::IfMatch(99)))]);
+    let r = apply(
+        &mut s,
+        vec![
+            env(ns("prod")),
+            env(flag("a", BOOL_FLAG, Condition::None)),
+            env(flag("b", BOOL_FLAG, Condition::IfMatch(99))),
+        ],
+    );
     assert_eq!(r[0].as_ref().unwrap().revision, 1);
     assert_eq!(r[1].as_ref().unwrap().revision, 2);
     assert_eq!(r[2], Err(ApplyError::PreconditionFailed { current: None }));
@@ -39,15 +75,47 @@ fn each_change_gets_its_own_revision_and_failures_bump_nothing() {
 #[test]
 fn conditions_are_decided_in_apply() {
     let mut s = State::default();
-    apply(&mut s, vec![env(ns("prod")), env(flag("a", BOOL_FLAG, Condition::CreateOnly))]);
-    let r = apply(&mut s, vec![env(flag("a", BOOL_FLAG, Condition::CreateOnly))]);
-    assert_eq!(r[0], Err(ApplyError::PreconditionFailed { current: Some(2) }));
-    let r = apply(&mut s, vec![env(flag("a", BOOL_FLAG, Condition::IfMatch(1)))]);
-    assert_eq!(r[0], Err(ApplyError::PreconditionFailed { current: Some(2) }));
-    let r = apply(&mut s, vec![env(flag("a", BOOL_FLAG, Condition::IfMatch(2)))]);
+    apply(
+        &mut s,
+        vec![
+            env(ns("prod")),
+            env(flag("a", BOOL_FLAG, Condition::CreateOnly)),
+        ],
+    );
+    let r = apply(
+        &mut s,
+        vec![env(flag("a", BOOL_FLAG, Condition::CreateOnly))],
+    );
+    assert_eq!(
+        r[0],
+        Err(ApplyError::PreconditionFailed { current: Some(2) })
+    );
+    let r = apply(
+        &mut s,
+        vec![env(flag("a", BOOL_FLAG, Condition::IfMatch(1)))],
+    );
+    assert_eq!(
+        r[0],
+        Err(ApplyError::PreconditionFailed { current: Some(2) })
+    );
+    let r = apply(
+        &mut s,
+        vec![env(flag("a", BOOL_FLAG, Condition::IfMatch(2)))],
+    );
     assert_eq!(r[0].as_ref().unwrap().revision, 3);
-    let r = apply(&mut s, vec![env(Command::PutFlag { ns: "nope".into(), key: "a".into(), definition: BOOL_FLAG.into(), condition: Condition::None })]);
-    assert_eq!(r[0], Err(ApplyError::NamespaceNotFound { ns: "nope".into() }));
+    let r = apply(
+        &mut s,
+        vec![env(Command::PutFlag {
+            ns: "nope".into(),
+            key: "a".into(),
+            definition: BOOL_FLAG.into(),
+            condition: Condition::None,
+        })],
+    );
+    assert_eq!(
+        r[0],
+        Err(ApplyError::NamespaceNotFound { ns: "nope".into() })
+    );
     assert_eq!(s.revision(), 3);
 }
 
@@ -59,49 +127,107 @@ fn references_must_exist_and_not_cycle_and_segments_in_use_stay() {
     let r = apply(&mut s, vec![env(flag("a", targeting, Condition::None))]);
     assert!(matches!(&r[0], Err(ApplyError::UnknownSegment { segment, .. }) if segment == "beta"));
 
-    let r = apply(&mut s, vec![env(segment("beta", r#"{"in":[{"var":"email"},["a@x"]]}"#)), env(flag("a", targeting, Condition::None))]);
+    let r = apply(
+        &mut s,
+        vec![
+            env(segment("beta", r#"{"in":[{"var":"email"},["a@x"]]}"#)),
+            env(flag("a", targeting, Condition::None)),
+        ],
+    );
     assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
 
     let r = apply(&mut s, vec![env(segment("x", r#"{"$ref":"y"}"#))]);
     assert!(matches!(&r[0], Err(ApplyError::UnknownSegment { .. })));
-    apply(&mut s, vec![env(segment("y", r#"{"==":[1,1]}"#)), env(segment("x", r#"{"$ref":"y"}"#))]);
+    apply(
+        &mut s,
+        vec![
+            env(segment("y", r#"{"==":[1,1]}"#)),
+            env(segment("x", r#"{"$ref":"y"}"#)),
+        ],
+    );
     let r = apply(&mut s, vec![env(segment("y", r#"{"$ref":"x"}"#))]);
-    assert!(matches!(&r[0], Err(ApplyError::SegmentCycle { .. })), "{r:?}");
+    assert!(
+        matches!(&r[0], Err(ApplyError::SegmentCycle { .. })),
+        "{r:?}"
+    );
 
-    let r = apply(&mut s, vec![env(Command::DeleteSegment { ns: "prod".into(), key: "beta".into(), condition: Condition::None })]);
-    assert!(matches!(&r[0], Err(ApplyError::SegmentInUse { users, .. }) if users == &vec!["flag a".to_string()]));
+    let r = apply(
+        &mut s,
+        vec![env(Command::DeleteSegment {
+            ns: "prod".into(),
+            key: "beta".into(),
+            condition: Condition::None,
+        })],
+    );
+    assert!(
+        matches!(&r[0], Err(ApplyError::SegmentInUse { users, .. }) if users == &vec!["flag a".to_string()])
+    );
 }
 
 #[test]
 fn idempotent_retry_applies_once_and_reuse_is_refused() {
     let mut s = State::default();
     apply(&mut s, vec![env(ns("prod"))]);
-    let key = |fp: &str| Some(IdempotencyKey { scope: "admin/prod/k1".into(), fingerprint: fp.into() });
-    let e = Envelope { actor: "admin".into(), idempotency: key("f1"), command: flag("a", BOOL_FLAG, Condition::None) };
+    let key = |fp: &str| {
+        Some(IdempotencyKey {
+            scope: "admin/prod/k1".into(),
+            fingerprint: fp.into(),
+        })
+    };
+    let e = Envelope {
+        actor: "admin".into(),
+        idempotency: key("f1"),
+        command: flag("a", BOOL_FLAG, Condition::None),
+    };
     let first = apply(&mut s, vec![e.clone()]);
     let again = apply(&mut s, vec![e.clone()]);
-    assert_eq!(first[0].as_ref().unwrap().revision, again[0].as_ref().unwrap().revision);
+    assert_eq!(
+        first[0].as_ref().unwrap().revision,
+        again[0].as_ref().unwrap().revision
+    );
     assert!(again[0].as_ref().unwrap().replayed);
     assert_eq!(s.revision(), 2);
-    let other = Envelope { idempotency: key("f2"), ..e };
-    assert_eq!(apply(&mut s, vec![other])[0], Err(ApplyError::IdempotencyKeyReused));
+    let other = Envelope {
+        idempotency: key("f2"),
+        ..e
+    };
+    assert_eq!(
+        apply(&mut s, vec![other])[0],
+        Err(ApplyError::IdempotencyKeyReused)
+    );
 }
 
 #[test]
 fn retention_is_bounded_fifo_and_rows_round_trip() {
     let mut s = State::default();
-    let limits = StateLimits { history: 3, idempotency_keys: 2 };
+    let limits = StateLimits {
+        history: 3,
+        idempotency_keys: 2,
+    };
     let mut rows = Vec::new();
     let mut cmds = vec![env(ns("prod"))];
     for i in 0..5 {
         cmds.push(Envelope {
             actor: "admin".into(),
-            idempotency: Some(IdempotencyKey { scope: format!("k{i}"), fingerprint: "f".into() }),
+            idempotency: Some(IdempotencyKey {
+                scope: format!("k{i}"),
+                fingerprint: "f".into(),
+            }),
             command: flag(&format!("f{i}"), BOOL_FLAG, Condition::None),
         });
     }
-    s.apply_request(&Request { proposed_at_ms: 5, commands: cmds }, limits, &mut rows);
-    assert_eq!(s.history().iter().map(|c| c.revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+    s.apply_request(
+        &Request {
+            proposed_at_ms: 5,
+            commands: cmds,
+        },
+        limits,
+        &mut rows,
+    );
+    assert_eq!(
+        s.history().iter().map(|c| c.revision).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
 
     // Replaying the row operations into a fresh store gives the same state.
     let mut table = std::collections::BTreeMap::new();
@@ -114,12 +240,20 @@ fn retention_is_bounded_fifo_and_rows_round_trip() {
     // `last_applied` lives in the meta row, written by the state machine.
     let mut meta_rows = Vec::new();
     let mut s2 = s.clone();
-    s2.set_applied(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 7), &mut meta_rows);
+    s2.set_applied(
+        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
+        &mut meta_rows,
+    );
     for (k, v) in meta_rows {
         table.insert(k, v.unwrap());
     }
     let loaded = State::from_rows(table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
     assert_eq!(loaded, s2);
-    let from_all = State::from_rows(s2.all_rows().iter().map(|(k, v)| (k.as_slice(), v.as_deref().unwrap()))).unwrap();
+    let from_all = State::from_rows(
+        s2.all_rows()
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref().unwrap())),
+    )
+    .unwrap();
     assert_eq!(from_all, s2);
 }

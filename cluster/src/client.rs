@@ -1,0 +1,350 @@
+//! Command-line client: talks to any node (trying each endpoint in turn), prints readable
+//! output or `--json`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Node URLs, comma-separated; tried in order.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_ENDPOINT",
+        default_value = "http://127.0.0.1:7701"
+    )]
+    endpoint: String,
+    /// Admin token; defaults to DATA_DIR/admin.token.
+    #[arg(long, env = "FLAGSTAFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where `cluster up` keeps its data (for the admin token).
+    #[arg(long, env = "FLAGSTAFF_DATA_DIR", default_value = "flagstaff-data")]
+    data_dir: PathBuf,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let path = self.data_dir.join("admin.token");
+        let t = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no --token/FLAGSTAFF_TOKEN and cannot read {}",
+                path.display()
+            )
+        })?;
+        Ok(t.trim().to_string())
+    }
+
+    /// Sends a request to the first endpoint that accepts a connection.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let token = self.token()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        let mut last = None;
+        for base in self
+            .endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let mut req = http
+                .request(
+                    method.clone(),
+                    format!("{}{}", base.trim_end_matches('/'), path),
+                )
+                .bearer_auth(&token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let value: Value = resp.json().await.unwrap_or(Value::Null);
+                    if !status.is_success() {
+                        let msg = value["error"]["message"].as_str().unwrap_or("");
+                        bail!("{status}: {msg}");
+                    }
+                    return Ok(value);
+                }
+                Err(e) if e.is_connect() => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match last {
+            Some(e) => Err(anyhow::anyhow!("no endpoint reachable: {e}")),
+            None => bail!("no endpoint given"),
+        }
+    }
+
+    fn print(&self, value: &Value, readable: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{}", readable(value));
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum FlagCmd {
+    /// Show one flag.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        key: String,
+    },
+    /// List the flags of a namespace.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+    },
+    /// Create or replace a flag from a JSON definition (inline or `@file`).
+    Set {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        key: String,
+        definition: String,
+    },
+    /// Turn a flag on (`state: ENABLED`).
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        key: String,
+    },
+    /// Kill switch: `state: DISABLED`.
+    Disable {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        key: String,
+    },
+    /// Delete a flag.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        key: String,
+    },
+}
+
+pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
+    let written = |v: &Value| format!("ok: revision {}", v["revision"]);
+    match cmd {
+        FlagCmd::Get {
+            conn,
+            namespace,
+            key,
+        } => {
+            let v = conn
+                .call(
+                    Method::GET,
+                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
+                    None,
+                )
+                .await?;
+            conn.print(&v, |v| {
+                format!(
+                    "{}/{} version {} (by {})\n{}",
+                    namespace,
+                    key,
+                    v["version"],
+                    v["updated_by"].as_str().unwrap_or("?"),
+                    serde_json::to_string_pretty(&v["definition"]).unwrap_or_default()
+                )
+            });
+        }
+        FlagCmd::List { conn, namespace } => {
+            let v = conn
+                .call(
+                    Method::GET,
+                    &format!("/v1/namespaces/{namespace}/flags"),
+                    None,
+                )
+                .await?;
+            conn.print(&v, |v| {
+                let mut out = format!(
+                    "{:<32} {:<9} {:<16} {}",
+                    "KEY", "STATE", "DEFAULT", "VERSION"
+                );
+                for f in v["flags"].as_array().into_iter().flatten() {
+                    let d = &f["definition"];
+                    out.push_str(&format!(
+                        "\n{:<32} {:<9} {:<16} {}",
+                        f["key"].as_str().unwrap_or(""),
+                        d["state"].as_str().unwrap_or(""),
+                        d["defaultVariant"].as_str().unwrap_or(""),
+                        f["version"]
+                    ));
+                }
+                out
+            });
+        }
+        FlagCmd::Set {
+            conn,
+            namespace,
+            key,
+            definition,
+        } => {
+            let text = match definition.strip_prefix('@') {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
+                None => definition,
+            };
+            let def: Value = serde_json::from_str(&text).context("definition is not valid JSON")?;
+            let v = conn
+                .call(
+                    Method::PUT,
+                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
+                    Some(def),
+                )
+                .await?;
+            conn.print(&v, written);
+        }
+        FlagCmd::Enable {
+            conn,
+            namespace,
+            key,
+        } => {
+            let path = format!("/v1/namespaces/{namespace}/flags/{key}");
+            let v = conn
+                .call(Method::PATCH, &path, Some(json!({"state": "ENABLED"})))
+                .await?;
+            conn.print(&v, written);
+        }
+        FlagCmd::Disable {
+            conn,
+            namespace,
+            key,
+        } => {
+            let path = format!("/v1/namespaces/{namespace}/flags/{key}");
+            let v = conn
+                .call(Method::PATCH, &path, Some(json!({"state": "DISABLED"})))
+                .await?;
+            conn.print(&v, written);
+        }
+        FlagCmd::Delete {
+            conn,
+            namespace,
+            key,
+        } => {
+            let v = conn
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
+                    None,
+                )
+                .await?;
+            conn.print(&v, written);
+        }
+    }
+    Ok(())
+}
+
+pub async fn cluster_status(conn: &Conn) -> anyhow::Result<()> {
+    let v = conn.call(Method::GET, "/v1/cluster", None).await?;
+    conn.print(&v, |v| {
+        let mut out = format!(
+            "cluster {}  leader {}  term {}  revision {}\n{:<4} {:<8} {:<7} {:<26} {}",
+            v["cluster_id"].as_str().unwrap_or("?"),
+            v["leader"],
+            v["term"],
+            v["revision"],
+            "ID",
+            "ROLE",
+            "LEADER",
+            "API",
+            "MATCHED"
+        );
+        for m in v["members"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n{:<4} {:<8} {:<7} {:<26} {}",
+                m["id"],
+                m["role"].as_str().unwrap_or(""),
+                if m["is_leader"].as_bool() == Some(true) {
+                    "*"
+                } else {
+                    ""
+                },
+                m["api_addr"].as_str().unwrap_or(""),
+                m["matched_index"]
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
+pub async fn cluster_init(conn: &Conn, members: &[String]) -> anyhow::Result<()> {
+    let mut list = Vec::new();
+    for m in members {
+        let (id, addrs) = m
+            .split_once('=')
+            .context("member must look like ID=API_URL,PEER_URL")?;
+        let (api, peer) = addrs
+            .split_once(',')
+            .context("member must look like ID=API_URL,PEER_URL")?;
+        let id: u64 = id.parse().context("member id must be a positive integer")?;
+        list.push(json!({"id": id, "api_addr": api, "peer_addr": peer}));
+    }
+    let v = conn
+        .call(
+            Method::POST,
+            "/v1/cluster/init",
+            Some(json!({ "members": list })),
+        )
+        .await?;
+    conn.print(&v, |_| "initialized".into());
+    Ok(())
+}
+
+pub async fn add_learner(conn: &Conn, id: u64, api: &str, peer: &str) -> anyhow::Result<()> {
+    let body = json!({"id": id, "api_addr": api, "peer_addr": peer});
+    let v = conn
+        .call(Method::POST, "/v1/cluster/learners", Some(body))
+        .await?;
+    conn.print(&v, |_| format!("node {id} added as a learner"));
+    Ok(())
+}
+
+pub async fn promote(conn: &Conn, id: u64) -> anyhow::Result<()> {
+    let v = conn
+        .call(
+            Method::POST,
+            "/v1/cluster/voters",
+            Some(json!({ "id": id })),
+        )
+        .await?;
+    conn.print(&v, |_| format!("node {id} is now a voter"));
+    Ok(())
+}
+
+pub async fn remove(conn: &Conn, id: u64) -> anyhow::Result<()> {
+    let v = conn
+        .call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+        .await?;
+    conn.print(&v, |_| format!("node {id} removed"));
+    Ok(())
+}

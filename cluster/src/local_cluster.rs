@@ -1,0 +1,294 @@
+//! `flagstaff cluster up`: a local 3- or 5-node cluster of child processes, in the foreground.
+//!
+//! First start (every node dir pristine): generates the cluster id, secret and admin token,
+//! starts the nodes and initialises the cluster once. Later starts reuse the data: no re-init,
+//! no re-adding members. A mix of pristine and used dirs is refused, since a voter whose data
+//! was lost must not rejoin under its old id. Nodes that die are reported, not restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use flagstaff_raft_store::marker;
+use rand::RngCore;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Number of voters: 3 or 5 (1 for a quick experiment).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Where node data, logs, the admin token and the cluster secret live.
+    #[arg(long, env = "FLAGSTAFF_DATA_DIR", default_value = "flagstaff-data")]
+    data_dir: PathBuf,
+    /// Client port of node 1; node N listens on BASE+N-1.
+    #[arg(long, default_value_t = 7701)]
+    client_port: u16,
+    /// Peer port of node 1; node N listens on BASE+N-1.
+    #[arg(long, default_value_t = 7801)]
+    peer_port: u16,
+    /// Loopback address the nodes bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads `path`, or creates it with a fresh random secret (mode 0600).
+fn secret_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_string());
+    }
+    let s = random_hex(24);
+    std::fs::write(path, format!("{s}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(s)
+}
+
+struct NodeProc {
+    id: u64,
+    api: String,
+    peer: String,
+    child: Child,
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if ![1, 3, 5].contains(&args.nodes) {
+        bail!("--nodes must be 3 or 5 (or 1 for a quick experiment)");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let dirs: Vec<PathBuf> = (1..=args.nodes)
+        .map(|i| data_dir.join(format!("node-{i}")))
+        .collect();
+    let pristine: Vec<bool> = dirs.iter().map(|d| marker::is_pristine(d)).collect();
+    let fresh = pristine.iter().all(|p| *p);
+    if !fresh && pristine.iter().any(|p| *p) {
+        let lost: Vec<String> = dirs
+            .iter()
+            .zip(&pristine)
+            .filter(|(_, p)| **p)
+            .map(|(d, _)| d.display().to_string())
+            .collect();
+        bail!(
+            "some node data dirs are empty while others hold data: {}. A voter whose data was lost must not \
+             rejoin under its old id; remove it from the cluster and add a new node instead (or delete the whole \
+             data dir to start over).",
+            lost.join(", ")
+        );
+    }
+    let secret = secret_file(&data_dir.join("cluster.secret"))?;
+    let token = secret_file(&data_dir.join("admin.token"))?;
+    let cluster_id = if fresh { Some(random_hex(8)) } else { None };
+    let exe = std::env::current_exe().context("locating the flagstaff binary")?;
+
+    let mut procs = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let client = format!("{}:{}", args.host, args.client_port + i as u16);
+        let peer = format!("{}:{}", args.host, args.peer_port + i as u16);
+        let log = std::fs::File::create(data_dir.join(format!("node-{id}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen-client", &client, "--listen-peer", &peer])
+            .env("FLAGSTAFF_CLUSTER_SECRET", &secret)
+            .env("FLAGSTAFF_ADMIN_TOKEN", &token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(c) = &cluster_id {
+            cmd.args(["--cluster-id", c]);
+        }
+        let child = cmd.spawn().context("starting a node")?;
+        procs.push(NodeProc {
+            id,
+            api: format!("http://{client}"),
+            peer: format!("http://{peer}"),
+            child,
+        });
+    }
+
+    let result = run_cluster(&args, &data_dir, &token, fresh, &mut procs).await;
+    stop_all(&mut procs).await;
+    result
+}
+
+async fn run_cluster(
+    args: &UpArgs,
+    data_dir: &Path,
+    token: &str,
+    fresh: bool,
+    procs: &mut [NodeProc],
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    for p in procs.iter_mut() {
+        wait_healthy(&http, p).await?;
+    }
+    if fresh {
+        let members: Vec<Value> = procs
+            .iter()
+            .map(|p| json!({"id": p.id, "api_addr": p.api, "peer_addr": p.peer}))
+            .collect();
+        let resp = http
+            .post(format!("{}/v1/cluster/init", procs[0].api))
+            .bearer_auth(token)
+            .json(&json!({ "members": members }))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!(
+                "initialising the cluster failed: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+    }
+    let leader = wait_leader(&http, procs, token).await?;
+
+    println!(
+        "Flagstaff cluster of {} nodes is up (leader: node {leader}).",
+        procs.len()
+    );
+    for p in procs.iter() {
+        println!(
+            "  node {}  api {}  peer {}  pid {}",
+            p.id,
+            p.api,
+            p.peer,
+            p.child.id().unwrap_or(0)
+        );
+    }
+    println!("Admin token: {}", data_dir.join("admin.token").display());
+    println!("Node logs:   {}/node-N.log", data_dir.display());
+    println!(
+        "Try:  curl -s -H \"Authorization: Bearer $(cat {})\" {}/v1/cluster",
+        data_dir.join("admin.token").display(),
+        procs[0].api
+    );
+    println!("Press Ctrl-C to stop.");
+    let _ = args;
+
+    // Run until asked to stop; report nodes that exit on their own without restarting them.
+    let mut reported = vec![false; procs.len()];
+    let mut stop = std::pin::pin!(crate::local_cluster::terminated());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, p) in procs.iter_mut().enumerate() {
+                    if !reported[i] {
+                        if let Ok(Some(status)) = p.child.try_wait() {
+                            eprintln!("node {} exited ({status}); not restarting it", p.id);
+                            reported[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping nodes…");
+    Ok(())
+}
+
+async fn wait_healthy(http: &reqwest::Client, p: &mut NodeProc) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            bail!(
+                "node {} exited during start-up ({status}); see its log",
+                p.id
+            );
+        }
+        if let Ok(r) = http.get(format!("{}/healthz", p.api)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("node {} did not become healthy within 60 s", p.id)
+}
+
+async fn wait_leader(
+    http: &reqwest::Client,
+    procs: &[NodeProc],
+    token: &str,
+) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        for p in procs {
+            let resp = http
+                .get(format!("{}/v1/cluster", p.api))
+                .bearer_auth(token)
+                .send()
+                .await;
+            if let Ok(r) = resp {
+                if let Ok(v) = r.json::<Value>().await {
+                    if let Some(l) = v["leader"].as_u64() {
+                        return Ok(l);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader was elected within 60 s; see the node logs")
+}
+
+async fn stop_all(procs: &mut [NodeProc]) {
+    for p in procs.iter() {
+        if let Some(pid) = p.child.id() {
+            // SAFETY: plain kill(2) on a child we started and still own.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    for p in procs.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}

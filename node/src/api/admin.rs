@@ -1,0 +1,634 @@
+//! The `/v1` admin API for namespaces, flags and segments.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flagstaff_raft_store::{ChangeKind, Command, Condition, Envelope, Item};
+use serde_json::{json, Value};
+
+use crate::api::extract::{check_name, condition, idempotency, read_params, Admin, JsonBody};
+use crate::api::{revision_header, staleness_header};
+use crate::error::ApiError;
+use crate::node::Node;
+
+pub fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/namespaces", get(list_namespaces))
+        .route(
+            "/v1/namespaces/{ns}",
+            get(get_namespace)
+                .put(put_namespace)
+                .delete(delete_namespace),
+        )
+        .route("/v1/namespaces/{ns}/flags", get(list_flags))
+        .route(
+            "/v1/namespaces/{ns}/flags/{key}",
+            get(get_flag)
+                .put(put_flag)
+                .patch(patch_flag)
+                .delete(delete_flag),
+        )
+        .route("/v1/namespaces/{ns}/segments", get(list_segments))
+        .route(
+            "/v1/namespaces/{ns}/segments/{key}",
+            get(get_segment).put(put_segment).delete(delete_segment),
+        )
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+fn path1(p: Result<Path<String>, PathRejection>) -> Result<String> {
+    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("namespace", &ns)?;
+    Ok(ns)
+}
+
+fn path2(p: Result<Path<(String, String)>, PathRejection>, what: &str) -> Result<(String, String)> {
+    let Path((ns, key)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("namespace", &ns)?;
+    check_name(what, &key)?;
+    Ok((ns, key))
+}
+
+/// Proposes one command and answers with the revision it produced.
+async fn submit(
+    node: &Node,
+    actor: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+    command: Command,
+) -> Result<u64> {
+    let ns = command.namespace().to_string();
+    let idem = idempotency(headers, actor, &ns, method, uri.path(), body)?;
+    let envelope = Envelope {
+        actor: actor.to_string(),
+        idempotency: Some(idem),
+        command,
+    };
+    let mut results = node.write(vec![envelope]).await?;
+    let applied = results
+        .pop()
+        .ok_or_else(|| ApiError::Unavailable("the leader returned no result".into()))??;
+    Ok(applied.revision)
+}
+
+fn written(body: Value, revision: u64) -> Response {
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(header::ETAG, etag(revision));
+    revision_header(&mut resp, revision);
+    resp
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+// ----- namespaces -----
+
+async fn put_namespace(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response> {
+    let ns = path1(p)?;
+    let description = match &body.value {
+        Value::Null => String::new(),
+        Value::Object(map) => {
+            if let Some(k) = map.keys().find(|k| k.as_str() != "description") {
+                return Err(ApiError::bad_request(format!(
+                    "{k}: unknown field (expected \"description\")"
+                )));
+            }
+            match map.get("description") {
+                None => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => return Err(ApiError::bad_request("description: must be a string")),
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "body: must be a JSON object like {\"description\": \"…\"}",
+            ))
+        }
+    };
+    let command = Command::PutNamespace {
+        ns: ns.clone(),
+        description,
+        condition: condition(&headers)?,
+    };
+    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
+    Ok(written(
+        json!({"namespace": ns, "version": revision, "revision": revision}),
+        revision,
+    ))
+}
+
+async fn delete_namespace(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let ns = path1(p)?;
+    let command = Command::DeleteNamespace {
+        ns: ns.clone(),
+        condition: condition(&headers)?,
+    };
+    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
+    Ok(written(
+        json!({"namespace": ns, "deleted": true, "revision": revision}),
+        revision,
+    ))
+}
+
+async fn list_namespaces(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let params = read_params(q.as_deref(), &node, true)?;
+    let proof = node
+        .read_barrier(params.consistency, params.min_revision)
+        .await?;
+    let (body, revision) = {
+        let state = node.state.read();
+        let list: Vec<Value> = state
+            .namespaces()
+            .iter()
+            .map(|(name, n)| {
+                json!({"name": name, "description": n.description, "version": n.version,
+                "flags": n.flags.len(), "segments": n.segments.len()})
+            })
+            .collect();
+        (
+            json!({"revision": state.revision(), "namespaces": list}),
+            state.revision(),
+        )
+    };
+    Ok(read_answer(body, revision, proof.staleness_ms, None))
+}
+
+async fn get_namespace(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let ns = path1(p)?;
+    let params = read_params(q.as_deref(), &node, true)?;
+    let proof = node
+        .read_barrier(params.consistency, params.min_revision)
+        .await?;
+    let state = node.state.read();
+    let n = state
+        .namespace(&ns)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let body = json!({"name": ns, "description": n.description, "version": n.version,
+        "flags": n.flags.len(), "segments": n.segments.len(), "revision": state.revision()});
+    Ok(read_answer(
+        body,
+        state.revision(),
+        proof.staleness_ms,
+        Some(n.version),
+    ))
+}
+
+fn read_answer(
+    body: Value,
+    revision: u64,
+    staleness: Option<u64>,
+    version: Option<u64>,
+) -> Response {
+    let mut resp = Json(body).into_response();
+    revision_header(&mut resp, revision);
+    if let Some(s) = staleness {
+        staleness_header(&mut resp, s);
+    }
+    if let Some(v) = version {
+        resp.headers_mut().insert(header::ETAG, etag(v));
+    }
+    resp
+}
+
+// ----- flags and segments -----
+
+fn item_json(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> Value {
+    let definition: Value = serde_json::from_str(&item.definition).unwrap_or(Value::Null);
+    json!({
+        "namespace": ns,
+        "kind": kind.as_str(),
+        "key": key,
+        "version": item.version,
+        "updated_at_ms": item.updated_at_ms,
+        "updated_by": item.updated_by,
+        "definition": definition,
+    })
+}
+
+async fn read_item(
+    node: &Node,
+    kind: ChangeKind,
+    ns: &str,
+    key: &str,
+    query: Option<&str>,
+) -> Result<Response> {
+    let params = read_params(query, node, true)?;
+    let proof = node
+        .read_barrier(params.consistency, params.min_revision)
+        .await?;
+    let state = node.state.read();
+    let space = state
+        .namespace(ns)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let items = if kind == ChangeKind::Flag {
+        &space.flags
+    } else {
+        &space.segments
+    };
+    let item = items.get(key).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "{} {key:?} does not exist in namespace {ns:?}",
+            kind.as_str()
+        ))
+    })?;
+    Ok(read_answer(
+        item_json(kind, ns, key, item),
+        state.revision(),
+        proof.staleness_ms,
+        Some(item.version),
+    ))
+}
+
+async fn list_items(
+    node: &Node,
+    kind: ChangeKind,
+    ns: &str,
+    query: Option<&str>,
+) -> Result<Response> {
+    let params = read_params(query, node, true)?;
+    let proof = node
+        .read_barrier(params.consistency, params.min_revision)
+        .await?;
+    let state = node.state.read();
+    let space = state
+        .namespace(ns)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let items = if kind == ChangeKind::Flag {
+        &space.flags
+    } else {
+        &space.segments
+    };
+    let list: Vec<Value> = items
+        .iter()
+        .map(|(k, item)| item_json(kind, ns, k, item))
+        .collect();
+    let field = if kind == ChangeKind::Flag {
+        "flags"
+    } else {
+        "segments"
+    };
+    let body = json!({"namespace": ns, "revision": state.revision(), field: list});
+    Ok(read_answer(
+        body,
+        state.revision(),
+        proof.staleness_ms,
+        None,
+    ))
+}
+
+fn validate(kind: ChangeKind, value: &Value) -> Result<String> {
+    let checked = if kind == ChangeKind::Flag {
+        flagstaff_flags::validate_flag(value)
+    } else {
+        flagstaff_flags::validate_segment(value)
+    };
+    checked.map_err(ApiError::invalid)?;
+    serde_json::to_string(value).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn put_command(
+    kind: ChangeKind,
+    ns: String,
+    key: String,
+    definition: String,
+    condition: Condition,
+) -> Command {
+    if kind == ChangeKind::Flag {
+        Command::PutFlag {
+            ns,
+            key,
+            definition,
+            condition,
+        }
+    } else {
+        Command::PutSegment {
+            ns,
+            key,
+            definition,
+            condition,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_item(
+    node: &Node,
+    kind: ChangeKind,
+    actor: &str,
+    ns: String,
+    key: String,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: JsonBody,
+) -> Result<Response> {
+    let definition = validate(kind, &body.value)?;
+    let command = put_command(
+        kind,
+        ns.clone(),
+        key.clone(),
+        definition,
+        condition(headers)?,
+    );
+    let revision = submit(node, actor, headers, method, uri, &body.raw, command).await?;
+    Ok(written(
+        json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
+        revision,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn delete_item(
+    node: &Node,
+    kind: ChangeKind,
+    actor: &str,
+    ns: String,
+    key: String,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let condition = condition(headers)?;
+    let command = if kind == ChangeKind::Flag {
+        Command::DeleteFlag {
+            ns: ns.clone(),
+            key: key.clone(),
+            condition,
+        }
+    } else {
+        Command::DeleteSegment {
+            ns: ns.clone(),
+            key: key.clone(),
+            condition,
+        }
+    };
+    let revision = submit(node, actor, headers, method, uri, b"", command).await?;
+    Ok(written(
+        json!({"namespace": ns, "key": key, "deleted": true, "revision": revision}),
+        revision,
+    ))
+}
+
+async fn get_flag(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "flag")?;
+    read_item(&node, ChangeKind::Flag, &ns, &key, q.as_deref()).await
+}
+
+async fn get_segment(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "segment")?;
+    read_item(&node, ChangeKind::Segment, &ns, &key, q.as_deref()).await
+}
+
+async fn list_flags(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let ns = path1(p)?;
+    list_items(&node, ChangeKind::Flag, &ns, q.as_deref()).await
+}
+
+async fn list_segments(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let ns = path1(p)?;
+    list_items(&node, ChangeKind::Segment, &ns, q.as_deref()).await
+}
+
+async fn put_flag(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "flag")?;
+    put_item(
+        &node,
+        ChangeKind::Flag,
+        &actor,
+        ns,
+        key,
+        &method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn put_segment(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "segment")?;
+    put_item(
+        &node,
+        ChangeKind::Segment,
+        &actor,
+        ns,
+        key,
+        &method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn delete_flag(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "flag")?;
+    delete_item(
+        &node,
+        ChangeKind::Flag,
+        &actor,
+        ns,
+        key,
+        &method,
+        &uri,
+        &headers,
+    )
+    .await
+}
+
+async fn delete_segment(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "segment")?;
+    delete_item(
+        &node,
+        ChangeKind::Segment,
+        &actor,
+        ns,
+        key,
+        &method,
+        &uri,
+        &headers,
+    )
+    .await
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// `PATCH` applies a merge patch to the current definition. Without `If-Match`, the patch is
+/// applied against the version it was computed from and recomputed if someone else wrote in
+/// between, so a concurrent write is never silently overwritten.
+async fn patch_flag(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response> {
+    let (ns, key) = path2(p, "flag")?;
+    if !body.value.is_object() {
+        return Err(ApiError::bad_request(
+            "body: a merge patch must be a JSON object",
+        ));
+    }
+    let wanted = condition(&headers)?;
+    if wanted == Condition::CreateOnly {
+        return Err(ApiError::bad_request(
+            "If-None-Match: * makes no sense on PATCH",
+        ));
+    }
+    for _attempt in 0..5 {
+        node.read_barrier(crate::node::Consistency::Linearizable, None)
+            .await?;
+        let (mut definition, version) = {
+            let state = node.state.read();
+            let space = state
+                .namespace(&ns)
+                .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+            let item = space.flags.get(&key).ok_or_else(|| {
+                ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
+            })?;
+            (
+                serde_json::from_str::<Value>(&item.definition).unwrap_or(Value::Null),
+                item.version,
+            )
+        };
+        merge_patch(&mut definition, &body.value);
+        let text = validate(ChangeKind::Flag, &definition)?;
+        let cond = match wanted {
+            Condition::IfMatch(v) => Condition::IfMatch(v),
+            _ => Condition::IfMatch(version),
+        };
+        let command = put_command(ChangeKind::Flag, ns.clone(), key.clone(), text, cond);
+        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await {
+            Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
+            Err(e) => return Err(e),
+            Ok(revision) => {
+                return Ok(written(
+                    json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
+                    revision,
+                ))
+            }
+        }
+    }
+    Err(ApiError::Conflict(
+        "the flag kept changing while the patch was applied; retry".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut v =
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "tags": ["a"]});
+        merge_patch(
+            &mut v,
+            &json!({"state": "DISABLED", "variants": {"off": null}, "tags": ["b"]}),
+        );
+        assert_eq!(
+            v,
+            json!({"state": "DISABLED", "variants": {"on": true}, "tags": ["b"]})
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Request parsing shared by the handlers: auth, bodies, read parameters, names, conditions and
+//! idempotency keys. Every failure becomes an [`ApiError`] (400/401/413), never a panic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use flagstaff_raft_store::{Condition, IdempotencyKey};
+use rand::RngCore;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::node::{Consistency, Node};
+
+/// An authenticated admin caller; the field is the token's name (the actor in history).
+pub struct Admin(pub String);
+
+impl FromRequestParts<Arc<Node>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        for (name, token) in &node.config.admin_tokens {
+            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+                return Ok(Admin(name.clone()));
+            }
+        }
+        Err(ApiError::Unauthenticated)
+    }
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// A request body read with the node's size limit, kept as bytes (for fingerprints) and parsed
+/// as JSON. Malformed JSON is a 400 naming the line and column.
+pub struct JsonBody {
+    pub raw: Bytes,
+    pub value: Value,
+}
+
+impl FromRequest<Arc<Node>> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let limit = node.config.max_body_bytes;
+        let raw = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+        let value = if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?
+        };
+        Ok(JsonBody { raw, value })
+    }
+}
+
+/// `consistency`, `max_staleness_ms` and `min_revision` from a query string.
+pub struct ReadParams {
+    pub consistency: Consistency,
+    pub min_revision: Option<u64>,
+    /// Remaining parameters, for handlers that take more.
+    pub rest: Vec<(String, String)>,
+}
+
+pub fn read_params(
+    query: Option<&str>,
+    node: &Node,
+    default_linearizable: bool,
+) -> Result<ReadParams, ApiError> {
+    let mut consistency = None;
+    let mut staleness = None;
+    let mut min_revision = None;
+    let mut rest = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "consistency" => consistency = Some(v.into_owned()),
+            "max_staleness_ms" => staleness = Some(parse_u64("max_staleness_ms", &v)?),
+            "min_revision" => min_revision = Some(parse_u64("min_revision", &v)?),
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    let bound =
+        Duration::from_millis(staleness.unwrap_or(node.config.max_staleness.as_millis() as u64));
+    if bound.is_zero() || bound > Duration::from_secs(3600) {
+        return Err(ApiError::bad_request(
+            "max_staleness_ms: must be between 1 and 3600000",
+        ));
+    }
+    let consistency = match consistency.as_deref() {
+        None if default_linearizable && staleness.is_none() => Consistency::Linearizable,
+        None | Some("bounded") => Consistency::Bounded(bound),
+        Some("linearizable") => Consistency::Linearizable,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency: {other:?} is not one of \"linearizable\", \"bounded\""
+            )))
+        }
+    };
+    Ok(ReadParams {
+        consistency,
+        min_revision,
+        rest,
+    })
+}
+
+pub fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse()
+        .map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a non-negative integer")))
+}
+
+/// Names of namespaces, flags and segments: 1–128 characters of `A-Z a-z 0-9 . _ -`, starting
+/// with a letter or digit.
+pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what}: {name:?} is not a valid name (1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit)"
+        )))
+    }
+}
+
+/// `If-Match: "<version>"` or `If-None-Match: *`.
+pub fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let if_none = headers
+        .get(header::IF_NONE_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    match (if_match, if_none) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "If-Match and If-None-Match cannot be combined",
+        )),
+        (Some(v), None) => {
+            let t = v.trim().trim_start_matches("W/").trim_matches('"');
+            t.parse().map(Condition::IfMatch).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "If-Match: {v:?} is not a quoted version like \"42\""
+                ))
+            })
+        }
+        (None, Some(v)) if v.trim() == "*" => Ok(Condition::CreateOnly),
+        (None, Some(v)) => Err(ApiError::bad_request(format!(
+            "If-None-Match: only * is supported on writes, got {v:?}"
+        ))),
+        (None, None) => Ok(Condition::None),
+    }
+}
+
+/// The idempotency key for a write: the client's `Idempotency-Key`, scoped per caller and
+/// namespace, or a fresh one, so that the node's own retries after a leader change apply once.
+pub fn idempotency(
+    headers: &HeaderMap,
+    actor: &str,
+    ns: &str,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<IdempotencyKey, ApiError> {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str().as_bytes());
+    hash.update([0]);
+    hash.update(path.as_bytes());
+    hash.update([0]);
+    hash.update(body);
+    let fingerprint = hex::encode(hash.finalize());
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+            if k.is_empty() || k.len() > 256 {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key: must be 1-256 characters",
+                ));
+            }
+            format!("client:{k}")
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            format!("node:{}", hex::encode(bytes))
+        }
+    };
+    Ok(IdempotencyKey {
+        scope: format!("{actor}/{ns}/{key}"),
+        fingerprint,
+    })
+}

@@ -1,0 +1,73 @@
+//! The client listener's HTTP API: one router per concern, merged in [`client_router`].
+
+pub mod admin;
+pub mod cluster;
+pub mod extract;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+pub const REVISION_HEADER: &str = "flagstaff-revision";
+pub const STALENESS_HEADER: &str = "flagstaff-staleness-ms";
+
+pub fn revision_header(resp: &mut Response, revision: u64) {
+    resp.headers_mut().insert(
+        HeaderName::from_static(REVISION_HEADER),
+        HeaderValue::from(revision),
+    );
+}
+
+pub fn staleness_header(resp: &mut Response, staleness_ms: u64) {
+    resp.headers_mut().insert(
+        HeaderName::from_static(STALENESS_HEADER),
+        HeaderValue::from(staleness_ms),
+    );
+}
+
+/// The client listener: admin API, cluster operations and health.
+pub fn client_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .merge(admin::router())
+        .merge(cluster::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            flagstaff_headers,
+        ))
+        .with_state(node)
+}
+
+/// Adds `Flagstaff-Cluster`, `Flagstaff-Node`, `Flagstaff-Leader` and (unless the handler set
+/// the revision its answer reflects) `Flagstaff-Revision` to every response.
+async fn flagstaff_headers(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&node.cluster_id) {
+        h.insert(HeaderName::from_static("flagstaff-cluster"), v);
+    }
+    h.insert(
+        HeaderName::from_static("flagstaff-node"),
+        HeaderValue::from(node.id),
+    );
+    if let Some(leader) = node.raft.metrics().borrow().current_leader {
+        h.insert(
+            HeaderName::from_static("flagstaff-leader"),
+            HeaderValue::from(leader),
+        );
+    }
+    if !h.contains_key(REVISION_HEADER) {
+        h.insert(
+            HeaderName::from_static(REVISION_HEADER),
+            HeaderValue::from(node.state.applied().revision),
+        );
+    }
+    resp
+}

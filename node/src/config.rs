@@ -1,0 +1,73 @@
+//! Node configuration: a typed struct with defaults, parsed once at the edge (the CLI).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to run. Built by `flagstaff serve` from flags and `FLAGSTAFF_*`
+/// environment variables, or directly by tests.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// Cluster id to mark a pristine data dir with. Ignored (but checked) when the dir is marked.
+    pub cluster_id: Option<String>,
+    /// URL other nodes and clients use for this node's client listener.
+    pub advertise_api: String,
+    /// URL other nodes use for this node's peer listener.
+    pub advertise_peer: String,
+    /// Shared secret authenticating raft RPC and write forwarding between nodes.
+    pub cluster_secret: String,
+    /// Bearer tokens accepted on the admin API, as `(name, token)`; the name is the actor
+    /// recorded in history.
+    pub admin_tokens: Vec<(String, String)>,
+    /// Default and upper bound for `consistency=bounded` reads.
+    pub max_staleness: Duration,
+    /// How long a write may take end to end (leader election, forwarding, commit) before the
+    /// node answers 503/504.
+    pub write_timeout: Duration,
+    /// How long a read may wait for a read index, a proof or `min_revision`.
+    pub read_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
+    /// log instead of looping on snapshot transfers.
+    pub logs_behind_snapshot: u64,
+    /// Maximum request body size on the client listener.
+    pub max_body_bytes: usize,
+    /// Source address for outgoing peer connections (lets firewalls and tests tell nodes apart
+    /// on one host, e.g. 127.0.0.2).
+    pub peer_source_ip: Option<std::net::IpAddr>,
+}
+
+impl NodeConfig {
+    /// A config with the documented defaults.
+    pub fn new(
+        node_id: u64,
+        data_dir: PathBuf,
+        advertise_api: String,
+        advertise_peer: String,
+    ) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            cluster_id: None,
+            advertise_api,
+            advertise_peer,
+            cluster_secret: String::new(),
+            admin_tokens: Vec::new(),
+            max_staleness: Duration::from_millis(2000),
+            write_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            snapshot_every: 10_000,
+            logs_behind_snapshot: 10_000,
+            max_body_bytes: 1 << 20,
+            peer_source_ip: None,
+        }
+    }
+}

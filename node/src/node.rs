@@ -1,0 +1,234 @@
+//! A running node: Raft, the applied state, and the write and read paths the HTTP API uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flagstaff_raft_store::{CommandResult, Envelope, Member, NodeId, Raft, StateHandle};
+use tokio::time::Instant;
+
+use crate::bounded_read::Proofs;
+use crate::clock::boottime_us;
+use crate::config::NodeConfig;
+use crate::error::ApiError;
+use crate::peer::{
+    ForwardReply, ForwardRequest, PeerClient, PeerRefusal, ReadIndexResult, PATH_FORWARD,
+    PATH_READ_INDEX,
+};
+use crate::proposer::Proposer;
+use crate::read_index::ReadIndexCoalescer;
+
+/// Everything the handlers share. Held in an `Arc`.
+pub struct Node {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub state: StateHandle,
+    pub proofs: Arc<Proofs>,
+    pub(crate) proposer: Proposer,
+    pub(crate) read_index: ReadIndexCoalescer,
+    pub(crate) peers: PeerClient,
+}
+
+/// How a read must relate to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Quorum-confirmed read index, then wait until applied.
+    Linearizable,
+    /// Reflects every write acknowledged before `now - bound`.
+    Bounded(Duration),
+}
+
+/// What a read was allowed to see, for the response headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadProof {
+    pub staleness_ms: Option<u64>,
+}
+
+impl Node {
+    /// The leader as this node currently believes, with its addresses.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, member))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Waits (at most `cap`) for the Raft metrics to change, e.g. a new leader.
+    async fn metrics_changed(&self, cap: Duration) {
+        let mut rx = self.raft.metrics();
+        let _ = tokio::time::timeout(cap, rx.changed()).await;
+    }
+
+    /// Runs one request's commands through the leader, forwarding when this node is not it.
+    ///
+    /// Every envelope must carry an idempotency key (the HTTP layer adds one), which makes
+    /// resending after a lost answer or a leader change safe. Answers 503 `NO_LEADER` when no
+    /// attempt ever left this node, 504 `OUTCOME_UNKNOWN` when one did and the deadline passed.
+    pub async fn write(&self, envelopes: Vec<Envelope>) -> Result<Vec<CommandResult>, ApiError> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        let mut maybe_sent = false;
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    maybe_sent = true;
+                    match tokio::time::timeout(remaining, self.proposer.propose(envelopes.clone()))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    }
+                }
+                Some((_, member)) => {
+                    let req = ForwardRequest {
+                        envelopes: envelopes.clone(),
+                    };
+                    match self
+                        .peers
+                        .call::<_, ForwardReply>(&member.peer_addr, PATH_FORWARD, &req, remaining)
+                        .await
+                    {
+                        Ok(r) => {
+                            maybe_sent = true;
+                            r
+                        }
+                        Err(e) => {
+                            maybe_sent |= !e.never_sent();
+                            tracing::debug!(error = %e, "forwarding write failed");
+                            Err(PeerRefusal::Unavailable(e.to_string()))
+                        }
+                    }
+                }
+                None => Err(PeerRefusal::NotLeader { leader: None }),
+            };
+            match attempt {
+                Ok(results) => return Ok(results),
+                Err(refusal) => {
+                    tracing::debug!(%refusal, "write attempt refused; waiting for leadership to settle");
+                    self.metrics_changed(Duration::from_millis(100).min(remaining))
+                        .await;
+                }
+            }
+        }
+        Err(if maybe_sent {
+            ApiError::OutcomeUnknown
+        } else {
+            ApiError::NoLeader
+        })
+    }
+
+    /// The quorum-confirmed read index, from this node if it leads or from the leader.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no leader is known");
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt: ReadIndexResult = match self.leader() {
+                Some((id, _)) if id == self.id => self
+                    .read_index
+                    .read_index()
+                    .await
+                    .map(|index| crate::peer::ReadIndexReply { index }),
+                Some((_, member)) => self
+                    .peers
+                    .call::<_, ReadIndexResult>(&member.peer_addr, PATH_READ_INDEX, &(), remaining)
+                    .await
+                    .unwrap_or_else(|e| Err(PeerRefusal::Unavailable(e.to_string()))),
+                None => Err(PeerRefusal::NotLeader { leader: None }),
+            };
+            match attempt {
+                Ok(reply) => return Ok(reply.index),
+                Err(refusal) => {
+                    last = refusal.to_string();
+                    self.metrics_changed(Duration::from_millis(50).min(remaining))
+                        .await;
+                }
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "cannot confirm a read index with a quorum: {last}"
+        )))
+    }
+
+    /// Waits until this node has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
+        let mut rx = self.state.subscribe();
+        let ok = tokio::time::timeout(timeout, rx.wait_for(|v| v.log_index >= index)).await;
+        match ok {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::StaleReplica(format!(
+                "did not apply log index {index} within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Waits until this node has applied cluster revision `revision` (`min_revision`).
+    pub async fn wait_revision(&self, revision: u64) -> Result<(), ApiError> {
+        let timeout = self.config.read_timeout;
+        let mut rx = self.state.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|v| v.revision >= revision)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::StaleReplica(format!(
+                "this node has not reached revision {revision} within {timeout:?}; try another node"
+            ))),
+        }
+    }
+
+    /// Makes the local state safe to read under `consistency` (and `min_revision`).
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        min_revision: Option<u64>,
+    ) -> Result<ReadProof, ApiError> {
+        if let Some(rev) = min_revision {
+            self.wait_revision(rev).await?;
+        }
+        match consistency {
+            Consistency::Linearizable => {
+                let index = self.read_index(self.config.read_timeout).await?;
+                self.wait_applied(index, self.config.read_timeout).await?;
+                Ok(ReadProof { staleness_ms: None })
+            }
+            Consistency::Bounded(bound) => match self
+                .proofs
+                .prove_within(bound, self.config.read_timeout)
+                .await
+            {
+                Some(s) => Ok(ReadProof {
+                    staleness_ms: Some(s),
+                }),
+                None => Err(ApiError::StaleReplica(format!(
+                    "this node cannot prove its data is at most {} ms stale; try another node",
+                    bound.as_millis()
+                ))),
+            },
+        }
+    }
+
+    /// One staleness-proof round (see [`crate::bounded_read`]).
+    pub(crate) async fn proof_round(self: Arc<Self>) {
+        let t = boottime_us();
+        let budget = self.config.max_staleness;
+        let Ok(index) = self.read_index(budget).await else {
+            return;
+        };
+        if self.wait_applied(index, budget).await.is_ok() {
+            self.proofs.publish(t);
+        }
+    }
+
+    /// True when this node leads or holds a staleness proof within the default bound.
+    pub fn caught_up(&self) -> bool {
+        self.is_leader()
+            || self
+                .proofs
+                .staleness_ms()
+                .is_some_and(|s| s <= self.config.max_staleness.as_millis() as u64)
+    }
+}

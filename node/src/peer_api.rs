@@ -1,0 +1,136 @@
+//! The peer listener: raft RPC, read index and write forwarding. Only nodes that present the
+//! cluster secret and the same cluster id are served.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use flagstaff_raft_store::codec;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use flagstaff_raft_store::{NodeId, TypeConfig};
+
+use crate::api::extract::bearer;
+use crate::node::Node;
+use crate::peer::{
+    ForwardReply, ForwardRequest, PeerRefusal, ReadIndexReply, ReadIndexResult, CLUSTER_HEADER,
+    PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_VOTE,
+};
+
+pub fn peer_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(PATH_APPEND, post(append))
+        .route(PATH_VOTE, post(vote))
+        .route(PATH_SNAPSHOT, post(snapshot))
+        .route(PATH_READ_INDEX, post(read_index))
+        .route(PATH_FORWARD, post(forward))
+        .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .with_state(node)
+}
+
+async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let secret_ok = bearer(req.headers())
+        .is_some_and(|s| bool::from(s.as_bytes().ct_eq(node.config.cluster_secret.as_bytes())));
+    if !secret_ok {
+        return (StatusCode::UNAUTHORIZED, "cluster secret missing or wrong").into_response();
+    }
+    let cluster = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if cluster != node.cluster_id {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "this node belongs to cluster {}, not {cluster:?}",
+                node.cluster_id
+            ),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    codec::decode(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable peer request: {e}"),
+        )
+            .into_response()
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Response {
+    match codec::encode(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    encode(&node.raft.append_entries(req).await)
+}
+
+async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: VoteRequest<NodeId> = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    encode(&node.raft.vote(req).await)
+}
+
+async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    encode(&node.raft.install_snapshot(req).await)
+}
+
+async fn read_index(State(node): State<Arc<Node>>) -> Response {
+    let result: ReadIndexResult = node
+        .read_index
+        .read_index()
+        .await
+        .map(|index| ReadIndexReply { index });
+    encode(&result)
+}
+
+async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: ForwardRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    // Only the leader proposes; a node that is not the leader says so, and the sender retries.
+    let leader = node.raft.metrics().borrow().current_leader;
+    let reply: ForwardReply = if leader == Some(node.id) {
+        match tokio::time::timeout(
+            node.config.write_timeout,
+            node.proposer.propose(req.envelopes),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(PeerRefusal::Unavailable(
+                "commit timed out on the leader".into(),
+            )),
+        }
+    } else {
+        Err(PeerRefusal::NotLeader { leader })
+    };
+    encode(&reply)
+}

@@ -1,0 +1,172 @@
+//! Starting and stopping a node: takes already-bound listeners (so tests use port 0) and a
+//! shutdown future.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flagstaff_raft_store::marker;
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::client_router;
+use crate::bounded_read::{run_rounds, Proofs};
+use crate::config::NodeConfig;
+use crate::network::NetworkFactory;
+use crate::node::Node;
+use crate::peer::PeerClient;
+use crate::peer_api::peer_router;
+use crate::proposer::Proposer;
+use crate::read_index::ReadIndexCoalescer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Marker(#[from] marker::MarkerError),
+    #[error(
+        "data dir {0} is empty: pass --cluster-id to create a new cluster or join one as a new member \
+         (a former member whose data was lost must be removed and re-added under a new id)"
+    )]
+    Pristine(String),
+    #[error("opening the store: {0}")]
+    Store(#[from] flagstaff_raft_store::StoreError),
+    #[error("raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("starting raft: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started node; dropping it does not stop it, [`RunningNode::shutdown`] does.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops serving, shuts Raft down and waits for the servers to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<Config, openraft::ConfigError> {
+    Config {
+        cluster_name: "flagstaff".into(),
+        heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: cfg.election_timeout_min.as_millis() as u64,
+        election_timeout_max: cfg.election_timeout_max.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+        max_in_snapshot_log_to_keep: cfg.logs_behind_snapshot,
+        ..Default::default()
+    }
+    .validate()
+}
+
+/// Opens the data dir, starts Raft and serves both listeners until [`RunningNode::shutdown`].
+pub async fn start(
+    config: NodeConfig,
+    client: TcpListener,
+    peer: TcpListener,
+) -> Result<RunningNode, NodeError> {
+    let cluster_id = marker::claim(
+        &config.data_dir,
+        config.node_id,
+        config.cluster_id.as_deref(),
+    )?
+    .ok_or_else(|| NodeError::Pristine(config.data_dir.display().to_string()))?;
+    let (log, sm) =
+        flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), Default::default())?;
+    let state = sm.handle();
+    let peers = PeerClient::new(
+        config.cluster_secret.clone(),
+        cluster_id.clone(),
+        config.peer_source_ip,
+    );
+    let network = NetworkFactory {
+        node_id: config.node_id,
+        client: peers.clone(),
+    };
+    let raft = flagstaff_raft_store::Raft::new(
+        config.node_id,
+        Arc::new(raft_config(&config)?),
+        network,
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let node = Arc::new(Node {
+        id: config.node_id,
+        cluster_id,
+        proposer: Proposer::spawn(raft.clone()),
+        read_index: ReadIndexCoalescer::spawn(raft.clone(), config.read_timeout),
+        proofs: Arc::new(Proofs::default()),
+        peers,
+        raft,
+        state,
+        config,
+    });
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    let app = client_router(node.clone());
+    let stop_client = until_stop(stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(client, app)
+            .with_graceful_shutdown(stop_client)
+            .await
+        {
+            tracing::error!(error = %e, "client listener failed");
+        }
+    }));
+    let peer_app = peer_router(node.clone());
+    let stop_peer = until_stop(stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(peer, peer_app)
+            .with_graceful_shutdown(stop_peer)
+            .await
+        {
+            tracing::error!(error = %e, "peer listener failed");
+        }
+    }));
+    let rounds_node = node.clone();
+    let period = node.config.max_staleness / 2;
+    tasks.push(tokio::spawn(run_rounds(
+        node.proofs.clone(),
+        period,
+        move || rounds_node.clone().proof_round(),
+    )));
+
+    tracing::info!(node = node.id, cluster = %node.cluster_id, api = %node.config.advertise_api,
+        peer = %node.config.advertise_peer, "node started");
+    Ok(RunningNode { node, stop, tasks })
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    config: NodeConfig,
+    client: TcpListener,
+    peer: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let running = start(config, client, peer).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
