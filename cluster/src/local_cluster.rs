@@ -5,6 +5,7 @@
 //! no re-adding members. A mix of pristine and used dirs is refused, since a voter whose data
 //! was lost must not rejoin under its old id. Nodes that die are reported, not restarted.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -225,7 +226,8 @@ async fn run_cluster(
             }
         }
     }
-    println!("stopping nodes…");
+    // The terminal may be gone by now; a failed write must not turn a clean stop into a panic.
+    let _ = writeln!(std::io::stdout(), "stopping nodes…");
     Ok(())
 }
 

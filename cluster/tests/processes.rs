@@ -1,0 +1,384 @@
+//! Real `flagstaff` processes: `kill -9` of the leader under a stream of writes, and the
+//! `cluster up` command of the README (start, tour, stop, restart on the same data).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "proc-test-token";
+const SECRET: &str = "proc-test-secret";
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_flagstaff")
+}
+
+/// `n` consecutive free ports on 127.0.0.1 (checked by binding them).
+fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > 60000 {
+            continue;
+        }
+        let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct Proc {
+    id: u64,
+    api: String,
+    peer: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn spawn_node(p: &mut Proc, cluster_id: Option<&str>, log_dir: &Path) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("node-{}.log", p.id)))
+        .unwrap();
+    let mut cmd = Command::new(exe());
+    cmd.args(["serve", "--id", &p.id.to_string()])
+        .arg("--data-dir")
+        .arg(&p.dir)
+        .args(["--listen-client", p.api.trim_start_matches("http://")])
+        .args(["--listen-peer", p.peer.trim_start_matches("http://")])
+        .env("FLAGSTAFF_CLUSTER_SECRET", SECRET)
+        .env("FLAGSTAFF_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(c) = cluster_id {
+        cmd.args(["--cluster-id", c]);
+    }
+    p.child = Some(cmd.spawn().expect("spawn flagstaff serve"));
+}
+
+fn kill9(p: &mut Proc) {
+    if let Some(mut c) = p.child.take() {
+        // SAFETY: kill(2) on a child this test started and still owns.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGKILL);
+        }
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill9(self);
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn leader_of(http: &reqwest::Client, api: &str) -> Option<u64> {
+    let r = http
+        .get(format!("{api}/v1/cluster"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    r.json::<Value>().await.ok()?["leader"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_ports(6);
+    let mut procs: Vec<Proc> = (1..=3u64)
+        .map(|id| Proc {
+            id,
+            api: format!("http://127.0.0.1:{}", base + id as u16 - 1),
+            peer: format!("http://127.0.0.1:{}", base + 2 + id as u16),
+            dir: tmp.path().join(format!("node-{id}")),
+            child: None,
+        })
+        .collect();
+    for p in procs.iter_mut() {
+        spawn_node(p, Some("kill-test"), tmp.path());
+    }
+    let http = http();
+    for p in &procs {
+        let url = format!("{}/healthz", p.api);
+        wait_until("healthz", Duration::from_secs(30), || {
+            let r = http.get(&url).send();
+            async move { r.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+    let members: Vec<Value> = procs
+        .iter()
+        .map(|p| json!({"id": p.id, "api_addr": p.api, "peer_addr": p.peer}))
+        .collect();
+    let r = http
+        .post(format!("{}/v1/cluster/init", procs[0].api))
+        .bearer_auth(TOKEN)
+        .json(&json!({"members": members}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let api0 = procs[0].api.clone();
+    wait_until("a leader", Duration::from_secs(30), || {
+        let (h, a) = (http.clone(), api0.clone());
+        async move { leader_of(&h, &a).await.is_some() }
+    })
+    .await;
+    let r = http
+        .put(format!("{}/v1/namespaces/prod", procs[0].api))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A stream of writes round-robin over the live nodes; kill -9 the leader after 40 acks.
+    let leader = leader_of(&http, &procs[0].api).await.unwrap();
+    let start = Instant::now();
+    let mut acked: Vec<(String, u64, Duration)> = Vec::new();
+    let mut killed_at = None;
+    let mut i = 0u64;
+    while acked.len() < 160 && i < 2000 && start.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        if acked.len() == 40 && killed_at.is_none() {
+            kill9(&mut procs[(leader - 1) as usize]);
+            killed_at = Some(start.elapsed());
+        }
+        let live: Vec<&Proc> = procs.iter().filter(|p| p.child.is_some()).collect();
+        let target = live[(i as usize) % live.len()];
+        let key = format!("k{i}");
+        let body = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
+        let resp = http
+            .put(format!("{}/v1/namespaces/prod/flags/{key}", target.api))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            if r.status() == 200 {
+                let v: Value = r.json().await.unwrap();
+                acked.push((key, v["revision"].as_u64().unwrap(), start.elapsed()));
+            }
+        }
+    }
+    let killed_at = killed_at.expect("the leader was killed");
+    assert_eq!(
+        acked.len(),
+        160,
+        "writes did not resume after the leader was killed"
+    );
+    // The write outage: from the kill to the first write acknowledged after it.
+    let resumed = acked.iter().map(|a| a.2).find(|t| *t > killed_at).unwrap();
+    println!(
+        "write outage after kill -9 of the leader: {:?}",
+        resumed - killed_at
+    );
+
+    // The killed node restarts from its data dir and rejoins without operator action.
+    spawn_node(&mut procs[(leader - 1) as usize], None, tmp.path());
+    let last = acked.iter().map(|a| a.1).max().unwrap();
+    for p in &procs {
+        let url = format!(
+            "{}/v1/namespaces/prod/flags?consistency=bounded&min_revision={last}",
+            p.api
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let flags: Value = loop {
+            match http.get(&url).bearer_auth(TOKEN).send().await {
+                Ok(r) if r.status() == 200 => break r.json().await.unwrap(),
+                _ => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} never served revision {last}",
+                        p.id
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let present: std::collections::BTreeMap<String, u64> = flags["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["key"].as_str().unwrap().to_string(),
+                    f["version"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        for (key, rev, _) in &acked {
+            assert_eq!(
+                present.get(key),
+                Some(rev),
+                "node {} lost acknowledged write {key}@{rev}",
+                p.id
+            );
+        }
+    }
+}
+
+/// Reads the child's stdout until a line contains `needle`.
+fn wait_for_line(out: &mut impl std::io::BufRead, needle: &str) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "output ended before {needle:?}: {all}");
+        all.push_str(&line);
+        if line.contains(needle) {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = free_ports(3);
+    let peer = free_ports(3);
+    let start = |dir: &Path| {
+        Command::new(exe())
+            .args(["cluster", "up", "--nodes", "3"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--client-port",
+                &client.to_string(),
+                "--peer-port",
+                &peer.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let dir = tmp.path().join("data");
+    let http = http();
+    let api = format!("http://127.0.0.1:{}", client + 1);
+    let token_path = dir.join("admin.token");
+
+    let mut up = start(&dir);
+    let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
+    let banner =
+        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
+            .await
+            .unwrap();
+    assert!(banner.0.contains("is up"), "{}", banner.0);
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // The README tour: namespace, flag, flip, read back with its revision.
+    let put = http
+        .put(format!("{api}/v1/namespaces/checkout"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let put = http
+        .put(format!("{api}/v1/namespaces/checkout/flags/new-checkout"))
+        .bearer_auth(&token)
+        .json(&json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let flip = http
+        .patch(format!("{api}/v1/namespaces/checkout/flags/new-checkout"))
+        .bearer_auth(&token)
+        .json(&json!({"defaultVariant": "on"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flip.status(), 200);
+    let rev = flip.json::<Value>().await.unwrap()["revision"]
+        .as_u64()
+        .unwrap();
+    let cluster_id = leader_cluster_id(&http, &api, &token).await;
+
+    // SIGTERM stops every node.
+    // SAFETY: kill(2) on the child this test started.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        http.get(format!("{api}/healthz")).send().await.is_err(),
+        "nodes still running after stop"
+    );
+
+    // Restart on the same data: no re-init, same cluster, data still there.
+    let mut up = start(&dir);
+    let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
+    let _keep_stdout_open =
+        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
+            .await
+            .unwrap();
+    let got: Value = http
+        .get(format!(
+            "{api}/v1/namespaces/checkout/flags/new-checkout?min_revision={rev}"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["definition"]["defaultVariant"], "on", "{got}");
+    assert_eq!(got["version"].as_u64(), Some(rev));
+    assert_eq!(leader_cluster_id(&http, &api, &token).await, cluster_id);
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+}
+
+async fn leader_cluster_id(http: &reqwest::Client, api: &str, token: &str) -> String {
+    let v: Value = http
+        .get(format!("{api}/v1/cluster"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["cluster_id"].as_str().unwrap().to_string()
+}
