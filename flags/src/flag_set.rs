@@ -13,6 +13,7 @@ use crate::validate::{document_flags, document_segments};
 use serde_json::{Map, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// How many segments a `$ref` chain may pass through. flagd itself does not allow segments to
@@ -26,7 +27,7 @@ const MAX_REF_DEPTH: usize = 8;
 /// does not allocate. A `FlagSet` is `Send + Sync` and can be shared behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct FlagSet {
-    flags: HashMap<Box<str>, CompiledFlag>,
+    flags: HashMap<Box<str>, CompiledFlag, BuildHasherDefault<KeyHasher>>,
     metadata: Map<String, Value>,
 }
 
@@ -158,7 +159,8 @@ impl FlagSet {
             linker.lookup(name);
         }
         let resolve = |n: &str| linker.lookup(n);
-        let mut compiled = HashMap::new();
+        let mut compiled: HashMap<Box<str>, CompiledFlag, BuildHasherDefault<KeyHasher>> =
+            HashMap::default();
         let mut faults = Vec::new();
         for (key, def) in flags {
             let flag = match compile_flag(key, def, &resolve, Some(metadata)) {
@@ -351,14 +353,17 @@ impl FlagSet {
         want: VariantType,
         convert: impl FnOnce(&'a Value) -> Option<T>,
     ) -> Evaluation<'a, T> {
-        if let Some(flag) = self.flags.get(key) {
-            if let Some(t) = flag.variant_type {
-                if t != want {
-                    return mismatch(key, default, want, t, &flag.metadata);
+        let r = match self.flags.get(key) {
+            Some(flag) => {
+                if let Some(t) = flag.variant_type {
+                    if t != want {
+                        return mismatch(key, default, want, t, &flag.metadata);
+                    }
                 }
+                self.resolve_flag(flag, ctx)
             }
-        }
-        let r = self.resolve(key, ctx);
+            None => self.resolve(key, ctx),
+        };
         match r.value {
             None => Evaluation {
                 value: default,
@@ -456,5 +461,40 @@ fn mismatch<'a, T>(
             format!("flag \"{key}\" has {got:?} variants, {want:?} was requested"),
         )),
         metadata,
+    }
+}
+
+/// FNV-1a over the key bytes, 8 at a time. Flag keys are chosen by operators, not by the
+/// callers who look them up (a lookup never inserts), so a keyed DoS-resistant hash buys
+/// nothing here and costs a third of a static flag's evaluation.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
+            h ^= h >> 29;
+        }
+        for b in chunks.remainder() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        // Final avalanche so that the low bits hashbrown uses depend on every input byte.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
     }
 }

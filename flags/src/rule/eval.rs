@@ -72,6 +72,52 @@ fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a
 }
 
 fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    // The common operators stay in this small function; the rest live in `eval_other`, so
+    // the recursive hot path keeps a small stack frame.
+    match node {
+        Node::Null => Val::Null,
+        Node::Bool(b) => Val::Bool(*b),
+        Node::Num(n) => Val::Num(*n),
+        Node::Str(s) => Val::Str(s),
+        Node::Json(v) => Val::from_json(v),
+        Node::Var { path, default } => match lookup(env, data, path.parts.iter().map(part)) {
+            Some(v) => v,
+            None => default.as_ref().map_or(Val::Null, |d| eval(d, env, data)),
+        },
+        Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
+            eval_result(node, env, data).0
+        }
+        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
+        Node::StrictEq(ab) => {
+            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+        }
+        Node::Not(a) => Val::Bool(!eval(a, env, data).truthy()),
+        Node::InStrings(needle, set) => {
+            let needle = eval(needle, env, data);
+            Val::Bool(match needle.as_str() {
+                Some(s) => set.iter().any(|x| x.as_ref() == s),
+                None => false,
+            })
+        }
+        Node::StartsWith(ab) | Node::EndsWith(ab) => {
+            let a = eval(&ab[0], env, data);
+            let b = eval(&ab[1], env, data);
+            match (a.as_str(), b.as_str()) {
+                (Some(a), Some(b)) => Val::Bool(if matches!(node, Node::StartsWith(_)) {
+                    a.starts_with(b)
+                } else {
+                    a.ends_with(b)
+                }),
+                _ => Val::Null,
+            }
+        }
+        Node::Ref(rule) => eval(rule, env, Data::Root),
+        other => eval_other(other, env, data),
+    }
+}
+
+#[inline(never)]
+fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
     match node {
         Node::Null => Val::Null,
         Node::Bool(b) => Val::Bool(*b),
@@ -458,6 +504,7 @@ fn version_text<'v>(v: &'v Val<'_>, buf: &'v mut String) -> Option<&'v str> {
 /// without a non-empty string targeting key the result is `null` (the default variant).
 /// Weights: missing or null means 1; negative computed weights count as 0; a non-integer,
 /// non-number or too large weight, or a total of 0, makes the result `null`.
+#[inline(never)]
 fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a>, bool) {
     let hash = match f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
         Some(v) if v.as_str().is_some() => {
