@@ -36,6 +36,6 @@ impl CompiledRule {
             flag_key,
             timestamp: ctx.timestamp(),
         };
-        eval_targeting(&self.node, &env).0.to_json()
+        eval_targeting(&self.node, &env).0.into_val().to_json()
     }
 }

@@ -6,7 +6,7 @@ use crate::fault::{Fault, Faults};
 use crate::flag::{compile_flag, CompiledFlag, VariantType};
 use crate::refs::find_ref_cycle;
 use crate::rule::compile::{short_json, Compiler, RefLookup};
-use crate::rule::eval::{eval_targeting, Env};
+use crate::rule::eval::{eval_targeting, Env, Outcome};
 use crate::rule::value::Val;
 use crate::rule::Node;
 use crate::validate::{document_flags, document_segments};
@@ -294,7 +294,27 @@ impl FlagSet {
             flag_key: &flag.key,
             timestamp: ctx.timestamp(),
         };
-        let (result, split) = eval_targeting(targeting, &env);
+        let (outcome, split) = eval_targeting(targeting, &env);
+        let result = match outcome {
+            // A constant variant name was resolved to its index when the flag was compiled.
+            Outcome::Variant(i, _) => {
+                if let Some((n, v)) = flag.variants.get(i) {
+                    return Resolution {
+                        value: Some(v),
+                        variant: Some(n),
+                        reason: if split {
+                            Reason::Split
+                        } else {
+                            Reason::TargetingMatch
+                        },
+                        error: None,
+                        metadata: &flag.metadata,
+                    };
+                }
+                outcome.into_val()
+            }
+            Outcome::Value(v) => v,
+        };
         let name = match &result {
             Val::Null => return default(Reason::Default),
             Val::Bool(true) => "true",

@@ -129,6 +129,22 @@ impl<'r> Compiler<'r> {
             }
             other => {
                 self.check_result_constant(other, pos);
+                if let (Value::String(s), Position::Result, Some(variants)) =
+                    (other, pos, &self.variants)
+                {
+                    if variants.names.contains(s.as_str()) {
+                        // The flag's variants are sorted by name, as the set is.
+                        let index = variants
+                            .names
+                            .iter()
+                            .take_while(|n| n.as_str() < s.as_str())
+                            .count();
+                        return Node::Variant {
+                            index,
+                            name: s.as_str().into(),
+                        };
+                    }
+                }
                 literal(other)
             }
         }
@@ -647,7 +663,12 @@ enum Scope {
 fn is_const(n: &Node) -> bool {
     matches!(
         n,
-        Node::Null | Node::Bool(_) | Node::Num(_) | Node::Str(_) | Node::Json(_)
+        Node::Null
+            | Node::Bool(_)
+            | Node::Num(_)
+            | Node::Str(_)
+            | Node::Variant { .. }
+            | Node::Json(_)
     )
 }
 

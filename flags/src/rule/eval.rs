@@ -32,19 +32,43 @@ enum Data<'a, 'd> {
     },
 }
 
+/// What targeting returned: a constant variant name resolved to the variant's index when the
+/// rule was compiled, or a computed value whose name the flag still has to look up.
+pub(crate) enum Outcome<'a> {
+    Variant(usize, &'a str),
+    Value(Val<'a>),
+}
+
+impl<'a> Outcome<'a> {
+    pub(crate) fn into_val(self) -> Val<'a> {
+        match self {
+            Outcome::Variant(_, name) => Val::Str(name),
+            Outcome::Value(v) => v,
+        }
+    }
+
+    fn truthy(&self) -> bool {
+        match self {
+            Outcome::Variant(_, name) => !name.is_empty(),
+            Outcome::Value(v) => v.truthy(),
+        }
+    }
+}
+
 /// Evaluates a flag's targeting. The flag tells whether the result came out of a `fractional`
 /// split (reason `SPLIT`) rather than a plain rule.
-pub(crate) fn eval_targeting<'a>(node: &'a Node, env: &Env<'a>) -> (Val<'a>, bool) {
+pub(crate) fn eval_targeting<'a>(node: &'a Node, env: &Env<'a>) -> (Outcome<'a>, bool) {
     eval_result(node, env, Data::Root)
 }
 
-fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a>, bool) {
+fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Outcome<'a>, bool) {
     match node {
+        Node::Variant { index, name } => (Outcome::Variant(*index, name), false),
         Node::If(args) => {
             let n = args.len();
             let mut i = 0;
             while i + 1 < n {
-                if eval(&args[i], env, data).truthy() {
+                if truthy(&args[i], env, data) {
                     return eval_result(&args[i + 1], env, data);
                 }
                 i += 2;
@@ -52,12 +76,12 @@ fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a
             if i + 1 == n {
                 eval_result(&args[i], env, data)
             } else {
-                (Val::Null, false)
+                (Outcome::Value(Val::Null), false)
             }
         }
         Node::Or(args) | Node::And(args) => {
             let want = matches!(node, Node::Or(_));
-            let mut last = (Val::Null, false);
+            let mut last = (Outcome::Value(Val::Null), false);
             for a in args.iter() {
                 last = eval_result(a, env, data);
                 if last.0.truthy() == want {
@@ -67,7 +91,94 @@ fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a
             last
         }
         Node::Fractional(f) => fractional(f, env, data),
-        other => (eval(other, env, data), false),
+        other => (Outcome::Value(eval(other, env, data)), false),
+    }
+}
+
+/// The truthiness of a condition. Operators whose result is a boolean answer here without
+/// building a value, and string operands that are constants or context attributes are
+/// borrowed, so the usual conditions (`in` a list, `ends_with`, `==` a string) never build a
+/// `Val`. Anything else is evaluated and then tested, with identical meaning.
+fn truthy<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> bool {
+    match node {
+        Node::Bool(b) => *b,
+        // `and` returns its first falsy operand or its last: truthy exactly when all are.
+        Node::And(args) => args.iter().all(|a| truthy(a, env, data)),
+        // `or` returns its first truthy operand or its last: truthy exactly when one is.
+        Node::Or(args) => args.iter().any(|a| truthy(a, env, data)),
+        Node::Not(a) => !truthy(a, env, data),
+        Node::Truthy(a) => truthy(a, env, data),
+        Node::InStrings(needle, set) => match borrowed_str(needle, env, data) {
+            Some(s) => s.is_some_and(|s| set.iter().any(|x| x.as_ref() == s)),
+            None => in_strings(&eval(needle, env, data), set),
+        },
+        Node::StartsWith(ab) | Node::EndsWith(ab) => {
+            let starts = matches!(node, Node::StartsWith(_));
+            match (
+                borrowed_str(&ab[0], env, data),
+                borrowed_str(&ab[1], env, data),
+            ) {
+                (Some(a), Some(b)) => match (a, b) {
+                    (Some(a), Some(b)) => affix(starts, a, b),
+                    _ => false,
+                },
+                _ => eval(node, env, data).truthy(),
+            }
+        }
+        Node::Ref(rule) => truthy(rule, env, Data::Root),
+        other => eval(other, env, data).truthy(),
+    }
+}
+
+/// A string operand without evaluating it into a `Val`: `Some(Some(s))` for a string constant
+/// or a root-scope attribute holding a string, `Some(None)` for a root-scope attribute that is
+/// absent or not a string (a `var` without default), `None` when it must be evaluated.
+#[inline]
+fn borrowed_str<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Option<Option<&'a str>> {
+    match (node, data) {
+        (Node::Str(s), _) => Some(Some(s)),
+        (
+            Node::Var {
+                path,
+                default: None,
+            },
+            Data::Root,
+        ) => match &*path.parts {
+            [one] => Some(attribute(env.data, &one.key).and_then(Value::as_str)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Looks up a top-level context attribute. Contexts are small (a handful of attributes), and
+/// for those a scan that compares lengths before bytes beats the map's ordered search, which
+/// compares bytes with every key it passes.
+#[inline]
+fn attribute<'a>(data: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if data.len() <= SCAN_ATTRIBUTES {
+        data.iter()
+            .find(|(k, _)| k.len() == key.len() && k.as_bytes() == key.as_bytes())
+            .map(|(_, v)| v)
+    } else {
+        data.get(key)
+    }
+}
+
+const SCAN_ATTRIBUTES: usize = 16;
+
+fn affix(starts: bool, a: &str, b: &str) -> bool {
+    if starts {
+        a.starts_with(b)
+    } else {
+        a.ends_with(b)
+    }
+}
+
+fn in_strings(needle: &Val<'_>, set: &[Box<str>]) -> bool {
+    match needle.as_str() {
+        Some(s) => set.iter().any(|x| x.as_ref() == s),
+        None => false,
     }
 }
 
@@ -78,36 +189,26 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
         Node::Null => Val::Null,
         Node::Bool(b) => Val::Bool(*b),
         Node::Num(n) => Val::Num(*n),
-        Node::Str(s) => Val::Str(s),
+        Node::Str(s) | Node::Variant { name: s, .. } => Val::Str(s),
         Node::Json(v) => Val::from_json(v),
         Node::Var { path, default } => match lookup(env, data, path.parts.iter().map(part)) {
             Some(v) => v,
             None => default.as_ref().map_or(Val::Null, |d| eval(d, env, data)),
         },
         Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
-            eval_result(node, env, data).0
+            eval_result(node, env, data).0.into_val()
         }
         Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
         Node::StrictEq(ab) => {
             Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
         }
-        Node::Not(a) => Val::Bool(!eval(a, env, data).truthy()),
-        Node::InStrings(needle, set) => {
-            let needle = eval(needle, env, data);
-            Val::Bool(match needle.as_str() {
-                Some(s) => set.iter().any(|x| x.as_ref() == s),
-                None => false,
-            })
-        }
+        Node::Not(a) => Val::Bool(!truthy(a, env, data)),
+        Node::InStrings(..) => Val::Bool(truthy(node, env, data)),
         Node::StartsWith(ab) | Node::EndsWith(ab) => {
             let a = eval(&ab[0], env, data);
             let b = eval(&ab[1], env, data);
             match (a.as_str(), b.as_str()) {
-                (Some(a), Some(b)) => Val::Bool(if matches!(node, Node::StartsWith(_)) {
-                    a.starts_with(b)
-                } else {
-                    a.ends_with(b)
-                }),
+                (Some(a), Some(b)) => Val::Bool(affix(matches!(node, Node::StartsWith(_)), a, b)),
                 _ => Val::Null,
             }
         }
@@ -122,7 +223,7 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
         Node::Null => Val::Null,
         Node::Bool(b) => Val::Bool(*b),
         Node::Num(n) => Val::Num(*n),
-        Node::Str(s) => Val::Str(s),
+        Node::Str(s) | Node::Variant { name: s, .. } => Val::Str(s),
         Node::Json(v) => Val::from_json(v),
         Node::Array(items) => Val::List(items.iter().map(|n| eval(n, env, data)).collect()),
         Node::Var { path, default } => match lookup(env, data, path.parts.iter().map(part)) {
@@ -162,7 +263,7 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             }
         }
         Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
-            eval_result(node, env, data).0
+            eval_result(node, env, data).0.into_val()
         }
         Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
         Node::Ne(ab) => Val::Bool(!eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
@@ -208,13 +309,7 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             let hay = eval(&ab[1], env, data);
             Val::Bool(contains(&hay, &needle))
         }
-        Node::InStrings(needle, set) => {
-            let needle = eval(needle, env, data);
-            Val::Bool(match needle.as_str() {
-                Some(s) => set.iter().any(|x| x.as_ref() == s),
-                None => false,
-            })
-        }
+        Node::InStrings(needle, set) => Val::Bool(in_strings(&eval(needle, env, data), set)),
         Node::Cat(args) => {
             let mut out = String::new();
             for a in args {
@@ -372,7 +467,7 @@ fn lookup<'a, 'k>(
         });
     };
     let mut cur = match data {
-        Data::Root => Val::from_json(env.data.get(key)?),
+        Data::Root => Val::from_json(attribute(env.data, key)?),
         Data::Item(v) => v.get(key, index)?,
         Data::Reduce {
             current,
@@ -505,16 +600,16 @@ fn version_text<'v>(v: &'v Val<'_>, buf: &'v mut String) -> Option<&'v str> {
 /// Weights: missing or null means 1; negative computed weights count as 0; a non-integer,
 /// non-number or too large weight, or a total of 0, makes the result `null`.
 #[inline(never)]
-fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Val<'a>, bool) {
+fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Outcome<'a>, bool) {
     let hash = match f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
         Some(v) if v.as_str().is_some() => {
             murmur3_x86_32(&[v.as_str().unwrap_or_default().as_bytes()], 0)
         }
-        _ => match env.data.get("targetingKey") {
+        _ => match attribute(env.data, "targetingKey") {
             Some(Value::String(tk)) if !tk.is_empty() => {
                 murmur3_x86_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0)
             }
-            _ => return (Val::Null, false),
+            _ => return (Outcome::Value(Val::Null), false),
         },
     };
     let total = match f.const_total {
@@ -524,28 +619,30 @@ fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Val<
             for b in &f.buckets {
                 match weight(&b.weight, env, data) {
                     Some(w) => t += w,
-                    None => return (Val::Null, false),
+                    None => return (Outcome::Value(Val::Null), false),
                 }
             }
             t
         }
     };
     if total == 0 || total > i32::MAX as u64 {
-        return (Val::Null, false);
+        return (Outcome::Value(Val::Null), false);
     }
     let point = (u64::from(hash) * total) >> 32;
     let mut end: u64 = 0;
     for b in &f.buckets {
         end += weight(&b.weight, env, data).unwrap_or(0);
         if point < end {
-            let (v, _) = eval_result(&b.variant, env, data);
-            return match v {
-                Val::Str(_) | Val::String(_) | Val::Bool(_) | Val::Num(_) => (v, true),
-                _ => (Val::Null, false),
+            return match eval_result(&b.variant, env, data).0 {
+                o @ Outcome::Variant(..) => (o, true),
+                Outcome::Value(v @ (Val::Str(_) | Val::String(_) | Val::Bool(_) | Val::Num(_))) => {
+                    (Outcome::Value(v), true)
+                }
+                Outcome::Value(_) => (Outcome::Value(Val::Null), false),
             };
         }
     }
-    (Val::Null, false)
+    (Outcome::Value(Val::Null), false)
 }
 
 fn weight<'a>(w: &'a Weight, env: &Env<'a>, data: Data<'a, '_>) -> Option<u64> {
@@ -558,5 +655,55 @@ fn weight<'a>(w: &'a Weight, env: &Env<'a>, data: Data<'a, '_>) -> Option<u64> {
             }
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::compile::{Compiler, RefLookup};
+    use serde_json::json;
+
+    /// `truthy` answers conditions without building values; it must agree with evaluating and
+    /// then testing, for every operator case in the table and with the operators that pass
+    /// conditions through (`and`, `or`, `!`, `!!`).
+    #[test]
+    fn condition_fast_path_agrees_with_evaluation() {
+        let table: Value = serde_json::from_str(include_str!("../../tests/cases/operators.json"))
+            .expect("operators.json is valid JSON");
+        let cases = table["cases"].as_array().expect("cases array");
+        let resolve = |_: &str| RefLookup::Missing;
+        let mut checked = 0;
+        for case in cases {
+            let (name, rule, data) = (&case[0], &case[1], &case[2]);
+            let Some(data) = data.as_object() else {
+                continue;
+            };
+            let env = Env {
+                data,
+                flag_key: "flag-key",
+                timestamp: 1_700_000_000,
+            };
+            for wrapped in [
+                rule.clone(),
+                json!({"and": [true, rule]}),
+                json!({"or": [false, rule]}),
+                json!({"!": [rule]}),
+                json!({"!!": [rule]}),
+            ] {
+                let mut compiler = Compiler::new(&resolve, None);
+                let node = compiler.compile_root(&wrapped, false);
+                if !compiler.faults.list.is_empty() {
+                    continue;
+                }
+                assert_eq!(
+                    truthy(&node, &env, Data::Root),
+                    eval(&node, &env, Data::Root).truthy(),
+                    "{name}: {wrapped}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 500, "only {checked} rules checked");
     }
 }

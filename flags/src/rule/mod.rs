@@ -15,6 +15,12 @@ pub(crate) enum Node {
     Bool(bool),
     Num(f64),
     Str(Box<str>),
+    /// A string constant in a result position that names one of the flag's variants, resolved
+    /// to the variant's index (in the flag's sorted variants) when the flag is compiled.
+    Variant {
+        index: usize,
+        name: Box<str>,
+    },
     /// A constant array or object, kept as JSON and borrowed at evaluation.
     Json(Value),
     /// An array literal with at least one non-constant element.
