@@ -7,6 +7,8 @@
 //! - **Validation** of flagd-compatible definitions, every fault with its JSON path:
 //!   [`validate_flag`], [`validate_segment`], [`validate_document`], and the `$ref` helpers
 //!   [`flag_refs`], [`rule_refs`], [`find_ref_cycle`].
+//! - **Definitions** as typed serde values that read and write flagd's JSON and round-trip:
+//!   [`FlagDefinition`], [`FlagdDocument`] (`from_json` validates, `to_json` writes).
 //! - **Evaluation**: [`FlagSet`] compiles flags and segments once; [`FlagSet::boolean`],
 //!   [`FlagSet::string`], [`FlagSet::integer`], [`FlagSet::float`], [`FlagSet::object`] and the
 //!   untyped [`FlagSet::resolve`] return value, variant, [`Reason`], [`ErrorCode`] and metadata.
@@ -18,6 +20,7 @@
 
 mod compiled_rule;
 mod context;
+mod definition;
 mod evaluation;
 mod fault;
 mod flag;
@@ -30,6 +33,7 @@ mod validate;
 
 pub use compiled_rule::CompiledRule;
 pub use context::Context;
+pub use definition::{FlagDefinition, FlagState, FlagdDocument};
 pub use evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
 pub use fault::Fault;
 pub use flag::{CompiledFlag, VariantType};
