@@ -51,7 +51,7 @@ const FLAG_FIELDS: &[&str] = &[
     "tags",
 ];
 
-/// A flag compiled for evaluation: variants indexed, targeting compiled to a [`Node`] tree,
+/// A flag compiled for evaluation: variants indexed, targeting compiled to a node tree,
 /// metadata merged with the flag set's.
 #[derive(Debug)]
 pub struct CompiledFlag {

@@ -1,8 +1,12 @@
 //! Fuzz target: arbitrary bytes → JSON → validate → compile → evaluate every flag with every
-//! typed entry point. Any panic is a bug.
+//! typed entry point; and the same bytes through the typed definitions, which must round-trip.
+//! Any panic is a bug.
 #![no_main]
 
-use flagstaff_flags::{validate_document, validate_flag, validate_segment, Context, FlagSet};
+use flagstaff_flags::{
+    validate_document, validate_flag, validate_segment, Context, FlagDefinition, FlagSet,
+    FlagdDocument,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -12,6 +16,16 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b"{}"[..]),
     };
+    if let Ok(typed) = serde_json::from_slice::<FlagdDocument>(doc) {
+        let again: FlagdDocument =
+            serde_json::from_value(typed.to_json()).expect("a written document reads back");
+        assert_eq!(again, typed, "document round trip");
+    }
+    if let Ok(typed) = serde_json::from_slice::<FlagDefinition>(doc) {
+        let again: FlagDefinition =
+            serde_json::from_value(typed.to_json()).expect("a written definition reads back");
+        assert_eq!(again, typed, "definition round trip");
+    }
     let Ok(doc) = serde_json::from_slice::<Value>(doc) else {
         return;
     };
