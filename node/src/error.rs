@@ -18,6 +18,8 @@ pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthenticated,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -59,6 +61,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ApiError::PreconditionFailed { .. } => {
@@ -99,6 +102,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::SegmentCycle { .. } => ApiError::bad_request(e.to_string()),
             ApplyError::SegmentInUse { .. } => ApiError::Conflict(e.to_string()),
             ApplyError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            ApplyError::AlreadyExists { .. } => ApiError::Conflict(e.to_string()),
         }
     }
 }

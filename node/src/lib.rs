@@ -16,6 +16,7 @@ pub mod peer_api;
 pub mod proposer;
 pub mod read_index;
 pub mod server;
+pub mod watch_hub;
 
 pub use config::NodeConfig;
 pub use error::ApiError;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use flagstaff_raft_store::{CommandResult, Envelope, Member, NodeId, Raft, StateHandle};
 use tokio::time::Instant;
 
+use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::Proofs;
+use crate::watch_hub::WatchHub;
 use crate::clock::boottime_us;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
@@ -28,6 +30,8 @@ pub struct Node {
     pub(crate) proposer: Proposer,
     pub(crate) read_index: ReadIndexCoalescer,
     pub(crate) peers: PeerClient,
+    pub(crate) hub: WatchHub,
+    pub(crate) flag_sets: FlagSetCache,
 }
 
 /// How a read must relate to the cluster.

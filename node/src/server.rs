@@ -18,6 +18,8 @@ use crate::peer::PeerClient;
 use crate::peer_api::peer_router;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexCoalescer;
+use crate::api::ofrep::FlagSetCache;
+use crate::watch_hub::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -113,6 +115,8 @@ pub async fn start(
         proposer: Proposer::spawn(raft.clone()),
         read_index: ReadIndexCoalescer::spawn(raft.clone(), config.read_timeout),
         proofs: Arc::new(Proofs::default()),
+        hub: WatchHub::spawn(state.clone()),
+        flag_sets: FlagSetCache::default(),
         peers,
         raft,
         state,

@@ -80,6 +80,31 @@ pub enum Command {
         key: String,
         condition: Condition,
     },
+    /// Replaces the namespace's flags and segments with a flagd document's, atomically (one
+    /// revision). Creates the namespace if needed. Unchanged items keep their version.
+    ImportFlagd {
+        ns: String,
+        flags: Vec<(String, String)>,
+        segments: Vec<(String, String)>,
+    },
+    /// An SDK key bound to `ns`; only the SHA-256 of the secret is replicated.
+    CreateSdkKey {
+        ns: String,
+        name: String,
+        hash: String,
+    },
+    RevokeSdkKey {
+        ns: String,
+        name: String,
+    },
+    /// An extra admin token; only the SHA-256 of the secret is replicated.
+    CreateAdminToken {
+        name: String,
+        hash: String,
+    },
+    RevokeAdminToken {
+        name: String,
+    },
 }
 
 impl Command {
@@ -90,7 +115,11 @@ impl Command {
             | Command::PutFlag { ns, .. }
             | Command::DeleteFlag { ns, .. }
             | Command::PutSegment { ns, .. }
-            | Command::DeleteSegment { ns, .. } => ns,
+            | Command::DeleteSegment { ns, .. }
+            | Command::ImportFlagd { ns, .. }
+            | Command::CreateSdkKey { ns, .. }
+            | Command::RevokeSdkKey { ns, .. } => ns,
+            Command::CreateAdminToken { .. } | Command::RevokeAdminToken { .. } => "",
         }
     }
 }
@@ -137,4 +166,6 @@ pub enum ApplyError {
     SegmentInUse { segment: String, users: Vec<String> },
     #[error("idempotency key was already used for a different request")]
     IdempotencyKeyReused,
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
 }

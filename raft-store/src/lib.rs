@@ -31,8 +31,8 @@ pub use command::{
 };
 pub use db::StoreError;
 pub use log_store::LogStore;
-pub use state::{Change, ChangeKind, Item, Namespace, State, StateLimits};
-pub use state_machine::{AppliedView, StateHandle, StateMachine};
+pub use state::{AdminToken, Change, ChangeItem, ChangeKind, Item, Namespace, SdkKey, State, StateLimits};
+pub use state_machine::{AppliedBatch, AppliedView, StateHandle, StateMachine};
 
 /// A cluster member: the client (HTTP API) address and the peer (raft RPC) address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -6,6 +6,7 @@
 //! operation, which the state machine writes to RocksDB in the same batch as `last_applied`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +70,8 @@ impl ChangeKind {
     }
 }
 
-/// One entry of the change history (audit log and watch replay).
+/// One entry of the change history (audit log and watch replay): everything one command changed
+/// in one namespace, at one revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub revision: u64,
@@ -78,10 +80,33 @@ pub struct Change {
     pub at_ms: u64,
     pub actor: String,
     pub ns: String,
+    pub items: Vec<ChangeItem>,
+}
+
+/// One item a change touched; `before`/`after` are definitions (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeItem {
     pub kind: ChangeKind,
     pub key: String,
     pub before: Option<String>,
     pub after: Option<String>,
+}
+
+/// An SDK key: bound to one namespace; the secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdkKey {
+    pub ns: String,
+    pub name: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+/// An admin token created through the API (besides the bootstrap tokens of the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminToken {
+    pub name: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,10 +138,16 @@ struct NamespaceHeader {
 pub struct State {
     meta: Meta,
     namespaces: BTreeMap<String, Namespace>,
-    history: VecDeque<Change>,
+    history: VecDeque<Arc<Change>>,
+    /// SHA-256 (hex) of the secret → key.
+    sdk_keys: BTreeMap<String, SdkKey>,
+    admin_tokens: BTreeMap<String, AdminToken>,
     idempotency: BTreeMap<String, IdempotencyRecord>,
     /// Keys in insertion order, for first-in-first-out eviction.
     idempotency_order: VecDeque<String>,
+    /// Changes applied since the state machine last took them (to publish to watchers).
+    #[serde(skip)]
+    pending: Vec<Arc<Change>>,
 }
 
 /// A pending write to the state-machine column family: `None` deletes the row.
@@ -137,6 +168,12 @@ fn item_key(kind: ChangeKind, ns: &str, key: &str) -> Vec<u8> {
 }
 fn history_key(revision: u64) -> Vec<u8> {
     [b"h:".as_slice(), &revision.to_be_bytes()].concat()
+}
+fn sdk_key_row(hash: &str) -> Vec<u8> {
+    [b"k:", hash.as_bytes()].concat()
+}
+fn admin_token_row(hash: &str) -> Vec<u8> {
+    [b"a:", hash.as_bytes()].concat()
 }
 fn idem_key(scope: &str) -> Vec<u8> {
     [b"i:", scope.as_bytes()].concat()
@@ -165,8 +202,23 @@ impl State {
         self.namespaces.get(ns)
     }
     /// The retained history, oldest first.
-    pub fn history(&self) -> &VecDeque<Change> {
+    pub fn history(&self) -> &VecDeque<Arc<Change>> {
         &self.history
+    }
+
+    /// SDK keys by the SHA-256 (hex) of their secret.
+    pub fn sdk_keys(&self) -> &BTreeMap<String, SdkKey> {
+        &self.sdk_keys
+    }
+
+    /// API-created admin tokens by the SHA-256 (hex) of their secret.
+    pub fn admin_tokens(&self) -> &BTreeMap<String, AdminToken> {
+        &self.admin_tokens
+    }
+
+    /// Takes the changes applied since the last call, in revision order.
+    pub(crate) fn take_pending(&mut self) -> Vec<Arc<Change>> {
+        std::mem::take(&mut self.pending)
     }
 
     pub(crate) fn set_applied(&mut self, log_id: LogId, rows: &mut Vec<RowOp>) {
@@ -231,19 +283,9 @@ impl State {
         result
     }
 
-    fn apply_command(
-        &mut self,
-        cmd: &Command,
-        actor: &str,
-        limits: StateLimits,
-        rows: &mut Vec<RowOp>,
-    ) -> CommandResult {
+    fn apply_command(&mut self, cmd: &Command, actor: &str, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
         match cmd {
-            Command::PutNamespace {
-                ns,
-                description,
-                condition,
-            } => {
+            Command::PutNamespace { ns, description, condition } => {
                 let current = self.namespaces.get(ns).map(|n| n.version);
                 check(*condition, current)?;
                 let revision = self.meta.revision + 1;
@@ -251,16 +293,8 @@ impl State {
                 let before = current.map(|_| entry.description.clone());
                 entry.version = revision;
                 entry.description = description.clone();
-                self.finish_change(
-                    ChangeKind::Namespace,
-                    ns,
-                    ns,
-                    actor,
-                    before,
-                    Some(description.clone()),
-                    limits,
-                    rows,
-                )
+                let item = ChangeItem { kind: ChangeKind::Namespace, key: ns.clone(), before, after: Some(description.clone()) };
+                self.finish_change(ns, actor, vec![item], limits, rows)
             }
             Command::DeleteNamespace { ns, condition } => {
                 let current = self.namespaces.get(ns).map(|n| n.version);
@@ -271,13 +305,20 @@ impl State {
                 let Some(removed) = self.namespaces.remove(ns) else {
                     return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
                 };
-                for key in removed.flags.keys() {
-                    rows.push((item_key(ChangeKind::Flag, ns, key), None));
+                let mut items = Vec::new();
+                for (kind, map) in [(ChangeKind::Flag, &removed.flags), (ChangeKind::Segment, &removed.segments)] {
+                    for (key, item) in map {
+                        rows.push((item_key(kind, ns, key), None));
+                        items.push(ChangeItem { kind, key: key.clone(), before: Some(item.definition.clone()), after: None });
+                    }
                 }
-                for key in removed.segments.keys() {
-                    rows.push((item_key(ChangeKind::Segment, ns, key), None));
-                }
+                items.push(ChangeItem { kind: ChangeKind::Namespace, key: ns.clone(), before: Some(removed.description), after: None });
                 rows.push((ns_key(ns), None));
+                let bound: Vec<String> = self.sdk_keys.iter().filter(|(_, k)| &k.ns == ns).map(|(h, _)| h.clone()).collect();
+                for hash in bound {
+                    self.sdk_keys.remove(&hash);
+                    rows.push((sdk_key_row(&hash), None));
+                }
                 let revision = self.meta.revision + 1;
                 self.meta.revision = revision;
                 let change = Change {
@@ -286,60 +327,70 @@ impl State {
                     at_ms: self.meta.clock_ms,
                     actor: actor.to_string(),
                     ns: ns.clone(),
-                    kind: ChangeKind::Namespace,
-                    key: ns.clone(),
-                    before: Some(removed.description),
-                    after: None,
+                    items,
                 };
                 self.record(change, limits, rows);
-                Ok(Applied {
-                    revision,
-                    replayed: false,
-                })
+                Ok(Applied { revision, replayed: false })
             }
-            Command::PutFlag {
-                ns,
-                key,
-                definition,
-                condition,
-            } => self.put_item(
-                ChangeKind::Flag,
-                ns,
-                key,
-                definition,
-                *condition,
-                actor,
-                limits,
-                rows,
-            ),
-            Command::PutSegment {
-                ns,
-                key,
-                definition,
-                condition,
-            } => self.put_item(
-                ChangeKind::Segment,
-                ns,
-                key,
-                definition,
-                *condition,
-                actor,
-                limits,
-                rows,
-            ),
+            Command::PutFlag { ns, key, definition, condition } => {
+                self.put_item(ChangeKind::Flag, ns, key, definition, *condition, actor, limits, rows)
+            }
+            Command::PutSegment { ns, key, definition, condition } => {
+                self.put_item(ChangeKind::Segment, ns, key, definition, *condition, actor, limits, rows)
+            }
             Command::DeleteFlag { ns, key, condition } => {
                 self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)
             }
-            Command::DeleteSegment { ns, key, condition } => self.delete_item(
-                ChangeKind::Segment,
-                ns,
-                key,
-                *condition,
-                actor,
-                limits,
-                rows,
-            ),
+            Command::DeleteSegment { ns, key, condition } => {
+                self.delete_item(ChangeKind::Segment, ns, key, *condition, actor, limits, rows)
+            }
+            Command::ImportFlagd { ns, flags, segments } => self.import(ns, flags, segments, actor, limits, rows),
+            Command::CreateSdkKey { ns, name, hash } => {
+                if !self.namespaces.contains_key(ns) {
+                    return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
+                }
+                if self.sdk_keys.values().any(|k| &k.ns == ns && &k.name == name) || self.sdk_keys.contains_key(hash) {
+                    return Err(ApplyError::AlreadyExists { what: format!("SDK key {name:?} in namespace {ns:?}") });
+                }
+                let key = SdkKey { ns: ns.clone(), name: name.clone(), created_at_ms: self.meta.clock_ms, created_by: actor.to_string() };
+                rows.push((sdk_key_row(hash), Some(encode_row(&key))));
+                self.sdk_keys.insert(hash.clone(), key);
+                Ok(self.bump())
+            }
+            Command::RevokeSdkKey { ns, name } => {
+                let hash = self.sdk_keys.iter().find(|(_, k)| &k.ns == ns && &k.name == name).map(|(h, _)| h.clone());
+                let Some(hash) = hash else {
+                    return Err(ApplyError::NotFound { ns: ns.clone(), kind: "SDK key".into(), key: name.clone() });
+                };
+                self.sdk_keys.remove(&hash);
+                rows.push((sdk_key_row(&hash), None));
+                Ok(self.bump())
+            }
+            Command::CreateAdminToken { name, hash } => {
+                if self.admin_tokens.values().any(|t| &t.name == name) || self.admin_tokens.contains_key(hash) {
+                    return Err(ApplyError::AlreadyExists { what: format!("admin token {name:?}") });
+                }
+                let token = AdminToken { name: name.clone(), created_at_ms: self.meta.clock_ms, created_by: actor.to_string() };
+                rows.push((admin_token_row(hash), Some(encode_row(&token))));
+                self.admin_tokens.insert(hash.clone(), token);
+                Ok(self.bump())
+            }
+            Command::RevokeAdminToken { name } => {
+                let hash = self.admin_tokens.iter().find(|(_, t)| &t.name == name).map(|(h, _)| h.clone());
+                let Some(hash) = hash else {
+                    return Err(ApplyError::NotFound { ns: String::new(), kind: "admin token".into(), key: name.clone() });
+                };
+                self.admin_tokens.remove(&hash);
+                rows.push((admin_token_row(&hash), None));
+                Ok(self.bump())
+            }
         }
+    }
+
+    /// A mutation outside any namespace's flags (keys, tokens): one revision, no history entry.
+    fn bump(&mut self) -> Applied {
+        self.meta.revision += 1;
+        Applied { revision: self.meta.revision, replayed: false }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -354,48 +405,23 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &space.flags
-        } else {
-            &space.segments
-        };
+        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
         check(condition, items.get(key).map(|i| i.version))?;
         check_references(ns, space, kind, key, definition)?;
 
-        let revision = self.meta.revision + 1;
         let item = Item {
-            version: revision,
+            version: self.meta.revision + 1,
             definition: definition.to_string(),
             updated_at_ms: self.meta.clock_ms,
             updated_by: actor.to_string(),
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &mut space.flags
-        } else {
-            &mut space.segments
-        };
-        let before = items
-            .insert(key.to_string(), item)
-            .map(|old| old.definition);
-        self.finish_change(
-            kind,
-            ns,
-            key,
-            actor,
-            before,
-            Some(definition.to_string()),
-            limits,
-            rows,
-        )
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+        let before = items.insert(key.to_string(), item).map(|old| old.definition);
+        let change = ChangeItem { kind, key: key.to_string(), before, after: Some(definition.to_string()) };
+        self.finish_change(ns, actor, vec![change], limits, rows)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -409,94 +435,99 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &space.flags
-        } else {
-            &space.segments
-        };
+        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
         let current = items.get(key).map(|i| i.version);
         if current.is_none() && condition == Condition::None {
-            return Err(ApplyError::NotFound {
-                ns: ns.to_string(),
-                kind: kind.as_str().to_string(),
-                key: key.to_string(),
-            });
+            return Err(ApplyError::NotFound { ns: ns.to_string(), kind: kind.as_str().to_string(), key: key.to_string() });
         }
         check(condition, current)?;
         if kind == ChangeKind::Segment {
             let users = segment_users(space, key);
             if !users.is_empty() {
-                return Err(ApplyError::SegmentInUse {
-                    segment: key.to_string(),
-                    users,
-                });
+                return Err(ApplyError::SegmentInUse { segment: key.to_string(), users });
             }
         }
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &mut space.flags
-        } else {
-            &mut space.segments
-        };
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
         let before = items.remove(key).map(|old| old.definition);
         rows.push((item_key(kind, ns, key), None));
-        self.finish_change(kind, ns, key, actor, before, None, limits, rows)
+        let change = ChangeItem { kind, key: key.to_string(), before, after: None };
+        self.finish_change(ns, actor, vec![change], limits, rows)
     }
 
-    /// Bumps the revision, stamps the namespace and records the change.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_change(
+    /// Replaces a namespace's flags and segments in one revision.
+    fn import(
         &mut self,
-        kind: ChangeKind,
         ns: &str,
-        key: &str,
+        flags: &[(String, String)],
+        segments: &[(String, String)],
         actor: &str,
-        before: Option<String>,
-        after: Option<String>,
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
+        let rules: BTreeMap<String, serde_json::Value> = segments.iter().map(|(k, d)| (k.clone(), parse(d))).collect();
+        for (key, definition) in flags {
+            if let Some(missing) = references(ChangeKind::Flag, definition).into_iter().find(|r| !rules.contains_key(r)) {
+                return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: format!("flags.{key}.targeting"), segment: missing });
+            }
+        }
+        for key in rules.keys() {
+            if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
+                return Err(ApplyError::SegmentCycle { cycle });
+            }
+            if let Some(missing) = flagstaff_flags::rule_refs(&rules[key]).into_iter().find(|r| !rules.contains_key(r)) {
+                return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: format!("$evaluators.{key}"), segment: missing });
+            }
+        }
+        let revision = self.meta.revision + 1;
+        let (clock, who) = (self.meta.clock_ms, actor.to_string());
+        let space = self.namespaces.entry(ns.to_string()).or_default();
+        if space.version == 0 {
+            space.version = revision;
+        }
+        let mut changes = Vec::new();
+        for (kind, wanted) in [(ChangeKind::Flag, flags), (ChangeKind::Segment, segments)] {
+            let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+            let wanted: BTreeMap<&str, &str> = wanted.iter().map(|(k, d)| (k.as_str(), d.as_str())).collect();
+            let gone: Vec<String> = items.keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect();
+            for key in gone {
+                let before = items.remove(&key).map(|i| i.definition);
+                rows.push((item_key(kind, ns, &key), None));
+                changes.push(ChangeItem { kind, key, before, after: None });
+            }
+            for (key, definition) in wanted {
+                let before = items.get(key).map(|i| i.definition.clone());
+                if before.as_deref() == Some(definition) {
+                    continue;
+                }
+                let item = Item { version: revision, definition: definition.to_string(), updated_at_ms: clock, updated_by: who.clone() };
+                rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
+                items.insert(key.to_string(), item);
+                changes.push(ChangeItem { kind, key: key.to_string(), before, after: Some(definition.to_string()) });
+            }
+        }
+        self.finish_change(ns, actor, changes, limits, rows)
+    }
+
+    /// Bumps the revision, stamps the namespace and records the change.
+    fn finish_change(&mut self, ns: &str, actor: &str, items: Vec<ChangeItem>, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
         let revision = self.meta.revision + 1;
         self.meta.revision = revision;
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
         let prev_revision = space.last_change;
         space.last_change = revision;
-        let header = NamespaceHeader {
-            version: space.version,
-            description: space.description.clone(),
-            last_change: revision,
-        };
+        let header = NamespaceHeader { version: space.version, description: space.description.clone(), last_change: revision };
         rows.push((ns_key(ns), Some(encode_row(&header))));
-        let change = Change {
-            revision,
-            prev_revision,
-            at_ms: self.meta.clock_ms,
-            actor: actor.to_string(),
-            ns: ns.to_string(),
-            kind,
-            key: key.to_string(),
-            before,
-            after,
-        };
+        let change = Change { revision, prev_revision, at_ms: self.meta.clock_ms, actor: actor.to_string(), ns: ns.to_string(), items };
         self.record(change, limits, rows);
-        Ok(Applied {
-            revision,
-            replayed: false,
-        })
+        Ok(Applied { revision, replayed: false })
     }
 
     fn record(&mut self, change: Change, limits: StateLimits, rows: &mut Vec<RowOp>) {
         rows.push((history_key(change.revision), Some(encode_row(&change))));
+        let change = Arc::new(change);
+        self.pending.push(change.clone());
         self.history.push_back(change);
         while self.history.len() > limits.history {
             if let Some(old) = self.history.pop_front() {
@@ -529,7 +560,13 @@ impl State {
             }
         }
         for change in &self.history {
-            rows.push((history_key(change.revision), Some(encode_row(change))));
+            rows.push((history_key(change.revision), Some(encode_row(&**change))));
+        }
+        for (hash, key) in &self.sdk_keys {
+            rows.push((sdk_key_row(hash), Some(encode_row(key))));
+        }
+        for (hash, token) in &self.admin_tokens {
+            rows.push((admin_token_row(hash), Some(encode_row(token))));
         }
         for (scope, rec) in &self.idempotency {
             rows.push((idem_key(scope), Some(encode_row(rec))));
@@ -570,7 +607,13 @@ impl State {
                         space.segments.insert(name, item);
                     }
                 }
-                b"h:" => state.history.push_back(codec::decode(value)?),
+                b"h:" => state.history.push_back(Arc::new(codec::decode(value)?)),
+                b"k:" => {
+                    state.sdk_keys.insert(String::from_utf8_lossy(rest).into_owned(), codec::decode(value)?);
+                }
+                b"a:" => {
+                    state.admin_tokens.insert(String::from_utf8_lossy(rest).into_owned(), codec::decode(value)?);
+                }
                 b"i:" => {
                     let rec: IdempotencyRecord = codec::decode(value)?;
                     let scope = String::from_utf8_lossy(rest).into_owned();

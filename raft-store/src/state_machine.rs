@@ -7,16 +7,18 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{WriteBatch, DB};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::codec;
 use crate::db::{cf, synced, StoreError, CF_META, CF_SM};
-use crate::state::{RowOp, State, StateLimits};
+use crate::state::{Change, RowOp, State, StateLimits};
 use crate::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Applied batches buffered for watchers before a slow one is told it lagged.
+const BATCH_BUFFER: usize = 4096;
 
 /// What has been applied so far; published after every apply and snapshot install.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +32,17 @@ pub struct AppliedView {
     pub snapshot_epoch: u64,
 }
 
+/// What one `apply` call changed, published to watchers in apply order.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedBatch {
+    /// The cluster revision after the batch (also advanced by changes outside namespaces).
+    pub revision: u64,
+    /// Namespace changes, in revision order.
+    pub changes: Vec<Arc<Change>>,
+    /// Set when a snapshot replaced the state: watchers must resynchronise from the state.
+    pub reset: bool,
+}
+
 /// A read handle on the applied state, shared by the node's read paths.
 ///
 /// Readers hold the lock only while they copy out what they need; it is never held across an
@@ -38,6 +51,7 @@ pub struct AppliedView {
 pub struct StateHandle {
     state: Arc<RwLock<State>>,
     applied: watch::Receiver<AppliedView>,
+    batches: broadcast::Sender<Arc<AppliedBatch>>,
 }
 
 impl StateHandle {
@@ -57,6 +71,12 @@ impl StateHandle {
     pub fn subscribe(&self) -> watch::Receiver<AppliedView> {
         self.applied.clone()
     }
+
+    /// Every applied batch from now on (bounded buffer: a receiver that falls behind gets
+    /// `Lagged` and must resynchronise from the state).
+    pub fn subscribe_batches(&self) -> broadcast::Receiver<Arc<AppliedBatch>> {
+        self.batches.subscribe()
+    }
 }
 
 /// RocksDB-backed [`RaftStateMachine`].
@@ -65,6 +85,7 @@ pub struct StateMachine {
     state: Arc<RwLock<State>>,
     limits: StateLimits,
     applied: watch::Sender<AppliedView>,
+    batches: broadcast::Sender<Arc<AppliedBatch>>,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -93,20 +114,13 @@ impl StateMachine {
             State::from_rows(rows.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))?
         };
         let (applied, _) = watch::channel(view_of(&state, 0));
-        Ok(Self {
-            db,
-            state: Arc::new(RwLock::new(state)),
-            limits,
-            applied,
-        })
+        let (batches, _) = broadcast::channel(BATCH_BUFFER);
+        Ok(Self { db, state: Arc::new(RwLock::new(state)), limits, applied, batches })
     }
 
     /// A read handle for the node.
     pub fn handle(&self) -> StateHandle {
-        StateHandle {
-            state: self.state.clone(),
-            applied: self.applied.subscribe(),
-        }
+        StateHandle { state: self.state.clone(), applied: self.applied.subscribe(), batches: self.batches.clone() }
     }
 
     fn write_rows(
@@ -171,10 +185,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 state.set_applied(entry.log_id, &mut rows);
                 replies.push(reply);
             }
-            view_of(&state, self.applied.borrow().snapshot_epoch)
+            let changes = state.take_pending();
+            (view_of(&state, self.applied.borrow().snapshot_epoch), changes)
         };
+        let (view, changes) = view;
         self.write_rows(rows, false, false).map_err(sm_write_err)?;
         self.applied.send_replace(view);
+        // No receivers is fine: nobody is watching.
+        let _ = self.batches.send(Arc::new(AppliedBatch { revision: view.revision, changes, reset: false }));
         Ok(replies)
     }
 
@@ -220,6 +238,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "installed snapshot"
         );
         self.applied.send_replace(view);
+        let reset = AppliedBatch { revision: view.revision, changes: Vec::new(), reset: true };
+        let _ = self.batches.send(Arc::new(reset));
         Ok(())
     }
 

@@ -239,6 +239,7 @@ fn retention_is_bounded_fifo_and_rows_round_trip() {
     }
     // `last_applied` lives in the meta row, written by the state machine.
     let mut meta_rows = Vec::new();
+    s.take_pending();
     let mut s2 = s.clone();
     s2.set_applied(
         openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),

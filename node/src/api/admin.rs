@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use flagstaff_raft_store::{ChangeKind, Command, Condition, Envelope, Item};
+use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use serde_json::{json, Value};
 
 use crate::api::extract::{check_name, condition, idempotency, read_params, Admin, JsonBody};
@@ -55,8 +55,8 @@ fn path2(p: Result<Path<(String, String)>, PathRejection>, what: &str) -> Result
     Ok((ns, key))
 }
 
-/// Proposes one command and answers with the revision it produced.
-async fn submit(
+/// Proposes one command (with an idempotency key) and answers with what it produced.
+pub(crate) async fn submit(
     node: &Node,
     actor: &str,
     headers: &HeaderMap,
@@ -64,7 +64,7 @@ async fn submit(
     uri: &Uri,
     body: &[u8],
     command: Command,
-) -> Result<u64> {
+) -> Result<Applied> {
     let ns = command.namespace().to_string();
     let idem = idempotency(headers, actor, &ns, method, uri.path(), body)?;
     let envelope = Envelope {
@@ -76,7 +76,7 @@ async fn submit(
     let applied = results
         .pop()
         .ok_or_else(|| ApiError::Unavailable("the leader returned no result".into()))??;
-    Ok(applied.revision)
+    Ok(applied)
 }
 
 fn written(body: Value, revision: u64) -> Response {
@@ -127,7 +127,7 @@ async fn put_namespace(
         description,
         condition: condition(&headers)?,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
+    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?.revision;
     Ok(written(
         json!({"namespace": ns, "version": revision, "revision": revision}),
         revision,
@@ -147,7 +147,7 @@ async fn delete_namespace(
         ns: ns.clone(),
         condition: condition(&headers)?,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
+    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command).await?.revision;
     Ok(written(
         json!({"namespace": ns, "deleted": true, "revision": revision}),
         revision,
@@ -363,7 +363,7 @@ async fn put_item(
         definition,
         condition(headers)?,
     );
-    let revision = submit(node, actor, headers, method, uri, &body.raw, command).await?;
+    let revision = submit(node, actor, headers, method, uri, &body.raw, command).await?.revision;
     Ok(written(
         json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
         revision,
@@ -395,7 +395,7 @@ async fn delete_item(
             condition,
         }
     };
-    let revision = submit(node, actor, headers, method, uri, b"", command).await?;
+    let revision = submit(node, actor, headers, method, uri, b"", command).await?.revision;
     Ok(written(
         json!({"namespace": ns, "key": key, "deleted": true, "revision": revision}),
         revision,
@@ -597,7 +597,7 @@ async fn patch_flag(
             _ => Condition::IfMatch(version),
         };
         let command = put_command(ChangeKind::Flag, ns.clone(), key.clone(), text, cond);
-        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await {
+        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await.map(|a| a.revision) {
             Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
             Err(e) => return Err(e),
             Ok(revision) => {

@@ -17,6 +17,66 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 
+/// SHA-256 (hex) of a secret: what the replicated state stores for keys and tokens.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Who is calling: an admin (token name) or an SDK key bound to one namespace.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin(String),
+    Sdk { ns: String, name: String, hash: String },
+}
+
+impl Caller {
+    fn identify(headers: &HeaderMap, node: &Node) -> Result<Caller, ApiError> {
+        let presented = bearer(headers).ok_or(ApiError::Unauthenticated)?;
+        for (name, token) in &node.config.admin_tokens {
+            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+                return Ok(Caller::Admin(name.clone()));
+            }
+        }
+        // Stored secrets are looked up by their hash, so timing reveals nothing about them.
+        let hash = hash_secret(presented);
+        let state = node.state.read();
+        if let Some(t) = state.admin_tokens().get(&hash) {
+            return Ok(Caller::Admin(t.name.clone()));
+        }
+        if let Some(k) = state.sdk_keys().get(&hash) {
+            return Ok(Caller::Sdk { ns: k.ns.clone(), name: k.name.clone(), hash });
+        }
+        Err(ApiError::Unauthenticated)
+    }
+
+    /// May this caller read namespace `ns`?
+    pub fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin(_) => Ok(()),
+            Caller::Sdk { ns: bound, .. } if bound == ns => Ok(()),
+            Caller::Sdk { ns: bound, .. } => {
+                Err(ApiError::Forbidden(format!("this SDK key is for namespace {bound:?}, not {ns:?}")))
+            }
+        }
+    }
+
+    /// False once an SDK key has been revoked (as this node's state knows).
+    pub fn still_valid(&self, node: &Node) -> bool {
+        match self {
+            Caller::Admin(_) => true,
+            Caller::Sdk { hash, .. } => node.state.read().sdk_keys().contains_key(hash),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Node>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        Caller::identify(&parts.headers, node)
+    }
+}
+
 /// An authenticated admin caller; the field is the token's name (the actor in history).
 pub struct Admin(pub String);
 
@@ -24,13 +84,10 @@ impl FromRequestParts<Arc<Node>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        for (name, token) in &node.config.admin_tokens {
-            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
-                return Ok(Admin(name.clone()));
-            }
+        match Caller::identify(&parts.headers, node)? {
+            Caller::Admin(name) => Ok(Admin(name)),
+            Caller::Sdk { .. } => Err(ApiError::Forbidden("this route needs an admin token, not an SDK key".into())),
         }
-        Err(ApiError::Unauthenticated)
     }
 }
 

@@ -3,6 +3,11 @@
 pub mod admin;
 pub mod cluster;
 pub mod extract;
+pub mod flagd;
+pub mod history;
+pub mod keys;
+pub mod ofrep;
+pub mod sdk;
 
 use std::sync::Arc;
 
@@ -37,6 +42,11 @@ pub fn client_router(node: Arc<Node>) -> Router {
     Router::new()
         .merge(admin::router())
         .merge(cluster::router())
+        .merge(sdk::router())
+        .merge(keys::router())
+        .merge(history::router())
+        .merge(flagd::router())
+        .merge(ofrep::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(
             node.clone(),

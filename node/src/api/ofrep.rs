@@ -1,0 +1,197 @@
+//! OpenFeature Remote Evaluation Protocol: `POST /ofrep/v1/evaluate/flags/{key}` and the bulk
+//! `POST /ofrep/v1/evaluate/flags`, evaluated with `flagstaff-flags` (the same code the SDK
+//! runs). The namespace comes from the SDK key (an admin token names it with `?namespace=` or
+//! the `Flagstaff-Namespace` header). Reads are bounded-stale by default.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use flagstaff_flags::{Context, ErrorCode, FlagSet, Resolution};
+use serde_json::{json, Map, Value};
+
+use crate::api::extract::{read_params, Caller, JsonBody};
+use crate::api::{revision_header, staleness_header};
+use crate::clock::wall_ms;
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::watch_hub::parse;
+
+pub fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/ofrep/v1/evaluate/flags", post(bulk))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(single))
+}
+
+/// Compiled flag sets per namespace, rebuilt when the namespace changed.
+#[derive(Default)]
+pub struct FlagSetCache {
+    sets: Mutex<HashMap<String, (u64, Arc<FlagSet>)>>,
+}
+
+impl FlagSetCache {
+    /// The namespace's compiled flags as of the node's current state, and the namespace's last
+    /// change revision; `None` if it does not exist.
+    pub fn get(&self, node: &Node, ns: &str) -> Option<(u64, Arc<FlagSet>)> {
+        let (last_change, flags, segments) = {
+            let state = node.state.read();
+            let space = state.namespace(ns)?;
+            if let Some((rev, set)) = self.sets.lock().unwrap_or_else(|e| e.into_inner()).get(ns) {
+                if *rev == space.last_change {
+                    return Some((*rev, set.clone()));
+                }
+            }
+            let flags: Vec<(String, Value)> = space.flags.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+            let segments: BTreeMap<String, Value> =
+                space.segments.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+            (space.last_change, flags, segments)
+        };
+        // Compile outside the state lock; definitions were validated before they were written.
+        let (set, _faults) = FlagSet::build(flags.iter().map(|(k, v)| (k.as_str(), v)), &segments, &Map::new());
+        let set = Arc::new(set);
+        self.sets.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), (last_change, set.clone()));
+        Some((last_change, set))
+    }
+}
+
+fn namespace_of(caller: &Caller, headers: &HeaderMap, rest: &[(String, String)]) -> Result<String, ApiError> {
+    match caller {
+        Caller::Sdk { ns, .. } => Ok(ns.clone()),
+        Caller::Admin(_) => rest
+            .iter()
+            .find(|(k, _)| k == "namespace")
+            .map(|(_, v)| v.clone())
+            .or_else(|| headers.get("flagstaff-namespace").and_then(|v| v.to_str().ok()).map(str::to_string))
+            .ok_or_else(|| ApiError::bad_request("namespace: an admin token must name it with ?namespace= or Flagstaff-Namespace")),
+    }
+}
+
+/// An OFREP error body `{key, errorCode, errorDetails}` with its status.
+fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response {
+    let mut body = json!({"errorCode": code, "errorDetails": details});
+    if let Some(k) = key {
+        body["key"] = json!(k);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn context_of(body: &Value) -> Result<Context, (String, String)> {
+    let now = (wall_ms() / 1000) as i64;
+    match body {
+        Value::Null => Ok(Context::new(now)),
+        Value::Object(map) => match map.get("context") {
+            None | Some(Value::Null) => Ok(Context::new(now)),
+            Some(ctx) => Context::from_json(ctx, now).map_err(|e| (e.code.as_str().to_string(), e.message)),
+        },
+        _ => Err(("INVALID_CONTEXT".into(), "body must be an object like {\"context\": {…}}".into())),
+    }
+}
+
+fn success_json(key: &str, r: &Resolution<'_>) -> Value {
+    let mut out = json!({"key": key, "reason": r.reason.as_str(), "metadata": r.metadata});
+    // A flag without a value for this context (no default variant) leaves `value` and `variant`
+    // out, as OFREP specifies; the provider then uses the caller's default.
+    if let Some(v) = r.value {
+        out["value"] = v.clone();
+    }
+    if let Some(v) = r.variant {
+        out["variant"] = json!(v);
+    }
+    out
+}
+
+fn failure(key: &str, r: &Resolution<'_>) -> Option<(StatusCode, Value)> {
+    let e = r.error.as_ref()?;
+    let status = if e.code == ErrorCode::FlagNotFound { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+    Some((status, json!({"key": key, "errorCode": e.code.as_str(), "errorDetails": e.message})))
+}
+
+async fn prepare(
+    node: &Node,
+    caller: &Caller,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(String, u64, Arc<FlagSet>, Option<u64>), ApiError> {
+    let params = read_params(query, node, false)?;
+    let ns = namespace_of(caller, headers, &params.rest)?;
+    caller.check_namespace(&ns)?;
+    let proof = node.read_barrier(params.consistency, params.min_revision).await?;
+    let (rev, set) = node
+        .flag_sets
+        .get(node, &ns)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    Ok((ns, rev, set, proof.staleness_ms))
+}
+
+fn finish(mut resp: Response, node: &Node, staleness: Option<u64>) -> Response {
+    revision_header(&mut resp, node.state.applied().revision);
+    if let Some(s) = staleness {
+        staleness_header(&mut resp, s);
+    }
+    resp
+}
+
+async fn single(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let Path(key) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (_, _, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
+    let ctx = match context_of(&body.value) {
+        Ok(c) => c,
+        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, Some(&key), &code, &details)),
+    };
+    let r = set.resolve(&key, &ctx);
+    let resp = match failure(&key, &r) {
+        Some((status, body)) => (status, Json(body)).into_response(),
+        None => Json(success_json(&key, &r)).into_response(),
+    };
+    Ok(finish(resp, &node, staleness))
+}
+
+/// Bulk evaluation. `ETag` is the namespace's last change; `If-None-Match` with it answers
+/// 304 (the context is the client's own, so it knows whether that changed).
+async fn bulk(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let (_, rev, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
+    let etag = format!("\"{rev}\"");
+    let held = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    if held.is_some_and(|h| h.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")));
+        return Ok(finish(resp, &node, staleness));
+    }
+    let ctx = match context_of(&body.value) {
+        Ok(c) => c,
+        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details)),
+    };
+    let mut flags: Vec<(String, Value)> = set
+        .resolve_all(&ctx)
+        .map(|(key, r)| {
+            let item = match failure(key, &r) {
+                Some((_, body)) => body,
+                None => success_json(key, &r),
+            };
+            (key.to_string(), item)
+        })
+        .collect();
+    flags.sort_by(|a, b| a.0.cmp(&b.0));
+    let flags: Vec<Value> = flags.into_iter().map(|(_, v)| v).collect();
+    let mut resp = Json(json!({"flags": flags})).into_response();
+    resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")));
+    Ok(finish(resp, &node, staleness))
+}

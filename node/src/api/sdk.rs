@@ -1,0 +1,251 @@
+//! The SDK API: a namespace snapshot to start from and a watch stream of its changes (SSE).
+//! Readable with the namespace's SDK key or an admin token; bounded consistency by default.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use flagstaff_raft_store::State as StoreState;
+use serde_json::{json, Map, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::extract::{check_name, parse_u64, read_params, Caller};
+use crate::api::{revision_header, staleness_header};
+use crate::error::ApiError;
+use crate::node::{Consistency, Node};
+use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, HubBatch};
+
+pub fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/namespaces/{ns}/snapshot", get(snapshot))
+        .route("/v1/namespaces/{ns}/watch", get(watch))
+}
+
+/// `{namespace, cluster_id, revision, flags: {key: def}, segments: {key: rule}}`, or `None` if
+/// the namespace does not exist.
+pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<Value> {
+    let space = state.namespace(ns)?;
+    let flags: Map<String, Value> = space.flags.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+    let segments: Map<String, Value> = space.segments.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+    Some(json!({
+        "namespace": ns,
+        "cluster_id": cluster_id,
+        "revision": state.revision(),
+        "flags": flags,
+        "segments": segments,
+    }))
+}
+
+fn not_found(ns: &str) -> ApiError {
+    ApiError::NotFound(format!("namespace {ns:?} does not exist"))
+}
+
+fn namespace_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("namespace", &ns)?;
+    Ok(ns)
+}
+
+/// The revision in `If-None-Match: "R"` (a list or `*` is not meaningful here).
+fn if_none_match(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    v.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+async fn snapshot(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let ns = namespace_param(p)?;
+    caller.check_namespace(&ns)?;
+    let params = read_params(q.as_deref(), &node, false)?;
+    let held = if_none_match(&headers);
+    // A client holding revision R must never get anything older: R acts as `min_revision`.
+    let min = params.min_revision.max(held);
+    let proof = node.read_barrier(params.consistency, min).await?;
+    let state = node.state.read();
+    let space = state.namespace(&ns).ok_or_else(|| not_found(&ns))?;
+    let revision = state.revision();
+    let mut resp = match held {
+        Some(r) if space.last_change <= r => StatusCode::NOT_MODIFIED.into_response(),
+        _ => {
+            let body = snapshot_json(&state, &ns, &node.cluster_id).ok_or_else(|| not_found(&ns))?;
+            axum::Json(body).into_response()
+        }
+    };
+    drop(state);
+    let etag = HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
+    resp.headers_mut().insert(header::ETAG, etag);
+    revision_header(&mut resp, revision);
+    if let Some(s) = proof.staleness_ms {
+        staleness_header(&mut resp, s);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/namespaces/{ns}/watch`: `snapshot` first (or the missed changes when resuming
+/// with `Last-Event-ID`/`since`), then `change` events in revision order, `heartbeat`s while the
+/// node can prove its bound, `stale` and close when it cannot.
+async fn watch(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let ns = namespace_param(p)?;
+    caller.check_namespace(&ns)?;
+    let params = read_params(q.as_deref(), &node, false)?;
+    let mut since = None;
+    for (k, v) in &params.rest {
+        if k == "since" {
+            since = Some(parse_u64("since", v)?);
+        }
+    }
+    if let Some(v) = headers.get("last-event-id") {
+        let text = v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID: must be a revision"))?;
+        since = Some(parse_u64("Last-Event-ID", text)?);
+    }
+    let bound = match params.consistency {
+        Consistency::Bounded(b) => b,
+        Consistency::Linearizable => node.config.max_staleness,
+    };
+
+    // Subscribe before reading the state, so nothing applied after the read can be missed;
+    // events at or below the read revision are dropped as duplicates.
+    let rx = node.hub.subscribe();
+    node.read_barrier(params.consistency, params.min_revision.max(since)).await?;
+    let (initial, last) = {
+        let state = node.state.read();
+        if state.namespace(&ns).is_none() {
+            return Err(not_found(&ns));
+        }
+        let revision = state.revision();
+        let replay = since.and_then(|s| replay_since(&state, &ns, s));
+        match replay {
+            Some(frames) => (frames, revision),
+            None => (vec![snapshot_frame(&state, &ns, &node.cluster_id)], revision),
+        }
+    };
+
+    let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(stream_changes(node.clone(), caller, ns, bound, initial, last, rx, tx));
+    let body = Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    revision_header(&mut resp, last);
+    Ok(resp)
+}
+
+fn snapshot_frame(state: &StoreState, ns: &str, cluster_id: &str) -> Bytes {
+    let body = snapshot_json(state, ns, cluster_id).unwrap_or_else(|| {
+        // The namespace was deleted: an empty snapshot says so without a gap.
+        json!({"namespace": ns, "cluster_id": cluster_id, "revision": state.revision(), "flags": {}, "segments": {}})
+    });
+    sse_frame("snapshot", state.revision(), &body)
+}
+
+/// The namespace's changes after `since`, if the retained history still covers them all.
+fn replay_since(state: &StoreState, ns: &str, since: u64) -> Option<Vec<Bytes>> {
+    let history = state.history();
+    let complete = since >= state.revision() || history.front().is_some_and(|c| c.revision <= since + 1);
+    if !complete {
+        return None;
+    }
+    Some(
+        history
+            .iter()
+            .filter(|c| c.revision > since && c.ns == ns)
+            .map(|c| sse_frame("change", c.revision, &crate::watch_hub::change_json(c)))
+            .collect(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_changes(
+    node: Arc<Node>,
+    caller: Caller,
+    ns: String,
+    bound: Duration,
+    initial: Vec<Bytes>,
+    mut last: u64,
+    mut rx: broadcast::Receiver<Arc<HubBatch>>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    // A subscriber that cannot take frames for this long is dropped; it resumes later.
+    let send = |frame: Bytes| {
+        let tx = tx.clone();
+        async move { tx.send_timeout(frame, Duration::from_secs(10)).await.is_ok() }
+    };
+    for frame in initial {
+        if !send(frame).await {
+            return;
+        }
+    }
+    let bound_ms = bound.as_millis() as u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Ok(batch) => {
+                    if batch.reset {
+                        let (frame, revision) = {
+                            let state = node.state.read();
+                            (snapshot_frame(&state, &ns, &node.cluster_id), state.revision())
+                        };
+                        if !send(frame).await {
+                            return;
+                        }
+                        last = last.max(revision);
+                        continue;
+                    }
+                    for e in batch.events.iter().filter(|e| e.ns == ns && e.revision > last) {
+                        if !send(e.frame.clone()).await {
+                            return;
+                        }
+                    }
+                    last = last.max(batch.revision);
+                }
+                // Fell behind the hub's buffer, or the node is stopping: close; the client
+                // resumes from its last event id.
+                Err(_) => return,
+            },
+            _ = ticker.tick() => {
+                if !caller.still_valid(&node) {
+                    let _ = send(sse_frame_no_id("error", &json!({"message": "the SDK key was revoked"}))).await;
+                    return;
+                }
+                match node.proofs.staleness_ms() {
+                    Some(s) if s <= bound_ms => {
+                        // Only claim freshness once every applied change has been sent.
+                        if last >= node.state.applied().revision {
+                            let hb = json!({"revision": last, "staleness_ms": s});
+                            if !send(sse_frame_no_id("heartbeat", &hb)).await {
+                                return;
+                            }
+                        }
+                    }
+                    other => {
+                        let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms)");
+                        let _ = send(sse_frame_no_id("stale", &json!({"revision": last, "message": msg}))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

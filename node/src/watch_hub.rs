@@ -1,0 +1,112 @@
+//! The watch hub: one task per node turns each applied change into its SSE frame once, and
+//! fans the frames out to every watch stream through one bounded broadcast channel. A stream
+//! that falls behind the buffer is closed (it resumes with `Last-Event-ID`); it can never block
+//! the others or grow memory.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use flagstaff_raft_store::{AppliedBatch, Change, ChangeKind, StateHandle};
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast;
+
+/// Frames buffered per node before a slow stream is dropped.
+const HUB_BUFFER: usize = 8192;
+
+/// One namespace change, serialized once for every subscriber.
+#[derive(Debug)]
+pub struct HubEvent {
+    pub ns: String,
+    pub revision: u64,
+    pub frame: Bytes,
+}
+
+/// What subscribers receive: the changes of one apply, or a reset (snapshot installed, or the
+/// hub itself fell behind) after which they resynchronise from the state.
+#[derive(Debug)]
+pub struct HubBatch {
+    /// The cluster revision after this batch.
+    pub revision: u64,
+    pub reset: bool,
+    pub events: Vec<HubEvent>,
+}
+
+#[derive(Clone)]
+pub struct WatchHub {
+    tx: broadcast::Sender<Arc<HubBatch>>,
+}
+
+impl WatchHub {
+    pub fn spawn(state: StateHandle) -> Self {
+        let (tx, _) = broadcast::channel(HUB_BUFFER);
+        let hub = Self { tx: tx.clone() };
+        let mut rx = state.subscribe_batches();
+        tokio::spawn(async move {
+            loop {
+                let batch = match rx.recv().await {
+                    Ok(b) => frames_of(&b),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
+                        HubBatch { revision: state.applied().revision, reset: true, events: Vec::new() }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                // No subscribers is fine.
+                let _ = tx.send(Arc::new(batch));
+            }
+        });
+        hub
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HubBatch>> {
+        self.tx.subscribe()
+    }
+}
+
+fn frames_of(batch: &AppliedBatch) -> HubBatch {
+    let events = batch
+        .changes
+        .iter()
+        .map(|c| HubEvent { ns: c.ns.clone(), revision: c.revision, frame: sse_frame("change", c.revision, &change_json(c)) })
+        .collect();
+    HubBatch { revision: batch.revision, reset: batch.reset, events }
+}
+
+/// `{revision, prev_revision, upserted: {flags, segments}, deleted: {flags, segments}}`.
+pub fn change_json(c: &Change) -> Value {
+    let (mut up_flags, mut up_segments) = (Map::new(), Map::new());
+    let (mut del_flags, mut del_segments) = (Vec::new(), Vec::new());
+    for item in &c.items {
+        match (item.kind, &item.after) {
+            (ChangeKind::Flag, Some(def)) => {
+                up_flags.insert(item.key.clone(), parse(def));
+            }
+            (ChangeKind::Segment, Some(def)) => {
+                up_segments.insert(item.key.clone(), parse(def));
+            }
+            (ChangeKind::Flag, None) => del_flags.push(item.key.clone()),
+            (ChangeKind::Segment, None) => del_segments.push(item.key.clone()),
+            (ChangeKind::Namespace, _) => {}
+        }
+    }
+    json!({
+        "revision": c.revision,
+        "prev_revision": c.prev_revision,
+        "upserted": {"flags": up_flags, "segments": up_segments},
+        "deleted": {"flags": del_flags, "segments": del_segments},
+    })
+}
+
+pub fn parse(definition: &str) -> Value {
+    serde_json::from_str(definition).unwrap_or(Value::Null)
+}
+
+/// One Server-Sent Events frame. JSON has no raw newlines, so `data` is one line.
+pub fn sse_frame(event: &str, id: u64, data: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
+}
+
+/// A frame without an id (heartbeats and `stale` do not move the resume point).
+pub fn sse_frame_no_id(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
