@@ -60,6 +60,15 @@ impl Caller {
         }
     }
 
+    /// After a read barrier: the key must still exist at the revision the read reflects.
+    pub fn check_still_valid(&self, node: &Node) -> Result<(), ApiError> {
+        if self.still_valid(node) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated)
+        }
+    }
+
     /// False once an SDK key has been revoked (as this node's state knows).
     pub fn still_valid(&self, node: &Node) -> bool {
         match self {
@@ -73,6 +82,14 @@ impl FromRequestParts<Arc<Node>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        // `min_revision` covers the credentials too: a key created at revision R works on any
+        // node once that node has applied R.
+        let min_revision = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "min_revision")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        if let Some(rev) = min_revision {
+            node.wait_revision(rev).await?;
+        }
         Caller::identify(&parts.headers, node)
     }
 }

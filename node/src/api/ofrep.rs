@@ -121,6 +121,7 @@ async fn prepare(
     let ns = namespace_of(caller, headers, &params.rest)?;
     caller.check_namespace(&ns)?;
     let proof = node.read_barrier(params.consistency, params.min_revision).await?;
+    caller.check_still_valid(node)?;
     let (rev, set) = node
         .flag_sets
         .get(node, &ns)

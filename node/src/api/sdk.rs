@@ -72,6 +72,7 @@ async fn snapshot(
     // A client holding revision R must never get anything older: R acts as `min_revision`.
     let min = params.min_revision.max(held);
     let proof = node.read_barrier(params.consistency, min).await?;
+    caller.check_still_valid(&node)?;
     let state = node.state.read();
     let space = state.namespace(&ns).ok_or_else(|| not_found(&ns))?;
     let revision = state.revision();
@@ -124,6 +125,7 @@ async fn watch(
     // events at or below the read revision are dropped as duplicates.
     let rx = node.hub.subscribe();
     node.read_barrier(params.consistency, params.min_revision.max(since)).await?;
+    caller.check_still_valid(&node)?;
     let (initial, last) = {
         let state = node.state.read();
         if state.namespace(&ns).is_none() {
