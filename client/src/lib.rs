@@ -1,1 +1,49 @@
-//! placeholder
+//! `flagstaff-client`: the Rust SDK for Flagstaff. It evaluates flags in-process with
+//! `flagstaff-flags` (the node's own evaluator), follows the cluster in the background and
+//! never lets the application down.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let client = flagstaff_client::Client::builder("checkout", "sdk-key")
+//!     .endpoints(["http://10.0.0.1:7701", "http://10.0.0.2:7701", "http://10.0.0.3:7701"])
+//!     .lkg_file("/var/lib/myapp/flags.lkg")
+//!     .bootstrap_file("flags.json")
+//!     .build()?;                                             // returns at once
+//! let _ = client.wait_ready(Duration::from_secs(2)).await;    // optional
+//! let ctx = flagstaff_client::context().with_targeting_key("user-1");
+//! if client.bool("new-checkout", &ctx, false) { /* … */ }
+//! # Ok(()) }
+//! ```
+//!
+//! Guarantees:
+//! - **Never blocks, never panics**: `build` returns at once (it reads the local LKG and
+//!   bootstrap files, nothing else); evaluation reads an atomically swapped snapshot, does no
+//!   I/O and takes no lock; on any fault it returns the caller's default with reason `ERROR`.
+//! - **Sources, best first**: network → last-known-good file → bootstrap document → default;
+//!   every [`Details`] says which, at which revision, and how old.
+//! - **Never goes back**: within one cluster id, data at a lower revision than held is refused
+//!   (requests carry `min_revision`/`since`), also across restarts through the LKG file. A new
+//!   cluster id is a fresh start, reported as [`Event::ClusterChanged`].
+//! - **Honest age**: data age comes from the nodes' staleness proofs plus local time since
+//!   receipt; past [`Config::stale_after`] details say `stale: true` and the status is
+//!   [`Status::Stale`] with an [`Event::Stale`].
+
+mod backoff;
+mod client;
+mod config;
+mod data_set;
+mod events;
+pub mod lkg;
+#[cfg(feature = "openfeature")]
+pub mod provider;
+mod shared;
+pub mod sse;
+mod sync_loop;
+mod wire;
+
+pub use client::{context, Client, ClientBuilder, Details, LoadOutcome, Metrics, StartupReport};
+pub use config::{Config, ConfigError};
+pub use data_set::Source;
+pub use events::{ChangeSet, Event, FlagChange, Status};
+pub use flagstaff_flags::{Context, ErrorCode, EvaluationError, Reason};
