@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::data_set::{DataSet, Source};
-use crate::events::{ChangeSet, Event, FlagChange, Status};
+use crate::events::{ChangeSet, Event, EventListener, FlagChange, Status};
 use crate::lkg;
 use crate::shared::{unix_ms_now, Shared};
 
@@ -91,7 +91,7 @@ pub struct Metrics {
 /// Builds a [`Client`]; see [`Client::builder`].
 pub struct ClientBuilder {
     cfg: Config,
-    on_event: Vec<Arc<dyn Fn(&Event) + Send + Sync>>,
+    on_event: Vec<EventListener>,
 }
 
 impl ClientBuilder {

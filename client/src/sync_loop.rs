@@ -128,15 +128,16 @@ async fn session(
     }
     *progressed = true;
     shared.auth_refused.store(false, Ordering::Release);
-    let mut polls_since_watch_try = 0u32;
+    // In pull mode, try the stream again every 12 polls.
+    let mut polls_until_watch_try = 0u32;
     loop {
-        if shared.cfg.push && polls_since_watch_try % 12 == 0 {
+        if shared.cfg.push && polls_until_watch_try == 0 {
             match watch(shared, http, ep).await {
                 Watch::Ended(end) => return end,
                 Watch::Unsupported => {}
             }
         }
-        polls_since_watch_try = polls_since_watch_try.wrapping_add(1);
+        polls_until_watch_try = (polls_until_watch_try + 1) % 12;
         sleep(shared.cfg.poll_interval).await;
         if let Err(e) = pull(shared, http, ep).await {
             return e;

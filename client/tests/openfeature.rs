@@ -1,0 +1,91 @@
+//! The OpenFeature provider through the `open-feature` crate's own client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bool_flag;
+use flagstaff_client::provider::FlagstaffProvider;
+use flagstaff_client::Client;
+use open_feature::provider::{FeatureProvider, ProviderStatus};
+use open_feature::{
+    EvaluationContext, EvaluationErrorCode, EvaluationReason, FlagMetadataValue, OpenFeature,
+    StructValue,
+};
+use serde_json::json;
+
+#[tokio::test]
+async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
+    let client = Client::builder("checkout", "key")
+        .bootstrap_document(json!({"flags": {
+            "plain": bool_flag("on"),
+            "pro-only": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                         "targeting": {"if": [{"and": [{"==": [{"var": "targetingKey"}, "alice"]},
+                                                      {"==": [{"var": "plan"}, "pro"]}]}, "on", "off"]},
+                         "metadata": {"team": "payments", "tier": 2}},
+            "limits": {"state": "ENABLED", "variants": {"v": {"max": 7, "name": "x"}}, "defaultVariant": "v"},
+            "ratio": {"state": "ENABLED", "variants": {"a": 0.5}, "defaultVariant": "a"},
+            "count": {"state": "ENABLED", "variants": {"a": 3}, "defaultVariant": "a"},
+            "word": {"state": "ENABLED", "variants": {"a": "hey"}, "defaultVariant": "a"}
+        }}))
+        .build()
+        .unwrap();
+    let provider = FlagstaffProvider::new(client).with_init_timeout(Duration::from_millis(50));
+    assert_eq!(
+        provider.status(),
+        ProviderStatus::STALE,
+        "bootstrap data has no proven age"
+    );
+
+    let mut api = OpenFeature::singleton_mut().await;
+    api.set_provider(provider).await;
+    let of = api.create_client();
+    drop(api);
+
+    let alice = EvaluationContext::default()
+        .with_targeting_key("alice")
+        .with_custom_field("plan", "pro");
+    let d = of
+        .get_bool_details("pro-only", Some(&alice), None)
+        .await
+        .unwrap();
+    assert!(d.value);
+    assert_eq!(d.reason, Some(EvaluationReason::TargetingMatch));
+    assert_eq!(d.variant.as_deref(), Some("on"));
+    let m = &d.flag_metadata.values;
+    assert_eq!(
+        m.get("team"),
+        Some(&FlagMetadataValue::String("payments".into()))
+    );
+    assert_eq!(m.get("tier"), Some(&FlagMetadataValue::Int(2)));
+    assert_eq!(
+        m.get("flagstaff.source"),
+        Some(&FlagMetadataValue::String("bootstrap".into()))
+    );
+    assert_eq!(
+        m.get("flagstaff.stale"),
+        Some(&FlagMetadataValue::Bool(true))
+    );
+
+    let bob = EvaluationContext::default().with_targeting_key("bob");
+    assert!(!of
+        .get_bool_value("pro-only", Some(&bob), None)
+        .await
+        .unwrap());
+    let plain = of.get_bool_details("plain", None, None).await.unwrap();
+    assert_eq!(plain.reason, Some(EvaluationReason::Static));
+
+    assert_eq!(of.get_int_value("count", None, None).await.unwrap(), 3);
+    assert_eq!(of.get_float_value("ratio", None, None).await.unwrap(), 0.5);
+    assert_eq!(
+        of.get_string_value("word", None, None).await.unwrap(),
+        "hey"
+    );
+    let s: StructValue = of.get_struct_value("limits", None, None).await.unwrap();
+    assert_eq!(s.fields.get("max"), Some(&open_feature::Value::Int(7)));
+
+    let missing = of.get_bool_value("nope", None, None).await.unwrap_err();
+    assert_eq!(missing.code, EvaluationErrorCode::FlagNotFound);
+    let mismatch = of.get_int_value("word", None, None).await.unwrap_err();
+    assert_eq!(mismatch.code, EvaluationErrorCode::TypeMismatch);
+}
