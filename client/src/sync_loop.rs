@@ -424,6 +424,8 @@ fn handle_event(
                 .unwrap_or_default();
             Err(SessionEnd::NodeStale(message))
         }
+        // The node closes the stream because this client's key is no longer accepted.
+        "error" => Err(SessionEnd::Auth(401)),
         _ => Ok(()), // unknown event kinds are for newer clients
     }
 }

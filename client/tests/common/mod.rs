@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fake_node;
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,345 @@
+//! The SDK against real Flagstaff nodes (in this process, real sockets, real RocksDB): push
+//! updates, failover while evaluating in a loop, staleness when the cluster is gone, no
+//! rollback from a partitioned node, restart from the LKG file.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{TestCluster, TOKEN};
+use common::{bool_flag, wait_until, Recorder};
+use flagstaff_client::{context, Client, Event, Reason, Source, Status};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn tune(cfg: &mut flagstaff_node::NodeConfig) {
+    cfg.max_staleness = Duration::from_millis(1000);
+}
+
+/// Creates namespace `checkout` with flags `f` (off) and `limits`; returns an SDK key for it.
+async fn seed(c: &TestCluster) -> String {
+    assert_eq!(c.put(1, "/v1/namespaces/checkout", json!({})).await.0, 200);
+    assert_eq!(
+        c.put(1, "/v1/namespaces/checkout/flags/f", bool_flag("off"))
+            .await
+            .0,
+        200
+    );
+    let limits = json!({"state":"ENABLED","variants":{"small":{"max":5},"big":{"max":50}},"defaultVariant":"small"});
+    assert_eq!(
+        c.put(1, "/v1/namespaces/checkout/flags/limits", limits)
+            .await
+            .0,
+        200
+    );
+    let (s, body) = c
+        .post(
+            1,
+            "/v1/namespaces/checkout/sdk-keys",
+            json!({"name": "web"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body["secret"].as_str().unwrap().to_string()
+}
+
+/// Sets flag `f` through node `via`, retrying through elections; returns the new revision.
+async fn set_f(c: &TestCluster, via: u64, on: bool) -> u64 {
+    let deadline = Instant::now() + LONG;
+    let patch = json!({"defaultVariant": if on { "on" } else { "off" }});
+    // One key for this write's retries: it applies once even if a retry follows a timeout.
+    let idempotency_key = format!("set-f-{:016x}", rand::random::<u64>());
+    loop {
+        let resp = c
+            .http
+            .patch(format!(
+                "{}/v1/namespaces/checkout/flags/f",
+                c.node(via).api
+            ))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", &idempotency_key)
+            .json(&patch)
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            if r.status().is_success() {
+                let v: serde_json::Value = r.json().await.unwrap();
+                return v["revision"].as_u64().unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "write through node {via} never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn client_for(c: &TestCluster, key: &str, ids: &[u64]) -> flagstaff_client::ClientBuilder {
+    Client::builder("checkout", key)
+        .endpoints(ids.iter().map(|id| c.node(*id).api.clone()))
+        .backoff(Duration::from_millis(20), Duration::from_millis(300))
+        .heartbeat_timeout(Duration::from_millis(2500))
+        .stale_after(Duration::from_secs(3))
+}
+
+/// Evaluates in a loop on its own thread and counts results that are not real data.
+struct Evaluator {
+    stop: Arc<AtomicBool>,
+    bad: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+    first_bad: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Evaluator {
+    fn start(client: Client) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let first_bad = Arc::new(Mutex::new(None));
+        let (s, b, t, fb) = (stop.clone(), bad.clone(), total.clone(), first_bad.clone());
+        let thread = std::thread::spawn(move || {
+            let ctx = context().with_targeting_key("user-1");
+            while !s.load(Ordering::Relaxed) {
+                let d = client.bool_details("f", &ctx, false);
+                t.fetch_add(1, Ordering::Relaxed);
+                if d.reason == Reason::Error || d.source == Source::Default {
+                    b.fetch_add(1, Ordering::Relaxed);
+                    fb.lock().unwrap().get_or_insert(format!("{d:?}"));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Self {
+            stop,
+            bad,
+            total,
+            first_bad,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let first = self.first_bad.lock().unwrap().clone();
+        (
+            self.total.load(Ordering::Relaxed),
+            self.bad.load(Ordering::Relaxed),
+            first,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart() {
+    let mut c = TestCluster::start(3, tune).await;
+    let key = seed(&c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lkg_path = dir.path().join("checkout.lkg");
+    let rec = Recorder::default();
+    let client = client_for(&c, &key, &[1, 2, 3])
+        .lkg_file(&lkg_path)
+        .on_event(rec.listener())
+        .build()
+        .unwrap();
+    client.wait_ready(LONG).await.unwrap();
+    let ctx = context();
+    assert!(!client.bool("f", &ctx, true));
+    assert_eq!(client.object("limits", &ctx, &json!({})), json!({"max": 5}));
+    let d = client.bool_details("f", &ctx, true);
+    assert_eq!(
+        (d.source, d.stale, d.reason),
+        (Source::Network, false, Reason::Static)
+    );
+    assert_eq!(client.cluster_id().as_deref(), Some("test-cluster"));
+    let eval = Evaluator::start(client.clone());
+
+    // Push: a write arrives without polling (the poll interval is 5 s).
+    let mut on = true;
+    let mut latencies = Vec::new();
+    let written = Instant::now();
+    let rev = set_f(&c, 2, on).await;
+    wait_until("the push update", LONG, || client.revision() >= Some(rev)).await;
+    latencies.push(written.elapsed());
+    assert!(client.bool("f", &ctx, false));
+
+    // Stop each node in turn (one is the one streaming to us); every write still arrives.
+    for id in 1..=3u64 {
+        c.stop(id).await;
+        let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
+        c.wait_leader_among(&others).await;
+        on = !on;
+        let written = Instant::now();
+        let rev = set_f(&c, others[0], on).await;
+        wait_until(&format!("the write after stopping node {id}"), LONG, || {
+            client.revision() >= Some(rev)
+        })
+        .await;
+        latencies.push(written.elapsed());
+        assert_eq!(client.bool("f", &ctx, !on), on);
+        c.restart(id).await;
+        c.wait_leader().await;
+    }
+    let (total, bad, first_bad) = eval.finish();
+    eprintln!("write-to-SDK latencies across node stops: {latencies:?}; {total} evaluations");
+    assert_eq!(
+        bad, 0,
+        "evaluations that fell back to the default: {first_bad:?}"
+    );
+    assert!(
+        client.metrics().reconnects >= 1,
+        "a stopped node's stream was left"
+    );
+    assert!(rec.any(|e| matches!(e, Event::Ready { .. })));
+
+    // The LKG file follows the data.
+    let held = client.revision().unwrap();
+    wait_until("the LKG file at the held revision", LONG, || {
+        flagstaff_client::lkg::read(
+            &lkg_path,
+            "checkout",
+            &flagstaff_client::lkg::key_fingerprint(&key),
+        )
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.revision == held)
+    })
+    .await;
+
+    // The whole cluster goes away: values stay, the status turns STALE after the bound.
+    let endpoints: Vec<String> = c.nodes.iter().map(|n| n.api.clone()).collect();
+    c.shutdown().await;
+    let stopped = Instant::now();
+    wait_until("STALE", LONG, || client.status() == Status::Stale).await;
+    eprintln!(
+        "STALE reported {:?} after the cluster stopped (bound 3 s)",
+        stopped.elapsed()
+    );
+    let d = client.bool_details("f", &ctx, !on);
+    assert_eq!((d.value, d.stale, d.source), (on, true, Source::Network));
+    assert!(d.age.unwrap() > Duration::from_secs(3));
+    assert!(rec.any(|e| matches!(e, Event::Stale { .. })));
+
+    // The app restarts with the cluster still down: it starts from the LKG file.
+    drop(client);
+    let restarted = Client::builder("checkout", key.as_str())
+        .endpoints(endpoints)
+        .lkg_file(&lkg_path)
+        .build()
+        .unwrap();
+    let d = restarted.bool_details("f", &ctx, !on);
+    assert_eq!(
+        (d.value, d.source, d.revision),
+        (on, Source::Lkg, Some(held))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_node_never_rolls_the_app_back_and_is_left() {
+    let mut c = TestCluster::start(3, tune).await;
+    let key = seed(&c).await;
+    let leader = c.wait_leader().await;
+    let lagging = c.follower_of(leader);
+    // Cut a follower off, then move the cluster on without it.
+    c.isolate(lagging);
+    let rev = set_f(&c, leader, true).await;
+    assert!(c.revision(lagging) < rev);
+
+    let rec = Recorder::default();
+    let client = client_for(&c, &key, &[leader, lagging])
+        .on_event(rec.listener())
+        .build()
+        .unwrap();
+    wait_until("the current revision", LONG, || {
+        client.revision() >= Some(rev)
+    })
+    .await;
+    let seen = rec.all().len();
+    let ctx = context();
+    let eval = Evaluator::start(client.clone());
+
+    // Now the only reachable endpoint is the cut-off node, which is behind: it must be refused
+    // (it answers 503: it cannot prove freshness nor reach our revision), and nothing goes back.
+    c.stop(leader).await;
+    let lagging_api = c.node(lagging).api.clone();
+    wait_until("several refusals from the cut-off node", LONG, || {
+        rec.all()[seen..]
+            .iter()
+            .filter(|e| matches!(e, Event::Error { endpoint: Some(ep), .. } if *ep == lagging_api))
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(client.bool("f", &ctx, false), "rolled back");
+    assert_eq!(client.revision(), Some(rev));
+    wait_until("STALE while only a cut-off node answers", LONG, || {
+        client.status() == Status::Stale
+    })
+    .await;
+    assert!(client.bool_details("f", &ctx, false).stale);
+
+    // Heal: the lagging node and the other follower form a majority, it catches up, and the
+    // client is fresh again through it.
+    c.heal();
+    wait_until("READY again through the healed node", LONG, || {
+        client.status() == Status::Ready
+    })
+    .await;
+    let (_, bad, first_bad) = eval.finish();
+    assert_eq!(bad, 0, "{first_bad:?}");
+    assert!(client.bool("f", &ctx, false));
+    assert!(!rec.all()[seen..]
+        .iter()
+        .any(|e| matches!(e, Event::ConfigurationChanged { revision: Some(r), .. } if *r < rev)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_key_is_an_error_without_data_and_a_revoked_key_keeps_the_last_values() {
+    let c = TestCluster::start(3, tune).await;
+    let key = seed(&c).await;
+
+    let rec = Recorder::default();
+    let wrong = client_for(&c, "fsk_not-a-key", &[1, 2, 3])
+        .on_event(rec.listener())
+        .build()
+        .unwrap();
+    wait_until("status ERROR", LONG, || wrong.status() == Status::Error).await;
+    assert!(rec.any(|e| matches!(e, Event::Error { fatal: true, .. })));
+    let d = wrong.bool_details("f", &context(), true);
+    assert_eq!(
+        (d.value, d.reason, d.source),
+        (true, Reason::Error, Source::Default)
+    );
+
+    let client = client_for(&c, &key, &[1, 2, 3]).build().unwrap();
+    client.wait_ready(LONG).await.unwrap();
+    wait_until("an open stream", LONG, || {
+        client.metrics().snapshots_accepted >= 1
+    })
+    .await;
+    let (s, body, _) = c
+        .request(
+            1,
+            reqwest::Method::DELETE,
+            "/v1/namespaces/checkout/sdk-keys/web",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    wait_until("the node refusing the revoked key", LONG, || {
+        client.last_error().is_some_and(|e| e.contains("refuses"))
+    })
+    .await;
+    // The data held stays in use (and will be reported stale in time), never a default.
+    let d = client.bool_details("f", &context(), true);
+    assert_eq!((d.value, d.source), (false, Source::Network));
+    c.shutdown().await;
+}
