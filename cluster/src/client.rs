@@ -140,6 +140,31 @@ pub enum FlagCmd {
         namespace: String,
         key: String,
     },
+    /// Replace a namespace's flags and segments with a flagd document (atomic).
+    Import {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        /// Path of the flagd `flags.json` document.
+        file: std::path::PathBuf,
+    },
+    /// Print a namespace as a flagd document.
+    Export {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+    },
+    /// Who changed what, newest first.
+    History {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        /// Only changes to this flag or segment.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Delete a flag.
     Delete {
         #[command(flatten)]
@@ -346,5 +371,110 @@ pub async fn remove(conn: &Conn, id: u64) -> anyhow::Result<()> {
         .call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
         .await?;
     conn.print(&v, |_| format!("node {id} removed"));
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace (or update its description).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a namespace with all its flags, segments and SDK keys.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+    },
+}
+
+pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
+    match cmd {
+        NamespaceCmd::Create { conn, namespace, description } => {
+            let body = json!({ "description": description });
+            let v = conn.call(Method::PUT, &format!("/v1/namespaces/{namespace}"), Some(body)).await?;
+            conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
+        }
+        NamespaceCmd::List { conn } => {
+            let v = conn.call(Method::GET, "/v1/namespaces", None).await?;
+            conn.print(&v, |v| {
+                let mut out = format!("{:<32} {:<6} {:<8} {}", "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION");
+                for n in v["namespaces"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {:<6} {:<8} {}",
+                        n["name"].as_str().unwrap_or(""),
+                        n["flags"],
+                        n["segments"],
+                        n["description"].as_str().unwrap_or("")
+                    ));
+                }
+                out
+            });
+        }
+        NamespaceCmd::Delete { conn, namespace } => {
+            let v = conn.call(Method::DELETE, &format!("/v1/namespaces/{namespace}"), None).await?;
+            conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create an SDK key for a namespace; the secret is printed once.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+    },
+    /// Revoke an SDK key on every node (within the staleness bound) and close its streams.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        namespace: String,
+        name: String,
+    },
+}
+
+pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create { conn, namespace, name } => {
+            let v = conn.call(Method::POST, &format!("/v1/namespaces/{namespace}/sdk-keys"), Some(json!({ "name": name }))).await?;
+            conn.print(&v, |v| format!("{}\n(shown once; store it now)", v["secret"].as_str().unwrap_or("")));
+        }
+        KeyCmd::List { conn, namespace } => {
+            let v = conn.call(Method::GET, &format!("/v1/namespaces/{namespace}/sdk-keys"), None).await?;
+            conn.print(&v, |v| {
+                let mut out = format!("{:<24} {:<16} {}", "NAME", "CREATED BY", "CREATED AT (ms)");
+                for k in v["sdk_keys"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<24} {:<16} {}",
+                        k["name"].as_str().unwrap_or(""),
+                        k["created_by"].as_str().unwrap_or(""),
+                        k["created_at_ms"]
+                    ));
+                }
+                out
+            });
+        }
+        KeyCmd::Revoke { conn, namespace, name } => {
+            let v = conn.call(Method::DELETE, &format!("/v1/namespaces/{namespace}/sdk-keys/{name}"), None).await?;
+            conn.print(&v, |v| format!("revoked: revision {}", v["revision"]));
+        }
+    }
     Ok(())
 }

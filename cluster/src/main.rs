@@ -32,6 +32,12 @@ enum Cmd {
     /// Read and change flags.
     #[command(subcommand)]
     Flag(client::FlagCmd),
+    /// Namespaces.
+    #[command(subcommand)]
+    Namespace(client::NamespaceCmd),
+    /// SDK keys.
+    #[command(subcommand)]
+    Key(client::KeyCmd),
 }
 
 #[derive(Subcommand)]
@@ -197,6 +203,8 @@ async fn main() -> std::process::ExitCode {
         Cmd::Cluster(ClusterCmd::Promote { conn, id }) => client::promote(&conn, id).await,
         Cmd::Cluster(ClusterCmd::Remove { conn, id }) => client::remove(&conn, id).await,
         Cmd::Flag(cmd) => client::flag(cmd).await,
+        Cmd::Namespace(cmd) => client::namespace(cmd).await,
+        Cmd::Key(cmd) => client::key(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
