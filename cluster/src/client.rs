@@ -270,6 +270,24 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
                 .await?;
             conn.print(&v, written);
         }
+        FlagCmd::Import { conn, namespace, file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let doc: Value = serde_json::from_str(&text).context("the document is not valid JSON")?;
+            let v = conn.call(Method::PUT, &format!("/v1/namespaces/{namespace}/flagd"), Some(doc)).await?;
+            conn.print(&v, |v| format!("imported {} flags and {} segments: revision {}", v["flags"], v["segments"], v["revision"]));
+        }
+        FlagCmd::Export { conn, namespace } => {
+            let v = conn.call(Method::GET, &format!("/v1/namespaces/{namespace}/flagd"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        FlagCmd::History { conn, namespace, key, limit } => {
+            let mut path = format!("/v1/namespaces/{namespace}/history?limit={limit}");
+            if let Some(k) = key {
+                path.push_str(&format!("&key={k}"));
+            }
+            let v = conn.call(Method::GET, &path, None).await?;
+            conn.print(&v, history_table);
+        }
         FlagCmd::Delete {
             conn,
             namespace,
@@ -477,4 +495,31 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn history_table(v: &Value) -> String {
+    let mut out = format!("{:<9} {:<14} {:<12} CHANGED", "REVISION", "AT (ms)", "ACTOR");
+    for c in v["changes"].as_array().into_iter().flatten() {
+        let items: Vec<String> = c["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                let verb = match (i["before"].is_null(), i["after"].is_null()) {
+                    (true, _) => "+",
+                    (_, true) => "-",
+                    _ => "~",
+                };
+                format!("{verb}{} {}", i["kind"].as_str().unwrap_or(""), i["key"].as_str().unwrap_or(""))
+            })
+            .collect();
+        out.push_str(&format!(
+            "\n{:<9} {:<14} {:<12} {}",
+            c["revision"],
+            c["at_ms"],
+            c["actor"].as_str().unwrap_or(""),
+            items.join(", ")
+        ));
+    }
+    out
 }
