@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The stock OpenFeature OFREP providers (Python: openfeature-provider-ofrep, Node:
+# @openfeature/ofrep-provider) against a real local 3-node Flagstaff cluster on loopback.
+#
+# Builds `flagstaff`, starts `flagstaff cluster up` on free ports in a temporary data dir,
+# creates a namespace, flags and an SDK key with curl, then runs both language tests with the
+# providers pointed at followers while the admin writes go to the leader. Exits non-zero on any
+# failure. The Python venv and the npm install are cached under $CARGO_TARGET_DIR/ofrep-providers
+# and tests/ofrep-providers/node/node_modules. KEEP_DATA=1 keeps the cluster's data dir and logs;
+# FLAGSTAFF_BIN=path uses that binary instead of building one.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here/../.."
+root="$(pwd)"
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+t0=$SECONDS
+phase() { echo "== [$((SECONDS - t0))s] $*"; }
+
+for tool in cargo curl python3 node npm; do
+  command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
+done
+
+if [ -n "${FLAGSTAFF_BIN:-}" ]; then # a prebuilt binary instead of building one
+  bin="$FLAGSTAFF_BIN"
+else
+  phase "build flagstaff"
+  cargo build --locked -p flagstaff-cluster
+  bin="$target_dir/debug/flagstaff"
+fi
+[ -x "$bin" ] || { echo "run.sh: $bin was not built" >&2; exit 1; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/flagstaff-ofrep.XXXXXX")"
+cluster_pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
+    kill "$cluster_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do # up to 10 s for a clean stop
+      kill -0 "$cluster_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$cluster_pid" 2>/dev/null; then
+      echo "run.sh: cluster did not stop on SIGTERM; killing it" >&2
+      kill -KILL "$cluster_pid" 2>/dev/null || true
+    fi
+    wait "$cluster_pid" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ]; then
+    echo "run.sh: FAILED (exit $rc); cluster output and node logs follow" >&2
+    for f in "$work"/cluster.log "$work"/data/node-*.log; do
+      [ -f "$f" ] && { echo "--- $f (last 40 lines)" >&2; tail -n 40 "$f" >&2; }
+    done
+  fi
+  if [ "${KEEP_DATA:-0}" = 1 ]; then
+    echo "run.sh: data and logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- language dependencies (before the cluster starts, so slow installs cost no cluster time)
+phase "python venv"
+venv="$target_dir/ofrep-providers/venv"
+req="$here/python/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req"
+  echo "$want" >"$stamp"
+fi
+phase "npm ci"
+(cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
+
+# --- cluster on free loopback ports (node N uses BASE+N-1 for both listeners)
+phase "start cluster"
+read -r client_port peer_port < <(python3 - <<'EOF'
+import random, socket, sys
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(200):
+    c = random.randrange(20000, 30000)
+    p = c + 10000
+    if all(free(c + i) and free(p + i) for i in range(3)):
+        print(c, p)
+        sys.exit(0)
+sys.exit("no free ports found")
+EOF
+)
+data="$work/data"
+"$bin" cluster up --data-dir "$data" --client-port "$client_port" --peer-port "$peer_port" \
+  >"$work/cluster.log" 2>&1 &
+cluster_pid=$!
+urls=("http://127.0.0.1:$client_port" "http://127.0.0.1:$((client_port + 1))" "http://127.0.0.1:$((client_port + 2))")
+
+ready=0
+for _ in $(seq 1 300); do # up to 300 tries, 60 s
+  kill -0 "$cluster_pid" 2>/dev/null || { echo "run.sh: cluster exited during start" >&2; exit 1; }
+  n=0
+  for u in "${urls[@]}"; do
+    curl -sf --max-time 2 "$u/readyz" >/dev/null 2>&1 && n=$((n + 1))
+  done
+  if [ "$n" = 3 ] && grep -q "is up" "$work/cluster.log"; then ready=1; break; fi
+  sleep 0.2
+done
+[ "$ready" = 1 ] || { echo "run.sh: cluster not ready within 60 s" >&2; exit 1; }
+token="$(cat "$data/admin.token")"
+
+# The leader takes the admin writes; the providers talk to the two followers.
+leader_url="$(curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $token" "${urls[0]}/v1/cluster" |
+  python3 -c 'import json,sys; c=json.load(sys.stdin); print(next(m["api_addr"] for m in c["members"] if m["is_leader"]))')"
+followers=()
+for u in "${urls[@]}"; do [ "$u" != "$leader_url" ] && followers+=("$u"); done
+[ "${#followers[@]}" = 2 ] || { echo "run.sh: expected 2 followers besides leader $leader_url" >&2; exit 1; }
+phase "cluster up: leader $leader_url, followers ${followers[*]}"
+
+# --- namespace, flags and SDK key
+ns=ofrep-test
+admin() { # METHOD PATH [BODY]
+  curl -sS --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' "$leader_url$2" ${3:+-d "$3"}
+  echo
+}
+admin PUT "/v1/namespaces/$ns" '{"description":"OFREP provider test"}'
+flag() { admin PUT "/v1/namespaces/$ns/flags/$1" "$2"; }
+flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on","metadata":{"owner":"checkout-team"}}'
+flag string-flag '{"state":"ENABLED","variants":{"red":"red","blue":"blue"},"defaultVariant":"blue"}'
+flag int-flag '{"state":"ENABLED","variants":{"small":3,"large":42},"defaultVariant":"large"}'
+flag float-flag '{"state":"ENABLED","variants":{"low":0.25,"high":2.0},"defaultVariant":"high"}'
+flag float-frac-flag '{"state":"ENABLED","variants":{"low":0.25,"high":2.0},"defaultVariant":"low"}'
+flag object-flag '{"state":"ENABLED","variants":{"cfg":{"theme":"dark","retries":3,"tags":["a","b"],"limits":{"rps":2.5}},"empty":{}},"defaultVariant":"cfg"}'
+flag targeted-flag '{"state":"ENABLED","variants":{"internal":"internal","external":"external"},"defaultVariant":"external",
+  "targeting":{"if":[{"ends_with":[{"var":"email"},"@example.com"]},"internal","external"]}}'
+flag split-flag '{"state":"ENABLED","variants":{"control":"control","treatment":"treatment"},"defaultVariant":"control",
+  "targeting":{"fractional":[["control",50],["treatment",50]]}}'
+flag disabled-flag '{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
+for f in flip-python flip-node; do
+  flag "$f" '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
+done
+key_json="$(admin POST "/v1/namespaces/$ns/sdk-keys" '{"name":"ofrep-providers"}')"
+read -r sdk_key key_rev < <(printf '%s' "$key_json" | python3 -c 'import json,sys; k=json.load(sys.stdin); print(k["secret"], k["revision"])')
+
+# Both followers have applied the key and the flags (bounded reads would get there within the
+# staleness bound anyway; min_revision makes the start deterministic).
+for u in "${followers[@]}"; do
+  ok=0
+  for _ in $(seq 1 5); do # min_revision waits up to 3 s per try
+    code="$(curl -s -o "$work/bulk.json" -w '%{http_code}' --max-time 10 -X POST \
+      -H "Authorization: Bearer $sdk_key" -H 'Content-Type: application/json' -d '{"context":{}}' \
+      "$u/ofrep/v1/evaluate/flags?min_revision=$key_rev")"
+    [ "$code" = 200 ] && { ok=1; break; }
+    sleep 0.5
+  done
+  [ "$ok" = 1 ] || { echo "run.sh: $u did not reach revision $key_rev (last status $code)" >&2; exit 1; }
+done
+
+# --- the two language tests
+export FLAGSTAFF_SDK_KEY="$sdk_key" FLAGSTAFF_ADMIN_URL="$leader_url" FLAGSTAFF_ADMIN_TOKEN="$token"
+export FLAGSTAFF_NAMESPACE="$ns" FLAGSTAFF_OUT_DIR="$work"
+status=0
+phase "python provider against ${followers[0]}"
+FLAGSTAFF_OFREP_URL="${followers[0]}" FLAGSTAFF_FLIP_FLAG=flip-python \
+  timeout 120 "$venv/bin/python" "$here/python/test_ofrep.py" || status=1
+phase "node provider against ${followers[1]}"
+FLAGSTAFF_OFREP_URL="${followers[1]}" FLAGSTAFF_FLIP_FLAG=flip-node \
+  timeout 120 node "$here/node/ofrep.test.mjs" || status=1
+
+# Both providers sent the same contexts, so both must see the same split assignment.
+if [ -f "$work/split-python.json" ] && [ -f "$work/split-node.json" ]; then
+  if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
+    "$work/split-python.json" "$work/split-node.json"; then
+    echo "ok   both providers: the same split assignment for 200 keys"
+  else
+    echo "FAIL both providers: split assignments differ"
+    status=1
+  fi
+else
+  echo "FAIL split assignments missing"
+  status=1
+fi
+
+if [ "$status" = 0 ]; then
+  phase "OFREP providers: all passed"
+else
+  phase "OFREP providers: FAILED"
+fi
+exit "$status"
