@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stock OpenFeature OFREP providers (Python: openfeature-provider-ofrep, Node:
-# @openfeature/ofrep-provider) against a real local 3-node Flagstaff cluster on loopback.
+# @openfeature/ofrep-provider and @openfeature/ofrep-web-provider) against a real local 3-node Flagstaff cluster on loopback.
 #
 # Builds `flagstaff`, starts `flagstaff cluster up` on free ports in a temporary data dir,
 # creates a namespace, flags and an SDK key with curl, then runs both language tests with the
@@ -146,8 +146,9 @@ flag targeted-flag '{"state":"ENABLED","variants":{"internal":"internal","extern
   "targeting":{"if":[{"ends_with":[{"var":"email"},"@example.com"]},"internal","external"]}}'
 flag split-flag '{"state":"ENABLED","variants":{"control":"control","treatment":"treatment"},"defaultVariant":"control",
   "targeting":{"fractional":[["control",50],["treatment",50]]}}'
+flag no-default-flag '{"state":"ENABLED","variants":{"a":"a","b":"b"},"defaultVariant":null}'
 flag disabled-flag '{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
-for f in flip-python flip-node; do
+for f in flip-python flip-node flip-web; do
   flag "$f" '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
 done
 key_json="$(admin POST "/v1/namespaces/$ns/sdk-keys" '{"name":"ofrep-providers"}')"
@@ -167,7 +168,7 @@ for u in "${followers[@]}"; do
   [ "$ok" = 1 ] || { echo "run.sh: $u did not reach revision $key_rev (last status $code)" >&2; exit 1; }
 done
 
-# --- the two language tests
+# --- the language tests
 export FLAGSTAFF_SDK_KEY="$sdk_key" FLAGSTAFF_ADMIN_URL="$leader_url" FLAGSTAFF_ADMIN_TOKEN="$token"
 export FLAGSTAFF_NAMESPACE="$ns" FLAGSTAFF_OUT_DIR="$work"
 status=0
@@ -177,6 +178,9 @@ FLAGSTAFF_OFREP_URL="${followers[0]}" FLAGSTAFF_FLIP_FLAG=flip-python \
 phase "node provider against ${followers[1]}"
 FLAGSTAFF_OFREP_URL="${followers[1]}" FLAGSTAFF_FLIP_FLAG=flip-node \
   timeout 120 node "$here/node/ofrep.test.mjs" || status=1
+phase "node web provider (bulk, If-None-Match polling) against ${followers[0]}"
+FLAGSTAFF_OFREP_URL="${followers[0]}" FLAGSTAFF_WEB_FLIP_FLAG=flip-web \
+  timeout 120 node "$here/node/web.test.mjs" || status=1
 
 # Both providers sent the same contexts, so both must see the same split assignment.
 if [ -f "$work/split-python.json" ] && [ -f "$work/split-node.json" ]; then

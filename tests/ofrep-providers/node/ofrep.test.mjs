@@ -111,6 +111,12 @@ async function main() {
   d = await client.getBooleanDetails('disabled-flag', false);
   check('disabled', d.value === true && d.reason === R.DISABLED && d.variant === 'on' && !d.errorCode, d);
 
+  // No default variant and no targeting: the server leaves value and variant out (OFREP's
+  // "use the code default"); this provider reports an error, but the value is the caller's
+  // default either way.
+  d = await client.getStringDetails('no-default-flag', 'fallback');
+  check("no default variant -> caller's default", d.value === 'fallback', d);
+
   // Unknown flag: FLAG_NOT_FOUND and the caller's default.
   d = await client.getStringDetails('no-such-flag', 'fallback');
   check('unknown flag', d.value === 'fallback' && d.errorCode === ErrorCode.FLAG_NOT_FOUND && d.reason === R.ERROR, d);

@@ -113,6 +113,12 @@ def main() -> int:
     d = client.get_boolean_details("disabled-flag", False)
     check("disabled", d.value is True and d.reason == Reason.DISABLED and d.variant == "on" and d.error_code is None, d)
 
+    # No default variant and no targeting: the server leaves value and variant out (OFREP's
+    # "use the code default"); this provider reads `variant` unconditionally and reports an
+    # error, but the value is the caller's default either way.
+    d = client.get_string_details("no-default-flag", "fallback")
+    check("no default variant -> caller's default", d.value == "fallback", d)
+
     # Unknown flag: FLAG_NOT_FOUND and the caller's default.
     d = client.get_string_details("no-such-flag", "fallback")
     check("unknown flag", d.value == "fallback" and d.error_code == ErrorCode.FLAG_NOT_FOUND and d.reason == Reason.ERROR, d)
