@@ -159,8 +159,58 @@ async fn single(
     Ok(finish(resp, &node, staleness))
 }
 
-/// Bulk evaluation. `ETag` is the namespace's last change; `If-None-Match` with it answers
-/// 304 (the context is the client's own, so it knows whether that changed).
+/// Writes `v` with object keys sorted, so equal contexts give equal bytes whatever the order
+/// the client sent.
+fn canonical_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                canonical_json(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// The bulk `ETag`: the namespace's last change and a digest of the evaluation context, since
+/// the answer depends on both. Stock web providers keep their `If-None-Match` across a context
+/// change that keeps the targeting key, so a revision-only tag would answer 304 with the old
+/// context's values.
+fn bulk_etag(rev: u64, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let empty = Value::Object(Map::new());
+    let ctx = match body.get("context") {
+        None | Some(Value::Null) => &empty,
+        Some(c) => c,
+    };
+    let mut bytes = Vec::new();
+    canonical_json(ctx, &mut bytes);
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{rev}-{hex}\"")
+}
+
+/// Bulk evaluation. `ETag` is the namespace's last change plus a digest of the context;
+/// `If-None-Match` with it answers 304.
 async fn bulk(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -169,17 +219,17 @@ async fn bulk(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let (_, rev, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
-    let etag = format!("\"{rev}\"");
+    let ctx = match context_of(&body.value) {
+        Ok(c) => c,
+        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details)),
+    };
+    let etag = bulk_etag(rev, &body.value);
     let held = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if held.is_some_and(|h| h.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")));
         return Ok(finish(resp, &node, staleness));
     }
-    let ctx = match context_of(&body.value) {
-        Ok(c) => c,
-        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details)),
-    };
     let mut flags: Vec<(String, Value)> = set
         .resolve_all(&ctx)
         .map(|(key, r)| {
