@@ -198,6 +198,20 @@ async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart(
         "a stopped node's stream was left"
     );
     assert!(rec.any(|e| matches!(e, Event::Ready { .. })));
+    // Every accepted revision was installed once, in increasing order.
+    let installed: Vec<u64> = rec
+        .all()
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConfigurationChanged { revision, .. } => *revision,
+            _ => None,
+        })
+        .collect();
+    assert!(
+        installed.windows(2).all(|w| w[0] < w[1]),
+        "revisions installed: {installed:?}"
+    );
+    assert_eq!(installed.len(), 5, "initial data and four writes: {installed:?}");
 
     // The LKG file follows the data.
     let held = client.revision().unwrap();
