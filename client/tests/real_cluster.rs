@@ -211,7 +211,11 @@ async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart(
         installed.windows(2).all(|w| w[0] < w[1]),
         "revisions installed: {installed:?}"
     );
-    assert_eq!(installed.len(), 5, "initial data and four writes: {installed:?}");
+    assert_eq!(
+        installed.len(),
+        5,
+        "initial data and four writes: {installed:?}"
+    );
 
     // The LKG file follows the data.
     let held = client.revision().unwrap();
@@ -355,5 +359,58 @@ async fn a_refused_key_is_an_error_without_data_and_a_revoked_key_keeps_the_last
     // The data held stays in use (and will be reported stale in time), never a default.
     let d = client.bool_details("f", &context(), true);
     assert_eq!((d.value, d.source), (false, Source::Network));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_node_serving_the_stream_is_detected_and_left() {
+    use common::freeze_proxy::FreezeProxy;
+    let c = TestCluster::start(3, tune).await;
+    let key = seed(&c).await;
+    let mut proxies = Vec::new();
+    for n in &c.nodes {
+        proxies.push(FreezeProxy::start(n.client_addr).await);
+    }
+    let heartbeat_timeout = Duration::from_millis(2500);
+    let client = Client::builder("checkout", key.as_str())
+        .endpoints(proxies.iter().map(|p| p.url.clone()))
+        .backoff(Duration::from_millis(20), Duration::from_millis(300))
+        .heartbeat_timeout(heartbeat_timeout)
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    client.wait_ready(LONG).await.unwrap();
+    let eval = Evaluator::start(client.clone());
+    let ctx = context();
+    let mut on = false;
+    let mut latencies = Vec::new();
+    // Freeze each node's path in turn (one of them carries our stream); writes go to a node
+    // that is not frozen (the cluster itself is healthy: only the client's path is silent).
+    for (i, p) in proxies.iter().enumerate() {
+        p.freeze(true);
+        on = !on;
+        let via = if i == 0 { 2 } else { 1 };
+        let written = Instant::now();
+        let rev = set_f(&c, via, on).await;
+        wait_until(
+            &format!("the write with node {} frozen", i + 1),
+            LONG,
+            || client.revision() >= Some(rev),
+        )
+        .await;
+        latencies.push(written.elapsed());
+        assert_eq!(client.bool("f", &ctx, !on), on);
+        p.freeze(false);
+    }
+    let (total, bad, first_bad) = eval.finish();
+    eprintln!("write-to-SDK latency with each node frozen in turn: {latencies:?} (heartbeat timeout {heartbeat_timeout:?}); {total} evaluations");
+    assert_eq!(bad, 0, "{first_bad:?}");
+    // The frozen stream was noticed by silence, within about the heartbeat timeout.
+    let slowest = latencies.iter().max().copied().unwrap();
+    assert!(
+        slowest < heartbeat_timeout + Duration::from_secs(4),
+        "slowest {slowest:?}"
+    );
+    assert!(client.metrics().reconnects >= 1);
     c.shutdown().await;
 }

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod fake_node;
+pub mod freeze_proxy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
