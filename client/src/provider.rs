@@ -110,6 +110,30 @@ pub fn to_context(ctx: &EvaluationContext) -> Context {
     out
 }
 
+/// JSON → OpenFeature value. OpenFeature has no null: null members and elements are left
+/// out. Integers beyond `i64` become floats.
+fn to_of_value(v: &Value) -> Option<open_feature::Value> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Bool(b) => open_feature::Value::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => open_feature::Value::Int(i),
+            None => open_feature::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => open_feature::Value::String(s.clone()),
+        Value::Array(a) => open_feature::Value::Array(a.iter().filter_map(to_of_value).collect()),
+        Value::Object(o) => {
+            let mut s = StructValue::default();
+            for (k, v) in o {
+                if let Some(v) = to_of_value(v) {
+                    s.add_field(k, v);
+                }
+            }
+            open_feature::Value::Struct(s)
+        }
+    })
+}
+
 fn reason(r: Reason) -> EvaluationReason {
     match r {
         Reason::Static => EvaluationReason::Static,
@@ -255,16 +279,9 @@ impl FeatureProvider for FlagstaffProvider {
         let d = self
             .client
             .object_details(flag_key, &to_context(ctx), &Value::Object(Map::new()));
-        let converted = match open_feature::Value::try_from(&d.value) {
-            Ok(open_feature::Value::Struct(s)) => s,
-            _ => {
-                return Err(OfError {
-                    code: EvaluationErrorCode::TypeMismatch,
-                    message: Some(
-                        "the object cannot be represented as an OpenFeature structure".into(),
-                    ),
-                })
-            }
+        let converted = match to_of_value(&d.value) {
+            Some(open_feature::Value::Struct(s)) => s,
+            _ => StructValue::default(), // `object` only ever yields objects
         };
         resolve(d, |_| converted)
     }

@@ -23,7 +23,7 @@ async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
                          "targeting": {"if": [{"and": [{"==": [{"var": "targetingKey"}, "alice"]},
                                                       {"==": [{"var": "plan"}, "pro"]}]}, "on", "off"]},
                          "metadata": {"team": "payments", "tier": 2}},
-            "limits": {"state": "ENABLED", "variants": {"v": {"max": 7, "name": "x"}}, "defaultVariant": "v"},
+            "limits": {"state": "ENABLED", "variants": {"v": {"max": 7, "name": "x", "none": null, "big": 18446744073709551615u64, "list": [1, null, "a"]}}, "defaultVariant": "v"},
             "ratio": {"state": "ENABLED", "variants": {"a": 0.5}, "defaultVariant": "a"},
             "count": {"state": "ENABLED", "variants": {"a": 3}, "defaultVariant": "a"},
             "word": {"state": "ENABLED", "variants": {"a": "hey"}, "defaultVariant": "a"}
@@ -83,6 +83,15 @@ async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
     );
     let s: StructValue = of.get_struct_value("limits", None, None).await.unwrap();
     assert_eq!(s.fields.get("max"), Some(&open_feature::Value::Int(7)));
+    assert_eq!(s.fields.get("none"), None, "OpenFeature has no null");
+    assert!(matches!(
+        s.fields.get("big"),
+        Some(open_feature::Value::Float(_))
+    ));
+    assert_eq!(
+        s.fields.get("list"),
+        Some(&open_feature::Value::Array(vec![1.into(), "a".into()]))
+    );
 
     let missing = of.get_bool_value("nope", None, None).await.unwrap_err();
     assert_eq!(missing.code, EvaluationErrorCode::FlagNotFound);
