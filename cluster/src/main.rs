@@ -133,6 +133,10 @@ struct ServeArgs {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "FLAGSTAFF_LOGS_BEHIND_SNAPSHOT", default_value_t = 10_000)]
     logs_behind_snapshot: u64,
+    /// Source address for outgoing peer connections (lets firewalls and fault-injecting
+    /// proxies tell nodes on one host apart, e.g. 127.0.0.2).
+    #[arg(long, env = "FLAGSTAFF_PEER_SOURCE_IP")]
+    peer_source_ip: Option<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -153,6 +157,7 @@ impl ServeArgs {
         c.election_timeout_max = Duration::from_millis(self.election_max_ms);
         c.snapshot_every = self.snapshot_every;
         c.logs_behind_snapshot = self.logs_behind_snapshot;
+        c.peer_source_ip = self.peer_source_ip;
         c
     }
 }

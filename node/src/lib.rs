@@ -9,6 +9,7 @@ pub mod bounded_read;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fault_injection;
 pub mod network;
 pub mod node;
 pub mod peer;

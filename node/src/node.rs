@@ -194,6 +194,10 @@ impl Node {
             self.wait_revision(rev).await?;
         }
         match consistency {
+            // Deliberate break, test builds only (see fault_injection.rs).
+            Consistency::Linearizable if crate::fault_injection::local_linearizable_reads() => {
+                Ok(ReadProof { staleness_ms: None })
+            }
             Consistency::Linearizable => {
                 let index = self.read_index(self.config.read_timeout).await?;
                 self.wait_applied(index, self.config.read_timeout).await?;
@@ -218,6 +222,14 @@ impl Node {
     /// One staleness-proof round (see [`crate::bounded_read`]).
     pub(crate) async fn proof_round(self: Arc<Self>) {
         let t = boottime_us();
+        // Deliberate break, test builds only (see fault_injection.rs): a known leader is taken
+        // as proof of freshness, with no quorum round.
+        if crate::fault_injection::bounded_trusts_heartbeats() {
+            if self.raft.metrics().borrow().current_leader.is_some() {
+                self.proofs.publish(t);
+            }
+            return;
+        }
         let budget = self.config.max_staleness;
         let Ok(index) = self.read_index(budget).await else {
             return;

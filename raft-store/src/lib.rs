@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod command;
 mod db;
+pub mod fault_injection;
 mod log_store;
 pub mod marker;
 pub mod state;

@@ -632,6 +632,13 @@ impl State {
 
 /// Decides a precondition against the item's current version.
 fn check(condition: Condition, current: Option<u64>) -> Result<(), ApplyError> {
+    // Deliberate break, test builds only (see fault_injection.rs).
+    if crate::fault_injection::cas_ignores_condition()
+        && matches!(condition, Condition::IfMatch(_))
+        && current.is_some()
+    {
+        return Ok(());
+    }
     match (condition, current) {
         (Condition::None, _) => Ok(()),
         (Condition::IfMatch(want), Some(have)) if want == have => Ok(()),
