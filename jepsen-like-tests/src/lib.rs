@@ -1,0 +1,7 @@
+//! Robustness tests for Flagstaff in the manner of Jepsen and etcd's robustness suite: real
+//! `flagstaff` processes on their own loopback addresses, real faults (kill -9, SIGSTOP,
+//! partitions through proxies the harness owns), recorded histories, and checkers that can say
+//! no. See README.md.
+
+pub mod check;
+pub mod history;
