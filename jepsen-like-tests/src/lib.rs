@@ -5,3 +5,10 @@
 
 pub mod check;
 pub mod history;
+pub mod cluster;
+pub mod nemesis;
+pub mod profiles;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod workload;

@@ -42,8 +42,16 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                     if e.since.is_some() {
                         report.resumes += 1;
                     }
-                    if e.since != covered && e.since.is_some() {
-                        bad(format!("resumed from {:?} but had seen up to {covered:?}", e.since));
+                    match (e.since, covered) {
+                        (Some(s), Some(c)) if s > c => {
+                            bad(format!("resumed from {s} but had seen only up to {c}"))
+                        }
+                        (None, _) => {
+                            // A fresh stream starts over with a snapshot.
+                            covered = None;
+                            last_change = None;
+                        }
+                        _ => covered = e.since,
                     }
                 }
                 "snapshot" => {
@@ -104,7 +112,11 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                         if rev < c {
                             bad(format!("heartbeat at {rev} below {c}"));
                         } else {
-                            if let Some(missed) = auth.as_ref().and_then(|a| a.range(c + 1..=rev).next()) {
+                            let missed = auth
+                                .as_ref()
+                                .filter(|_| rev > c)
+                                .and_then(|a| a.range(c + 1..=rev).next());
+                            if let Some(missed) = missed {
                                 bad(format!("heartbeat at {rev} but change {missed} was not sent"));
                             }
                             covered = Some(rev);

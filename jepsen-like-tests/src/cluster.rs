@@ -1,0 +1,327 @@
+//! Real `flagstaff` processes, each on its own loopback address with a proxy in front of its
+//! peer listener. The harness signals only the PIDs it spawned (never by name), and every
+//! child is killed when the harness drops it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::proxy::Proxy;
+
+pub const ADMIN_TOKEN: &str = "jepsen-admin-token";
+const SECRET: &str = "jepsen-cluster-secret";
+
+/// Node `id` lives on 127.0.0.(40 + id): its own address, so proxies can tell nodes apart,
+/// and away from the addresses the in-process tests use.
+pub fn node_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 40 + id as u8))
+}
+
+fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// How a node process currently is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Running,
+    Paused,
+    Killed,
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub api: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    pub proxy: Proxy,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub health: Health,
+}
+
+/// A cluster of processes the harness owns.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `n` pristine voters from `bin` under `dir` (with `env` for every process) and
+    /// initialises them as one cluster.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Cluster> {
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            bin: bin.to_path_buf(),
+            env,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(4)
+                .build()?,
+        };
+        for id in 1..=n {
+            let ip = node_ip(id);
+            let client = SocketAddr::new(ip, free_port(ip)?);
+            let peer = SocketAddr::new(ip, free_port(ip)?);
+            let proxy = Proxy::start(ip, peer).await?;
+            c.nodes.push(NodeProc {
+                id,
+                api: format!("http://{client}"),
+                client,
+                peer,
+                proxy,
+                dir: dir.join(format!("n{id}")),
+                log: dir.join(format!("n{id}.log")),
+                child: None,
+                health: Health::Killed,
+            });
+        }
+        for id in 1..=n {
+            c.spawn(id, true)?;
+        }
+        for id in 1..=n {
+            c.wait_healthy(id, Duration::from_secs(30)).await?;
+        }
+        let members: Vec<Value> = c
+            .nodes
+            .iter()
+            .map(|n| json!({"id": n.id, "api_addr": n.api, "peer_addr": format!("http://{}", n.proxy.listen)}))
+            .collect();
+        let (status, body) = c
+            .call(1, reqwest::Method::POST, "/v1/cluster/init", Some(json!({"members": members})))
+            .await?;
+        if status != 200 {
+            bail!("cluster init answered {status}: {body}");
+        }
+        c.wait_leader(&c.ids(), Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64, pristine: bool) -> anyhow::Result<()> {
+        let n = &self.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(["--listen-client", &n.client.to_string()])
+            .args(["--listen-peer", &n.peer.to_string()])
+            .args(["--advertise-peer", &format!("http://{}", n.proxy.listen)])
+            .args(["--peer-source-ip", &node_ip(id).to_string()])
+            .env("FLAGSTAFF_CLUSTER_SECRET", SECRET)
+            .env("FLAGSTAFF_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("FLAGSTAFF_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if pristine {
+            cmd.args(["--cluster-id", "jepsen"]);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        let n = &mut self.nodes[(id - 1) as usize];
+        n.child = Some(child);
+        n.health = Health::Running;
+        Ok(())
+    }
+
+    fn pid(&self, id: u64) -> Option<i32> {
+        self.node(id)
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .map(|p| p as i32)
+    }
+
+    /// `kill -9` of node `id` (by its PID); waits until it is gone.
+    pub async fn kill(&mut self, id: u64) {
+        let n = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = n.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        n.health = Health::Killed;
+    }
+
+    /// Restarts a killed node from its data dir, on the same addresses.
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.node(id).health != Health::Killed {
+            return Ok(());
+        }
+        self.spawn(id, false)?;
+        self.wait_healthy(id, Duration::from_secs(30)).await
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to node `id`'s PID.
+    pub fn pause(&mut self, id: u64, stop: bool) {
+        if let Some(pid) = self.pid(id) {
+            let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) with a PID this harness spawned and still owns (not yet reaped).
+            unsafe {
+                libc::kill(pid, sig);
+            }
+            self.nodes[(id - 1) as usize].health = if stop {
+                Health::Paused
+            } else {
+                Health::Running
+            };
+        }
+    }
+
+    /// Cuts the peer links between every pair of nodes in different groups. Nodes in no
+    /// group keep every link (a bridge).
+    pub fn partition(&self, groups: &[Vec<u64>]) {
+        for (gi, g) in groups.iter().enumerate() {
+            for (hi, h) in groups.iter().enumerate() {
+                if gi == hi {
+                    continue;
+                }
+                for a in g {
+                    for b in h {
+                        self.node(*a).proxy.block(node_ip(*b));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        for n in &self.nodes {
+            n.proxy.unblock_all();
+        }
+    }
+
+    /// Resumes paused nodes, restarts killed ones and heals every link.
+    pub async fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.heal();
+        for id in self.ids() {
+            match self.node(id).health {
+                Health::Paused => self.pause(id, false),
+                Health::Killed => self.restart(id).await?,
+                Health::Running => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_healthy(&self, id: u64, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let url = format!("{}/healthz", self.node(id).api);
+        while Instant::now() < deadline {
+            let ok = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {id} did not become healthy within {limit:?}; see {}", self.node(id).log.display())
+    }
+
+    /// The leader as node `id` reports it.
+    pub async fn leader_seen_by(&self, id: u64) -> Option<u64> {
+        let (status, body) = self
+            .call(id, reqwest::Method::GET, "/v1/cluster", None)
+            .await
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        body["leader"].as_u64()
+    }
+
+    /// The leader most running nodes agree on, if any.
+    pub async fn leader(&self) -> Option<u64> {
+        for id in self.ids() {
+            if self.node(id).health == Health::Running {
+                if let Some(l) = self.leader_seen_by(id).await {
+                    return Some(l);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until every node of `ids` reports the same leader, one of `ids`.
+    pub async fn wait_leader(&self, ids: &[u64], limit: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for id in ids {
+                seen.push(self.leader_seen_by(*id).await);
+            }
+            if let Some(Some(l)) = seen.first() {
+                if ids.contains(l) && seen.iter().all(|s| *s == Some(*l)) {
+                    return Ok(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no agreed leader among {ids:?} within {limit:?}")
+    }
+
+    /// One admin API call with a 5 s timeout; the body is parsed as JSON when it is.
+    pub async fn call(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.node(id).api, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(5));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// Kills every process (the data dirs stay).
+    pub async fn stop(&mut self) {
+        for id in self.ids() {
+            if self.node(id).health == Health::Paused {
+                self.pause(id, false);
+            }
+            self.kill(id).await;
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! One run: start a cluster, drive the workloads under a fault schedule, heal, take final
+//! reads, save the history, check it, and keep the evidence when it fails.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::history::{self, Op, Outcome, Record, F};
+use crate::nemesis::{self, Fault};
+use crate::report::{self, Report};
+use crate::workload::{self, Endpoint, Recorder, REG_NS, SET_NS};
+
+/// What one run does.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub nodes: u64,
+    pub duration: Duration,
+    pub faults: Vec<Fault>,
+    /// Extra environment for every node (the fault-injection switches).
+    pub env: Vec<(String, String)>,
+    pub registers: usize,
+    pub register_clients: u64,
+    pub bounded_clients: u64,
+}
+
+impl Scenario {
+    pub fn new(name: &str, nodes: u64, secs: u64, faults: &[Fault]) -> Scenario {
+        Scenario {
+            name: name.into(),
+            nodes,
+            duration: Duration::from_secs(secs),
+            faults: faults.to_vec(),
+            env: Vec::new(),
+            registers: 3,
+            register_clients: 4,
+            bounded_clients: 2,
+        }
+    }
+}
+
+/// The outcome of a run, with where its evidence is.
+pub struct RunResult {
+    pub report: Report,
+    pub dir: PathBuf,
+    pub history: PathBuf,
+}
+
+async fn retry<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{what}: no success within {limit:?}")
+}
+
+/// Runs `scenario` with `seed` from binary `bin`, keeping its files under `dir`.
+pub async fn run(bin: &Path, scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<RunResult> {
+    std::fs::create_dir_all(dir)?;
+    println!(
+        "== {} (seed {seed}, {} nodes, {:?}, faults {:?}) in {}",
+        scenario.name,
+        scenario.nodes,
+        scenario.duration,
+        scenario.faults,
+        dir.display()
+    );
+    let mut cluster = Cluster::start(bin, dir, scenario.nodes, scenario.env.clone())
+        .await
+        .context("starting the cluster")?;
+    let result = drive(&mut cluster, scenario, seed, dir).await;
+    cluster.stop().await;
+    let records = result?;
+    let history_path = dir.join("history.jsonl");
+    history::save(&history_path, &records)?;
+    let report = report::check(&records);
+    let text = report.render();
+    println!("{text}");
+    std::fs::write(dir.join("report.txt"), &text)?;
+    if report.anomalies() == 0 {
+        // Keep the history and logs, drop the bulky data dirs.
+        for id in 1..=scenario.nodes {
+            let _ = std::fs::remove_dir_all(dir.join(format!("n{id}")));
+        }
+    }
+    Ok(RunResult {
+        report,
+        dir: dir.to_path_buf(),
+        history: history_path,
+    })
+}
+
+async fn drive(
+    cluster: &mut Cluster,
+    scenario: &Scenario,
+    seed: u64,
+    _dir: &Path,
+) -> anyhow::Result<Vec<Record>> {
+    let rec = Recorder::new();
+    // Setup: namespaces and one flag per register.
+    for ns in [REG_NS, SET_NS] {
+        let (s, b) = cluster
+            .call(1, reqwest::Method::PUT, &format!("/v1/namespaces/{ns}"), Some(json!({})))
+            .await?;
+        if s != 200 && s != 201 {
+            bail!("creating namespace {ns}: {s} {b}");
+        }
+    }
+    let keys: Vec<String> = (0..scenario.registers).map(|i| format!("r{i}")).collect();
+    let mut initial = serde_json::Map::new();
+    for k in &keys {
+        let (s, b) = cluster
+            .call(1, reqwest::Method::PUT, &format!("/v1/namespaces/{REG_NS}/flags/{k}"), Some(workload::reg_flag(0)))
+            .await?;
+        if s != 200 && s != 201 {
+            bail!("creating register {k}: {s} {b}");
+        }
+        initial.insert(k.clone(), json!([0, b["revision"]]));
+    }
+    rec.push(Record::Meta {
+        info: json!({
+            "scenario": scenario.name, "seed": seed, "nodes": scenario.nodes,
+            "duration_s": scenario.duration.as_secs(), "faults": scenario.faults,
+            "env": scenario.env, "initial": Value::Object(initial),
+        }),
+    });
+
+    let eps: Vec<Endpoint> = cluster
+        .nodes
+        .iter()
+        .map(|n| Endpoint { id: n.id, api: n.api.clone() })
+        .collect();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(8).build()?;
+    let until = Instant::now() + scenario.duration;
+    let mut tasks = Vec::new();
+    for p in 0..scenario.register_clients {
+        tasks.push(tokio::spawn(workload::register_client(
+            rec.clone(), http.clone(), eps.clone(), keys.clone(), seed * 100 + p, until,
+        )));
+    }
+    for p in 0..scenario.bounded_clients {
+        tasks.push(tokio::spawn(workload::bounded_client(
+            rec.clone(), http.clone(), eps.clone(), keys.clone(), seed * 100 + 50 + p, until,
+        )));
+    }
+    tasks.push(tokio::spawn(workload::set_client(
+        rec.clone(), http.clone(), eps.clone(), seed * 100 + 80, until,
+    )));
+    // Watchers keep going a little after the workload to catch up after healing.
+    let watch_until = until + Duration::from_secs(6);
+    let mut watchers = Vec::new();
+    for (i, ep) in eps.iter().enumerate() {
+        watchers.push(tokio::spawn(workload::watcher(
+            rec.clone(), http.clone(), ep.clone(), i as u64 + 1, watch_until,
+        )));
+    }
+
+    let nemesis_result = nemesis::run(cluster, rec.clone(), &scenario.faults, seed, until).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    nemesis_result?;
+    cluster.heal_all().await?;
+    cluster
+        .wait_leader(&cluster.ids(), Duration::from_secs(30))
+        .await
+        .context("cluster did not recover after healing")?;
+
+    // Final linearizable reads of every register (they join the register history, so a lost
+    // acknowledged write shows as a linearizability failure).
+    let final_process = 999;
+    let mut max_rev = 0;
+    for k in &keys {
+        let op: Op = retry(&format!("final read of {k}"), Duration::from_secs(20), || {
+            let (cluster, rec) = (&*cluster, rec.clone());
+            async move {
+                let invoke = rec.now_ns();
+                let (s, b) = cluster
+                    .call(1, reqwest::Method::GET, &format!("/v1/namespaces/{REG_NS}/flags/{k}?consistency=linearizable"), None)
+                    .await
+                    .ok()?;
+                (s == 200).then(|| Op {
+                    process: final_process,
+                    node: 1,
+                    f: F::Read,
+                    key: k.clone(),
+                    value: b["definition"]["variants"]["v"].as_i64(),
+                    expect_version: None,
+                    version: b["version"].as_u64(),
+                    max_staleness_ms: None,
+                    invoke_ns: invoke,
+                    complete_ns: Some(rec.now_ns()),
+                    outcome: Outcome::Ok,
+                    revision: None,
+                    staleness_ms: None,
+                    error: None,
+                })
+            }
+        })
+        .await?;
+        max_rev = max_rev.max(op.version.unwrap_or(0));
+        rec.push(Record::Op(op));
+    }
+    // Every node must reach the final state: bounded reads at min_revision on each node.
+    for n in &eps {
+        for k in &keys {
+            let url = format!(
+                "/v1/namespaces/{REG_NS}/flags/{k}?consistency=bounded&max_staleness_ms={}&min_revision={max_rev}",
+                workload::BOUNDED_MS
+            );
+            let invoke = rec.now_ns();
+            let (s, b, h) = retry(&format!("node {} catching up", n.id), Duration::from_secs(20), || {
+                let (url, http, api) = (url.clone(), http.clone(), n.api.clone());
+                async move {
+                    let r = http.get(format!("{api}{url}")).bearer_auth(crate::cluster::ADMIN_TOKEN)
+                        .timeout(Duration::from_secs(5)).send().await.ok()?;
+                    let s = r.status().as_u16();
+                    let h = r.headers().clone();
+                    let b: Value = r.json().await.ok()?;
+                    (s == 200).then_some((s, b, h))
+                }
+            })
+            .await?;
+            let _ = s;
+            let hv = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            rec.push(Record::Op(Op {
+                process: final_process,
+                node: n.id,
+                f: F::BoundedRead,
+                key: k.clone(),
+                value: b["definition"]["variants"]["v"].as_i64(),
+                expect_version: None,
+                version: b["version"].as_u64(),
+                max_staleness_ms: Some(workload::BOUNDED_MS),
+                invoke_ns: invoke,
+                complete_ns: Some(rec.now_ns()),
+                outcome: Outcome::Ok,
+                revision: hv("flagstaff-revision"),
+                staleness_ms: hv("flagstaff-staleness-ms"),
+                error: None,
+            }));
+        }
+    }
+    // The set, read linearizably.
+    let elements: Vec<(String, u64)> = retry("final read of the set", Duration::from_secs(20), || async {
+        let (s, b) = cluster
+            .call(1, reqwest::Method::GET, &format!("/v1/namespaces/{SET_NS}/flags?consistency=linearizable"), None)
+            .await
+            .ok()?;
+        if s != 200 {
+            return None;
+        }
+        let list = b["flags"].as_array()?;
+        Some(list.iter().filter_map(|f| Some((f["key"].as_str()?.to_string(), f["version"].as_u64()?))).collect())
+    })
+    .await?;
+    rec.push(Record::SetFinal { elements });
+    // The audit history of both namespaces, page by page.
+    for ns in [REG_NS, SET_NS] {
+        let mut all: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut before: Option<u64> = None;
+        for _page in 0..1000 {
+            let path = match before {
+                Some(b) => format!("/v1/namespaces/{ns}/history?limit=1000&before={b}"),
+                None => format!("/v1/namespaces/{ns}/history?limit=1000"),
+            };
+            let b = retry(&format!("history of {ns}"), Duration::from_secs(20), || async {
+                let (s, b) = cluster.call(1, reqwest::Method::GET, &path, None).await.ok()?;
+                (s == 200).then_some(b)
+            })
+            .await?;
+            for c in b["changes"].as_array().into_iter().flatten() {
+                let keys = c["items"].as_array().into_iter().flatten()
+                    .filter(|i| i["kind"] != "namespace")
+                    .filter_map(|i| i["key"].as_str().map(String::from)).collect();
+                all.push((c["revision"].as_u64().unwrap_or(0), keys));
+            }
+            match b["next_before"].as_u64() {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        all.sort();
+        rec.push(Record::Changes { ns: ns.to_string(), changes: all });
+    }
+    for w in watchers {
+        let _ = w.await;
+    }
+    Ok(rec.take())
+}
