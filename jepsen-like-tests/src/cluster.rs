@@ -232,10 +232,19 @@ impl Cluster {
         Ok(())
     }
 
-    async fn wait_healthy(&self, id: u64, limit: Duration) -> anyhow::Result<()> {
+    async fn wait_healthy(&mut self, id: u64, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         let url = format!("{}/healthz", self.node(id).api);
         while Instant::now() < deadline {
+            let exited = self.nodes[(id - 1) as usize]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!("node {id} exited ({status}) during start: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+            }
             let ok = self
                 .http
                 .get(&url)

@@ -85,7 +85,7 @@ impl Report {
             .iter()
             .chain(&self.set.anomalies)
             .chain(&self.watch.anomalies)
-            .take(20)
+            .take(5)
         {
             let _ = writeln!(s, "  ANOMALY {a}");
         }
