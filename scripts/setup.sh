@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs the system packages the build needs (RocksDB's bindings need libclang).
+# Installs what the build and tests need and the machine lacks: libclang (RocksDB's bindings),
+# a C++ compiler, python3 with venv and Node.js with npm (the OFREP provider tests).
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
-command -v clang >/dev/null 2>&1 || dpkg -s clang >/dev/null 2>&1 || true
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update
-  $SUDO apt-get install -y "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need[@]}"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (install Rust with rustup)" >&2

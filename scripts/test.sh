@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs system packages, builds, runs every test with nextest.
+# Runs the whole test suite: installs what is missing (system packages, cargo-nextest), builds,
+# then runs the stock OpenFeature OFREP providers against a live cluster, checks that the fuzz
+# target builds, and runs every Rust test with nextest (last, so its summary closes the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --all-targets --locked
+FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 0
 cargo nextest run --workspace --locked --no-fail-fast
