@@ -35,8 +35,9 @@ pub enum ProviderEvent {
     ConfigurationChanged,
 }
 
-/// The provider. `initialize` waits up to `init_timeout` for fresh data and never fails: the
-/// client serves LKG or bootstrap data (or defaults) meanwhile.
+/// The provider. `initialize` never fails and by default does not wait (the SDK never blocks
+/// the application): it returns at once and the status says what the client has. Opt in to a
+/// bounded wait for fresh data with [`FlagstaffProvider::with_init_timeout`].
 pub struct FlagstaffProvider {
     client: Client,
     metadata: ProviderMetadata,
@@ -44,16 +45,16 @@ pub struct FlagstaffProvider {
 }
 
 impl FlagstaffProvider {
-    /// A provider for `client`, waiting at most 5 s in `initialize`.
+    /// A provider for `client`; `initialize` does not wait.
     pub fn new(client: Client) -> Self {
         Self {
             client,
             metadata: ProviderMetadata::new("flagstaff"),
-            init_timeout: Duration::from_secs(5),
+            init_timeout: Duration::ZERO,
         }
     }
 
-    /// How long `initialize` waits for fresh data.
+    /// How long `initialize` (awaited by OpenFeature's `set_provider`) may wait for fresh data.
     pub fn with_init_timeout(mut self, d: Duration) -> Self {
         self.init_timeout = d;
         self
@@ -211,7 +212,9 @@ fn resolve<T, U>(
 #[open_feature::async_trait]
 impl FeatureProvider for FlagstaffProvider {
     async fn initialize(&mut self, _context: &EvaluationContext) {
-        let _ = self.client.wait_ready(self.init_timeout).await;
+        if !self.init_timeout.is_zero() {
+            let _ = self.client.wait_ready(self.init_timeout).await;
+        }
     }
 
     fn status(&self) -> ProviderStatus {

@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub lkg_tx: watch::Sender<Option<Arc<DataSet>>>,
     pub last_error: Mutex<Option<String>>,
+    /// Serialises data installs and status transitions (background tasks only, never
+    /// evaluation), so READY is observable only after the change events that led to it.
+    transitions: Mutex<()>,
 }
 
 pub(crate) fn unix_ms_now() -> i64 {
@@ -92,6 +95,7 @@ impl Shared {
             counters: Counters::default(),
             lkg_tx: watch::channel(None).0,
             last_error: Mutex::new(None),
+            transitions: Mutex::new(()),
         }
     }
 
@@ -148,8 +152,20 @@ impl Shared {
         *self.status.borrow()
     }
 
+    fn transition_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.transitions.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     /// Recomputes the status and emits the event of a transition.
     pub fn refresh_status(&self) {
+        let _serial = self.transition_lock();
+        self.refresh_status_locked();
+    }
+
+    fn refresh_status_locked(&self) {
         let data = self.data.load();
         let new = match data.as_ref() {
             None if self.auth_refused.load(Ordering::Acquire) => Status::Error,
@@ -285,21 +301,22 @@ impl Shared {
 
     /// Swaps `next` in and tells whoever listens: LKG writer, change listeners, events.
     fn install(&self, old: Option<Arc<DataSet>>, next: DataSet) {
+        let _serial = self.transition_lock();
         let next = Arc::new(next);
         self.data.store(Some(next.clone()));
         if next.source == Source::Network {
             self.lkg_tx.send_replace(Some(next.clone()));
         }
-        self.refresh_status();
         let changed = DataSet::changed_flags(old.as_ref().map(|d| &d.raw), &next.raw);
-        if changed.is_empty() {
-            return;
+        if !changed.is_empty() {
+            self.notify_changes(old.as_deref(), &next, &changed);
+            self.listeners.emit(&Event::ConfigurationChanged {
+                revision: next.revision,
+                flags: changed,
+            });
         }
-        self.notify_changes(old.as_deref(), &next, &changed);
-        self.listeners.emit(&Event::ConfigurationChanged {
-            revision: next.revision,
-            flags: changed,
-        });
+        // Last, so whoever waits for READY has seen the change events that led to it.
+        self.refresh_status_locked();
     }
 
     fn notify_changes(&self, old: Option<&DataSet>, new: &DataSet, changed: &[String]) {

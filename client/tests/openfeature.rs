@@ -98,3 +98,61 @@ async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
     let mismatch = of.get_int_value("word", None, None).await.unwrap_err();
     assert_eq!(mismatch.code, EvaluationErrorCode::TypeMismatch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_follows_a_real_node_with_status_and_events() {
+    use common::cluster::TestCluster;
+    use flagstaff_client::provider::ProviderEvent;
+    use std::sync::{Arc, Mutex};
+
+    let c = TestCluster::start(1, |_| {}).await;
+    assert_eq!(c.put(1, "/v1/namespaces/checkout", json!({})).await.0, 200);
+    assert_eq!(
+        c.put(1, "/v1/namespaces/checkout/flags/f", bool_flag("off"))
+            .await
+            .0,
+        200
+    );
+    let client = Client::builder("checkout", common::cluster::TOKEN)
+        .endpoint(c.node(1).api.clone())
+        .build()
+        .unwrap();
+    let provider =
+        FlagstaffProvider::new(client.clone()).with_init_timeout(Duration::from_secs(20));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    provider.on_provider_event(move |e, flags| ev.lock().unwrap().push((e, flags.to_vec())));
+
+    let mut api = OpenFeature::singleton_mut().await;
+    api.set_provider(provider).await; // waits for fresh data, as asked
+    let of = api.create_client();
+    drop(api);
+    assert_eq!(client.status(), flagstaff_client::Status::Ready);
+    let d = of.get_bool_details("f", None, None).await.unwrap();
+    assert!(!d.value);
+    assert_eq!(
+        d.flag_metadata.values.get("flagstaff.source"),
+        Some(&FlagMetadataValue::String("network".into()))
+    );
+
+    // The first data counted as a change too; look only at what the write causes.
+    events.lock().unwrap().clear();
+    assert_eq!(
+        c.put(1, "/v1/namespaces/checkout/flags/f", bool_flag("on"))
+            .await
+            .0,
+        200
+    );
+    common::wait_until(
+        "PROVIDER_CONFIGURATION_CHANGED for f",
+        Duration::from_secs(20),
+        || {
+            events.lock().unwrap().iter().any(|(e, flags)| {
+                *e == ProviderEvent::ConfigurationChanged && flags == &["f".to_string()]
+            })
+        },
+    )
+    .await;
+    assert!(of.get_bool_value("f", None, None).await.unwrap());
+    c.shutdown().await;
+}
