@@ -130,6 +130,9 @@ struct ServeArgs {
     /// Build a snapshot every this many log entries.
     #[arg(long, env = "FLAGSTAFF_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
+    /// OFREP evaluations per second per SDK key or admin token (0: no limit); over it, 429.
+    #[arg(long, env = "FLAGSTAFF_EVALUATION_RATE", default_value_t = 10_000)]
+    evaluation_rate: u32,
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "FLAGSTAFF_LOGS_BEHIND_SNAPSHOT", default_value_t = 10_000)]
     logs_behind_snapshot: u64,
@@ -156,6 +159,7 @@ impl ServeArgs {
         c.election_timeout_min = Duration::from_millis(self.election_min_ms);
         c.election_timeout_max = Duration::from_millis(self.election_max_ms);
         c.snapshot_every = self.snapshot_every;
+        c.evaluation_rate_per_sec = self.evaluation_rate;
         c.logs_behind_snapshot = self.logs_behind_snapshot;
         c.peer_source_ip = self.peer_source_ip;
         c

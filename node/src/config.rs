@@ -40,6 +40,8 @@ pub struct NodeConfig {
     /// Source address for outgoing peer connections (lets firewalls and tests tell nodes apart
     /// on one host, e.g. 127.0.0.2).
     pub peer_source_ip: Option<std::net::IpAddr>,
+    /// OFREP evaluations per second per caller (SDK key or admin token); 0 disables the limit.
+    pub evaluation_rate_per_sec: u32,
 }
 
 impl NodeConfig {
@@ -68,6 +70,7 @@ impl NodeConfig {
             logs_behind_snapshot: 10_000,
             max_body_bytes: 1 << 20,
             peer_source_ip: None,
+            evaluation_rate_per_sec: 10_000,
         }
     }
 }

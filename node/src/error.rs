@@ -37,6 +37,8 @@ pub enum ApiError {
     OutcomeUnknown,
     #[error("{0}")]
     Unavailable(String),
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::StaleReplica(_) => (StatusCode::SERVICE_UNAVAILABLE, "STALE_REPLICA"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             ApiError::OutcomeUnknown => (StatusCode::GATEWAY_TIMEOUT, "OUTCOME_UNKNOWN"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
         }
     }
 }
@@ -123,8 +126,10 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (status, axum::Json(json!({ "error": error }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }

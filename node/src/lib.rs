@@ -15,6 +15,7 @@ pub mod node;
 pub mod peer;
 pub mod peer_api;
 pub mod proposer;
+pub mod rate_limit;
 pub mod read_index;
 pub mod server;
 pub mod watch_hub;

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::Proofs;
+use crate::rate_limit::RateLimiter;
 use crate::watch_hub::WatchHub;
 use crate::clock::boottime_us;
 use crate::config::NodeConfig;
@@ -32,6 +33,7 @@ pub struct Node {
     pub(crate) peers: PeerClient,
     pub(crate) hub: WatchHub,
     pub(crate) flag_sets: FlagSetCache,
+    pub(crate) rate_limits: RateLimiter,
 }
 
 /// How a read must relate to the cluster.

@@ -117,6 +117,7 @@ pub async fn start(
         proofs: Arc::new(Proofs::default()),
         hub: WatchHub::spawn(state.clone()),
         flag_sets: FlagSetCache::default(),
+        rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         peers,
         raft,
         state,

@@ -373,3 +373,28 @@ async fn flagd_import_is_atomic_and_history_records_who_changed_what() {
     assert!(page2["changes"][0]["items"][0]["after"]["targeting"].is_object(), "{page2}");
     c.shutdown().await;
 }
+
+fn slow_rate(cfg: &mut NodeConfig) {
+    cfg.evaluation_rate_per_sec = 3;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ofrep_answers_429_with_retry_after_past_the_rate() {
+    let c = TestCluster::start(3, slow_rate).await;
+    let leader = c.wait_leader().await;
+    c.put(leader, "/v1/namespaces/prod", json!({})).await;
+    let (key, created) = sdk_key(&c, "prod", "busy").await;
+    c.put(leader, "/v1/namespaces/prod/flags/a", bool_flag("on")).await;
+    let url = format!("{}/ofrep/v1/evaluate/flags/a?min_revision={}", c.node(leader).api, created + 1);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = c.http.post(&url).bearer_auth(&key).json(&json!({})).send().await.unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    c.shutdown().await;
+}

@@ -117,6 +117,10 @@ async fn prepare(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<(String, u64, Arc<FlagSet>, Option<u64>), ApiError> {
+    node.rate_limits.check(match caller {
+        Caller::Admin(name) => name,
+        Caller::Sdk { hash, .. } => hash,
+    })?;
     let params = read_params(query, node, false)?;
     let ns = namespace_of(caller, headers, &params.rest)?;
     caller.check_namespace(&ns)?;
