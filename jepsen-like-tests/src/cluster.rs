@@ -101,7 +101,12 @@ impl Cluster {
             .map(|n| json!({"id": n.id, "api_addr": n.api, "peer_addr": format!("http://{}", n.proxy.listen)}))
             .collect();
         let (status, body) = c
-            .call(1, reqwest::Method::POST, "/v1/cluster/init", Some(json!({"members": members})))
+            .call(
+                1,
+                reqwest::Method::POST,
+                "/v1/cluster/init",
+                Some(json!({"members": members})),
+            )
             .await?;
         if status != 200 {
             bail!("cluster init answered {status}: {body}");
@@ -243,7 +248,10 @@ impl Cluster {
             if let Some(status) = exited {
                 let log = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                bail!("node {id} exited ({status}) during start: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+                bail!(
+                    "node {id} exited ({status}) during start: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
             }
             let ok = self
                 .http
@@ -257,7 +265,10 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("node {id} did not become healthy within {limit:?}; see {}", self.node(id).log.display())
+        bail!(
+            "node {id} did not become healthy within {limit:?}; see {}",
+            self.node(id).log.display()
+        )
     }
 
     /// The leader as node `id` reports it.

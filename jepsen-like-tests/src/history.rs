@@ -97,13 +97,20 @@ pub struct WatchEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// How the run was made (seed, profile, scenario, nodes).
-    Meta { info: serde_json::Value },
+    Meta {
+        info: serde_json::Value,
+    },
     Op(Op),
     Watch(WatchEvent),
     /// A fault injected or healed.
-    Nemesis { time_ns: u64, action: String },
+    Nemesis {
+        time_ns: u64,
+        action: String,
+    },
     /// Set workload, read linearizably after healing: element → version.
-    SetFinal { elements: Vec<(String, u64)> },
+    SetFinal {
+        elements: Vec<(String, u64)>,
+    },
     /// The authoritative change list of a namespace after healing (audit history):
     /// (revision, keys changed).
     Changes {

@@ -4,8 +4,8 @@
 //! no. See README.md.
 
 pub mod check;
-pub mod history;
 pub mod cluster;
+pub mod history;
 pub mod nemesis;
 pub mod profiles;
 pub mod proxy;

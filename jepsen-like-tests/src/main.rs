@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use jepsen_like_tests::{history, profiles, report, run};
 
 #[derive(Parser)]
-#[command(name = "jepsen-like-tests", about = "Real processes, real faults, recorded histories, checkers that can say no")]
+#[command(
+    name = "jepsen-like-tests",
+    about = "Real processes, real faults, recorded histories, checkers that can say no"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -59,20 +62,38 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(p);
         }
     }
-    anyhow::bail!("{name} not found next to {}; build it first or pass --bin", exe.display())
+    anyhow::bail!(
+        "{name} not found next to {}; build it first or pass --bin",
+        exe.display()
+    )
 }
 
 fn stamp() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn replay_hint(history: &std::path::Path, profile: &str, seed: u64) {
-    println!("   re-check:  jepsen-like-tests check {}", history.display());
+    println!(
+        "   re-check:  jepsen-like-tests check {}",
+        history.display()
+    );
     println!("   re-run:    jepsen-like-tests run --profile {profile} --seed {seed}");
 }
 
-async fn cmd_run(profile: String, seed: u64, duration: Option<u64>, out: PathBuf, bin: Option<PathBuf>) -> anyhow::Result<bool> {
-    let bin = match bin { Some(b) => b, None => sibling("flagstaff")? };
+async fn cmd_run(
+    profile: String,
+    seed: u64,
+    duration: Option<u64>,
+    out: PathBuf,
+    bin: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let bin = match bin {
+        Some(b) => b,
+        None => sibling("flagstaff")?,
+    };
     let scenarios = profiles::profile(&profile, duration.map(Duration::from_secs))
         .with_context(|| format!("unknown profile {profile:?} (ci, smoke, soak)"))?;
     let started = std::time::Instant::now();
@@ -85,34 +106,68 @@ async fn cmd_run(profile: String, seed: u64, duration: Option<u64>, out: PathBuf
             Ok(r) if r.report.anomalies() == 0 => println!("-> PASS ({})\n", sc.name),
             Ok(r) => {
                 ok = false;
-                println!("-> FAIL ({}): {} anomalies; evidence (history, node logs) kept in {}", sc.name, r.report.anomalies(), r.dir.display());
+                println!(
+                    "-> FAIL ({}): {} anomalies; evidence (history, node logs) kept in {}",
+                    sc.name,
+                    r.report.anomalies(),
+                    r.dir.display()
+                );
                 replay_hint(&r.history, &profile, seed);
             }
             Err(e) => {
                 ok = false;
-                println!("-> ERROR ({}): {e:#}; node logs kept in {}", sc.name, dir.display());
+                println!(
+                    "-> ERROR ({}): {e:#}; node logs kept in {}",
+                    sc.name,
+                    dir.display()
+                );
                 println!("   re-run:    jepsen-like-tests run --profile {profile} --seed {seed}");
             }
         }
     }
-    println!("profile {profile} seed {seed}: {} in {:.0?}", if ok { "PASS" } else { "FAIL" }, started.elapsed());
+    println!(
+        "profile {profile} seed {seed}: {} in {:.0?}",
+        if ok { "PASS" } else { "FAIL" },
+        started.elapsed()
+    );
     Ok(ok)
 }
 
 async fn cmd_breaks(seed: u64, out: PathBuf, bin: Option<PathBuf>) -> anyhow::Result<bool> {
-    let bin = match bin { Some(b) => b, None => sibling("flagstaff-faulty")? };
+    let bin = match bin {
+        Some(b) => b,
+        None => sibling("flagstaff-faulty")?,
+    };
     let mut all = true;
     for (i, b) in profiles::breaks().into_iter().enumerate() {
         let dir = out.join(format!("break-seed{seed}-{i}-{}", stamp()));
-        let r = run::run(&bin, &b.scenario, seed.wrapping_mul(1000).wrapping_add(100 + i as u64), &dir).await?;
+        let r = run::run(
+            &bin,
+            &b.scenario,
+            seed.wrapping_mul(1000).wrapping_add(100 + i as u64),
+            &dir,
+        )
+        .await?;
         let caught = (b.caught)(&r.report);
-        println!("-> break {:?} ({}=1): {}\n", b.name, b.env, if caught { "CAUGHT" } else { "NOT CAUGHT" });
+        println!(
+            "-> break {:?} ({}=1): {}\n",
+            b.name,
+            b.env,
+            if caught { "CAUGHT" } else { "NOT CAUGHT" }
+        );
         all &= caught;
         if caught {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    println!("breaks: {}", if all { "every break was caught" } else { "SOME BREAK WAS NOT CAUGHT" });
+    println!(
+        "breaks: {}",
+        if all {
+            "every break was caught"
+        } else {
+            "SOME BREAK WAS NOT CAUGHT"
+        }
+    );
     Ok(all)
 }
 
@@ -120,7 +175,13 @@ async fn cmd_breaks(seed: u64, out: PathBuf, bin: Option<PathBuf>) -> anyhow::Re
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { profile, seed, duration, out, bin } => cmd_run(profile, seed, duration, out, bin).await,
+        Cmd::Run {
+            profile,
+            seed,
+            duration,
+            out,
+            bin,
+        } => cmd_run(profile, seed, duration, out, bin).await,
         Cmd::Check { history } => history::load(&history).map(|records| {
             let r = report::check(&records);
             println!("{}", r.render());

@@ -68,7 +68,11 @@ pub async fn run(
         injected += 1;
         match fault {
             Fault::Kill | Fault::KillLeader => {
-                let id = if fault == Fault::Kill { random } else { target_leader };
+                let id = if fault == Fault::Kill {
+                    random
+                } else {
+                    target_leader
+                };
                 rec.nemesis(format!("kill -9 node {id}"));
                 cluster.kill(id).await;
                 tokio::time::sleep(hold).await;
@@ -76,14 +80,21 @@ pub async fn run(
                 cluster.restart(id).await?;
             }
             Fault::Pause | Fault::PauseLeader => {
-                let id = if fault == Fault::Pause { random } else { target_leader };
+                let id = if fault == Fault::Pause {
+                    random
+                } else {
+                    target_leader
+                };
                 rec.nemesis(format!("SIGSTOP node {id}"));
                 cluster.pause(id, true);
                 tokio::time::sleep(hold).await;
                 rec.nemesis(format!("SIGCONT node {id}"));
                 cluster.pause(id, false);
             }
-            Fault::IsolateLeader | Fault::IsolateFollower | Fault::MajorityMinority | Fault::Bridge => {
+            Fault::IsolateLeader
+            | Fault::IsolateFollower
+            | Fault::MajorityMinority
+            | Fault::Bridge => {
                 let groups = match fault {
                     Fault::IsolateLeader => split(&ids, &[target_leader]),
                     Fault::IsolateFollower => split(&ids, &[follower]),

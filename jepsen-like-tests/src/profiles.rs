@@ -12,14 +12,56 @@ pub fn profile(name: &str, duration: Option<Duration>) -> Option<Vec<Scenario>> 
     use Fault::*;
     let mut s = match name {
         "ci" => vec![
-            Scenario::new("3 voters: kill -9, pauses, isolated leader, majority/minority", 3, 30,
-                &[Kill, KillLeader, Pause, PauseLeader, IsolateLeader, IsolateFollower, MajorityMinority]),
-            Scenario::new("5 voters: bridge, flapping, majority/minority, kill -9", 5, 30,
-                &[Bridge, Flapping, MajorityMinority, IsolateLeader, KillLeader, Pause]),
+            Scenario::new(
+                "3 voters: kill -9, pauses, isolated leader, majority/minority",
+                3,
+                30,
+                &[
+                    Kill,
+                    KillLeader,
+                    Pause,
+                    PauseLeader,
+                    IsolateLeader,
+                    IsolateFollower,
+                    MajorityMinority,
+                ],
+            ),
+            Scenario::new(
+                "5 voters: bridge, flapping, majority/minority, kill -9",
+                5,
+                30,
+                &[
+                    Bridge,
+                    Flapping,
+                    MajorityMinority,
+                    IsolateLeader,
+                    KillLeader,
+                    Pause,
+                ],
+            ),
         ],
-        "smoke" => vec![Scenario::new("3 voters: kill the leader, isolate the leader", 3, 10, &[KillLeader, IsolateLeader])],
-        "soak" => vec![Scenario::new("5 voters: every fault", 5, 600,
-            &[Kill, KillLeader, Pause, PauseLeader, IsolateLeader, IsolateFollower, MajorityMinority, Bridge, Flapping])],
+        "smoke" => vec![Scenario::new(
+            "3 voters: kill the leader, isolate the leader",
+            3,
+            10,
+            &[KillLeader, IsolateLeader],
+        )],
+        "soak" => vec![Scenario::new(
+            "5 voters: every fault",
+            5,
+            600,
+            &[
+                Kill,
+                KillLeader,
+                Pause,
+                PauseLeader,
+                IsolateLeader,
+                IsolateFollower,
+                MajorityMinority,
+                Bridge,
+                Flapping,
+            ],
+        )],
         _ => return None,
     };
     if let Some(d) = duration {
@@ -49,22 +91,38 @@ pub fn breaks() -> Vec<Break> {
         Break {
             name: "linearizable reads served from local state",
             env: "FLAGSTAFF_FAULT_LOCAL_LINEARIZABLE",
-            scenario: with("FLAGSTAFF_FAULT_LOCAL_LINEARIZABLE",
-                Scenario::new("break: local linearizable reads", 3, 12, &[IsolateFollower, IsolateLeader])),
+            scenario: with(
+                "FLAGSTAFF_FAULT_LOCAL_LINEARIZABLE",
+                Scenario::new(
+                    "break: local linearizable reads",
+                    3,
+                    12,
+                    &[IsolateFollower, IsolateLeader],
+                ),
+            ),
             caught: |r| r.linearizability_anomalies() > 0,
         },
         Break {
             name: "bounded reads trusting a known leader instead of a quorum proof",
             env: "FLAGSTAFF_FAULT_BOUNDED_TRUSTS_HEARTBEATS",
-            scenario: with("FLAGSTAFF_FAULT_BOUNDED_TRUSTS_HEARTBEATS",
-                Scenario::new("break: bounded reads without proofs", 3, 12, &[IsolateLeader])),
+            scenario: with(
+                "FLAGSTAFF_FAULT_BOUNDED_TRUSTS_HEARTBEATS",
+                Scenario::new(
+                    "break: bounded reads without proofs",
+                    3,
+                    12,
+                    &[IsolateLeader],
+                ),
+            ),
             caught: |r| !r.bounded.anomalies.is_empty(),
         },
         Break {
             name: "CAS applied without its If-Match condition",
             env: "FLAGSTAFF_FAULT_CAS_IGNORES_CONDITION",
-            scenario: with("FLAGSTAFF_FAULT_CAS_IGNORES_CONDITION",
-                Scenario::new("break: CAS without condition", 3, 8, &[])),
+            scenario: with(
+                "FLAGSTAFF_FAULT_CAS_IGNORES_CONDITION",
+                Scenario::new("break: CAS without condition", 3, 8, &[]),
+            ),
             caught: |r| r.linearizability_anomalies() > 0,
         },
     ]

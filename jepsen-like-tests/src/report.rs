@@ -50,7 +50,11 @@ impl Report {
         for k in &self.registers {
             let _ = writeln!(s, "  {:<6} {:>6} ops  {:?}", k.key, k.ops, k.verdict);
             if let Some(op) = &k.stuck_op {
-                let _ = writeln!(s, "         cannot linearize past: {}", serde_json::to_string(op).unwrap_or_default());
+                let _ = writeln!(
+                    s,
+                    "         cannot linearize past: {}",
+                    serde_json::to_string(op).unwrap_or_default()
+                );
             }
         }
         let _ = writeln!(
@@ -108,8 +112,17 @@ pub fn check(records: &[Record]) -> Report {
     let mut ops_count = BTreeMap::new();
     let ops: Vec<&history::Op> = history::ops(records).collect();
     for o in &ops {
-        let name = format!("{}/{}", serde_json::to_value(o.f).unwrap_or_default().as_str().unwrap_or("?"),
-            serde_json::to_value(o.outcome).unwrap_or_default().as_str().unwrap_or("?"));
+        let name = format!(
+            "{}/{}",
+            serde_json::to_value(o.f)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
+            serde_json::to_value(o.outcome)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        );
         *ops_count.entry(name).or_insert(0) += 1;
     }
     let mut initial = BTreeMap::new();
@@ -129,10 +142,12 @@ pub fn check(records: &[Record]) -> Report {
             Record::Changes { ns, changes: c } => {
                 changes.insert(ns.as_str(), c.as_slice());
             }
-            Record::Nemesis { action, .. } => {
-                if !action.contains("heal") && !action.starts_with("restart") && !action.starts_with("SIGCONT") {
-                    faults += 1;
-                }
+            Record::Nemesis { action, .. }
+                if !action.contains("heal")
+                    && !action.starts_with("restart")
+                    && !action.starts_with("SIGCONT") =>
+            {
+                faults += 1;
             }
             _ => {}
         }

@@ -66,7 +66,12 @@ where
 }
 
 /// Runs `scenario` with `seed` from binary `bin`, keeping its files under `dir`.
-pub async fn run(bin: &Path, scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<RunResult> {
+pub async fn run(
+    bin: &Path,
+    scenario: &Scenario,
+    seed: u64,
+    dir: &Path,
+) -> anyhow::Result<RunResult> {
     std::fs::create_dir_all(dir)?;
     println!(
         "== {} (seed {seed}, {} nodes, {:?}, faults {:?}) in {}",
@@ -111,7 +116,12 @@ async fn drive(
     // Setup: namespaces and one flag per register.
     for ns in [REG_NS, SET_NS] {
         let (s, b) = cluster
-            .call(1, reqwest::Method::PUT, &format!("/v1/namespaces/{ns}"), Some(json!({})))
+            .call(
+                1,
+                reqwest::Method::PUT,
+                &format!("/v1/namespaces/{ns}"),
+                Some(json!({})),
+            )
             .await?;
         if s != 200 && s != 201 {
             bail!("creating namespace {ns}: {s} {b}");
@@ -121,7 +131,12 @@ async fn drive(
     let mut initial = serde_json::Map::new();
     for k in &keys {
         let (s, b) = cluster
-            .call(1, reqwest::Method::PUT, &format!("/v1/namespaces/{REG_NS}/flags/{k}"), Some(workload::reg_flag(0)))
+            .call(
+                1,
+                reqwest::Method::PUT,
+                &format!("/v1/namespaces/{REG_NS}/flags/{k}"),
+                Some(workload::reg_flag(0)),
+            )
             .await?;
         if s != 200 && s != 201 {
             bail!("creating register {k}: {s} {b}");
@@ -139,30 +154,53 @@ async fn drive(
     let eps: Vec<Endpoint> = cluster
         .nodes
         .iter()
-        .map(|n| Endpoint { id: n.id, api: n.api.clone() })
+        .map(|n| Endpoint {
+            id: n.id,
+            api: n.api.clone(),
+        })
         .collect();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(8).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(8)
+        .build()?;
     let until = Instant::now() + scenario.duration;
     let mut tasks = Vec::new();
     for p in 0..scenario.register_clients {
         tasks.push(tokio::spawn(workload::register_client(
-            rec.clone(), http.clone(), eps.clone(), keys.clone(), seed * 100 + p, until,
+            rec.clone(),
+            http.clone(),
+            eps.clone(),
+            keys.clone(),
+            seed * 100 + p,
+            until,
         )));
     }
     for p in 0..scenario.bounded_clients {
         tasks.push(tokio::spawn(workload::bounded_client(
-            rec.clone(), http.clone(), eps.clone(), keys.clone(), seed * 100 + 50 + p, until,
+            rec.clone(),
+            http.clone(),
+            eps.clone(),
+            keys.clone(),
+            seed * 100 + 50 + p,
+            until,
         )));
     }
     tasks.push(tokio::spawn(workload::set_client(
-        rec.clone(), http.clone(), eps.clone(), seed * 100 + 80, until,
+        rec.clone(),
+        http.clone(),
+        eps.clone(),
+        seed * 100 + 80,
+        until,
     )));
     // Watchers keep going a little after the workload to catch up after healing.
     let watch_until = until + Duration::from_secs(6);
     let mut watchers = Vec::new();
     for (i, ep) in eps.iter().enumerate() {
         watchers.push(tokio::spawn(workload::watcher(
-            rec.clone(), http.clone(), ep.clone(), i as u64 + 1, watch_until,
+            rec.clone(),
+            http.clone(),
+            ep.clone(),
+            i as u64 + 1,
+            watch_until,
         )));
     }
 
@@ -182,32 +220,41 @@ async fn drive(
     let final_process = 999;
     let mut max_rev = 0;
     for k in &keys {
-        let op: Op = retry(&format!("final read of {k}"), Duration::from_secs(20), || {
-            let (cluster, rec) = (&*cluster, rec.clone());
-            async move {
-                let invoke = rec.now_ns();
-                let (s, b) = cluster
-                    .call(1, reqwest::Method::GET, &format!("/v1/namespaces/{REG_NS}/flags/{k}?consistency=linearizable"), None)
-                    .await
-                    .ok()?;
-                (s == 200).then(|| Op {
-                    process: final_process,
-                    node: 1,
-                    f: F::Read,
-                    key: k.clone(),
-                    value: b["definition"]["variants"]["v"].as_i64(),
-                    expect_version: None,
-                    version: b["version"].as_u64(),
-                    max_staleness_ms: None,
-                    invoke_ns: invoke,
-                    complete_ns: Some(rec.now_ns()),
-                    outcome: Outcome::Ok,
-                    revision: None,
-                    staleness_ms: None,
-                    error: None,
-                })
-            }
-        })
+        let op: Op = retry(
+            &format!("final read of {k}"),
+            Duration::from_secs(20),
+            || {
+                let (cluster, rec) = (&*cluster, rec.clone());
+                async move {
+                    let invoke = rec.now_ns();
+                    let (s, b) = cluster
+                        .call(
+                            1,
+                            reqwest::Method::GET,
+                            &format!("/v1/namespaces/{REG_NS}/flags/{k}?consistency=linearizable"),
+                            None,
+                        )
+                        .await
+                        .ok()?;
+                    (s == 200).then(|| Op {
+                        process: final_process,
+                        node: 1,
+                        f: F::Read,
+                        key: k.clone(),
+                        value: b["definition"]["variants"]["v"].as_i64(),
+                        expect_version: None,
+                        version: b["version"].as_u64(),
+                        max_staleness_ms: None,
+                        invoke_ns: invoke,
+                        complete_ns: Some(rec.now_ns()),
+                        outcome: Outcome::Ok,
+                        revision: None,
+                        staleness_ms: None,
+                        error: None,
+                    })
+                }
+            },
+        )
         .await?;
         max_rev = max_rev.max(op.version.unwrap_or(0));
         rec.push(Record::Op(op));
@@ -220,20 +267,33 @@ async fn drive(
                 workload::BOUNDED_MS
             );
             let invoke = rec.now_ns();
-            let (s, b, h) = retry(&format!("node {} catching up", n.id), Duration::from_secs(20), || {
-                let (url, http, api) = (url.clone(), http.clone(), n.api.clone());
-                async move {
-                    let r = http.get(format!("{api}{url}")).bearer_auth(crate::cluster::ADMIN_TOKEN)
-                        .timeout(Duration::from_secs(5)).send().await.ok()?;
-                    let s = r.status().as_u16();
-                    let h = r.headers().clone();
-                    let b: Value = r.json().await.ok()?;
-                    (s == 200).then_some((s, b, h))
-                }
-            })
+            let (s, b, h) = retry(
+                &format!("node {} catching up", n.id),
+                Duration::from_secs(20),
+                || {
+                    let (url, http, api) = (url.clone(), http.clone(), n.api.clone());
+                    async move {
+                        let r = http
+                            .get(format!("{api}{url}"))
+                            .bearer_auth(crate::cluster::ADMIN_TOKEN)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await
+                            .ok()?;
+                        let s = r.status().as_u16();
+                        let h = r.headers().clone();
+                        let b: Value = r.json().await.ok()?;
+                        (s == 200).then_some((s, b, h))
+                    }
+                },
+            )
             .await?;
             let _ = s;
-            let hv = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let hv = |name: &str| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+            };
             rec.push(Record::Op(Op {
                 process: final_process,
                 node: n.id,
@@ -253,18 +313,28 @@ async fn drive(
         }
     }
     // The set, read linearizably.
-    let elements: Vec<(String, u64)> = retry("final read of the set", Duration::from_secs(20), || async {
-        let (s, b) = cluster
-            .call(1, reqwest::Method::GET, &format!("/v1/namespaces/{SET_NS}/flags?consistency=linearizable"), None)
-            .await
-            .ok()?;
-        if s != 200 {
-            return None;
-        }
-        let list = b["flags"].as_array()?;
-        Some(list.iter().filter_map(|f| Some((f["key"].as_str()?.to_string(), f["version"].as_u64()?))).collect())
-    })
-    .await?;
+    let elements: Vec<(String, u64)> =
+        retry("final read of the set", Duration::from_secs(20), || async {
+            let (s, b) = cluster
+                .call(
+                    1,
+                    reqwest::Method::GET,
+                    &format!("/v1/namespaces/{SET_NS}/flags?consistency=linearizable"),
+                    None,
+                )
+                .await
+                .ok()?;
+            if s != 200 {
+                return None;
+            }
+            let list = b["flags"].as_array()?;
+            Some(
+                list.iter()
+                    .filter_map(|f| Some((f["key"].as_str()?.to_string(), f["version"].as_u64()?)))
+                    .collect(),
+            )
+        })
+        .await?;
     rec.push(Record::SetFinal { elements });
     // The audit history of both namespaces, page by page.
     for ns in [REG_NS, SET_NS] {
@@ -275,15 +345,26 @@ async fn drive(
                 Some(b) => format!("/v1/namespaces/{ns}/history?limit=1000&before={b}"),
                 None => format!("/v1/namespaces/{ns}/history?limit=1000"),
             };
-            let b = retry(&format!("history of {ns}"), Duration::from_secs(20), || async {
-                let (s, b) = cluster.call(1, reqwest::Method::GET, &path, None).await.ok()?;
-                (s == 200).then_some(b)
-            })
+            let b = retry(
+                &format!("history of {ns}"),
+                Duration::from_secs(20),
+                || async {
+                    let (s, b) = cluster
+                        .call(1, reqwest::Method::GET, &path, None)
+                        .await
+                        .ok()?;
+                    (s == 200).then_some(b)
+                },
+            )
             .await?;
             for c in b["changes"].as_array().into_iter().flatten() {
-                let keys = c["items"].as_array().into_iter().flatten()
+                let keys = c["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
                     .filter(|i| i["kind"] != "namespace")
-                    .filter_map(|i| i["key"].as_str().map(String::from)).collect();
+                    .filter_map(|i| i["key"].as_str().map(String::from))
+                    .collect();
                 all.push((c["revision"].as_u64().unwrap_or(0), keys));
             }
             match b["next_before"].as_u64() {
@@ -292,7 +373,10 @@ async fn drive(
             }
         }
         all.sort();
-        rec.push(Record::Changes { ns: ns.to_string(), changes: all });
+        rec.push(Record::Changes {
+            ns: ns.to_string(),
+            changes: all,
+        });
     }
     for w in watchers {
         let _ = w.await;

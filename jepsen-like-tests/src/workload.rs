@@ -103,6 +103,7 @@ fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
 }
 
 /// Sends one write (`expect`: CAS version) and classifies the answer.
+#[allow(clippy::too_many_arguments)]
 async fn put(
     http: &reqwest::Client,
     ep: &Endpoint,
@@ -153,7 +154,11 @@ async fn put(
         }
         Err(e) => {
             op.outcome = Outcome::Info;
-            op.error = Some(if e.is_timeout() { "timeout".into() } else { e.to_string() });
+            op.error = Some(if e.is_timeout() {
+                "timeout".into()
+            } else {
+                e.to_string()
+            });
         }
     }
 }
@@ -197,7 +202,11 @@ async fn get(
         }
         Err(e) => {
             op.outcome = Outcome::Fail;
-            op.error = Some(if e.is_timeout() { "timeout".into() } else { "transport".into() });
+            op.error = Some(if e.is_timeout() {
+                "timeout".into()
+            } else {
+                "transport".into()
+            });
         }
     }
 }
@@ -313,7 +322,17 @@ pub async fn set_client(
                 &eps[rng.gen_range(0..eps.len())]
             };
             let mut a = blank(process, ep.id, F::Add, &key, 0);
-            put(&http, ep, SET_NS, &key, &reg_flag(v), None, &format!("add-{v}"), &mut a).await;
+            put(
+                &http,
+                ep,
+                SET_NS,
+                &key,
+                &reg_flag(v),
+                None,
+                &format!("add-{v}"),
+                &mut a,
+            )
+            .await;
             match a.outcome {
                 Outcome::Ok => {
                     op.outcome = Outcome::Ok;

@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Cli::Serve(a) = Cli::parse();
     let api = format!("http://{}", a.listen_client);
-    let peer = a.advertise_peer.unwrap_or_else(|| format!("http://{}", a.listen_peer));
+    let peer = a
+        .advertise_peer
+        .unwrap_or_else(|| format!("http://{}", a.listen_peer));
     let mut c = NodeConfig::new(a.id, a.data_dir, api, peer);
     c.cluster_id = a.cluster_id;
     c.cluster_secret = a.cluster_secret;

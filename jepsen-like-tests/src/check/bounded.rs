@@ -153,7 +153,13 @@ mod tests {
             version: Some(version),
             staleness_ms: Some(staleness_ms),
             max_staleness_ms: Some(500),
-            ..op(F::BoundedRead, value, rev, call_ms * 1_000_000, call_ms * 1_000_000 + 1)
+            ..op(
+                F::BoundedRead,
+                value,
+                rev,
+                call_ms * 1_000_000,
+                call_ms * 1_000_000 + 1,
+            )
         }
     }
     fn run(ops: Vec<Op>) -> BoundedReport {
@@ -166,23 +172,35 @@ mod tests {
     #[test]
     fn a_read_within_its_staleness_may_be_old() {
         // Write acked at 100 ms; a read at 300 ms claiming 250 ms staleness may miss it.
-        let r = run(vec![op(F::Write, 1, 2, 0, 100 * MS), bread(0, 1, 1, 250, 300)]);
+        let r = run(vec![
+            op(F::Write, 1, 2, 0, 100 * MS),
+            bread(0, 1, 1, 250, 300),
+        ]);
         assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
     }
 
     #[test]
     fn a_read_older_than_it_claims_fails() {
         // The same read claiming 100 ms staleness must have seen revision 2.
-        let r = run(vec![op(F::Write, 1, 2, 0, 100 * MS), bread(0, 1, 1, 100, 300)]);
+        let r = run(vec![
+            op(F::Write, 1, 2, 0, 100 * MS),
+            bread(0, 1, 1, 100, 300),
+        ]);
         assert_eq!(r.anomalies.len(), 1, "{:?}", r.anomalies);
     }
 
     #[test]
     fn value_must_match_the_revision() {
         // Revision 3 is reported, which covers the write at 2, but the old value came back.
-        let r = run(vec![op(F::Write, 1, 2, 0, 100 * MS), bread(0, 1, 3, 1, 300)]);
+        let r = run(vec![
+            op(F::Write, 1, 2, 0, 100 * MS),
+            bread(0, 1, 3, 1, 300),
+        ]);
         assert!(!r.anomalies.is_empty());
-        let ok = run(vec![op(F::Write, 1, 2, 0, 100 * MS), bread(1, 2, 3, 1, 300)]);
+        let ok = run(vec![
+            op(F::Write, 1, 2, 0, 100 * MS),
+            bread(1, 2, 3, 1, 300),
+        ]);
         assert!(ok.anomalies.is_empty(), "{:?}", ok.anomalies);
     }
 }

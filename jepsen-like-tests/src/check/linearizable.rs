@@ -44,7 +44,10 @@ pub enum Verdict {
     /// No order exists. `stuck_at` is the operation (index into the input) whose return the
     /// deepest attempt could not get past; `prefix` is how many operations that attempt had
     /// linearized.
-    NotLinearizable { stuck_at: usize, prefix: usize },
+    NotLinearizable {
+        stuck_at: usize,
+        prefix: usize,
+    },
     /// The step budget ran out first.
     Unknown,
 }

@@ -82,9 +82,10 @@ pub fn check(
         }
         for (k, revs) in seen {
             if revs.len() > 1 && attempted.contains(k) {
-                report
-                    .anomalies
-                    .push(format!("{k} was applied {} times, at revisions {revs:?}", revs.len()));
+                report.anomalies.push(format!(
+                    "{k} was applied {} times, at revisions {revs:?}",
+                    revs.len()
+                ));
             }
         }
     }
@@ -123,7 +124,11 @@ mod tests {
             add("d", Outcome::Fail, None),
         ];
         let refs: Vec<&Op> = ops.iter().collect();
-        let good = [("a".to_string(), 5), ("b".to_string(), 6), ("c".to_string(), 7)];
+        let good = [
+            ("a".to_string(), 5),
+            ("b".to_string(), 6),
+            ("c".to_string(), 7),
+        ];
         let changes = [(5, vec!["a".to_string()]), (6, vec!["b".to_string()])];
         let r = check(&refs, Some(&good), Some(&changes));
         assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
@@ -131,9 +136,17 @@ mod tests {
 
         let lost = [("a".to_string(), 5)];
         assert_eq!(check(&refs, Some(&lost), None).anomalies.len(), 1);
-        let phantom = [("a".to_string(), 5), ("b".to_string(), 6), ("z".to_string(), 9)];
+        let phantom = [
+            ("a".to_string(), 5),
+            ("b".to_string(), 6),
+            ("z".to_string(), 9),
+        ];
         assert_eq!(check(&refs, Some(&phantom), None).anomalies.len(), 1);
-        let twice = [(5, vec!["a".to_string()]), (6, vec!["b".to_string()]), (8, vec!["a".to_string()])];
+        let twice = [
+            (5, vec!["a".to_string()]),
+            (6, vec!["b".to_string()]),
+            (8, vec!["a".to_string()]),
+        ];
         assert_eq!(check(&refs, Some(&good), Some(&twice)).anomalies.len(), 1);
     }
 }

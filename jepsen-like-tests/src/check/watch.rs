@@ -77,7 +77,9 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                         continue;
                     };
                     if rev <= c {
-                        bad(format!("change {rev} at or below {c}: duplicate or out of order"));
+                        bad(format!(
+                            "change {rev} at or below {c}: duplicate or out of order"
+                        ));
                         continue;
                     }
                     match last_change {
@@ -94,7 +96,9 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                             bad(format!("change {rev} is not in the namespace's history"));
                         }
                         if let Some(missed) = a.range(c + 1..rev).next() {
-                            bad(format!("gap: change {missed} missing between {c} and {rev}"));
+                            bad(format!(
+                                "gap: change {missed} missing between {c} and {rev}"
+                            ));
                         }
                     }
                     for (key, v) in &e.values {
@@ -117,7 +121,9 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                                 .filter(|_| rev > c)
                                 .and_then(|a| a.range(c + 1..=rev).next());
                             if let Some(missed) = missed {
-                                bad(format!("heartbeat at {rev} but change {missed} was not sent"));
+                                bad(format!(
+                                    "heartbeat at {rev} but change {missed} was not sent"
+                                ));
                             }
                             covered = Some(rev);
                         }
