@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing (system packages, cargo-nextest), builds,
 # then runs the stock OpenFeature OFREP providers against a live cluster, checks that the fuzz
-# target builds, and runs every Rust test with nextest (last, so its summary closes the output).
+# target builds, runs the fault-injection suite, and runs every Rust test with nextest (last,
+# so its summary closes the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,4 +13,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --all-targets --locked
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 0
+# Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the
+# checkers catch each deliberate break (a separate node binary; -p keeps the feature out of
+# the flagstaff binary).
+runs="$CARGO_TARGET_DIR/jepsen-runs"
+"$CARGO_TARGET_DIR/debug/jepsen-like-tests" run --profile ci --seed 1 --out "$runs"
+cargo build -p jepsen-like-tests --features fault-injection --bins --locked
+"$CARGO_TARGET_DIR/debug/jepsen-like-tests" breaks --seed 1 --out "$runs"
 cargo nextest run --workspace --locked --no-fail-fast
