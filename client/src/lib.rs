@@ -31,6 +31,7 @@
 
 mod backoff;
 mod client;
+mod clock;
 mod config;
 mod data_set;
 mod events;

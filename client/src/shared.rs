@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use flagstaff_flags::Context;
@@ -58,7 +58,8 @@ pub(crate) enum ChangeOutcome {
 pub(crate) struct Shared {
     pub cfg: Config,
     pub data: ArcSwapOption<DataSet>,
-    base: Instant,
+    /// [`crate::clock::now_ns`] when the client started.
+    base: i64,
     base_wall_ms: i64,
     /// Monotonic time (ns since `base`) up to which the held data is proven complete.
     as_of: AtomicI64,
@@ -86,7 +87,7 @@ impl Shared {
         Self {
             cfg,
             data: ArcSwapOption::empty(),
-            base: Instant::now(),
+            base: crate::clock::now_ns(),
             base_wall_ms: unix_ms_now(),
             as_of: AtomicI64::new(NO_PROOF),
             status: watch::channel(Status::NotReady).0,
@@ -99,9 +100,9 @@ impl Shared {
         }
     }
 
-    /// Monotonic now, ns since the client started.
+    /// Monotonic now (suspend included where possible), ns since the client started.
     pub fn now_ns(&self) -> i64 {
-        self.base.elapsed().as_nanos().min(i64::MAX as u128) as i64
+        crate::clock::now_ns().saturating_sub(self.base)
     }
 
     /// Proven age of the data held; `None` when there is no proof (bootstrap data, or no
