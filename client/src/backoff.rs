@@ -9,7 +9,8 @@ pub fn delay(failures: u32, min: Duration, max: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
     let base = min.saturating_mul(1u32 << exp).min(max);
     let half = base / 2;
-    let jitter_ns = rand::random::<u64>() % (half.as_nanos() as u64 + 1);
+    let half_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    let jitter_ns = rand::random::<u64>() % half_ns.saturating_add(1).max(1);
     half + Duration::from_nanos(jitter_ns)
 }
 
@@ -27,6 +28,8 @@ mod tests {
                 assert!(d >= cap / 2 && d <= cap, "{failures}: {d:?} vs {cap:?}");
             }
         }
+        // Absurd bounds do not overflow.
+        let _ = delay(u32::MAX, Duration::MAX, Duration::MAX);
         let samples: std::collections::HashSet<_> = (0..50).map(|_| delay(5, min, max)).collect();
         assert!(samples.len() > 10, "jitter varies the delay");
     }

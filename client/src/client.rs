@@ -298,7 +298,7 @@ fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             }
         };
         tokio::select! {
-            _ = crate::sync_loop::run(shared.clone()) => std::future::pending::<()>().await,
+            _ = supervise(shared.clone()) => std::future::pending::<()>().await,
             _ = monitor(shared.clone()) => {},
             _ = lkg_writer(shared.clone()) => {},
             _ = stopped => {},
@@ -323,6 +323,29 @@ fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             if let Err(e) = spawned {
                 tracing::error!("flagstaff client cannot start its thread: {e}");
             }
+        }
+    }
+}
+
+/// Runs the sync loop as its own task and restarts it should it ever panic, so a bug there
+/// can never leave the application silently following nothing.
+async fn supervise(shared: Arc<Shared>) {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let task = tokio::spawn(crate::sync_loop::run(shared.clone()));
+        let _guard = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Err(e) if e.is_panic() => {
+                tracing::error!("flagstaff sync loop panicked; restarting it");
+                shared.report_error(None, "internal error in the sync loop; restarted".into());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => return,
         }
     }
 }
@@ -471,13 +494,13 @@ impl Client {
     /// Blocking form of [`Client::wait_ready`] for code outside an async runtime. Do not call
     /// it on a runtime thread.
     pub fn wait_ready_blocking(&self, timeout: Duration) -> Result<(), Status> {
-        let deadline = std::time::Instant::now() + timeout;
+        let start = std::time::Instant::now();
         loop {
             let s = self.status();
             if s == Status::Ready {
                 return Ok(());
             }
-            if std::time::Instant::now() >= deadline {
+            if start.elapsed() >= timeout {
                 return Err(s);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -546,7 +569,8 @@ impl Client {
     }
 
     /// Calls `f` on every event (status transitions, errors, changes). Runs on the client's
-    /// background task; keep it short.
+    /// background task; keep it short. Listeners live as long as the client: one that holds a
+    /// clone of this `Client` keeps it running until [`Client::close`].
     pub fn on_event(&self, f: impl Fn(&Event) + Send + Sync + 'static) {
         self.inner
             .shared

@@ -326,7 +326,12 @@ async fn follow(
     let silence = shared.cfg.heartbeat_timeout;
     let mut parser = SseParser::new(shared.cfg.max_body_bytes);
     let mut events = Vec::new();
-    let mut deadline = Instant::now() + silence;
+    let next_deadline = || {
+        Instant::now()
+            .checked_add(silence)
+            .unwrap_or_else(far_future)
+    };
+    let mut deadline = next_deadline();
     loop {
         let chunk = match timeout_at(deadline, resp.chunk()).await {
             Err(_) => return SessionEnd::Silent(silence),
@@ -338,7 +343,7 @@ async fn follow(
             return SessionEnd::Malformed(e.to_string());
         }
         for ev in events.drain(..) {
-            deadline = Instant::now() + silence;
+            deadline = next_deadline();
             if let Err(end) = handle_event(shared, &ev, stream_cluster.as_deref()) {
                 return end;
             }
@@ -428,6 +433,11 @@ fn handle_event(
         "error" => Err(SessionEnd::Auth(401)),
         _ => Ok(()), // unknown event kinds are for newer clients
     }
+}
+
+fn far_future() -> Instant {
+    // About 30 years: effectively never, without overflowing.
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
 /// Percent-encodes a path segment.

@@ -241,3 +241,22 @@ fn invalid_configuration_is_refused() {
         .build()
         .is_err());
 }
+
+#[tokio::test]
+async fn absurd_durations_do_not_panic_anything() {
+    let client = Client::builder("checkout", "key")
+        .endpoint(dead_endpoint())
+        .bootstrap_document(bootstrap())
+        .stale_after(Duration::MAX)
+        .heartbeat_timeout(Duration::MAX)
+        .poll_interval(Duration::MAX)
+        .backoff(Duration::MAX, Duration::MAX)
+        .request_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert!(client.bool("new-checkout", &context(), false));
+    assert!(client.wait_ready(Duration::from_millis(50)).await.is_err());
+    assert!(client
+        .wait_ready_blocking(Duration::from_millis(1))
+        .is_err());
+}
