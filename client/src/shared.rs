@@ -131,13 +131,15 @@ impl Shared {
 
     /// Sets the proof from a wall-clock time (an LKG file's), replacing any other.
     pub fn set_as_of_unix_ms(&self, unix_ms: Option<u64>) {
-        let ns = match unix_ms {
-            Some(ms) => {
-                let age_ms = (unix_ms_now() - ms as i64).max(0);
+        let now_ms = unix_ms_now();
+        let ns = match unix_ms.and_then(|ms| i64::try_from(ms).ok()) {
+            // A time in the future (clock moved back, or a forged file) proves nothing.
+            Some(ms) if ms <= now_ms => {
+                let age_ms = now_ms - ms;
                 self.now_ns()
                     .saturating_sub(age_ms.saturating_mul(1_000_000))
             }
-            None => NO_PROOF,
+            _ => NO_PROOF,
         };
         self.as_of.store(ns, Ordering::Release);
     }

@@ -260,3 +260,45 @@ async fn absurd_durations_do_not_panic_anything() {
         .wait_ready_blocking(Duration::from_millis(1))
         .is_err());
 }
+
+#[tokio::test]
+async fn an_lkg_file_claiming_a_future_proof_is_taken_as_of_unknown_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkout.lkg");
+    let mut contents = LkgContents {
+        namespace: "checkout".into(),
+        cluster_id: "c1".into(),
+        key_fingerprint: lkg::key_fingerprint("key"),
+        revision: 3,
+        fetched_at_unix_ms: u64::MAX,
+        data_as_of_unix_ms: Some(u64::MAX / 2),
+        flags: BTreeMap::from([("f".to_string(), bool_flag("on"))]),
+        segments: BTreeMap::new(),
+    };
+    lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+    let client = Client::builder("checkout", "key")
+        .lkg_file(&path)
+        .build()
+        .unwrap();
+    let d = client.bool_details("f", &context(), false);
+    assert_eq!(
+        (d.value, d.source, d.age, d.stale),
+        (true, Source::Lkg, None, true)
+    );
+    assert_eq!(client.status(), Status::Stale);
+
+    // A file written a moment ago is fresh.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    contents.data_as_of_unix_ms = Some(now);
+    lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+    let client = Client::builder("checkout", "key")
+        .lkg_file(&path)
+        .build()
+        .unwrap();
+    let d = client.bool_details("f", &context(), false);
+    assert!(!d.stale && d.age.unwrap() < Duration::from_secs(5));
+    assert_eq!(client.status(), Status::Ready);
+}
