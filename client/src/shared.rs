@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     /// Serialises data installs and status transitions (background tasks only, never
     /// evaluation), so READY is observable only after the change events that led to it.
     transitions: Mutex<()>,
+    /// Highest revision ever held per cluster id, so that flapping between clusters (a
+    /// misconfigured endpoint list) can never bring back an older state of either.
+    high_water: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub(crate) fn unix_ms_now() -> i64 {
@@ -97,6 +100,7 @@ impl Shared {
             lkg_tx: watch::channel(None).0,
             last_error: Mutex::new(None),
             transitions: Mutex::new(()),
+            high_water: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -212,6 +216,7 @@ impl Shared {
 
     /// Installs data loaded at start (LKG or bootstrap), with no listeners to notify.
     pub fn install_initial(&self, data: DataSet, as_of_unix_ms: Option<u64>) {
+        self.raise_high_water(&data);
         self.data.store(Some(Arc::new(data)));
         self.set_as_of_unix_ms(as_of_unix_ms);
     }
@@ -237,6 +242,14 @@ impl Shared {
             if snap.revision == held {
                 self.confirm(held, proof_ns);
                 return Offer::Same;
+            }
+        } else if let Some(seen) = self.high_water(&snap.cluster_id) {
+            // A cluster held before (then left for another): never an older state of it.
+            if snap.revision < seen {
+                self.counters
+                    .rollbacks_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Offer::Older { held: seen };
             }
         }
         let old_cluster = current.as_ref().and_then(|d| d.cluster_id.clone());
@@ -303,8 +316,22 @@ impl Shared {
     }
 
     /// Swaps `next` in and tells whoever listens: LKG writer, change listeners, events.
+    fn high_water(&self, cluster: &str) -> Option<u64> {
+        let map = self.high_water.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(cluster).copied()
+    }
+
+    fn raise_high_water(&self, data: &DataSet) {
+        if let (Some(c), Some(r)) = (&data.cluster_id, data.revision) {
+            let mut map = self.high_water.lock().unwrap_or_else(|p| p.into_inner());
+            let e = map.entry(c.clone()).or_insert(r);
+            *e = (*e).max(r);
+        }
+    }
+
     fn install(&self, old: Option<Arc<DataSet>>, next: DataSet) {
         let _serial = self.transition_lock();
+        self.raise_high_water(&next);
         let next = Arc::new(next);
         self.data.store(Some(next.clone()));
         if next.source == Source::Network {
