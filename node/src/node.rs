@@ -8,8 +8,6 @@ use tokio::time::Instant;
 
 use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::Proofs;
-use crate::rate_limit::RateLimiter;
-use crate::watch_hub::WatchHub;
 use crate::clock::boottime_us;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
@@ -18,7 +16,9 @@ use crate::peer::{
     PATH_READ_INDEX,
 };
 use crate::proposer::Proposer;
+use crate::rate_limit::RateLimiter;
 use crate::read_index::ReadIndexCoalescer;
+use crate::watch_hub::WatchHub;
 
 /// Everything the handlers share. Held in an `Arc`.
 pub struct Node {

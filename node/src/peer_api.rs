@@ -60,14 +60,12 @@ async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -
     next.run(req).await
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    codec::decode(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("undecodable peer request: {e}"),
-        )
-            .into_response()
-    })
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    codec::decode(body).map_err(|e| format!("undecodable peer request: {e}"))
+}
+
+fn refuse(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
 }
 
 fn encode<T: Serialize>(value: &T) -> Response {
@@ -80,7 +78,7 @@ fn encode<T: Serialize>(value: &T) -> Response {
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return refuse(e),
     };
     encode(&node.raft.append_entries(req).await)
 }
@@ -88,7 +86,7 @@ async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let req: VoteRequest<NodeId> = match decode(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return refuse(e),
     };
     encode(&node.raft.vote(req).await)
 }
@@ -96,7 +94,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return refuse(e),
     };
     encode(&node.raft.install_snapshot(req).await)
 }
@@ -113,7 +111,7 @@ async fn read_index(State(node): State<Arc<Node>>) -> Response {
 async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let req: ForwardRequest = match decode(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return refuse(e),
     };
     // Only the leader proposes; a node that is not the leader says so, and the sender retries.
     let leader = node.raft.metrics().borrow().current_leader;

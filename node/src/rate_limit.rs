@@ -18,7 +18,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_sec` requests per second per caller, with a burst of one second's worth; 0 disables.
     pub fn new(per_sec: u32) -> Self {
-        Self { per_sec: per_sec as f64, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_sec: per_sec as f64,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `caller`, or says when to come back.
@@ -31,15 +34,20 @@ impl RateLimiter {
         if buckets.len() >= MAX_CALLERS && !buckets.contains_key(caller) {
             buckets.clear();
         }
-        let (tokens, last) = buckets.entry(caller.to_string()).or_insert((self.per_sec, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
+        let (tokens, last) = buckets
+            .entry(caller.to_string())
+            .or_insert((self.per_sec, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec).min(self.per_sec);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else {
             let wait = ((1.0 - *tokens) / self.per_sec).ceil().max(1.0) as u64;
-            Err(ApiError::RateLimited { retry_after_secs: wait })
+            Err(ApiError::RateLimited {
+                retry_after_secs: wait,
+            })
         }
     }
 }
@@ -54,8 +62,16 @@ mod tests {
         for _ in 0..3 {
             assert!(limiter.check("a").is_ok());
         }
-        assert!(matches!(limiter.check("a"), Err(ApiError::RateLimited { retry_after_secs: 1 })));
+        assert!(matches!(
+            limiter.check("a"),
+            Err(ApiError::RateLimited {
+                retry_after_secs: 1
+            })
+        ));
         assert!(limiter.check("b").is_ok(), "callers have separate buckets");
-        assert!(RateLimiter::new(0).check("a").is_ok(), "0 disables the limit");
+        assert!(
+            RateLimiter::new(0).check("a").is_ok(),
+            "0 disables the limit"
+        );
     }
 }

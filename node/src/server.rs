@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::client_router;
+use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::{run_rounds, Proofs};
 use crate::config::NodeConfig;
 use crate::network::NetworkFactory;
@@ -18,7 +19,6 @@ use crate::peer::PeerClient;
 use crate::peer_api::peer_router;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexCoalescer;
-use crate::api::ofrep::FlagSetCache;
 use crate::watch_hub::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,8 @@ impl RunningNode {
     }
 }
 
+// Called once at start-up; the large error type costs nothing here.
+#[allow(clippy::result_large_err)]
 fn raft_config(cfg: &NodeConfig) -> Result<Config, openraft::ConfigError> {
     Config {
         cluster_name: "flagstaff".into(),

@@ -47,7 +47,11 @@ impl WatchHub {
                     Ok(b) => frames_of(&b),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
-                        HubBatch { revision: state.applied().revision, reset: true, events: Vec::new() }
+                        HubBatch {
+                            revision: state.applied().revision,
+                            reset: true,
+                            events: Vec::new(),
+                        }
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
@@ -67,9 +71,17 @@ fn frames_of(batch: &AppliedBatch) -> HubBatch {
     let events = batch
         .changes
         .iter()
-        .map(|c| HubEvent { ns: c.ns.clone(), revision: c.revision, frame: sse_frame("change", c.revision, &change_json(c)) })
+        .map(|c| HubEvent {
+            ns: c.ns.clone(),
+            revision: c.revision,
+            frame: sse_frame("change", c.revision, &change_json(c)),
+        })
         .collect();
-    HubBatch { revision: batch.revision, reset: batch.reset, events }
+    HubBatch {
+        revision: batch.revision,
+        reset: batch.reset,
+        events,
+    }
 }
 
 /// `{revision, prev_revision, upserted: {flags, segments}, deleted: {flags, segments}}`.

@@ -26,15 +26,27 @@ struct Event {
 }
 
 impl Sse {
-    async fn open(c: &TestCluster, node: u64, path: &str, token: &str, last_event_id: Option<u64>) -> Sse {
-        let mut req = c.http.get(format!("{}{path}", c.node(node).api)).bearer_auth(token);
+    async fn open(
+        c: &TestCluster,
+        node: u64,
+        path: &str,
+        token: &str,
+        last_event_id: Option<u64>,
+    ) -> Sse {
+        let mut req = c
+            .http
+            .get(format!("{}{path}", c.node(node).api))
+            .bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        Sse { resp, buf: String::new() }
+        Sse {
+            resp,
+            buf: String::new(),
+        }
     }
 
     /// The next event, or `None` when the stream ends or `limit` passes.
@@ -43,7 +55,11 @@ impl Sse {
         loop {
             if let Some(pos) = self.buf.find("\n\n") {
                 let frame: String = self.buf.drain(..pos + 2).collect();
-                let mut ev = Event { event: "message".into(), id: None, data: Value::Null };
+                let mut ev = Event {
+                    event: "message".into(),
+                    id: None,
+                    data: Value::Null,
+                };
                 for line in frame.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
                         ev.event = v.to_string();
@@ -55,7 +71,10 @@ impl Sse {
                 }
                 return Some(ev);
             }
-            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk()).await.ok()?.ok()??;
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .ok()?
+                .ok()??;
             self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     }
@@ -82,19 +101,32 @@ async fn setup() -> TestCluster {
 /// Creates an SDK key; returns the secret and the revision that created it (keys, like all
 /// writes, reach followers within the staleness bound; `min_revision` makes tests exact).
 async fn sdk_key(c: &TestCluster, ns: &str, name: &str) -> (String, u64) {
-    let (s, b) = c.post(1, &format!("/v1/namespaces/{ns}/sdk-keys"), json!({"name": name})).await;
+    let (s, b) = c
+        .post(
+            1,
+            &format!("/v1/namespaces/{ns}/sdk-keys"),
+            json!({"name": name}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    (b["secret"].as_str().unwrap().to_string(), b["revision"].as_u64().unwrap())
+    (
+        b["secret"].as_str().unwrap().to_string(),
+        b["revision"].as_u64().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_with_etag_and_sdk_keys() {
     let c = setup().await;
     c.put(1, "/v1/namespaces/other", json!({})).await;
-    c.put(2, "/v1/namespaces/prod/flags/a", bool_flag("on")).await;
+    c.put(2, "/v1/namespaces/prod/flags/a", bool_flag("on"))
+        .await;
     let (key, created) = sdk_key(&c, "prod", "web").await;
 
-    let url = format!("{}/v1/namespaces/prod/snapshot?min_revision={created}", c.node(3).api);
+    let url = format!(
+        "{}/v1/namespaces/prod/snapshot?min_revision={created}",
+        c.node(3).api
+    );
     let r = c.http.get(&url).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
@@ -105,34 +137,71 @@ async fn snapshot_with_etag_and_sdk_keys() {
     assert_eq!(etag, format!("\"{}\"", body["revision"]));
 
     // Unchanged since: 304. A change elsewhere in the cluster does not matter.
-    c.put(1, "/v1/namespaces/other/flags/x", bool_flag("on")).await;
-    let r = c.http.get(&url).bearer_auth(&key).header("If-None-Match", &etag).send().await.unwrap();
+    c.put(1, "/v1/namespaces/other/flags/x", bool_flag("on"))
+        .await;
+    let r = c
+        .http
+        .get(&url)
+        .bearer_auth(&key)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     // Changed: 200 with the new state.
-    let (_, b) = c.put(1, "/v1/namespaces/prod/flags/b", bool_flag("off")).await;
-    let after_b = format!("{}/v1/namespaces/prod/snapshot?min_revision={}", c.node(3).api, b["revision"]);
-    let r = c.http.get(&after_b).bearer_auth(&key).header("If-None-Match", &etag).send().await.unwrap();
+    let (_, b) = c
+        .put(1, "/v1/namespaces/prod/flags/b", bool_flag("off"))
+        .await;
+    let after_b = format!(
+        "{}/v1/namespaces/prod/snapshot?min_revision={}",
+        c.node(3).api,
+        b["revision"]
+    );
+    let r = c
+        .http
+        .get(&after_b)
+        .bearer_auth(&key)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // The key reads only its namespace and no admin route.
-    let r = c.http.get(format!("{}/v1/namespaces/other/snapshot", c.node(3).api)).bearer_auth(&key).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/v1/namespaces/other/snapshot", c.node(3).api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.http.get(format!("{}/v1/namespaces/prod/flags", c.node(3).api)).bearer_auth(&key).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/v1/namespaces/prod/flags", c.node(3).api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // Listed without the secret, then revoked: refused on every node.
     let (_, list) = c.get(2, "/v1/namespaces/prod/sdk-keys").await;
     assert_eq!(list["sdk_keys"][0]["name"], "web");
     assert!(!list.to_string().contains(&key));
-    let (s, rev) = c.request(2, Method::DELETE, "/v1/namespaces/prod/sdk-keys/web", None).await.0.eq(&200).then(|| (200, ())).unwrap();
-    assert_eq!(s, 200);
-    let _ = rev;
-    let after = c.revision(1);
+    let (s, revoked, _) = c
+        .request(2, Method::DELETE, "/v1/namespaces/prod/sdk-keys/web", None)
+        .await;
+    assert_eq!(s, 200, "{revoked}");
+    let after = revoked["revision"].as_u64().unwrap();
     for node in 1..=3 {
         // Within the staleness bound every node knows; min_revision makes the test exact.
         let r = c
             .http
-            .get(format!("{}/v1/namespaces/prod/snapshot?min_revision={after}", c.node(node).api))
+            .get(format!(
+                "{}/v1/namespaces/prod/snapshot?min_revision={after}",
+                c.node(node).api
+            ))
             .bearer_auth(&key)
             .send()
             .await
@@ -155,32 +224,55 @@ async fn watch_streams_changes_in_order_and_resumes_without_gaps() {
 
     let mut written = Vec::new();
     for i in 0..5 {
-        let (_, b) = c.put(leader, &format!("/v1/namespaces/prod/flags/f{i}"), bool_flag("on")).await;
+        let (_, b) = c
+            .put(
+                leader,
+                &format!("/v1/namespaces/prod/flags/f{i}"),
+                bool_flag("on"),
+            )
+            .await;
         written.push(b["revision"].as_u64().unwrap());
         // Changes in another namespace are not sent.
-        c.put(leader, &format!("/v1/namespaces/other/flags/f{i}"), bool_flag("on")).await;
+        c.put(
+            leader,
+            &format!("/v1/namespaces/other/flags/f{i}"),
+            bool_flag("on"),
+        )
+        .await;
     }
-    let (_, b) = c.request(leader, Method::DELETE, "/v1/namespaces/prod/flags/f0", None).await.0.eq(&200).then(|| (200, Value::Null)).unwrap();
-    let _ = b;
-    let delete_rev = c.revision(leader);
+    let (s, deleted, _) = c
+        .request(leader, Method::DELETE, "/v1/namespaces/prod/flags/f0", None)
+        .await;
+    assert_eq!(s, 200, "{deleted}");
+    let delete_rev = deleted["revision"].as_u64().unwrap();
     written.push(delete_rev);
 
     let mut seen = Vec::new();
     while seen.len() < written.len() {
-        let e = w.next_change(Duration::from_secs(5)).await.expect("change event");
+        let e = w
+            .next_change(Duration::from_secs(5))
+            .await
+            .expect("change event");
         assert_eq!(e.event, "change", "{e:?}");
         let rev = e.id.unwrap();
         assert!(rev > last, "out of order or duplicate: {rev} after {last}");
         assert_eq!(e.data["revision"].as_u64(), Some(rev));
         if let Some(prev) = seen.last().and_then(|p: &Event| p.id) {
-            assert_eq!(e.data["prev_revision"].as_u64(), Some(prev), "prev_revision names the namespace's previous change");
+            assert_eq!(
+                e.data["prev_revision"].as_u64(),
+                Some(prev),
+                "prev_revision names the namespace's previous change"
+            );
         }
         last = rev;
         seen.push(e);
     }
     let ids: Vec<u64> = seen.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(ids, written);
-    assert_eq!(seen[0].data["upserted"]["flags"]["f0"]["defaultVariant"], "on");
+    assert_eq!(
+        seen[0].data["upserted"]["flags"]["f0"]["defaultVariant"],
+        "on"
+    );
     assert_eq!(seen.last().unwrap().data["deleted"]["flags"], json!(["f0"]));
 
     // A heartbeat arrives while nothing changes, carrying a provable staleness.
@@ -196,10 +288,20 @@ async fn watch_streams_changes_in_order_and_resumes_without_gaps() {
 
     // Resume from the middle on another node: exactly the missed changes, no snapshot.
     let resume_from = ids[2];
-    let mut w = Sse::open(&c, leader, "/v1/namespaces/prod/watch", TOKEN, Some(resume_from)).await;
+    let mut w = Sse::open(
+        &c,
+        leader,
+        "/v1/namespaces/prod/watch",
+        TOKEN,
+        Some(resume_from),
+    )
+    .await;
     let mut resumed = Vec::new();
     while resumed.len() < ids.len() - 3 {
-        let e = w.next_change(Duration::from_secs(5)).await.expect("replayed change");
+        let e = w
+            .next_change(Duration::from_secs(5))
+            .await
+            .expect("replayed change");
         assert_eq!(e.event, "change");
         resumed.push(e.id.unwrap());
     }
@@ -216,21 +318,57 @@ async fn a_cut_off_node_sends_stale_and_closes_and_a_revoked_key_closes_its_stre
 
     let path = format!("/v1/namespaces/prod/watch?max_staleness_ms=500&min_revision={created}");
     let mut cut = Sse::open(&c, follower, &path, &key, None).await;
-    assert_eq!(cut.next_change(Duration::from_secs(5)).await.unwrap().event, "snapshot");
-    let mut revoked = Sse::open(&c, leader, &format!("/v1/namespaces/prod/watch?min_revision={created}"), &key, None).await;
-    assert_eq!(revoked.next_change(Duration::from_secs(5)).await.unwrap().event, "snapshot");
+    assert_eq!(
+        cut.next_change(Duration::from_secs(5)).await.unwrap().event,
+        "snapshot"
+    );
+    let mut revoked = Sse::open(
+        &c,
+        leader,
+        &format!("/v1/namespaces/prod/watch?min_revision={created}"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        revoked
+            .next_change(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .event,
+        "snapshot"
+    );
 
     c.isolate(follower);
-    let e = cut.next_change(Duration::from_secs(5)).await.expect("stale event");
+    let e = cut
+        .next_change(Duration::from_secs(5))
+        .await
+        .expect("stale event");
     assert_eq!(e.event, "stale", "{e:?}");
-    assert!(cut.next(Duration::from_secs(3)).await.is_none(), "stream must close after stale");
+    assert!(
+        cut.next(Duration::from_secs(3)).await.is_none(),
+        "stream must close after stale"
+    );
     c.heal();
 
-    let (s, _, _) = c.request(leader, Method::DELETE, "/v1/namespaces/prod/sdk-keys/mobile", None).await;
+    let (s, _, _) = c
+        .request(
+            leader,
+            Method::DELETE,
+            "/v1/namespaces/prod/sdk-keys/mobile",
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
-    let e = revoked.next_change(Duration::from_secs(5)).await.expect("error event");
+    let e = revoked
+        .next_change(Duration::from_secs(5))
+        .await
+        .expect("error event");
     assert_eq!(e.event, "error", "{e:?}");
-    assert!(revoked.next(Duration::from_secs(3)).await.is_none(), "stream must close after revocation");
+    assert!(
+        revoked.next(Duration::from_secs(3)).await.is_none(),
+        "stream must close after revocation"
+    );
     c.shutdown().await;
 }
 
@@ -238,60 +376,152 @@ async fn a_cut_off_node_sends_stale_and_closes_and_a_revoked_key_closes_its_stre
 async fn ofrep_evaluates_with_the_shared_evaluator() {
     let c = setup().await;
     let (key, _) = sdk_key(&c, "prod", "ofrep").await;
-    c.put(1, "/v1/namespaces/prod/segments/staff", json!({"ends_with": [{"var": "email"}, "@example.com"]})).await;
+    c.put(
+        1,
+        "/v1/namespaces/prod/segments/staff",
+        json!({"ends_with": [{"var": "email"}, "@example.com"]}),
+    )
+    .await;
     let flags = [
-        ("new-checkout", json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
-            "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}})),
-        ("banner", json!({"state": "ENABLED", "variants": {"a": "hello", "b": "bye"}, "defaultVariant": "a"})),
-        ("limit", json!({"state": "ENABLED", "variants": {"low": 10, "high": 2.5}, "defaultVariant": "low"})),
-        ("split", json!({"state": "ENABLED", "variants": {"x": {"c": 1}, "y": {"c": 2}}, "defaultVariant": "x",
-            "targeting": {"fractional": [["x", 50], ["y", 50]]}})),
-        ("off", json!({"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"})),
+        (
+            "new-checkout",
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}}),
+        ),
+        (
+            "banner",
+            json!({"state": "ENABLED", "variants": {"a": "hello", "b": "bye"}, "defaultVariant": "a"}),
+        ),
+        (
+            "limit",
+            json!({"state": "ENABLED", "variants": {"low": 10, "high": 2.5}, "defaultVariant": "low"}),
+        ),
+        (
+            "split",
+            json!({"state": "ENABLED", "variants": {"x": {"c": 1}, "y": {"c": 2}}, "defaultVariant": "x",
+            "targeting": {"fractional": [["x", 50], ["y", 50]]}}),
+        ),
+        (
+            "off",
+            json!({"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}),
+        ),
     ];
     let mut rev = 0;
     for (k, def) in &flags {
-        let (s, b) = c.put(1, &format!("/v1/namespaces/prod/flags/{k}"), def.clone()).await;
+        let (s, b) = c
+            .put(1, &format!("/v1/namespaces/prod/flags/{k}"), def.clone())
+            .await;
         assert_eq!(s, 200, "{b}");
         rev = b["revision"].as_u64().unwrap();
     }
     // Reads are bounded-stale; min_revision makes this test exact.
     let eval = |flag: &str, ctx: Value| {
         c.http
-            .post(format!("{}/ofrep/v1/evaluate/flags/{flag}?min_revision={rev}", c.node(2).api))
+            .post(format!(
+                "{}/ofrep/v1/evaluate/flags/{flag}?min_revision={rev}",
+                c.node(2).api
+            ))
             .bearer_auth(&key)
             .json(&json!({"context": ctx}))
             .send()
     };
-    let r = eval("new-checkout", json!({"targetingKey": "u1", "email": "a@example.com"})).await.unwrap();
+    let r = eval(
+        "new-checkout",
+        json!({"targetingKey": "u1", "email": "a@example.com"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     let b: Value = r.json().await.unwrap();
-    assert_eq!((b["value"].clone(), b["variant"].clone(), b["reason"].clone()), (json!(true), json!("on"), json!("TARGETING_MATCH")));
-    let b: Value = eval("new-checkout", json!({"email": "a@other.org"})).await.unwrap().json().await.unwrap();
-    assert_eq!(b["value"], false, "a context without targetingKey is accepted: {b}");
-    let b: Value = eval("banner", json!({})).await.unwrap().json().await.unwrap();
-    assert_eq!((b["value"].clone(), b["reason"].clone()), (json!("hello"), json!("STATIC")));
-    let text = eval("limit", json!({})).await.unwrap().text().await.unwrap();
-    assert!(text.contains("\"value\":10"), "integers stay integers: {text}");
-    let b: Value = eval("split", json!({"targetingKey": "user-42"})).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (
+            b["value"].clone(),
+            b["variant"].clone(),
+            b["reason"].clone()
+        ),
+        (json!(true), json!("on"), json!("TARGETING_MATCH"))
+    );
+    let b: Value = eval("new-checkout", json!({"email": "a@other.org"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        b["value"], false,
+        "a context without targetingKey is accepted: {b}"
+    );
+    let b: Value = eval("banner", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (b["value"].clone(), b["reason"].clone()),
+        (json!("hello"), json!("STATIC"))
+    );
+    let text = eval("limit", json!({}))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\"value\":10"),
+        "integers stay integers: {text}"
+    );
+    let b: Value = eval("split", json!({"targetingKey": "user-42"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(b["reason"], "SPLIT", "{b}");
     assert!(b["value"]["c"].is_i64());
     let b: Value = eval("off", json!({})).await.unwrap().json().await.unwrap();
-    assert_eq!((b["value"].clone(), b["reason"].clone()), (json!(false), json!("DISABLED")));
+    assert_eq!(
+        (b["value"].clone(), b["reason"].clone()),
+        (json!(false), json!("DISABLED"))
+    );
 
     let r = eval("missing", json!({})).await.unwrap();
     assert_eq!(r.status(), 404);
     let b: Value = r.json().await.unwrap();
-    assert_eq!((b["key"].clone(), b["errorCode"].clone()), (json!("missing"), json!("FLAG_NOT_FOUND")));
+    assert_eq!(
+        (b["key"].clone(), b["errorCode"].clone()),
+        (json!("missing"), json!("FLAG_NOT_FOUND"))
+    );
     let r = eval("banner", json!("not an object")).await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["errorCode"], "INVALID_CONTEXT");
-    let r = c.http.post(format!("{}/ofrep/v1/evaluate/flags/banner", c.node(2).api)).bearer_auth("nope").json(&json!({})).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errorCode"],
+        "INVALID_CONTEXT"
+    );
+    let r = c
+        .http
+        .post(format!("{}/ofrep/v1/evaluate/flags/banner", c.node(2).api))
+        .bearer_auth("nope")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     // Bulk, with ETag → 304 until the namespace changes.
     let bulk = |etag: Option<String>, rev: u64| {
-        let mut r = c.http.post(format!("{}/ofrep/v1/evaluate/flags?min_revision={rev}", c.node(3).api)).bearer_auth(&key).json(&json!({"context": {"targetingKey": "u1"}}));
+        let mut r = c
+            .http
+            .post(format!(
+                "{}/ofrep/v1/evaluate/flags?min_revision={rev}",
+                c.node(3).api
+            ))
+            .bearer_auth(&key)
+            .json(&json!({"context": {"targetingKey": "u1"}}));
         if let Some(e) = etag {
             r = r.header("If-None-Match", e);
         }
@@ -314,10 +544,18 @@ async fn ofrep_evaluates_with_the_shared_evaluator() {
         .json()
         .await
         .unwrap();
-    let r = bulk(Some(etag), patched["revision"].as_u64().unwrap()).await.unwrap();
+    let r = bulk(Some(etag), patched["revision"].as_u64().unwrap())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "a write must invalidate the ETag");
     let b: Value = r.json().await.unwrap();
-    let banner = b["flags"].as_array().unwrap().iter().find(|f| f["key"] == "banner").unwrap().clone();
+    let banner = b["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "banner")
+        .unwrap()
+        .clone();
     assert_eq!(banner["value"], "bye");
     c.shutdown().await;
 }
@@ -337,7 +575,11 @@ async fn flagd_import_is_atomic_and_history_records_who_changed_what() {
     let before = c.revision(1);
     let (s, b) = c.put(2, "/v1/namespaces/prod/flagd", doc.clone()).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["revision"].as_u64(), Some(before + 1), "one import, one revision");
+    assert_eq!(
+        b["revision"].as_u64(),
+        Some(before + 1),
+        "one import, one revision"
+    );
     let (_, exported) = c.get(3, "/v1/namespaces/prod/flagd").await;
     assert_eq!(exported["flags"], doc["flags"]);
     assert_eq!(exported["$evaluators"], doc["$evaluators"]);
@@ -349,8 +591,18 @@ async fn flagd_import_is_atomic_and_history_records_who_changed_what() {
     let rev = c.revision(1);
     let (s, b) = c.put(1, "/v1/namespaces/prod/flagd", bad).await;
     assert_eq!(s, 400);
-    let paths: Vec<&str> = b["error"]["faults"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
-    assert!(paths.iter().any(|p| p.starts_with("flags.b.defaultVariant")), "{paths:?}");
+    let paths: Vec<&str> = b["error"]["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("flags.b.defaultVariant")),
+        "{paths:?}"
+    );
     assert!(paths.iter().any(|p| p.starts_with("flags.c")), "{paths:?}");
     assert_eq!(c.revision(1), rev);
 
@@ -366,11 +618,28 @@ async fn flagd_import_is_atomic_and_history_records_who_changed_what() {
     let latest = &hist["changes"][0];
     assert_eq!(latest["actor"], "admin");
     let items = latest["items"].as_array().unwrap();
-    assert!(items.iter().any(|i| i["key"] == "a" && i["after"].is_null() && i["before"]["defaultVariant"] == "on"), "{latest}");
+    assert!(
+        items.iter().any(|i| i["key"] == "a"
+            && i["after"].is_null()
+            && i["before"]["defaultVariant"] == "on"),
+        "{latest}"
+    );
     let next = hist["next_before"].as_u64().expect("another page");
-    let (_, page2) = c.get(3, &format!("/v1/namespaces/prod/history?before={next}&key=a")).await;
-    assert!(page2["changes"].as_array().unwrap().iter().all(|c| c["revision"].as_u64().unwrap() < next));
-    assert!(page2["changes"][0]["items"][0]["after"]["targeting"].is_object(), "{page2}");
+    let (_, page2) = c
+        .get(
+            3,
+            &format!("/v1/namespaces/prod/history?before={next}&key=a"),
+        )
+        .await;
+    assert!(page2["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["revision"].as_u64().unwrap() < next));
+    assert!(
+        page2["changes"][0]["items"][0]["after"]["targeting"].is_object(),
+        "{page2}"
+    );
     c.shutdown().await;
 }
 
@@ -384,11 +653,23 @@ async fn ofrep_answers_429_with_retry_after_past_the_rate() {
     let leader = c.wait_leader().await;
     c.put(leader, "/v1/namespaces/prod", json!({})).await;
     let (key, created) = sdk_key(&c, "prod", "busy").await;
-    c.put(leader, "/v1/namespaces/prod/flags/a", bool_flag("on")).await;
-    let url = format!("{}/ofrep/v1/evaluate/flags/a?min_revision={}", c.node(leader).api, created + 1);
+    c.put(leader, "/v1/namespaces/prod/flags/a", bool_flag("on"))
+        .await;
+    let url = format!(
+        "{}/ofrep/v1/evaluate/flags/a?min_revision={}",
+        c.node(leader).api,
+        created + 1
+    );
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let r = c.http.post(&url).bearer_auth(&key).json(&json!({})).send().await.unwrap();
+        let r = c
+            .http
+            .post(&url)
+            .bearer_auth(&key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 429 {
             assert_eq!(r.headers()["retry-after"], "1");
         }

@@ -32,7 +32,9 @@ pub use command::{
 };
 pub use db::StoreError;
 pub use log_store::LogStore;
-pub use state::{AdminToken, Change, ChangeItem, ChangeKind, Item, Namespace, SdkKey, State, StateLimits};
+pub use state::{
+    AdminToken, Change, ChangeItem, ChangeKind, Item, Namespace, SdkKey, State, StateLimits,
+};
 pub use state_machine::{AppliedBatch, AppliedView, StateHandle, StateMachine};
 
 /// A cluster member: the client (HTTP API) address and the peer (raft RPC) address.

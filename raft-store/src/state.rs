@@ -283,9 +283,19 @@ impl State {
         result
     }
 
-    fn apply_command(&mut self, cmd: &Command, actor: &str, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+    fn apply_command(
+        &mut self,
+        cmd: &Command,
+        actor: &str,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
         match cmd {
-            Command::PutNamespace { ns, description, condition } => {
+            Command::PutNamespace {
+                ns,
+                description,
+                condition,
+            } => {
                 let current = self.namespaces.get(ns).map(|n| n.version);
                 check(*condition, current)?;
                 let revision = self.meta.revision + 1;
@@ -293,7 +303,12 @@ impl State {
                 let before = current.map(|_| entry.description.clone());
                 entry.version = revision;
                 entry.description = description.clone();
-                let item = ChangeItem { kind: ChangeKind::Namespace, key: ns.clone(), before, after: Some(description.clone()) };
+                let item = ChangeItem {
+                    kind: ChangeKind::Namespace,
+                    key: ns.clone(),
+                    before,
+                    after: Some(description.clone()),
+                };
                 self.finish_change(ns, actor, vec![item], limits, rows)
             }
             Command::DeleteNamespace { ns, condition } => {
@@ -306,15 +321,33 @@ impl State {
                     return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
                 };
                 let mut items = Vec::new();
-                for (kind, map) in [(ChangeKind::Flag, &removed.flags), (ChangeKind::Segment, &removed.segments)] {
+                for (kind, map) in [
+                    (ChangeKind::Flag, &removed.flags),
+                    (ChangeKind::Segment, &removed.segments),
+                ] {
                     for (key, item) in map {
                         rows.push((item_key(kind, ns, key), None));
-                        items.push(ChangeItem { kind, key: key.clone(), before: Some(item.definition.clone()), after: None });
+                        items.push(ChangeItem {
+                            kind,
+                            key: key.clone(),
+                            before: Some(item.definition.clone()),
+                            after: None,
+                        });
                     }
                 }
-                items.push(ChangeItem { kind: ChangeKind::Namespace, key: ns.clone(), before: Some(removed.description), after: None });
+                items.push(ChangeItem {
+                    kind: ChangeKind::Namespace,
+                    key: ns.clone(),
+                    before: Some(removed.description),
+                    after: None,
+                });
                 rows.push((ns_key(ns), None));
-                let bound: Vec<String> = self.sdk_keys.iter().filter(|(_, k)| &k.ns == ns).map(|(h, _)| h.clone()).collect();
+                let bound: Vec<String> = self
+                    .sdk_keys
+                    .iter()
+                    .filter(|(_, k)| &k.ns == ns)
+                    .map(|(h, _)| h.clone())
+                    .collect();
                 for hash in bound {
                     self.sdk_keys.remove(&hash);
                     rows.push((sdk_key_row(&hash), None));
@@ -330,55 +363,128 @@ impl State {
                     items,
                 };
                 self.record(change, limits, rows);
-                Ok(Applied { revision, replayed: false })
+                Ok(Applied {
+                    revision,
+                    replayed: false,
+                })
             }
-            Command::PutFlag { ns, key, definition, condition } => {
-                self.put_item(ChangeKind::Flag, ns, key, definition, *condition, actor, limits, rows)
-            }
-            Command::PutSegment { ns, key, definition, condition } => {
-                self.put_item(ChangeKind::Segment, ns, key, definition, *condition, actor, limits, rows)
-            }
+            Command::PutFlag {
+                ns,
+                key,
+                definition,
+                condition,
+            } => self.put_item(
+                ChangeKind::Flag,
+                ns,
+                key,
+                definition,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
+            Command::PutSegment {
+                ns,
+                key,
+                definition,
+                condition,
+            } => self.put_item(
+                ChangeKind::Segment,
+                ns,
+                key,
+                definition,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
             Command::DeleteFlag { ns, key, condition } => {
                 self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)
             }
-            Command::DeleteSegment { ns, key, condition } => {
-                self.delete_item(ChangeKind::Segment, ns, key, *condition, actor, limits, rows)
-            }
-            Command::ImportFlagd { ns, flags, segments } => self.import(ns, flags, segments, actor, limits, rows),
+            Command::DeleteSegment { ns, key, condition } => self.delete_item(
+                ChangeKind::Segment,
+                ns,
+                key,
+                *condition,
+                actor,
+                limits,
+                rows,
+            ),
+            Command::ImportFlagd {
+                ns,
+                flags,
+                segments,
+            } => self.import(ns, flags, segments, actor, limits, rows),
             Command::CreateSdkKey { ns, name, hash } => {
                 if !self.namespaces.contains_key(ns) {
                     return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
                 }
-                if self.sdk_keys.values().any(|k| &k.ns == ns && &k.name == name) || self.sdk_keys.contains_key(hash) {
-                    return Err(ApplyError::AlreadyExists { what: format!("SDK key {name:?} in namespace {ns:?}") });
+                if self
+                    .sdk_keys
+                    .values()
+                    .any(|k| &k.ns == ns && &k.name == name)
+                    || self.sdk_keys.contains_key(hash)
+                {
+                    return Err(ApplyError::AlreadyExists {
+                        what: format!("SDK key {name:?} in namespace {ns:?}"),
+                    });
                 }
-                let key = SdkKey { ns: ns.clone(), name: name.clone(), created_at_ms: self.meta.clock_ms, created_by: actor.to_string() };
+                let key = SdkKey {
+                    ns: ns.clone(),
+                    name: name.clone(),
+                    created_at_ms: self.meta.clock_ms,
+                    created_by: actor.to_string(),
+                };
                 rows.push((sdk_key_row(hash), Some(encode_row(&key))));
                 self.sdk_keys.insert(hash.clone(), key);
                 Ok(self.bump())
             }
             Command::RevokeSdkKey { ns, name } => {
-                let hash = self.sdk_keys.iter().find(|(_, k)| &k.ns == ns && &k.name == name).map(|(h, _)| h.clone());
+                let hash = self
+                    .sdk_keys
+                    .iter()
+                    .find(|(_, k)| &k.ns == ns && &k.name == name)
+                    .map(|(h, _)| h.clone());
                 let Some(hash) = hash else {
-                    return Err(ApplyError::NotFound { ns: ns.clone(), kind: "SDK key".into(), key: name.clone() });
+                    return Err(ApplyError::NotFound {
+                        ns: ns.clone(),
+                        kind: "SDK key".into(),
+                        key: name.clone(),
+                    });
                 };
                 self.sdk_keys.remove(&hash);
                 rows.push((sdk_key_row(&hash), None));
                 Ok(self.bump())
             }
             Command::CreateAdminToken { name, hash } => {
-                if self.admin_tokens.values().any(|t| &t.name == name) || self.admin_tokens.contains_key(hash) {
-                    return Err(ApplyError::AlreadyExists { what: format!("admin token {name:?}") });
+                if self.admin_tokens.values().any(|t| &t.name == name)
+                    || self.admin_tokens.contains_key(hash)
+                {
+                    return Err(ApplyError::AlreadyExists {
+                        what: format!("admin token {name:?}"),
+                    });
                 }
-                let token = AdminToken { name: name.clone(), created_at_ms: self.meta.clock_ms, created_by: actor.to_string() };
+                let token = AdminToken {
+                    name: name.clone(),
+                    created_at_ms: self.meta.clock_ms,
+                    created_by: actor.to_string(),
+                };
                 rows.push((admin_token_row(hash), Some(encode_row(&token))));
                 self.admin_tokens.insert(hash.clone(), token);
                 Ok(self.bump())
             }
             Command::RevokeAdminToken { name } => {
-                let hash = self.admin_tokens.iter().find(|(_, t)| &t.name == name).map(|(h, _)| h.clone());
+                let hash = self
+                    .admin_tokens
+                    .iter()
+                    .find(|(_, t)| &t.name == name)
+                    .map(|(h, _)| h.clone());
                 let Some(hash) = hash else {
-                    return Err(ApplyError::NotFound { ns: String::new(), kind: "admin token".into(), key: name.clone() });
+                    return Err(ApplyError::NotFound {
+                        ns: String::new(),
+                        kind: "admin token".into(),
+                        key: name.clone(),
+                    });
                 };
                 self.admin_tokens.remove(&hash);
                 rows.push((admin_token_row(&hash), None));
@@ -390,7 +496,10 @@ impl State {
     /// A mutation outside any namespace's flags (keys, tokens): one revision, no history entry.
     fn bump(&mut self) -> Applied {
         self.meta.revision += 1;
-        Applied { revision: self.meta.revision, replayed: false }
+        Applied {
+            revision: self.meta.revision,
+            replayed: false,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -405,8 +514,15 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        let space = self
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &space.flags
+        } else {
+            &space.segments
+        };
         check(condition, items.get(key).map(|i| i.version))?;
         check_references(ns, space, kind, key, definition)?;
 
@@ -417,10 +533,24 @@ impl State {
             updated_by: actor.to_string(),
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
-        let before = items.insert(key.to_string(), item).map(|old| old.definition);
-        let change = ChangeItem { kind, key: key.to_string(), before, after: Some(definition.to_string()) };
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &mut space.flags
+        } else {
+            &mut space.segments
+        };
+        let before = items
+            .insert(key.to_string(), item)
+            .map(|old| old.definition);
+        let change = ChangeItem {
+            kind,
+            key: key.to_string(),
+            before,
+            after: Some(definition.to_string()),
+        };
         self.finish_change(ns, actor, vec![change], limits, rows)
     }
 
@@ -435,24 +565,50 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self.namespaces.get(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &space.flags } else { &space.segments };
+        let space = self
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &space.flags
+        } else {
+            &space.segments
+        };
         let current = items.get(key).map(|i| i.version);
         if current.is_none() && condition == Condition::None {
-            return Err(ApplyError::NotFound { ns: ns.to_string(), kind: kind.as_str().to_string(), key: key.to_string() });
+            return Err(ApplyError::NotFound {
+                ns: ns.to_string(),
+                kind: kind.as_str().to_string(),
+                key: key.to_string(),
+            });
         }
         check(condition, current)?;
         if kind == ChangeKind::Segment {
             let users = segment_users(space, key);
             if !users.is_empty() {
-                return Err(ApplyError::SegmentInUse { segment: key.to_string(), users });
+                return Err(ApplyError::SegmentInUse {
+                    segment: key.to_string(),
+                    users,
+                });
             }
         }
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let items = if kind == ChangeKind::Flag {
+            &mut space.flags
+        } else {
+            &mut space.segments
+        };
         let before = items.remove(key).map(|old| old.definition);
         rows.push((item_key(kind, ns, key), None));
-        let change = ChangeItem { kind, key: key.to_string(), before, after: None };
+        let change = ChangeItem {
+            kind,
+            key: key.to_string(),
+            before,
+            after: None,
+        };
         self.finish_change(ns, actor, vec![change], limits, rows)
     }
 
@@ -466,18 +622,35 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let rules: BTreeMap<String, serde_json::Value> = segments.iter().map(|(k, d)| (k.clone(), parse(d))).collect();
+        let rules: BTreeMap<String, serde_json::Value> = segments
+            .iter()
+            .map(|(k, d)| (k.clone(), parse(d)))
+            .collect();
         for (key, definition) in flags {
-            if let Some(missing) = references(ChangeKind::Flag, definition).into_iter().find(|r| !rules.contains_key(r)) {
-                return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: format!("flags.{key}.targeting"), segment: missing });
+            if let Some(missing) = references(ChangeKind::Flag, definition)
+                .into_iter()
+                .find(|r| !rules.contains_key(r))
+            {
+                return Err(ApplyError::UnknownSegment {
+                    ns: ns.to_string(),
+                    path: format!("flags.{key}.targeting"),
+                    segment: missing,
+                });
             }
         }
         for key in rules.keys() {
             if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
                 return Err(ApplyError::SegmentCycle { cycle });
             }
-            if let Some(missing) = flagstaff_flags::rule_refs(&rules[key]).into_iter().find(|r| !rules.contains_key(r)) {
-                return Err(ApplyError::UnknownSegment { ns: ns.to_string(), path: format!("$evaluators.{key}"), segment: missing });
+            if let Some(missing) = flagstaff_flags::rule_refs(&rules[key])
+                .into_iter()
+                .find(|r| !rules.contains_key(r))
+            {
+                return Err(ApplyError::UnknownSegment {
+                    ns: ns.to_string(),
+                    path: format!("$evaluators.{key}"),
+                    segment: missing,
+                });
             }
         }
         let revision = self.meta.revision + 1;
@@ -488,40 +661,90 @@ impl State {
         }
         let mut changes = Vec::new();
         for (kind, wanted) in [(ChangeKind::Flag, flags), (ChangeKind::Segment, segments)] {
-            let items = if kind == ChangeKind::Flag { &mut space.flags } else { &mut space.segments };
-            let wanted: BTreeMap<&str, &str> = wanted.iter().map(|(k, d)| (k.as_str(), d.as_str())).collect();
-            let gone: Vec<String> = items.keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect();
+            let items = if kind == ChangeKind::Flag {
+                &mut space.flags
+            } else {
+                &mut space.segments
+            };
+            let wanted: BTreeMap<&str, &str> = wanted
+                .iter()
+                .map(|(k, d)| (k.as_str(), d.as_str()))
+                .collect();
+            let gone: Vec<String> = items
+                .keys()
+                .filter(|k| !wanted.contains_key(k.as_str()))
+                .cloned()
+                .collect();
             for key in gone {
                 let before = items.remove(&key).map(|i| i.definition);
                 rows.push((item_key(kind, ns, &key), None));
-                changes.push(ChangeItem { kind, key, before, after: None });
+                changes.push(ChangeItem {
+                    kind,
+                    key,
+                    before,
+                    after: None,
+                });
             }
             for (key, definition) in wanted {
                 let before = items.get(key).map(|i| i.definition.clone());
                 if before.as_deref() == Some(definition) {
                     continue;
                 }
-                let item = Item { version: revision, definition: definition.to_string(), updated_at_ms: clock, updated_by: who.clone() };
+                let item = Item {
+                    version: revision,
+                    definition: definition.to_string(),
+                    updated_at_ms: clock,
+                    updated_by: who.clone(),
+                };
                 rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
                 items.insert(key.to_string(), item);
-                changes.push(ChangeItem { kind, key: key.to_string(), before, after: Some(definition.to_string()) });
+                changes.push(ChangeItem {
+                    kind,
+                    key: key.to_string(),
+                    before,
+                    after: Some(definition.to_string()),
+                });
             }
         }
         self.finish_change(ns, actor, changes, limits, rows)
     }
 
     /// Bumps the revision, stamps the namespace and records the change.
-    fn finish_change(&mut self, ns: &str, actor: &str, items: Vec<ChangeItem>, limits: StateLimits, rows: &mut Vec<RowOp>) -> CommandResult {
+    fn finish_change(
+        &mut self,
+        ns: &str,
+        actor: &str,
+        items: Vec<ChangeItem>,
+        limits: StateLimits,
+        rows: &mut Vec<RowOp>,
+    ) -> CommandResult {
         let revision = self.meta.revision + 1;
         self.meta.revision = revision;
-        let space = self.namespaces.get_mut(ns).ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let space = self
+            .namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
         let prev_revision = space.last_change;
         space.last_change = revision;
-        let header = NamespaceHeader { version: space.version, description: space.description.clone(), last_change: revision };
+        let header = NamespaceHeader {
+            version: space.version,
+            description: space.description.clone(),
+            last_change: revision,
+        };
         rows.push((ns_key(ns), Some(encode_row(&header))));
-        let change = Change { revision, prev_revision, at_ms: self.meta.clock_ms, actor: actor.to_string(), ns: ns.to_string(), items };
+        let change = Change {
+            revision,
+            prev_revision,
+            at_ms: self.meta.clock_ms,
+            actor: actor.to_string(),
+            ns: ns.to_string(),
+            items,
+        };
         self.record(change, limits, rows);
-        Ok(Applied { revision, replayed: false })
+        Ok(Applied {
+            revision,
+            replayed: false,
+        })
     }
 
     fn record(&mut self, change: Change, limits: StateLimits, rows: &mut Vec<RowOp>) {
@@ -609,10 +832,16 @@ impl State {
                 }
                 b"h:" => state.history.push_back(Arc::new(codec::decode(value)?)),
                 b"k:" => {
-                    state.sdk_keys.insert(String::from_utf8_lossy(rest).into_owned(), codec::decode(value)?);
+                    state.sdk_keys.insert(
+                        String::from_utf8_lossy(rest).into_owned(),
+                        codec::decode(value)?,
+                    );
                 }
                 b"a:" => {
-                    state.admin_tokens.insert(String::from_utf8_lossy(rest).into_owned(), codec::decode(value)?);
+                    state.admin_tokens.insert(
+                        String::from_utf8_lossy(rest).into_owned(),
+                        codec::decode(value)?,
+                    );
                 }
                 b"i:" => {
                     let rec: IdempotencyRecord = codec::decode(value)?;

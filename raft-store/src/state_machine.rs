@@ -115,12 +115,22 @@ impl StateMachine {
         };
         let (applied, _) = watch::channel(view_of(&state, 0));
         let (batches, _) = broadcast::channel(BATCH_BUFFER);
-        Ok(Self { db, state: Arc::new(RwLock::new(state)), limits, applied, batches })
+        Ok(Self {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            limits,
+            applied,
+            batches,
+        })
     }
 
     /// A read handle for the node.
     pub fn handle(&self) -> StateHandle {
-        StateHandle { state: self.state.clone(), applied: self.applied.subscribe(), batches: self.batches.clone() }
+        StateHandle {
+            state: self.state.clone(),
+            applied: self.applied.subscribe(),
+            batches: self.batches.clone(),
+        }
     }
 
     fn write_rows(
@@ -186,13 +196,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push(reply);
             }
             let changes = state.take_pending();
-            (view_of(&state, self.applied.borrow().snapshot_epoch), changes)
+            (
+                view_of(&state, self.applied.borrow().snapshot_epoch),
+                changes,
+            )
         };
         let (view, changes) = view;
         self.write_rows(rows, false, false).map_err(sm_write_err)?;
         self.applied.send_replace(view);
         // No receivers is fine: nobody is watching.
-        let _ = self.batches.send(Arc::new(AppliedBatch { revision: view.revision, changes, reset: false }));
+        let _ = self.batches.send(Arc::new(AppliedBatch {
+            revision: view.revision,
+            changes,
+            reset: false,
+        }));
         Ok(replies)
     }
 
@@ -238,7 +255,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "installed snapshot"
         );
         self.applied.send_replace(view);
-        let reset = AppliedBatch { revision: view.revision, changes: Vec::new(), reset: true };
+        let reset = AppliedBatch {
+            revision: view.revision,
+            changes: Vec::new(),
+            reset: true,
+        };
         let _ = self.batches.send(Arc::new(reset));
         Ok(())
     }

@@ -13,7 +13,7 @@ fn env(command: Command) -> Envelope {
 
 fn apply(state: &mut State, commands: Vec<Envelope>) -> Vec<crate::CommandResult> {
     let mut rows = Vec::new();
-    let out = state.apply_request(
+    state.apply_request(
         &Request {
             proposed_at_ms: 1_000,
             commands,
@@ -23,8 +23,7 @@ fn apply(state: &mut State, commands: Vec<Envelope>) -> Vec<crate::CommandResult
             idempotency_keys: 2,
         },
         &mut rows,
-    );
-    out
+    )
 }
 
 fn ns(name: &str) -> Command {

@@ -127,7 +127,9 @@ async fn put_namespace(
         description,
         condition: condition(&headers)?,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?.revision;
+    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
+        .await?
+        .revision;
     Ok(written(
         json!({"namespace": ns, "version": revision, "revision": revision}),
         revision,
@@ -147,7 +149,9 @@ async fn delete_namespace(
         ns: ns.clone(),
         condition: condition(&headers)?,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command).await?.revision;
+    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command)
+        .await?
+        .revision;
     Ok(written(
         json!({"namespace": ns, "deleted": true, "revision": revision}),
         revision,
@@ -363,7 +367,9 @@ async fn put_item(
         definition,
         condition(headers)?,
     );
-    let revision = submit(node, actor, headers, method, uri, &body.raw, command).await?.revision;
+    let revision = submit(node, actor, headers, method, uri, &body.raw, command)
+        .await?
+        .revision;
     Ok(written(
         json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
         revision,
@@ -395,7 +401,9 @@ async fn delete_item(
             condition,
         }
     };
-    let revision = submit(node, actor, headers, method, uri, b"", command).await?.revision;
+    let revision = submit(node, actor, headers, method, uri, b"", command)
+        .await?
+        .revision;
     Ok(written(
         json!({"namespace": ns, "key": key, "deleted": true, "revision": revision}),
         revision,
@@ -597,7 +605,10 @@ async fn patch_flag(
             _ => Condition::IfMatch(version),
         };
         let command = put_command(ChangeKind::Flag, ns.clone(), key.clone(), text, cond);
-        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await.map(|a| a.revision) {
+        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
+            .await
+            .map(|a| a.revision)
+        {
             Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
             Err(e) => return Err(e),
             Ok(revision) => {

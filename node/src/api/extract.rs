@@ -26,7 +26,11 @@ pub fn hash_secret(secret: &str) -> String {
 #[derive(Debug, Clone)]
 pub enum Caller {
     Admin(String),
-    Sdk { ns: String, name: String, hash: String },
+    Sdk {
+        ns: String,
+        name: String,
+        hash: String,
+    },
 }
 
 impl Caller {
@@ -44,7 +48,11 @@ impl Caller {
             return Ok(Caller::Admin(t.name.clone()));
         }
         if let Some(k) = state.sdk_keys().get(&hash) {
-            return Ok(Caller::Sdk { ns: k.ns.clone(), name: k.name.clone(), hash });
+            return Ok(Caller::Sdk {
+                ns: k.ns.clone(),
+                name: k.name.clone(),
+                hash,
+            });
         }
         Err(ApiError::Unauthenticated)
     }
@@ -54,9 +62,9 @@ impl Caller {
         match self {
             Caller::Admin(_) => Ok(()),
             Caller::Sdk { ns: bound, .. } if bound == ns => Ok(()),
-            Caller::Sdk { ns: bound, .. } => {
-                Err(ApiError::Forbidden(format!("this SDK key is for namespace {bound:?}, not {ns:?}")))
-            }
+            Caller::Sdk { ns: bound, .. } => Err(ApiError::Forbidden(format!(
+                "this SDK key is for namespace {bound:?}, not {ns:?}"
+            ))),
         }
     }
 
@@ -103,7 +111,9 @@ impl FromRequestParts<Arc<Node>> for Admin {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         match Caller::identify(&parts.headers, node)? {
             Caller::Admin(name) => Ok(Admin(name)),
-            Caller::Sdk { .. } => Err(ApiError::Forbidden("this route needs an admin token, not an SDK key".into())),
+            Caller::Sdk { .. } => Err(ApiError::Forbidden(
+                "this route needs an admin token, not an SDK key".into(),
+            )),
         }
     }
 }

@@ -33,11 +33,22 @@ async fn export(
     let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_name("namespace", &ns)?;
     let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision).await?;
+    node.read_barrier(params.consistency, params.min_revision)
+        .await?;
     let state = node.state.read();
-    let space = state.namespace(&ns).ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let flags: Map<String, Value> = space.flags.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
-    let segments: Map<String, Value> = space.segments.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+    let space = state
+        .namespace(&ns)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let flags: Map<String, Value> = space
+        .flags
+        .iter()
+        .map(|(k, i)| (k.clone(), parse(&i.definition)))
+        .collect();
+    let segments: Map<String, Value> = space
+        .segments
+        .iter()
+        .map(|(k, i)| (k.clone(), parse(&i.definition)))
+        .collect();
     let mut doc = json!({"$schema": SCHEMA, "flags": flags});
     if !segments.is_empty() {
         doc["$evaluators"] = Value::Object(segments);
@@ -58,7 +69,9 @@ async fn import(
     check_name("namespace", &ns)?;
     flagstaff_flags::validate_document(&body.value).map_err(ApiError::invalid)?;
     let section = |name: &str| -> Result<Vec<(String, String)>, ApiError> {
-        let Some(map) = body.value.get(name).and_then(Value::as_object) else { return Ok(Vec::new()) };
+        let Some(map) = body.value.get(name).and_then(Value::as_object) else {
+            return Ok(Vec::new());
+        };
         map.iter()
             .map(|(k, v)| {
                 check_name(&format!("{name}.{k}"), k)?;
@@ -68,7 +81,13 @@ async fn import(
     };
     let (flags, segments) = (section("flags")?, section("$evaluators")?);
     let count = (flags.len(), segments.len());
-    let command = Command::ImportFlagd { ns: ns.clone(), flags, segments };
+    let command = Command::ImportFlagd {
+        ns: ns.clone(),
+        flags,
+        segments,
+    };
     let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
-    Ok(Json(json!({"namespace": ns, "flags": count.0, "segments": count.1, "revision": applied.revision})))
+    Ok(Json(
+        json!({"namespace": ns, "flags": count.0, "segments": count.1, "revision": applied.revision}),
+    ))
 }

@@ -35,22 +35,35 @@ async fn history(
             "key" => key = Some(v.clone()),
             "before" => before = parse_u64("before", v)?,
             "limit" => limit = (parse_u64("limit", v)? as usize).clamp(1, MAX_PAGE),
-            other => return Err(ApiError::bad_request(format!("{other}: unknown parameter (key, before, limit)"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown parameter (key, before, limit)"
+                )))
+            }
         }
     }
-    node.read_barrier(params.consistency, params.min_revision).await?;
+    node.read_barrier(params.consistency, params.min_revision)
+        .await?;
     let state = node.state.read();
     let matching = state
         .history()
         .iter()
         .rev()
         .filter(|c| c.ns == ns && c.revision < before)
-        .filter(|c| key.as_ref().is_none_or(|k| c.items.iter().any(|i| &i.key == k)));
+        .filter(|c| {
+            key.as_ref()
+                .is_none_or(|k| c.items.iter().any(|i| &i.key == k))
+        });
     let mut changes = Vec::new();
     let mut next = None;
     for c in matching {
         if changes.len() == limit {
-            next = Some(changes.last().map(|v: &Value| v["revision"].clone()).unwrap_or(Value::Null));
+            next = Some(
+                changes
+                    .last()
+                    .map(|v: &Value| v["revision"].clone())
+                    .unwrap_or(Value::Null),
+            );
             break;
         }
         let items: Vec<Value> = c
@@ -66,8 +79,10 @@ async fn history(
                 })
             })
             .collect();
-        changes.push(json!({"revision": c.revision, "prev_revision": c.prev_revision, "at_ms": c.at_ms,
-            "actor": c.actor, "items": items}));
+        changes.push(
+            json!({"revision": c.revision, "prev_revision": c.prev_revision, "at_ms": c.at_ms,
+            "actor": c.actor, "items": items}),
+        );
     }
     Ok(Json(json!({
         "namespace": ns,

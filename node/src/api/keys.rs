@@ -21,9 +21,18 @@ use crate::node::Node;
 
 pub fn router() -> Router<Arc<Node>> {
     Router::new()
-        .route("/v1/namespaces/{ns}/sdk-keys", get(list_sdk_keys).post(create_sdk_key))
-        .route("/v1/namespaces/{ns}/sdk-keys/{name}", delete(revoke_sdk_key))
-        .route("/v1/admin-tokens", get(list_admin_tokens).post(create_admin_token))
+        .route(
+            "/v1/namespaces/{ns}/sdk-keys",
+            get(list_sdk_keys).post(create_sdk_key),
+        )
+        .route(
+            "/v1/namespaces/{ns}/sdk-keys/{name}",
+            delete(revoke_sdk_key),
+        )
+        .route(
+            "/v1/admin-tokens",
+            get(list_admin_tokens).post(create_admin_token),
+        )
         .route("/v1/admin-tokens/{name}", delete(revoke_admin_token))
 }
 
@@ -34,23 +43,39 @@ fn secret(prefix: &str) -> String {
 }
 
 fn name_from(body: &Value) -> Result<String, ApiError> {
-    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("body: must be an object like {\"name\": \"web\"}"))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("body: must be an object like {\"name\": \"web\"}"))?;
     if let Some(k) = obj.keys().find(|k| k.as_str() != "name") {
-        return Err(ApiError::bad_request(format!("{k}: unknown field (expected \"name\")")));
+        return Err(ApiError::bad_request(format!(
+            "{k}: unknown field (expected \"name\")"
+        )));
     }
-    let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("name: required string"))?;
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("name: required string"))?;
     check_name("name", name)?;
     Ok(name.to_string())
 }
 
-fn created(kind: &str, name: String, ns: Option<&str>, secret: String, revision: u64, replayed: bool) -> Result<Response, ApiError> {
+fn created(
+    kind: &str,
+    name: String,
+    ns: Option<&str>,
+    secret: String,
+    revision: u64,
+    replayed: bool,
+) -> Result<Response, ApiError> {
     if replayed {
         return Err(ApiError::Conflict(format!(
             "{kind} {name:?} was already created by this request; its secret was shown once"
         )));
     }
-    Ok(Json(json!({"name": name, "namespace": ns, "secret": secret, "revision": revision,
-        "note": "store the secret now: it is not shown again"}))
+    Ok(Json(
+        json!({"name": name, "namespace": ns, "secret": secret, "revision": revision,
+        "note": "store the secret now: it is not shown again"}),
+    )
     .into_response())
 }
 
@@ -68,9 +93,20 @@ async fn create_sdk_key(
     check_name("namespace", &ns)?;
     let name = name_from(&body.value)?;
     let secret = secret("fsk_");
-    let command = Command::CreateSdkKey { ns: ns.clone(), name: name.clone(), hash: hash_secret(&secret) };
+    let command = Command::CreateSdkKey {
+        ns: ns.clone(),
+        name: name.clone(),
+        hash: hash_secret(&secret),
+    };
     let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
-    created("SDK key", name, Some(&ns), secret, applied.revision, applied.replayed)
+    created(
+        "SDK key",
+        name,
+        Some(&ns),
+        secret,
+        applied.revision,
+        applied.replayed,
+    )
 }
 
 async fn list_sdk_keys(
@@ -82,10 +118,13 @@ async fn list_sdk_keys(
     let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_name("namespace", &ns)?;
     let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision).await?;
+    node.read_barrier(params.consistency, params.min_revision)
+        .await?;
     let state = node.state.read();
     if state.namespace(&ns).is_none() {
-        return Err(ApiError::NotFound(format!("namespace {ns:?} does not exist")));
+        return Err(ApiError::NotFound(format!(
+            "namespace {ns:?} does not exist"
+        )));
     }
     let mut keys: Vec<Value> = state
         .sdk_keys()
@@ -108,9 +147,14 @@ async fn revoke_sdk_key(
     let Path((ns, name)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_name("namespace", &ns)?;
     check_name("name", &name)?;
-    let command = Command::RevokeSdkKey { ns: ns.clone(), name: name.clone() };
+    let command = Command::RevokeSdkKey {
+        ns: ns.clone(),
+        name: name.clone(),
+    };
     let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
-    Ok(Json(json!({"namespace": ns, "name": name, "revoked": true, "revision": applied.revision})))
+    Ok(Json(
+        json!({"namespace": ns, "name": name, "revoked": true, "revision": applied.revision}),
+    ))
 }
 
 async fn create_admin_token(
@@ -123,14 +167,29 @@ async fn create_admin_token(
 ) -> Result<Response, ApiError> {
     let name = name_from(&body.value)?;
     let secret = secret("fsa_");
-    let command = Command::CreateAdminToken { name: name.clone(), hash: hash_secret(&secret) };
+    let command = Command::CreateAdminToken {
+        name: name.clone(),
+        hash: hash_secret(&secret),
+    };
     let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
-    created("admin token", name, None, secret, applied.revision, applied.replayed)
+    created(
+        "admin token",
+        name,
+        None,
+        secret,
+        applied.revision,
+        applied.replayed,
+    )
 }
 
-async fn list_admin_tokens(State(node): State<Arc<Node>>, _: Admin, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn list_admin_tokens(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision).await?;
+    node.read_barrier(params.consistency, params.min_revision)
+        .await?;
     let state = node.state.read();
     let mut tokens: Vec<Value> = state
         .admin_tokens()
@@ -138,8 +197,15 @@ async fn list_admin_tokens(State(node): State<Arc<Node>>, _: Admin, RawQuery(q):
         .map(|t| json!({"name": t.name, "created_at_ms": t.created_at_ms, "created_by": t.created_by}))
         .collect();
     tokens.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let bootstrap: Vec<&str> = node.config.admin_tokens.iter().map(|(n, _)| n.as_str()).collect();
-    Ok(Json(json!({"admin_tokens": tokens, "configured": bootstrap})))
+    let bootstrap: Vec<&str> = node
+        .config
+        .admin_tokens
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    Ok(Json(
+        json!({"admin_tokens": tokens, "configured": bootstrap}),
+    ))
 }
 
 async fn revoke_admin_token(
@@ -154,5 +220,7 @@ async fn revoke_admin_token(
     check_name("name", &name)?;
     let command = Command::RevokeAdminToken { name: name.clone() };
     let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
-    Ok(Json(json!({"name": name, "revoked": true, "revision": applied.revision})))
+    Ok(Json(
+        json!({"name": name, "revoked": true, "revision": applied.revision}),
+    ))
 }

@@ -46,20 +46,38 @@ impl FlagSetCache {
                     return Some((*rev, set.clone()));
                 }
             }
-            let flags: Vec<(String, Value)> = space.flags.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
-            let segments: BTreeMap<String, Value> =
-                space.segments.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+            let flags: Vec<(String, Value)> = space
+                .flags
+                .iter()
+                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .collect();
+            let segments: BTreeMap<String, Value> = space
+                .segments
+                .iter()
+                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .collect();
             (space.last_change, flags, segments)
         };
         // Compile outside the state lock; definitions were validated before they were written.
-        let (set, _faults) = FlagSet::build(flags.iter().map(|(k, v)| (k.as_str(), v)), &segments, &Map::new());
+        let (set, _faults) = FlagSet::build(
+            flags.iter().map(|(k, v)| (k.as_str(), v)),
+            &segments,
+            &Map::new(),
+        );
         let set = Arc::new(set);
-        self.sets.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), (last_change, set.clone()));
+        self.sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.to_string(), (last_change, set.clone()));
         Some((last_change, set))
     }
 }
 
-fn namespace_of(caller: &Caller, headers: &HeaderMap, rest: &[(String, String)]) -> Result<String, ApiError> {
+fn namespace_of(
+    caller: &Caller,
+    headers: &HeaderMap,
+    rest: &[(String, String)],
+) -> Result<String, ApiError> {
     match caller {
         Caller::Sdk { ns, .. } => Ok(ns.clone()),
         Caller::Admin(_) => rest
@@ -86,9 +104,14 @@ fn context_of(body: &Value) -> Result<Context, (String, String)> {
         Value::Null => Ok(Context::new(now)),
         Value::Object(map) => match map.get("context") {
             None | Some(Value::Null) => Ok(Context::new(now)),
-            Some(ctx) => Context::from_json(ctx, now).map_err(|e| (e.code.as_str().to_string(), e.message)),
+            Some(ctx) => {
+                Context::from_json(ctx, now).map_err(|e| (e.code.as_str().to_string(), e.message))
+            }
         },
-        _ => Err(("INVALID_CONTEXT".into(), "body must be an object like {\"context\": {…}}".into())),
+        _ => Err((
+            "INVALID_CONTEXT".into(),
+            "body must be an object like {\"context\": {…}}".into(),
+        )),
     }
 }
 
@@ -107,8 +130,15 @@ fn success_json(key: &str, r: &Resolution<'_>) -> Value {
 
 fn failure(key: &str, r: &Resolution<'_>) -> Option<(StatusCode, Value)> {
     let e = r.error.as_ref()?;
-    let status = if e.code == ErrorCode::FlagNotFound { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
-    Some((status, json!({"key": key, "errorCode": e.code.as_str(), "errorDetails": e.message})))
+    let status = if e.code == ErrorCode::FlagNotFound {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Some((
+        status,
+        json!({"key": key, "errorCode": e.code.as_str(), "errorDetails": e.message}),
+    ))
 }
 
 async fn prepare(
@@ -124,7 +154,9 @@ async fn prepare(
     let params = read_params(query, node, false)?;
     let ns = namespace_of(caller, headers, &params.rest)?;
     caller.check_namespace(&ns)?;
-    let proof = node.read_barrier(params.consistency, params.min_revision).await?;
+    let proof = node
+        .read_barrier(params.consistency, params.min_revision)
+        .await?;
     caller.check_still_valid(node)?;
     let (rev, set) = node
         .flag_sets
@@ -153,7 +185,14 @@ async fn single(
     let (_, _, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
     let ctx = match context_of(&body.value) {
         Ok(c) => c,
-        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, Some(&key), &code, &details)),
+        Err((code, details)) => {
+            return Ok(ofrep_error(
+                StatusCode::BAD_REQUEST,
+                Some(&key),
+                &code,
+                &details,
+            ))
+        }
     };
     let r = set.resolve(&key, &ctx);
     let resp = match failure(&key, &r) {
@@ -225,13 +264,23 @@ async fn bulk(
     let (_, rev, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
     let ctx = match context_of(&body.value) {
         Ok(c) => c,
-        Err((code, details)) => return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details)),
+        Err((code, details)) => {
+            return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details))
+        }
     };
     let etag = bulk_etag(rev, &body.value);
-    let held = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if held.is_some_and(|h| h.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)) {
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if held.is_some_and(|h| {
+        h.split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag)
+    }) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")));
+        resp.headers_mut().insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+        );
         return Ok(finish(resp, &node, staleness));
     }
     let mut flags: Vec<(String, Value)> = set
@@ -247,6 +296,9 @@ async fn bulk(
     flags.sort_by(|a, b| a.0.cmp(&b.0));
     let flags: Vec<Value> = flags.into_iter().map(|(_, v)| v).collect();
     let mut resp = Json(json!({"flags": flags})).into_response();
-    resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")));
+    resp.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+    );
     Ok(finish(resp, &node, staleness))
 }

@@ -31,8 +31,16 @@ pub fn router() -> Router<Arc<Node>> {
 /// the namespace does not exist.
 pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<Value> {
     let space = state.namespace(ns)?;
-    let flags: Map<String, Value> = space.flags.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
-    let segments: Map<String, Value> = space.segments.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect();
+    let flags: Map<String, Value> = space
+        .flags
+        .iter()
+        .map(|(k, i)| (k.clone(), parse(&i.definition)))
+        .collect();
+    let segments: Map<String, Value> = space
+        .segments
+        .iter()
+        .map(|(k, i)| (k.clone(), parse(&i.definition)))
+        .collect();
     Some(json!({
         "namespace": ns,
         "cluster_id": cluster_id,
@@ -55,7 +63,11 @@ fn namespace_param(p: Result<Path<String>, PathRejection>) -> Result<String, Api
 /// The revision in `If-None-Match: "R"` (a list or `*` is not meaningful here).
 fn if_none_match(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    v.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 async fn snapshot(
@@ -79,12 +91,14 @@ async fn snapshot(
     let mut resp = match held {
         Some(r) if space.last_change <= r => StatusCode::NOT_MODIFIED.into_response(),
         _ => {
-            let body = snapshot_json(&state, &ns, &node.cluster_id).ok_or_else(|| not_found(&ns))?;
+            let body =
+                snapshot_json(&state, &ns, &node.cluster_id).ok_or_else(|| not_found(&ns))?;
             axum::Json(body).into_response()
         }
     };
     drop(state);
-    let etag = HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
+    let etag = HeaderValue::from_str(&format!("\"{revision}\""))
+        .unwrap_or(HeaderValue::from_static("\"0\""));
     resp.headers_mut().insert(header::ETAG, etag);
     revision_header(&mut resp, revision);
     if let Some(s) = proof.staleness_ms {
@@ -113,7 +127,9 @@ async fn watch(
         }
     }
     if let Some(v) = headers.get("last-event-id") {
-        let text = v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID: must be a revision"))?;
+        let text = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("Last-Event-ID: must be a revision"))?;
         since = Some(parse_u64("Last-Event-ID", text)?);
     }
     let bound = match params.consistency {
@@ -124,7 +140,8 @@ async fn watch(
     // Subscribe before reading the state, so nothing applied after the read can be missed;
     // events at or below the read revision are dropped as duplicates.
     let rx = node.hub.subscribe();
-    node.read_barrier(params.consistency, params.min_revision.max(since)).await?;
+    node.read_barrier(params.consistency, params.min_revision.max(since))
+        .await?;
     caller.check_still_valid(&node)?;
     let (initial, last) = {
         let state = node.state.read();
@@ -135,18 +152,35 @@ async fn watch(
         let replay = since.and_then(|s| replay_since(&state, &ns, s));
         match replay {
             Some(frames) => (frames, revision),
-            None => (vec![snapshot_frame(&state, &ns, &node.cluster_id)], revision),
+            None => (
+                vec![snapshot_frame(&state, &ns, &node.cluster_id)],
+                revision,
+            ),
         }
     };
 
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(stream_changes(node.clone(), caller, ns, bound, initial, last, rx, tx));
+    tokio::spawn(stream_changes(
+        node.clone(),
+        caller,
+        ns,
+        bound,
+        initial,
+        last,
+        rx,
+        tx,
+    ));
     let body = Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     }));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     revision_header(&mut resp, last);
@@ -164,7 +198,8 @@ fn snapshot_frame(state: &StoreState, ns: &str, cluster_id: &str) -> Bytes {
 /// The namespace's changes after `since`, if the retained history still covers them all.
 fn replay_since(state: &StoreState, ns: &str, since: u64) -> Option<Vec<Bytes>> {
     let history = state.history();
-    let complete = since >= state.revision() || history.front().is_some_and(|c| c.revision <= since + 1);
+    let complete =
+        since >= state.revision() || history.front().is_some_and(|c| c.revision <= since + 1);
     if !complete {
         return None;
     }
@@ -191,7 +226,11 @@ async fn stream_changes(
     // A subscriber that cannot take frames for this long is dropped; it resumes later.
     let send = |frame: Bytes| {
         let tx = tx.clone();
-        async move { tx.send_timeout(frame, Duration::from_secs(10)).await.is_ok() }
+        async move {
+            tx.send_timeout(frame, Duration::from_secs(10))
+                .await
+                .is_ok()
+        }
     };
     for frame in initial {
         if !send(frame).await {
