@@ -27,7 +27,12 @@ impl LocalCluster {
             let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let api = format!("http://{}", client.local_addr()?);
             let peer_url = format!("http://{}", peer.local_addr()?);
-            let mut cfg = NodeConfig::new(id, dir.path().join(format!("node-{id}")), api.clone(), peer_url.clone());
+            let mut cfg = NodeConfig::new(
+                id,
+                dir.path().join(format!("node-{id}")),
+                api.clone(),
+                peer_url.clone(),
+            );
             cfg.cluster_id = Some("bench".into());
             cfg.cluster_secret = "bench-secret".into();
             cfg.admin_tokens = vec![("admin".into(), TOKEN.into())];
@@ -35,9 +40,22 @@ impl LocalCluster {
             members.push(json!({"id": id, "api_addr": api, "peer_addr": peer_url}));
             apis.push(api);
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        let c = LocalCluster { nodes, apis, http, _dir: dir };
-        let r = c.http.post(format!("{}/v1/cluster/init", c.apis[0])).bearer_auth(TOKEN).json(&json!({"members": members})).send().await?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let c = LocalCluster {
+            nodes,
+            apis,
+            http,
+            _dir: dir,
+        };
+        let r = c
+            .http
+            .post(format!("{}/v1/cluster/init", c.apis[0]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"members": members}))
+            .send()
+            .await?;
         anyhow::ensure!(r.status().is_success(), "init failed");
         c.wait_leader().await?;
         Ok(c)
@@ -46,7 +64,11 @@ impl LocalCluster {
     pub async fn wait_leader(&self) -> anyhow::Result<u64> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let leaders: Vec<Option<u64>> = self.nodes.iter().map(|n| n.node.raft.metrics().borrow().current_leader).collect();
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .map(|n| n.node.raft.metrics().borrow().current_leader)
+                .collect();
             if let Some(Some(l)) = leaders.first() {
                 if leaders.iter().all(|x| *x == Some(*l)) {
                     return Ok(*l);
@@ -59,7 +81,13 @@ impl LocalCluster {
     }
 
     pub async fn put(&self, node: usize, path: &str, body: Value) -> anyhow::Result<Value> {
-        let r = self.http.put(format!("{}{path}", self.apis[node])).bearer_auth(TOKEN).json(&body).send().await?;
+        let r = self
+            .http
+            .put(format!("{}{path}", self.apis[node]))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await?;
         anyhow::ensure!(r.status().is_success(), "PUT {path}: {}", r.status());
         Ok(r.json().await?)
     }
@@ -77,6 +105,7 @@ pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
         return (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     }
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     (at(0.50), at(0.99), samples[samples.len() - 1])
 }

@@ -270,17 +270,45 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
                 .await?;
             conn.print(&v, written);
         }
-        FlagCmd::Import { conn, namespace, file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let doc: Value = serde_json::from_str(&text).context("the document is not valid JSON")?;
-            let v = conn.call(Method::PUT, &format!("/v1/namespaces/{namespace}/flagd"), Some(doc)).await?;
-            conn.print(&v, |v| format!("imported {} flags and {} segments: revision {}", v["flags"], v["segments"], v["revision"]));
+        FlagCmd::Import {
+            conn,
+            namespace,
+            file,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let doc: Value =
+                serde_json::from_str(&text).context("the document is not valid JSON")?;
+            let v = conn
+                .call(
+                    Method::PUT,
+                    &format!("/v1/namespaces/{namespace}/flagd"),
+                    Some(doc),
+                )
+                .await?;
+            conn.print(&v, |v| {
+                format!(
+                    "imported {} flags and {} segments: revision {}",
+                    v["flags"], v["segments"], v["revision"]
+                )
+            });
         }
         FlagCmd::Export { conn, namespace } => {
-            let v = conn.call(Method::GET, &format!("/v1/namespaces/{namespace}/flagd"), None).await?;
+            let v = conn
+                .call(
+                    Method::GET,
+                    &format!("/v1/namespaces/{namespace}/flagd"),
+                    None,
+                )
+                .await?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        FlagCmd::History { conn, namespace, key, limit } => {
+        FlagCmd::History {
+            conn,
+            namespace,
+            key,
+            limit,
+        } => {
             let mut path = format!("/v1/namespaces/{namespace}/history?limit={limit}");
             if let Some(k) = key {
                 path.push_str(&format!("&key={k}"));
@@ -416,15 +444,28 @@ pub enum NamespaceCmd {
 
 pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
     match cmd {
-        NamespaceCmd::Create { conn, namespace, description } => {
+        NamespaceCmd::Create {
+            conn,
+            namespace,
+            description,
+        } => {
             let body = json!({ "description": description });
-            let v = conn.call(Method::PUT, &format!("/v1/namespaces/{namespace}"), Some(body)).await?;
+            let v = conn
+                .call(
+                    Method::PUT,
+                    &format!("/v1/namespaces/{namespace}"),
+                    Some(body),
+                )
+                .await?;
             conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
         }
         NamespaceCmd::List { conn } => {
             let v = conn.call(Method::GET, "/v1/namespaces", None).await?;
             conn.print(&v, |v| {
-                let mut out = format!("{:<32} {:<6} {:<8} {}", "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION");
+                let mut out = format!(
+                    "{:<32} {:<6} {:<8} {}",
+                    "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION"
+                );
                 for n in v["namespaces"].as_array().into_iter().flatten() {
                     out.push_str(&format!(
                         "\n{:<32} {:<6} {:<8} {}",
@@ -438,7 +479,9 @@ pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
             });
         }
         NamespaceCmd::Delete { conn, namespace } => {
-            let v = conn.call(Method::DELETE, &format!("/v1/namespaces/{namespace}"), None).await?;
+            let v = conn
+                .call(Method::DELETE, &format!("/v1/namespaces/{namespace}"), None)
+                .await?;
             conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
         }
     }
@@ -470,12 +513,33 @@ pub enum KeyCmd {
 
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create { conn, namespace, name } => {
-            let v = conn.call(Method::POST, &format!("/v1/namespaces/{namespace}/sdk-keys"), Some(json!({ "name": name }))).await?;
-            conn.print(&v, |v| format!("{}\n(shown once; store it now)", v["secret"].as_str().unwrap_or("")));
+        KeyCmd::Create {
+            conn,
+            namespace,
+            name,
+        } => {
+            let v = conn
+                .call(
+                    Method::POST,
+                    &format!("/v1/namespaces/{namespace}/sdk-keys"),
+                    Some(json!({ "name": name })),
+                )
+                .await?;
+            conn.print(&v, |v| {
+                format!(
+                    "{}\n(shown once; store it now)",
+                    v["secret"].as_str().unwrap_or("")
+                )
+            });
         }
         KeyCmd::List { conn, namespace } => {
-            let v = conn.call(Method::GET, &format!("/v1/namespaces/{namespace}/sdk-keys"), None).await?;
+            let v = conn
+                .call(
+                    Method::GET,
+                    &format!("/v1/namespaces/{namespace}/sdk-keys"),
+                    None,
+                )
+                .await?;
             conn.print(&v, |v| {
                 let mut out = format!("{:<24} {:<16} {}", "NAME", "CREATED BY", "CREATED AT (ms)");
                 for k in v["sdk_keys"].as_array().into_iter().flatten() {
@@ -489,8 +553,18 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                 out
             });
         }
-        KeyCmd::Revoke { conn, namespace, name } => {
-            let v = conn.call(Method::DELETE, &format!("/v1/namespaces/{namespace}/sdk-keys/{name}"), None).await?;
+        KeyCmd::Revoke {
+            conn,
+            namespace,
+            name,
+        } => {
+            let v = conn
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/namespaces/{namespace}/sdk-keys/{name}"),
+                    None,
+                )
+                .await?;
             conn.print(&v, |v| format!("revoked: revision {}", v["revision"]));
         }
     }
@@ -498,7 +572,10 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 fn history_table(v: &Value) -> String {
-    let mut out = format!("{:<9} {:<14} {:<12} CHANGED", "REVISION", "AT (ms)", "ACTOR");
+    let mut out = format!(
+        "{:<9} {:<14} {:<12} CHANGED",
+        "REVISION", "AT (ms)", "ACTOR"
+    );
     for c in v["changes"].as_array().into_iter().flatten() {
         let items: Vec<String> = c["items"]
             .as_array()
@@ -510,7 +587,11 @@ fn history_table(v: &Value) -> String {
                     (_, true) => "-",
                     _ => "~",
                 };
-                format!("{verb}{} {}", i["kind"].as_str().unwrap_or(""), i["key"].as_str().unwrap_or(""))
+                format!(
+                    "{verb}{} {}",
+                    i["kind"].as_str().unwrap_or(""),
+                    i["key"].as_str().unwrap_or("")
+                )
             })
             .collect();
         out.push_str(&format!(

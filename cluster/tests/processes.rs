@@ -335,25 +335,43 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     let cli = |args: &[&str]| {
         let out = Command::new(exe())
             .args(args)
-            .args(["--endpoint", &format!("http://127.0.0.1:{},{api}", client + 2)])
+            .args([
+                "--endpoint",
+                &format!("http://127.0.0.1:{},{api}", client + 2),
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     cli(&["namespace", "create", "cli"]);
-    cli(&["flag", "set", "cli", "dark-mode", r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#]);
+    cli(&[
+        "flag",
+        "set",
+        "cli",
+        "dark-mode",
+        r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#,
+    ]);
     cli(&["flag", "disable", "cli", "dark-mode"]);
-    let got: Value = serde_json::from_str(&cli(&["flag", "get", "cli", "dark-mode", "--json"])).unwrap();
+    let got: Value =
+        serde_json::from_str(&cli(&["flag", "get", "cli", "dark-mode", "--json"])).unwrap();
     assert_eq!(got["definition"]["state"], "DISABLED");
     assert!(cli(&["flag", "list", "cli"]).contains("dark-mode"));
     let secret = cli(&["key", "create", "cli", "web"]);
     assert!(secret.starts_with("fsk_"), "{secret}");
     assert!(cli(&["key", "list", "cli"]).contains("web"));
     let history = cli(&["flag", "history", "cli", "--key", "dark-mode"]);
-    assert_eq!(history.lines().count(), 3, "header + two changes: {history}");
+    assert_eq!(
+        history.lines().count(),
+        3,
+        "header + two changes: {history}"
+    );
     let exported = cli(&["flag", "export", "cli"]);
     let doc_path = tmp.path().join("flags.json");
     std::fs::write(&doc_path, &exported).unwrap();

@@ -15,19 +15,27 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let subscribers = args.first().copied().unwrap_or(1000);
     let writes = args.get(1).copied().unwrap_or(50);
     let cluster = LocalCluster::start(3).await?;
     let leader = (cluster.wait_leader().await? - 1) as usize;
-    cluster.put(leader, "/v1/namespaces/bench", json!({})).await?;
+    cluster
+        .put(leader, "/v1/namespaces/bench", json!({}))
+        .await?;
 
     // key → (subscriber, arrival)
     let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers);
     let mut tasks = Vec::new();
     for s in 0..subscribers {
-        let url = format!("{}/v1/namespaces/bench/watch", cluster.apis[s % cluster.apis.len()]);
+        let url = format!(
+            "{}/v1/namespaces/bench/watch",
+            cluster.apis[s % cluster.apis.len()]
+        );
         let (http, arrivals, ready) = (cluster.http.clone(), arrivals.clone(), ready_tx.clone());
         tasks.push(tokio::spawn(async move {
             let resp = http.get(url).bearer_auth(TOKEN).send().await?;
@@ -48,10 +56,22 @@ async fn main() -> anyhow::Result<()> {
                     if frame.contains("event: snapshot") {
                         let _ = ready.send(()).await;
                     } else if frame.contains("event: change") {
-                        let data = frame.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("{}");
+                        let data = frame
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data: "))
+                            .unwrap_or("{}");
                         let v: Value = serde_json::from_str(data)?;
-                        for key in v["upserted"]["flags"].as_object().into_iter().flat_map(|m| m.keys()) {
-                            arrivals.lock().unwrap().entry(key.clone()).or_default().push(now);
+                        for key in v["upserted"]["flags"]
+                            .as_object()
+                            .into_iter()
+                            .flat_map(|m| m.keys())
+                        {
+                            arrivals
+                                .lock()
+                                .unwrap()
+                                .entry(key.clone())
+                                .or_default()
+                                .push(now);
                             got += 1;
                         }
                     }
@@ -70,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
         let key = format!("w{i}");
         sent.insert(key.clone(), Instant::now());
         let def = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
-        cluster.put(leader, &format!("/v1/namespaces/bench/flags/{key}"), def).await?;
+        cluster
+            .put(leader, &format!("/v1/namespaces/bench/flags/{key}"), def)
+            .await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut delivered = 0;
@@ -88,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
         subscribers * writes
     );
     cluster.stop().await;
-    anyhow::ensure!(delivered == subscribers * writes, "some events were not delivered");
+    anyhow::ensure!(
+        delivered == subscribers * writes,
+        "some events were not delivered"
+    );
     Ok(())
 }

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use serde_json::{json, Value};
 
-use crate::api::extract::{check_name, condition, idempotency, read_params, Admin, JsonBody};
+use crate::api::extract::{
+    condition, idempotency, item_path, namespace_path, read_params, Admin, JsonBody,
+};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -41,19 +43,6 @@ pub fn router() -> Router<Arc<Node>> {
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
-
-fn path1(p: Result<Path<String>, PathRejection>) -> Result<String> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    Ok(ns)
-}
-
-fn path2(p: Result<Path<(String, String)>, PathRejection>, what: &str) -> Result<(String, String)> {
-    let Path((ns, key)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    check_name(what, &key)?;
-    Ok((ns, key))
-}
 
 /// Proposes one command (with an idempotency key) and answers with what it produced.
 pub(crate) async fn submit(
@@ -101,7 +90,7 @@ async fn put_namespace(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response> {
-    let ns = path1(p)?;
+    let ns = namespace_path(p)?;
     let description = match &body.value {
         Value::Null => String::new(),
         Value::Object(map) => {
@@ -144,7 +133,7 @@ async fn delete_namespace(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let ns = path1(p)?;
+    let ns = namespace_path(p)?;
     let command = Command::DeleteNamespace {
         ns: ns.clone(),
         condition: condition(&headers)?,
@@ -191,7 +180,7 @@ async fn get_namespace(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let ns = path1(p)?;
+    let ns = namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
@@ -416,7 +405,7 @@ async fn get_flag(
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "flag")?;
+    let (ns, key) = item_path(p, "flag")?;
     read_item(&node, ChangeKind::Flag, &ns, &key, q.as_deref()).await
 }
 
@@ -426,7 +415,7 @@ async fn get_segment(
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "segment")?;
+    let (ns, key) = item_path(p, "segment")?;
     read_item(&node, ChangeKind::Segment, &ns, &key, q.as_deref()).await
 }
 
@@ -436,7 +425,7 @@ async fn list_flags(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let ns = path1(p)?;
+    let ns = namespace_path(p)?;
     list_items(&node, ChangeKind::Flag, &ns, q.as_deref()).await
 }
 
@@ -446,7 +435,7 @@ async fn list_segments(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let ns = path1(p)?;
+    let ns = namespace_path(p)?;
     list_items(&node, ChangeKind::Segment, &ns, q.as_deref()).await
 }
 
@@ -459,7 +448,7 @@ async fn put_flag(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "flag")?;
+    let (ns, key) = item_path(p, "flag")?;
     put_item(
         &node,
         ChangeKind::Flag,
@@ -483,7 +472,7 @@ async fn put_segment(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "segment")?;
+    let (ns, key) = item_path(p, "segment")?;
     put_item(
         &node,
         ChangeKind::Segment,
@@ -506,7 +495,7 @@ async fn delete_flag(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "flag")?;
+    let (ns, key) = item_path(p, "flag")?;
     delete_item(
         &node,
         ChangeKind::Flag,
@@ -528,7 +517,7 @@ async fn delete_segment(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "segment")?;
+    let (ns, key) = item_path(p, "segment")?;
     delete_item(
         &node,
         ChangeKind::Segment,
@@ -570,7 +559,7 @@ async fn patch_flag(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response> {
-    let (ns, key) = path2(p, "flag")?;
+    let (ns, key) = item_path(p, "flag")?;
     if !body.value.is_object() {
         return Err(ApiError::bad_request(
             "body: a merge patch must be a JSON object",

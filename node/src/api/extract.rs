@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use flagstaff_raft_store::{Condition, IdempotencyKey};
@@ -224,6 +225,24 @@ pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
             "{what}: {name:?} is not a valid name (1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit)"
         )))
     }
+}
+
+/// The `{ns}` path segment, checked as a name.
+pub fn namespace_path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("namespace", &ns)?;
+    Ok(ns)
+}
+
+/// The `{ns}/…/{key}` path segments, both checked as names (`what` names the second).
+pub fn item_path(
+    p: Result<Path<(String, String)>, PathRejection>,
+    what: &str,
+) -> Result<(String, String), ApiError> {
+    let Path((ns, key)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("namespace", &ns)?;
+    check_name(what, &key)?;
+    Ok((ns, key))
 }
 
 /// `If-Match: "<version>"` or `If-None-Match: *`.

@@ -30,8 +30,7 @@ async fn export(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
+    let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -65,8 +64,7 @@ async fn import(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
+    let ns = crate::api::extract::namespace_path(p)?;
     flagstaff_flags::validate_document(&body.value).map_err(ApiError::invalid)?;
     let section = |name: &str| -> Result<Vec<(String, String)>, ApiError> {
         let Some(map) = body.value.get(name).and_then(Value::as_object) else {

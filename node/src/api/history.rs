@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::api::extract::{check_name, parse_u64, read_params, Admin};
+use crate::api::extract::{parse_u64, read_params, Admin};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
@@ -26,8 +26,7 @@ async fn history(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
+    let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     let (mut key, mut before, mut limit) = (None, u64::MAX, 100usize);
     for (k, v) in &params.rest {

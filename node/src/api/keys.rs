@@ -89,8 +89,7 @@ async fn create_sdk_key(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
+    let ns = crate::api::extract::namespace_path(p)?;
     let name = name_from(&body.value)?;
     let secret = secret("fsk_");
     let command = Command::CreateSdkKey {
@@ -115,8 +114,7 @@ async fn list_sdk_keys(
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
+    let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -144,9 +142,7 @@ async fn revoke_sdk_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let Path((ns, name)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    check_name("name", &name)?;
+    let (ns, name) = crate::api::extract::item_path(p, "name")?;
     let command = Command::RevokeSdkKey {
         ns: ns.clone(),
         name: name.clone(),

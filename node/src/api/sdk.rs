@@ -11,11 +11,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use flagstaff_raft_store::State as StoreState;
+use flagstaff_raft_store::{Namespace, State as StoreState};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::api::extract::{check_name, parse_u64, read_params, Caller};
+use crate::api::extract::{namespace_path, parse_u64, read_params, Caller};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
@@ -25,6 +25,14 @@ pub fn router() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/namespaces/{ns}/snapshot", get(snapshot))
         .route("/v1/namespaces/{ns}/watch", get(watch))
+}
+
+/// A namespace's flags and segments as JSON maps (key → definition).
+pub fn definitions(space: &Namespace) -> (Map<String, Value>, Map<String, Value>) {
+    let parsed = |items: &std::collections::BTreeMap<String, flagstaff_raft_store::Item>| -> Map<String, Value> {
+        items.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect()
+    };
+    (parsed(&space.flags), parsed(&space.segments))
 }
 
 /// `{namespace, cluster_id, revision, flags: {key: def}, segments: {key: rule}}`, or `None` if
@@ -54,12 +62,6 @@ fn not_found(ns: &str) -> ApiError {
     ApiError::NotFound(format!("namespace {ns:?} does not exist"))
 }
 
-fn namespace_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    Ok(ns)
-}
-
 /// The revision in `If-None-Match: "R"` (a list or `*` is not meaningful here).
 fn if_none_match(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
@@ -77,7 +79,7 @@ async fn snapshot(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let ns = namespace_param(p)?;
+    let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
     let params = read_params(q.as_deref(), &node, false)?;
     let held = if_none_match(&headers);
@@ -117,7 +119,7 @@ async fn watch(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let ns = namespace_param(p)?;
+    let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
     let params = read_params(q.as_deref(), &node, false)?;
     let mut since = None;
