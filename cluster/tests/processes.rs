@@ -15,17 +15,13 @@ fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_flagstaff")
 }
 
-/// `n` consecutive free ports on 127.0.0.1 (checked by binding them).
+/// `n` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range (32768+), so that
+/// no other test's `bind(":0")` or outgoing connection can take a port while a node that owns
+/// it is down between a kill and its restart.
 fn free_ports(n: u16) -> u16 {
+    use rand::Rng;
     for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 60000 {
-            continue;
-        }
+        let base = rand::thread_rng().gen_range(20_000..32_000 - n);
         let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
@@ -217,12 +213,27 @@ async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
         let flags: Value = loop {
             match http.get(&url).bearer_auth(TOKEN).send().await {
                 Ok(r) if r.status() == 200 => break r.json().await.unwrap(),
-                _ => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "node {} never served revision {last}",
-                        p.id
-                    );
+                other => {
+                    if Instant::now() >= deadline {
+                        let status = match other {
+                            Ok(r) => {
+                                format!("{} {}", r.status(), r.text().await.unwrap_or_default())
+                            }
+                            Err(e) => e.to_string(),
+                        };
+                        let log =
+                            std::fs::read_to_string(tmp.path().join(format!("node-{}.log", p.id)))
+                                .unwrap_or_default();
+                        let tail: Vec<&str> = log
+                            .lines()
+                            .rev()
+                            .take(40)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
+                        panic!("node {} never served revision {last} (last answer: {status}); its log ends:\n{}", p.id, tail.join("\n"));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

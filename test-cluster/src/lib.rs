@@ -157,7 +157,8 @@ impl TestCluster {
     /// Starts a new pristine node (`id` = position + 1) with its proxy; not yet a member.
     pub async fn add_node(&mut self, id: u64) {
         let dir = self._tmp.path().join(format!("node-{id}"));
-        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // On the node's own address: fewer other sockets compete for its port while it is down.
+        let client = TcpListener::bind((node_ip(id), 0)).await.unwrap();
         let client_addr = client.local_addr().unwrap();
         let peer = TcpListener::bind((node_ip(id), 0)).await.unwrap();
         let proxy = Proxy::start(node_ip(id), peer.local_addr().unwrap()).await;
