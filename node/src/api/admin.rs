@@ -27,22 +27,36 @@ pub fn router() -> Router<Arc<Node>> {
                 .put(put_namespace)
                 .delete(delete_namespace),
         )
-        .route("/v1/namespaces/{ns}/flags", get(list_flags))
+        .route("/v1/namespaces/{ns}/flags", get(list_items::<FLAGS>))
         .route(
             "/v1/namespaces/{ns}/flags/{key}",
-            get(get_flag)
-                .put(put_flag)
+            get(get_item::<FLAGS>)
+                .put(put_item::<FLAGS>)
                 .patch(patch_flag)
-                .delete(delete_flag),
+                .delete(delete_item::<FLAGS>),
         )
-        .route("/v1/namespaces/{ns}/segments", get(list_segments))
+        .route("/v1/namespaces/{ns}/segments", get(list_items::<SEGMENTS>))
         .route(
             "/v1/namespaces/{ns}/segments/{key}",
-            get(get_segment).put(put_segment).delete(delete_segment),
+            get(get_item::<SEGMENTS>)
+                .put(put_item::<SEGMENTS>)
+                .delete(delete_item::<SEGMENTS>),
         )
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Flags and segments share their handlers; the const parameter picks which one a route serves.
+const FLAGS: bool = false;
+const SEGMENTS: bool = true;
+
+const fn kind_of(segment: bool) -> ChangeKind {
+    if segment {
+        ChangeKind::Segment
+    } else {
+        ChangeKind::Flag
+    }
+}
 
 /// Proposes one command (with an idempotency key) and answers with what it produced.
 pub(crate) async fn submit(
@@ -231,13 +245,16 @@ fn item_json(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> Value {
     })
 }
 
-async fn read_item(
-    node: &Node,
-    kind: ChangeKind,
-    ns: &str,
-    key: &str,
-    query: Option<&str>,
+async fn get_item<const SEGMENT: bool>(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response> {
+    let kind = kind_of(SEGMENT);
+    let (ns, key) = item_path(p, kind.as_str())?;
+    let (ns, key, query) = (ns.as_str(), key.as_str(), query.as_deref());
+    let node = node.as_ref();
     let params = read_params(query, node, true)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
@@ -265,12 +282,16 @@ async fn read_item(
     ))
 }
 
-async fn list_items(
-    node: &Node,
-    kind: ChangeKind,
-    ns: &str,
-    query: Option<&str>,
+async fn list_items<const SEGMENT: bool>(
+    State(node): State<Arc<Node>>,
+    _: Admin,
+    p: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response> {
+    let kind = kind_of(SEGMENT);
+    let ns = namespace_path(p)?;
+    let (ns, query) = (ns.as_str(), query.as_deref());
+    let node = node.as_ref();
     let params = read_params(query, node, true)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
@@ -336,18 +357,19 @@ fn put_command(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn put_item(
-    node: &Node,
-    kind: ChangeKind,
-    actor: &str,
-    ns: String,
-    key: String,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+async fn put_item<const SEGMENT: bool>(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response> {
+    let kind = kind_of(SEGMENT);
+    let (ns, key) = item_path(p, kind.as_str())?;
+    let (node, actor, method, uri, headers) =
+        (node.as_ref(), actor.as_str(), &method, &uri, &headers);
     let definition = validate(kind, &body.value)?;
     let command = put_command(
         kind,
@@ -365,17 +387,18 @@ async fn put_item(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn delete_item(
-    node: &Node,
-    kind: ChangeKind,
-    actor: &str,
-    ns: String,
-    key: String,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+async fn delete_item<const SEGMENT: bool>(
+    State(node): State<Arc<Node>>,
+    Admin(actor): Admin,
+    p: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Response> {
+    let kind = kind_of(SEGMENT);
+    let (ns, key) = item_path(p, kind.as_str())?;
+    let (node, actor, method, uri, headers) =
+        (node.as_ref(), actor.as_str(), &method, &uri, &headers);
     let condition = condition(headers)?;
     let command = if kind == ChangeKind::Flag {
         Command::DeleteFlag {
@@ -397,138 +420,6 @@ async fn delete_item(
         json!({"namespace": ns, "key": key, "deleted": true, "revision": revision}),
         revision,
     ))
-}
-
-async fn get_flag(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "flag")?;
-    read_item(&node, ChangeKind::Flag, &ns, &key, q.as_deref()).await
-}
-
-async fn get_segment(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "segment")?;
-    read_item(&node, ChangeKind::Segment, &ns, &key, q.as_deref()).await
-}
-
-async fn list_flags(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response> {
-    let ns = namespace_path(p)?;
-    list_items(&node, ChangeKind::Flag, &ns, q.as_deref()).await
-}
-
-async fn list_segments(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response> {
-    let ns = namespace_path(p)?;
-    list_items(&node, ChangeKind::Segment, &ns, q.as_deref()).await
-}
-
-async fn put_flag(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: JsonBody,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "flag")?;
-    put_item(
-        &node,
-        ChangeKind::Flag,
-        &actor,
-        ns,
-        key,
-        &method,
-        &uri,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn put_segment(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: JsonBody,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "segment")?;
-    put_item(
-        &node,
-        ChangeKind::Segment,
-        &actor,
-        ns,
-        key,
-        &method,
-        &uri,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn delete_flag(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "flag")?;
-    delete_item(
-        &node,
-        ChangeKind::Flag,
-        &actor,
-        ns,
-        key,
-        &method,
-        &uri,
-        &headers,
-    )
-    .await
-}
-
-async fn delete_segment(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let (ns, key) = item_path(p, "segment")?;
-    delete_item(
-        &node,
-        ChangeKind::Segment,
-        &actor,
-        ns,
-        key,
-        &method,
-        &uri,
-        &headers,
-    )
-    .await
 }
 
 /// JSON merge patch (RFC 7386).
