@@ -14,10 +14,11 @@ cargo build --workspace --all-targets --locked
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 0
 # Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the
-# checkers catch each deliberate break (a separate node binary; -p keeps the feature out of
-# the flagstaff binary).
+# checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary). The break
+# build resolves features workspace-wide so RocksDB is not compiled a second time; the nextest
+# build below puts the plain flagstaff binary back.
 runs="$CARGO_TARGET_DIR/jepsen-runs"
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" run --profile ci --seed 1 --out "$runs"
-cargo build -p jepsen-like-tests --features fault-injection --bins --locked
+cargo build --workspace --bins --locked --features jepsen-like-tests/fault-injection
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" breaks --seed 1 --out "$runs"
 cargo nextest run --workspace --locked --no-fail-fast
