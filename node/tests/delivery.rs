@@ -679,3 +679,85 @@ async fn ofrep_answers_429_with_retry_after_past_the_rate() {
     assert!(statuses[3..].contains(&429), "{statuses:?}");
     c.shutdown().await;
 }
+
+fn small_snapshots(cfg: &mut NodeConfig) {
+    cfg.snapshot_every = 20;
+    cfg.logs_behind_snapshot = 0;
+    // Long enough that the stream outlives the short partition below.
+    cfg.max_staleness = Duration::from_secs(5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_on_a_node_that_installs_a_raft_snapshot_gets_a_fresh_snapshot_event() {
+    let c = TestCluster::start(3, small_snapshots).await;
+    let leader = c.wait_leader().await;
+    let follower = c.follower_of(leader);
+    c.put(leader, "/v1/namespaces/prod", json!({})).await;
+    let mut w = Sse::open(
+        &c,
+        follower,
+        "/v1/namespaces/prod/watch?max_staleness_ms=5000",
+        TOKEN,
+        None,
+    )
+    .await;
+    let first = w.next_change(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.event, "snapshot");
+
+    // Cut off, the follower misses enough entries that the leader must send a snapshot.
+    c.isolate(follower);
+    let mut last = 0;
+    for i in 0..60 {
+        let (s, b) = c
+            .put(
+                leader,
+                &format!("/v1/namespaces/prod/flags/f{i}"),
+                bool_flag("on"),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        last = b["revision"].as_u64().unwrap();
+    }
+    c.heal();
+
+    // The stream never skips silently: what the installed snapshot covers arrives as a fresh
+    // `snapshot` event, then the entries after it as changes, in order, up to the last write.
+    let mut flags = std::collections::BTreeSet::new();
+    let (mut saw_snapshot, mut at) = (false, 0);
+    while at < last {
+        let e = w
+            .next_change(Duration::from_secs(10))
+            .await
+            .expect("events up to the last write");
+        let id = e.id.unwrap();
+        match e.event.as_str() {
+            "snapshot" => {
+                saw_snapshot = true;
+                flags = e.data["flags"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect();
+            }
+            "change" => {
+                assert!(id > at, "change {id} after {at}");
+                flags.extend(
+                    e.data["upserted"]["flags"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .cloned(),
+                );
+            }
+            other => panic!("unexpected {other}: {e:?}"),
+        }
+        at = id;
+    }
+    assert!(
+        saw_snapshot,
+        "the snapshot install must reach the stream as a snapshot event"
+    );
+    assert_eq!(flags.len(), 60);
+    c.shutdown().await;
+}
