@@ -53,6 +53,25 @@ pub struct Namespace {
     pub segments: BTreeMap<String, Item>,
 }
 
+impl Namespace {
+    /// The flags for [`ChangeKind::Flag`], the segments otherwise.
+    pub fn items(&self, kind: ChangeKind) -> &BTreeMap<String, Item> {
+        if kind == ChangeKind::Flag {
+            &self.flags
+        } else {
+            &self.segments
+        }
+    }
+
+    fn items_mut(&mut self, kind: ChangeKind) -> &mut BTreeMap<String, Item> {
+        if kind == ChangeKind::Flag {
+            &mut self.flags
+        } else {
+            &mut self.segments
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ChangeKind {
     Namespace,
@@ -493,6 +512,18 @@ impl State {
         }
     }
 
+    fn existing(&self, ns: &str) -> Result<&Namespace, ApplyError> {
+        self.namespaces
+            .get(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })
+    }
+
+    fn existing_mut(&mut self, ns: &str) -> Result<&mut Namespace, ApplyError> {
+        self.namespaces
+            .get_mut(ns)
+            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })
+    }
+
     /// A mutation outside any namespace's flags (keys, tokens): one revision, no history entry.
     fn bump(&mut self) -> Applied {
         self.meta.revision += 1;
@@ -514,15 +545,8 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &space.flags
-        } else {
-            &space.segments
-        };
+        let space = self.existing(ns)?;
+        let items = space.items(kind);
         check(condition, items.get(key).map(|i| i.version))?;
         check_references(ns, space, kind, key, definition)?;
 
@@ -533,15 +557,8 @@ impl State {
             updated_by: actor.to_string(),
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &mut space.flags
-        } else {
-            &mut space.segments
-        };
+        let space = self.existing_mut(ns)?;
+        let items = space.items_mut(kind);
         let before = items
             .insert(key.to_string(), item)
             .map(|old| old.definition);
@@ -565,15 +582,8 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let space = self
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &space.flags
-        } else {
-            &space.segments
-        };
+        let space = self.existing(ns)?;
+        let items = space.items(kind);
         let current = items.get(key).map(|i| i.version);
         if current.is_none() && condition == Condition::None {
             return Err(ApplyError::NotFound {
@@ -592,15 +602,8 @@ impl State {
                 });
             }
         }
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
-        let items = if kind == ChangeKind::Flag {
-            &mut space.flags
-        } else {
-            &mut space.segments
-        };
+        let space = self.existing_mut(ns)?;
+        let items = space.items_mut(kind);
         let before = items.remove(key).map(|old| old.definition);
         rows.push((item_key(kind, ns, key), None));
         let change = ChangeItem {
@@ -661,11 +664,7 @@ impl State {
         }
         let mut changes = Vec::new();
         for (kind, wanted) in [(ChangeKind::Flag, flags), (ChangeKind::Segment, segments)] {
-            let items = if kind == ChangeKind::Flag {
-                &mut space.flags
-            } else {
-                &mut space.segments
-            };
+            let items = space.items_mut(kind);
             let wanted: BTreeMap<&str, &str> = wanted
                 .iter()
                 .map(|(k, d)| (k.as_str(), d.as_str()))
@@ -720,10 +719,7 @@ impl State {
     ) -> CommandResult {
         let revision = self.meta.revision + 1;
         self.meta.revision = revision;
-        let space = self
-            .namespaces
-            .get_mut(ns)
-            .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.to_string() })?;
+        let space = self.existing_mut(ns)?;
         let prev_revision = space.last_change;
         space.last_change = revision;
         let header = NamespaceHeader {

@@ -263,11 +263,7 @@ async fn get_item<const SEGMENT: bool>(
     let space = state
         .namespace(ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let items = if kind == ChangeKind::Flag {
-        &space.flags
-    } else {
-        &space.segments
-    };
+    let items = space.items(kind);
     let item = items.get(key).ok_or_else(|| {
         ApiError::NotFound(format!(
             "{} {key:?} does not exist in namespace {ns:?}",
@@ -300,11 +296,7 @@ async fn list_items<const SEGMENT: bool>(
     let space = state
         .namespace(ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let items = if kind == ChangeKind::Flag {
-        &space.flags
-    } else {
-        &space.segments
-    };
+    let items = space.items(kind);
     let list: Vec<Value> = items
         .iter()
         .map(|(k, item)| item_json(kind, ns, k, item))
