@@ -14,10 +14,7 @@ use tokio::time::Instant;
 fn defaults(_: &mut NodeConfig) {}
 
 async fn namespace(c: &TestCluster, node: u64, ns: &str) {
-    let (s, b) = c
-        .put(node, &format!("/v1/namespaces/{ns}"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{b}");
+    c.create_namespace(node, ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

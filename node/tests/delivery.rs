@@ -93,8 +93,7 @@ impl Sse {
 async fn setup() -> TestCluster {
     let c = TestCluster::start(3, defaults).await;
     let leader = c.wait_leader().await;
-    let (s, b) = c.put(leader, "/v1/namespaces/prod", json!({})).await;
-    assert_eq!(s, 200, "{b}");
+    c.create_namespace(leader, "prod").await;
     c
 }
 
@@ -651,7 +650,7 @@ fn slow_rate(cfg: &mut NodeConfig) {
 async fn ofrep_answers_429_with_retry_after_past_the_rate() {
     let c = TestCluster::start(3, slow_rate).await;
     let leader = c.wait_leader().await;
-    c.put(leader, "/v1/namespaces/prod", json!({})).await;
+    c.create_namespace(leader, "prod").await;
     let (key, created) = sdk_key(&c, "prod", "busy").await;
     c.put(leader, "/v1/namespaces/prod/flags/a", bool_flag("on"))
         .await;
@@ -692,7 +691,7 @@ async fn a_stream_on_a_node_that_installs_a_raft_snapshot_gets_a_fresh_snapshot_
     let c = TestCluster::start(3, small_snapshots).await;
     let leader = c.wait_leader().await;
     let follower = c.follower_of(leader);
-    c.put(leader, "/v1/namespaces/prod", json!({})).await;
+    c.create_namespace(leader, "prod").await;
     let mut w = Sse::open(
         &c,
         follower,

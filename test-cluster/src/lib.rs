@@ -325,6 +325,22 @@ impl TestCluster {
         (s, b)
     }
 
+    /// Creates namespace `ns` through node `via` and waits until every running node serves it,
+    /// so that bounded reads on followers that follow cannot miss it. Returns its revision.
+    pub async fn create_namespace(&self, via: u64, ns: &str) -> u64 {
+        let (s, b) = self
+            .put(via, &format!("/v1/namespaces/{ns}"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let revision = b["revision"].as_u64().unwrap();
+        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+            let path = format!("/v1/namespaces/{ns}?consistency=bounded&min_revision={revision}");
+            let (s, b) = self.get(n.id, &path).await;
+            assert_eq!(s, 200, "node {}: {b}", n.id);
+        }
+        revision
+    }
+
     pub fn revision(&self, id: u64) -> u64 {
         self.node(id)
             .running
