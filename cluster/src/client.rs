@@ -252,24 +252,12 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
             conn,
             namespace,
             key,
-        } => {
-            let path = format!("/v1/namespaces/{namespace}/flags/{key}");
-            let v = conn
-                .call(Method::PATCH, &path, Some(json!({"state": "ENABLED"})))
-                .await?;
-            conn.print(&v, written);
-        }
+        } => set_state(&conn, &namespace, &key, "ENABLED").await?,
         FlagCmd::Disable {
             conn,
             namespace,
             key,
-        } => {
-            let path = format!("/v1/namespaces/{namespace}/flags/{key}");
-            let v = conn
-                .call(Method::PATCH, &path, Some(json!({"state": "DISABLED"})))
-                .await?;
-            conn.print(&v, written);
-        }
+        } => set_state(&conn, &namespace, &key, "DISABLED").await?,
         FlagCmd::Import {
             conn,
             namespace,
@@ -331,6 +319,16 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
             conn.print(&v, written);
         }
     }
+    Ok(())
+}
+
+/// Enable or disable (kill switch) a flag with a merge patch of its `state`.
+async fn set_state(conn: &Conn, namespace: &str, key: &str, state: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/namespaces/{namespace}/flags/{key}");
+    let v = conn
+        .call(Method::PATCH, &path, Some(json!({ "state": state })))
+        .await?;
+    conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
     Ok(())
 }
 
