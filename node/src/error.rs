@@ -1,12 +1,12 @@
 //! The one error type of the HTTP API and the one place that maps errors to status codes.
 //!
 //! Every error answers `{"error":{"code":"…","message":"…"}}`; validation errors add
-//! `"faults":[{"path":…,"message":…}]`, and 412 adds `"current_version"`.
+//! `"faults":[{"path":…,"message":…}]`, and 412 adds `"current_version"` ([`ErrorBody`], which
+//! is also the schema the OpenAPI document gives every error).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flagstaff_raft_store::ApplyError;
-use serde_json::json;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -110,28 +110,81 @@ impl From<ApplyError> for ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {...}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code: `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`,
+    /// `CONFLICT`, `PRECONDITION_FAILED`, `PAYLOAD_TOO_LARGE`, `IDEMPOTENCY_KEY_REUSED`,
+    /// `NO_LEADER`, `STALE_REPLICA`, `UNAVAILABLE`, `OUTCOME_UNKNOWN` or `RATE_LIMITED`.
+    pub code: String,
+    pub message: String,
+    /// For an invalid definition: every fault with the JSON path where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Vec<FaultBody>>,
+    /// For 412: the item's current version (null when it does not exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<Option<u64>>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct FaultBody {
+    /// JSON path of the fault, e.g. `/variants/on`.
+    pub path: String,
+    pub message: String,
+}
+
+impl ApiError {
+    /// The JSON body this error answers with.
+    pub fn body(&self) -> ErrorBody {
+        let (_, code) = self.status_code();
+        let faults = match self {
+            ApiError::BadRequest { faults, .. } if !faults.is_empty() => Some(
+                faults
+                    .iter()
+                    .map(|f| FaultBody {
+                        path: f.path.clone(),
+                        message: f.message.clone(),
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let current_version = match self {
+            ApiError::PreconditionFailed { current } => Some(*current),
+            _ => None,
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+                faults,
+                current_version,
+            },
+        }
+    }
+
+    /// `Retry-After` (seconds) for the answers that carry one: 503 and 429.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ if self.status_code().0 == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_code();
-        let mut error = json!({ "code": code, "message": self.to_string() });
-        match &self {
-            ApiError::BadRequest { faults, .. } if !faults.is_empty() => {
-                error["faults"] = json!(faults
-                    .iter()
-                    .map(|f| json!({"path": f.path, "message": f.message}))
-                    .collect::<Vec<_>>());
-            }
-            ApiError::PreconditionFailed { current } => error["current_version"] = json!(current),
-            _ => {}
-        }
-        let mut resp = (status, axum::Json(json!({ "error": error }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let (status, _) = self.status_code();
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after() {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -510,6 +510,13 @@ async fn ofrep_evaluates_with_the_shared_evaluator() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Request-level failures keep OFREP's error shape too.
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["key"].clone(), b["errorCode"].clone()),
+        (json!("banner"), json!("GENERAL"))
+    );
+    assert!(b["errorDetails"].as_str().is_some_and(|d| !d.is_empty()));
 
     // Bulk, with ETag → 304 until the namespace changes.
     let bulk = |etag: Option<String>, rev: u64| {
@@ -669,10 +676,13 @@ async fn ofrep_answers_429_with_retry_after_past_the_rate() {
             .send()
             .await
             .unwrap();
-        if r.status() == 429 {
+        let status = r.status().as_u16();
+        if status == 429 {
             assert_eq!(r.headers()["retry-after"], "1");
+            let b: Value = r.json().await.unwrap();
+            assert_eq!(b["errorCode"], "GENERAL", "{b}");
         }
-        statuses.push(r.status().as_u16());
+        statuses.push(status);
     }
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
     assert!(statuses[3..].contains(&429), "{statuses:?}");

@@ -14,12 +14,13 @@ cd "$here/../.."
 root="$(pwd)"
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-t0=$SECONDS
-phase() { echo "== [$((SECONDS - t0))s] $*"; }
-
 for tool in cargo curl python3 node npm; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
 done
+
+name=ofrep
+# shellcheck source=../lib/local-cluster.sh
+source "$here/../lib/local-cluster.sh"
 
 if [ -n "${FLAGSTAFF_BIN:-}" ]; then # a prebuilt binary instead of building one
   bin="$FLAGSTAFF_BIN"
@@ -29,39 +30,6 @@ else
   bin="$target_dir/debug/flagstaff"
 fi
 [ -x "$bin" ] || { echo "run.sh: $bin was not built" >&2; exit 1; }
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/flagstaff-ofrep.XXXXXX")"
-cluster_pid=""
-cleanup() {
-  local rc=$?
-  if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
-    kill "$cluster_pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do # up to 10 s for a clean stop
-      kill -0 "$cluster_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$cluster_pid" 2>/dev/null; then
-      echo "run.sh: cluster did not stop on SIGTERM; killing it" >&2
-      kill -KILL "$cluster_pid" 2>/dev/null || true
-    fi
-    wait "$cluster_pid" 2>/dev/null || true
-  fi
-  if [ "$rc" -ne 0 ]; then
-    echo "run.sh: FAILED (exit $rc); cluster output and node logs follow" >&2
-    for f in "$work"/cluster.log "$work"/data/node-*.log; do
-      [ -f "$f" ] && { echo "--- $f (last 40 lines)" >&2; tail -n 40 "$f" >&2; }
-    done
-  fi
-  if [ "${KEEP_DATA:-0}" = 1 ]; then
-    echo "run.sh: data and logs kept in $work" >&2
-  else
-    rm -rf "$work"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # --- language dependencies (before the cluster starts, so slow installs cost no cluster time)
 phase "python venv"
@@ -78,62 +46,10 @@ fi
 phase "npm ci"
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
 
-# --- cluster on free loopback ports (node N uses BASE+N-1 for both listeners)
-phase "start cluster"
-read -r client_port peer_port < <(python3 - <<'EOF'
-import random, socket, sys
-def free(port):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-for _ in range(200):
-    c = random.randrange(20000, 30000)
-    p = c + 10000
-    if all(free(c + i) and free(p + i) for i in range(3)):
-        print(c, p)
-        sys.exit(0)
-sys.exit("no free ports found")
-EOF
-)
-data="$work/data"
-"$bin" cluster up --data-dir "$data" --client-port "$client_port" --peer-port "$peer_port" \
-  >"$work/cluster.log" 2>&1 &
-cluster_pid=$!
-urls=("http://127.0.0.1:$client_port" "http://127.0.0.1:$((client_port + 1))" "http://127.0.0.1:$((client_port + 2))")
-
-ready=0
-for _ in $(seq 1 300); do # up to 300 tries, 60 s
-  kill -0 "$cluster_pid" 2>/dev/null || { echo "run.sh: cluster exited during start" >&2; exit 1; }
-  n=0
-  for u in "${urls[@]}"; do
-    curl -sf --max-time 2 "$u/readyz" >/dev/null 2>&1 && n=$((n + 1))
-  done
-  if [ "$n" = 3 ] && grep -q "is up" "$work/cluster.log"; then ready=1; break; fi
-  sleep 0.2
-done
-[ "$ready" = 1 ] || { echo "run.sh: cluster not ready within 60 s" >&2; exit 1; }
-token="$(cat "$data/admin.token")"
-
-# The leader takes the admin writes; the providers talk to the two followers.
-leader_url="$(curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $token" "${urls[0]}/v1/cluster" |
-  python3 -c 'import json,sys; c=json.load(sys.stdin); print(next(m["api_addr"] for m in c["members"] if m["is_leader"]))')"
-followers=()
-for u in "${urls[@]}"; do [ "$u" != "$leader_url" ] && followers+=("$u"); done
-[ "${#followers[@]}" = 2 ] || { echo "run.sh: expected 2 followers besides leader $leader_url" >&2; exit 1; }
-phase "cluster up: leader $leader_url, followers ${followers[*]}"
+start_local_cluster
 
 # --- namespace, flags and SDK key
 ns=ofrep-test
-admin() { # METHOD PATH [BODY]
-  curl -sS --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' "$leader_url$2" ${3:+-d "$3"}
-  echo
-}
 admin PUT "/v1/namespaces/$ns" '{"description":"OFREP provider test"}'
 flag() { admin PUT "/v1/namespaces/$ns/flags/$1" "$2"; }
 flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on","metadata":{"owner":"checkout-team"}}'

@@ -6,45 +6,150 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::{
     condition, idempotency, item_path, namespace_path, read_params, Admin, JsonBody,
 };
+use crate::api::openapi::{IdempotencyKey, IfMatch, IfNoneMatch, ItemPath, NsPath, ReadQuery};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::Node;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/namespaces", get(list_namespaces))
-        .route(
-            "/v1/namespaces/{ns}",
-            get(get_namespace)
-                .put(put_namespace)
-                .delete(delete_namespace),
-        )
-        .route("/v1/namespaces/{ns}/flags", get(list_items::<FLAGS>))
-        .route(
-            "/v1/namespaces/{ns}/flags/{key}",
-            get(get_item::<FLAGS>)
-                .put(put_item::<FLAGS>)
-                .patch(patch_flag)
-                .delete(delete_item::<FLAGS>),
-        )
-        .route("/v1/namespaces/{ns}/segments", get(list_items::<SEGMENTS>))
-        .route(
-            "/v1/namespaces/{ns}/segments/{key}",
-            get(get_item::<SEGMENTS>)
-                .put(put_item::<SEGMENTS>)
-                .delete(delete_item::<SEGMENTS>),
-        )
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_namespaces))
+        .routes(routes!(get_namespace, put_namespace, delete_namespace))
+        .routes(routes!(list_flags))
+        .routes(routes!(get_flag, put_flag, patch_flag, delete_flag))
+        .routes(routes!(list_segments))
+        .routes(routes!(get_segment, put_segment, delete_segment))
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
+type NsPathArg = std::result::Result<Path<String>, PathRejection>;
+type ItemPathArg = std::result::Result<Path<(String, String)>, PathRejection>;
+
+/// `PUT /v1/namespaces/{ns}` body (may also be empty).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents what `put_namespace` parses
+struct NamespaceSpec {
+    description: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum FlagState {
+    #[schema(rename = "ENABLED")]
+    Enabled,
+    #[schema(rename = "DISABLED")]
+    Disabled,
+}
+
+/// A flagd flag definition plus `description` and `tags`, validated whole by
+/// `flagstaff-flags` before it is proposed (400 with the path of every fault).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents what `flagstaff_flags::validate_flag` accepts
+struct FlagSpec {
+    state: FlagState,
+    /// Variant name → value; all values of one type (boolean, string, number or object).
+    #[schema(value_type = Object)]
+    variants: std::collections::BTreeMap<String, Value>,
+    #[schema(rename = "defaultVariant")]
+    default_variant: Option<String>,
+    /// JsonLogic with flagd's `fractional`, `sem_ver`, `starts_with`, `ends_with` and
+    /// `{"$ref": "segment"}`.
+    #[schema(value_type = Option<Object>)]
+    targeting: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+/// A namespace: its description, version and sizes.
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceInfo {
+    name: String,
+    description: String,
+    version: u64,
+    flags: usize,
+    segments: usize,
+    /// The revision the answer reflects (single namespace reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceList {
+    revision: u64,
+    namespaces: Vec<NamespaceInfo>,
+}
+
+/// The answer to a namespace write.
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceWritten {
+    namespace: String,
+    version: u64,
+    revision: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceDeleted {
+    namespace: String,
+    deleted: bool,
+    revision: u64,
+}
+
+/// A flag or segment with its version and last change.
+#[derive(Serialize, ToSchema)]
+pub struct ItemInfo {
+    namespace: String,
+    /// `flag` or `segment`.
+    kind: String,
+    key: String,
+    version: u64,
+    updated_at_ms: u64,
+    updated_by: String,
+    definition: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FlagList {
+    namespace: String,
+    revision: u64,
+    flags: Vec<ItemInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SegmentList {
+    namespace: String,
+    revision: u64,
+    segments: Vec<ItemInfo>,
+}
+
+/// The answer to a flag or segment write: its new version (= the revision of the write).
+#[derive(Serialize, ToSchema)]
+pub struct ItemWritten {
+    namespace: String,
+    key: String,
+    version: u64,
+    revision: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemDeleted {
+    namespace: String,
+    key: String,
+    deleted: bool,
+    revision: u64,
+}
 
 /// Flags and segments share their handlers; the const parameter picks which one a route serves.
 const FLAGS: bool = false;
@@ -82,7 +187,7 @@ pub(crate) async fn submit(
     Ok(applied)
 }
 
-fn written(body: Value, revision: u64) -> Response {
+fn written(body: impl Serialize, revision: u64) -> Response {
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(header::ETAG, etag(revision));
     revision_header(&mut resp, revision);
@@ -95,10 +200,15 @@ fn etag(version: u64) -> HeaderValue {
 
 // ----- namespaces -----
 
+/// Create or update a namespace.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}", tag = "namespaces", security(("bearer" = [])),
+    params(NsPath, IfMatch, IfNoneMatch, IdempotencyKey),
+    request_body(content = Option<NamespaceSpec>, description = "`{}` or `{\"description\": \"…\"}`"),
+    responses((status = 200, description = "written", body = NamespaceWritten)))]
 async fn put_namespace(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<String>, PathRejection>,
+    p: NsPathArg,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -134,15 +244,23 @@ async fn put_namespace(
         .await?
         .revision;
     Ok(written(
-        json!({"namespace": ns, "version": revision, "revision": revision}),
+        NamespaceWritten {
+            namespace: ns,
+            version: revision,
+            revision,
+        },
         revision,
     ))
 }
 
+/// Delete a namespace with its flags, segments and SDK keys.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}", tag = "namespaces", security(("bearer" = [])),
+    params(NsPath, IfMatch, IfNoneMatch, IdempotencyKey),
+    responses((status = 200, description = "deleted", body = NamespaceDeleted)))]
 async fn delete_namespace(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<String>, PathRejection>,
+    p: NsPathArg,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -156,11 +274,18 @@ async fn delete_namespace(
         .await?
         .revision;
     Ok(written(
-        json!({"namespace": ns, "deleted": true, "revision": revision}),
+        NamespaceDeleted {
+            namespace: ns,
+            deleted: true,
+            revision,
+        },
         revision,
     ))
 }
 
+/// Every namespace.
+#[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", security(("bearer" = [])),
+    params(ReadQuery), responses((status = 200, description = "the namespaces", body = NamespaceList)))]
 async fn list_namespaces(
     State(node): State<Arc<Node>>,
     _: Admin,
@@ -172,26 +297,44 @@ async fn list_namespaces(
         .await?;
     let (body, revision) = {
         let state = node.state.read();
-        let list: Vec<Value> = state
+        let namespaces = state
             .namespaces()
             .iter()
-            .map(|(name, n)| {
-                json!({"name": name, "description": n.description, "version": n.version,
-                "flags": n.flags.len(), "segments": n.segments.len()})
-            })
+            .map(|(name, n)| namespace_info(name, n, None))
             .collect();
         (
-            json!({"revision": state.revision(), "namespaces": list}),
+            NamespaceList {
+                revision: state.revision(),
+                namespaces,
+            },
             state.revision(),
         )
     };
     Ok(read_answer(body, revision, proof.staleness_ms, None))
 }
 
+fn namespace_info(
+    name: &str,
+    n: &flagstaff_raft_store::Namespace,
+    revision: Option<u64>,
+) -> NamespaceInfo {
+    NamespaceInfo {
+        name: name.to_string(),
+        description: n.description.clone(),
+        version: n.version,
+        flags: n.flags.len(),
+        segments: n.segments.len(),
+        revision,
+    }
+}
+
+/// One namespace.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "namespaces", security(("bearer" = [])),
+    params(NsPath, ReadQuery), responses((status = 200, description = "the namespace", body = NamespaceInfo)))]
 async fn get_namespace(
     State(node): State<Arc<Node>>,
     _: Admin,
-    p: Result<Path<String>, PathRejection>,
+    p: NsPathArg,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
     let ns = namespace_path(p)?;
@@ -203,8 +346,7 @@ async fn get_namespace(
     let n = state
         .namespace(&ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let body = json!({"name": ns, "description": n.description, "version": n.version,
-        "flags": n.flags.len(), "segments": n.segments.len(), "revision": state.revision()});
+    let body = namespace_info(&ns, n, Some(state.revision()));
     Ok(read_answer(
         body,
         state.revision(),
@@ -214,7 +356,7 @@ async fn get_namespace(
 }
 
 fn read_answer(
-    body: Value,
+    body: impl Serialize,
     revision: u64,
     staleness: Option<u64>,
     version: Option<u64>,
@@ -232,23 +374,122 @@ fn read_answer(
 
 // ----- flags and segments -----
 
-fn item_json(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> Value {
-    let definition: Value = serde_json::from_str(&item.definition).unwrap_or(Value::Null);
-    json!({
-        "namespace": ns,
-        "kind": kind.as_str(),
-        "key": key,
-        "version": item.version,
-        "updated_at_ms": item.updated_at_ms,
-        "updated_by": item.updated_by,
-        "definition": definition,
-    })
+fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
+    ItemInfo {
+        namespace: ns.to_string(),
+        kind: kind.as_str().to_string(),
+        key: key.to_string(),
+        version: item.version,
+        updated_at_ms: item.updated_at_ms,
+        updated_by: item.updated_by.clone(),
+        definition: serde_json::from_str(&item.definition).unwrap_or(Value::Null),
+    }
+}
+
+// The routed handlers for flags and segments: documented one by one, sharing the generic ones.
+
+/// One flag.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(ItemPath, ReadQuery), responses((status = 200, description = "the flag; ETag is its version", body = ItemInfo)))]
+async fn get_flag(s: State<Arc<Node>>, a: Admin, p: ItemPathArg, q: RawQuery) -> Result<Response> {
+    get_item::<FLAGS>(s, a, p, q).await
+}
+
+/// One segment.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
+    params(ItemPath, ReadQuery), responses((status = 200, description = "the segment; ETag is its version", body = ItemInfo)))]
+async fn get_segment(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: ItemPathArg,
+    q: RawQuery,
+) -> Result<Response> {
+    get_item::<SEGMENTS>(s, a, p, q).await
+}
+
+/// Every flag of a namespace.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/flags", tag = "flags", security(("bearer" = [])),
+    params(NsPath, ReadQuery), responses((status = 200, description = "the flags", body = FlagList)))]
+async fn list_flags(s: State<Arc<Node>>, a: Admin, p: NsPathArg, q: RawQuery) -> Result<Response> {
+    list_items::<FLAGS>(s, a, p, q).await
+}
+
+/// Every segment of a namespace.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/segments", tag = "segments", security(("bearer" = [])),
+    params(NsPath, ReadQuery), responses((status = 200, description = "the segments", body = SegmentList)))]
+async fn list_segments(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: NsPathArg,
+    q: RawQuery,
+) -> Result<Response> {
+    list_items::<SEGMENTS>(s, a, p, q).await
+}
+
+/// Create or replace a flag.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey), request_body = FlagSpec,
+    responses((status = 200, description = "written", body = ItemWritten)))]
+async fn put_flag(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: ItemPathArg,
+    m: Method,
+    u: Uri,
+    h: HeaderMap,
+    b: JsonBody,
+) -> Result<Response> {
+    put_item::<FLAGS>(s, a, p, m, u, h, b).await
+}
+
+/// Create or replace a segment (a JsonLogic rule, referenced as `{"$ref": "key"}`).
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
+    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey), request_body(content = Object, description = "a JsonLogic rule"),
+    responses((status = 200, description = "written", body = ItemWritten)))]
+async fn put_segment(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: ItemPathArg,
+    m: Method,
+    u: Uri,
+    h: HeaderMap,
+    b: JsonBody,
+) -> Result<Response> {
+    put_item::<SEGMENTS>(s, a, p, m, u, h, b).await
+}
+
+/// Delete a flag.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
+async fn delete_flag(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: ItemPathArg,
+    m: Method,
+    u: Uri,
+    h: HeaderMap,
+) -> Result<Response> {
+    delete_item::<FLAGS>(s, a, p, m, u, h).await
+}
+
+/// Delete a segment (409 while a flag or segment still references it).
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
+    params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
+async fn delete_segment(
+    s: State<Arc<Node>>,
+    a: Admin,
+    p: ItemPathArg,
+    m: Method,
+    u: Uri,
+    h: HeaderMap,
+) -> Result<Response> {
+    delete_item::<SEGMENTS>(s, a, p, m, u, h).await
 }
 
 async fn get_item<const SEGMENT: bool>(
     State(node): State<Arc<Node>>,
     _: Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: ItemPathArg,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let kind = kind_of(SEGMENT);
@@ -271,7 +512,7 @@ async fn get_item<const SEGMENT: bool>(
         ))
     })?;
     Ok(read_answer(
-        item_json(kind, ns, key, item),
+        item_info(kind, ns, key, item),
         state.revision(),
         proof.staleness_ms,
         Some(item.version),
@@ -281,7 +522,7 @@ async fn get_item<const SEGMENT: bool>(
 async fn list_items<const SEGMENT: bool>(
     State(node): State<Arc<Node>>,
     _: Admin,
-    p: Result<Path<String>, PathRejection>,
+    p: NsPathArg,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let kind = kind_of(SEGMENT);
@@ -296,23 +537,27 @@ async fn list_items<const SEGMENT: bool>(
     let space = state
         .namespace(ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let items = space.items(kind);
-    let list: Vec<Value> = items
+    let list: Vec<ItemInfo> = space
+        .items(kind)
         .iter()
-        .map(|(k, item)| item_json(kind, ns, k, item))
+        .map(|(k, item)| item_info(kind, ns, k, item))
         .collect();
-    let field = if kind == ChangeKind::Flag {
-        "flags"
+    let (namespace, revision) = (ns.to_string(), state.revision());
+    Ok(if kind == ChangeKind::Flag {
+        let body = FlagList {
+            namespace,
+            revision,
+            flags: list,
+        };
+        read_answer(body, revision, proof.staleness_ms, None)
     } else {
-        "segments"
-    };
-    let body = json!({"namespace": ns, "revision": state.revision(), field: list});
-    Ok(read_answer(
-        body,
-        state.revision(),
-        proof.staleness_ms,
-        None,
-    ))
+        let body = SegmentList {
+            namespace,
+            revision,
+            segments: list,
+        };
+        read_answer(body, revision, proof.staleness_ms, None)
+    })
 }
 
 fn validate(kind: ChangeKind, value: &Value) -> Result<String> {
@@ -352,7 +597,7 @@ fn put_command(
 async fn put_item<const SEGMENT: bool>(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: ItemPathArg,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -374,7 +619,12 @@ async fn put_item<const SEGMENT: bool>(
         .await?
         .revision;
     Ok(written(
-        json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
+        ItemWritten {
+            namespace: ns,
+            key,
+            version: revision,
+            revision,
+        },
         revision,
     ))
 }
@@ -382,7 +632,7 @@ async fn put_item<const SEGMENT: bool>(
 async fn delete_item<const SEGMENT: bool>(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: ItemPathArg,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -409,7 +659,12 @@ async fn delete_item<const SEGMENT: bool>(
         .await?
         .revision;
     Ok(written(
-        json!({"namespace": ns, "key": key, "deleted": true, "revision": revision}),
+        ItemDeleted {
+            namespace: ns,
+            key,
+            deleted: true,
+            revision,
+        },
         revision,
     ))
 }
@@ -433,10 +688,14 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 /// `PATCH` applies a merge patch to the current definition. Without `If-Match`, the patch is
 /// applied against the version it was computed from and recomputed if someone else wrote in
 /// between, so a concurrent write is never silently overwritten.
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(ItemPath, IfMatch, IdempotencyKey),
+    request_body(content = Object, description = "a JSON merge patch (RFC 7386) of the definition, e.g. `{\"state\": \"DISABLED\"}`"),
+    responses((status = 200, description = "written", body = ItemWritten)))]
 async fn patch_flag(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: ItemPathArg,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -484,10 +743,13 @@ async fn patch_flag(
             Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
             Err(e) => return Err(e),
             Ok(revision) => {
-                return Ok(written(
-                    json!({"namespace": ns, "key": key, "version": revision, "revision": revision}),
+                let body = ItemWritten {
+                    namespace: ns,
+                    key,
+                    version: revision,
                     revision,
-                ))
+                };
+                return Ok(written(body, revision));
             }
         }
     }

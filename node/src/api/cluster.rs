@@ -12,32 +12,45 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use flagstaff_raft_store::{Member, NodeId};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::{bearer, Admin};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::node::Node;
 
 /// A learner may be promoted only when its log is at most this many entries behind the leader.
 const PROMOTE_MAX_LAG: u64 = 16;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/cluster", get(status))
-        .route("/v1/cluster/init", post(init))
-        .route("/v1/cluster/learners", post(add_learner))
-        .route("/v1/cluster/voters", post(promote))
-        .route("/v1/cluster/members/{id}", delete(remove_member))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(status))
+        .routes(routes!(init))
+        .routes(routes!(add_learner))
+        .routes(routes!(promote))
+        .routes(routes!(remove_member))
 }
 
+/// Process alive.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "the process is alive", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// In a cluster with a known leader, and caught up.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "no known leader, or not caught up", body = ErrorBody)))]
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let leader = node.raft.metrics().borrow().current_leader;
     if leader.is_some() && node.caught_up() {
@@ -47,7 +60,42 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<Value> {
+/// One member as the answering node sees it.
+#[derive(Serialize, ToSchema)]
+pub struct MemberStatus {
+    id: NodeId,
+    api_addr: String,
+    peer_addr: String,
+    /// `voter` or `learner`.
+    role: &'static str,
+    is_leader: bool,
+    /// The last log index known replicated to it (on the leader only).
+    matched_index: Option<u64>,
+}
+
+/// The answering node's view of the cluster.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterStatus {
+    cluster_id: String,
+    node_id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    state: &'static str,
+    leader: Option<NodeId>,
+    term: u64,
+    last_log_index: Option<u64>,
+    applied_index: Option<u64>,
+    revision: u64,
+    /// On the leader: time since a quorum last acknowledged it.
+    millis_since_quorum_ack: Option<u64>,
+    /// Age of this node's current staleness proof, if it has one.
+    staleness_ms: Option<u64>,
+    members: Vec<MemberStatus>,
+}
+
+/// Members, roles, leader, term, applied index, revision and staleness proof.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(("bearer" = [])),
+    responses((status = 200, description = "this node's view", body = ClusterStatus)))]
+async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<ClusterStatus> {
     let m = node.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -56,17 +104,19 @@ async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<Value> {
         .as_ref()
         .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
         .unwrap_or_default();
-    let members: Vec<Value> = membership
+    let members = membership
         .nodes()
-        .map(|(id, member)| {
-            json!({
-                "id": id,
-                "api_addr": member.api_addr,
-                "peer_addr": member.peer_addr,
-                "role": if voters.contains(id) { "voter" } else { "learner" },
-                "is_leader": m.current_leader == Some(*id),
-                "matched_index": matched.get(id).copied().flatten(),
-            })
+        .map(|(id, member)| MemberStatus {
+            id: *id,
+            api_addr: member.api_addr.clone(),
+            peer_addr: member.peer_addr.clone(),
+            role: if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            },
+            is_leader: m.current_leader == Some(*id),
+            matched_index: matched.get(id).copied().flatten(),
         })
         .collect();
     let state = match m.state {
@@ -76,22 +126,23 @@ async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<Value> {
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
     };
-    Json(json!({
-        "cluster_id": node.cluster_id,
-        "node_id": node.id,
-        "state": state,
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index,
-        "applied_index": m.last_applied.map(|l| l.index),
-        "revision": node.state.applied().revision,
-        "millis_since_quorum_ack": m.millis_since_quorum_ack,
-        "staleness_ms": node.proofs.staleness_ms(),
-        "members": members,
-    }))
+    Json(ClusterStatus {
+        cluster_id: node.cluster_id.clone(),
+        node_id: node.id,
+        state,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        revision: node.state.applied().revision,
+        millis_since_quorum_ack: m.millis_since_quorum_ack,
+        staleness_ms: node.proofs.staleness_ms(),
+        members,
+    })
 }
 
-#[derive(Deserialize)]
+/// A member: its id and the addresses of its two listeners.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MemberSpec {
     id: NodeId,
@@ -99,13 +150,13 @@ struct MemberSpec {
     peer_addr: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InitSpec {
     members: Vec<MemberSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PromoteSpec {
     id: NodeId,
@@ -125,12 +176,30 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> A
     }
 }
 
-/// `POST /v1/cluster/init`: the first membership of a brand-new cluster, on one node.
+#[derive(Serialize, ToSchema)]
+pub struct Initialized {
+    initialized: bool,
+}
+
+/// A membership change, committed at `log_index`.
+#[derive(Serialize, ToSchema)]
+pub struct MembershipChanged {
+    /// The node added as a learner, promoted to voter or removed.
+    id: NodeId,
+    /// `learner`, `voter` or `removed`.
+    role: &'static str,
+    log_index: u64,
+}
+
+/// The first membership of a brand-new cluster, on one node (409 once initialised).
+#[utoipa::path(post, path = "/v1/cluster/init", tag = "cluster", security(("bearer" = [])),
+    request_body = InitSpec,
+    responses((status = 200, description = "initialised", body = Initialized)))]
 async fn init(
     State(node): State<Arc<Node>>,
     _: Admin,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Initialized>, ApiError> {
     let spec: InitSpec = parse(&body)?;
     if spec.members.is_empty() {
         return Err(ApiError::bad_request(
@@ -157,7 +226,7 @@ async fn init(
         )));
     }
     match node.raft.initialize(members).await {
-        Ok(()) => Ok(Json(json!({"initialized": true}))),
+        Ok(()) => Ok(Json(Initialized { initialized: true })),
         Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ApiError::Conflict(
             format!("cluster is already initialized: {e}"),
         )),
@@ -176,7 +245,7 @@ async fn on_leader<F, Fut>(
 ) -> Response
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Json<Value>, ApiError>>,
+    Fut: std::future::Future<Output = Result<Json<MembershipChanged>, ApiError>>,
 {
     match node.leader() {
         Some((id, _)) if id == node.id => match f().await {
@@ -221,6 +290,10 @@ async fn relay(
     }
 }
 
+/// Add a non-voting learner; it catches up and serves bounded reads.
+#[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", security(("bearer" = [])),
+    request_body = MemberSpec,
+    responses((status = 200, description = "added", body = MembershipChanged)))]
 async fn add_learner(
     State(node): State<Arc<Node>>,
     _: Admin,
@@ -255,14 +328,20 @@ async fn add_learner(
                 .add_learner(spec.id, member, false)
                 .await
                 .map_err(membership_error)?;
-            Ok(Json(
-                json!({"added": spec.id, "role": "learner", "log_index": resp.log_id.index}),
-            ))
+            Ok(Json(MembershipChanged {
+                id: spec.id,
+                role: "learner",
+                log_index: resp.log_id.index,
+            }))
         })
         .await,
     )
 }
 
+/// Promote a learner that is at most 16 entries behind to voter.
+#[utoipa::path(post, path = "/v1/cluster/voters", tag = "cluster", security(("bearer" = [])),
+    request_body = PromoteSpec,
+    responses((status = 200, description = "promoted", body = MembershipChanged)))]
 async fn promote(
     State(node): State<Arc<Node>>,
     _: Admin,
@@ -309,14 +388,20 @@ async fn promote(
                 .change_membership(ChangeMembers::AddVoterIds(ids), false)
                 .await
                 .map_err(membership_error)?;
-            Ok(Json(
-                json!({"promoted": spec.id, "log_index": resp.log_id.index}),
-            ))
+            Ok(Json(MembershipChanged {
+                id: spec.id,
+                role: "voter",
+                log_index: resp.log_id.index,
+            }))
         })
         .await,
     )
 }
 
+/// Remove a voter or learner.
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "node id")),
+    responses((status = 200, description = "removed", body = MembershipChanged)))]
 async fn remove_member(
     State(node): State<Arc<Node>>,
     _: Admin,
@@ -347,7 +432,11 @@ async fn remove_member(
             .await
             .map_err(|_| ApiError::OutcomeUnknown)?
             .map_err(membership_error)?;
-            Ok(Json(json!({"removed": id, "log_index": resp.log_id.index})))
+            Ok(Json(MembershipChanged {
+                id,
+                role: "removed",
+                log_index: resp.log_id.index,
+            }))
         })
         .await,
     )

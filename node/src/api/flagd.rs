@@ -7,29 +7,58 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use flagstaff_raft_store::Command;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::admin::submit;
 use crate::api::extract::{check_name, read_params, Admin, JsonBody};
+use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::watch_hub::parse;
 
 const SCHEMA: &str = "https://flagd.dev/schema/v0/flags.json";
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new().route("/v1/namespaces/{ns}/flagd", get(export).put(import))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new().routes(routes!(export, import))
 }
 
+/// A flagd `flags.json` document.
+#[derive(Serialize, ToSchema)]
+pub struct FlagdDocument {
+    #[serde(rename = "$schema")]
+    schema: &'static str,
+    /// Flag key → flagd flag definition.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    flags: Map<String, Value>,
+    /// Segment key → JsonLogic rule (flagd's shared evaluators).
+    #[serde(rename = "$evaluators", skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = BTreeMap<String, Object>)]
+    evaluators: Map<String, Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Imported {
+    namespace: String,
+    /// How many flags and segments the namespace now holds.
+    flags: usize,
+    segments: usize,
+    revision: u64,
+}
+
+/// Export a namespace as a flagd document.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/flagd", tag = "namespaces", security(("bearer" = [])),
+    params(NsPath, ReadQuery), responses((status = 200, description = "the document", body = FlagdDocument)))]
 async fn export(
     State(node): State<Arc<Node>>,
     _: Admin,
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlagdDocument>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
@@ -38,23 +67,20 @@ async fn export(
     let space = state
         .namespace(&ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let flags: Map<String, Value> = space
-        .flags
-        .iter()
-        .map(|(k, i)| (k.clone(), parse(&i.definition)))
-        .collect();
-    let segments: Map<String, Value> = space
-        .segments
-        .iter()
-        .map(|(k, i)| (k.clone(), parse(&i.definition)))
-        .collect();
-    let mut doc = json!({"$schema": SCHEMA, "flags": flags});
-    if !segments.is_empty() {
-        doc["$evaluators"] = Value::Object(segments);
-    }
-    Ok(Json(doc))
+    let (flags, evaluators) = crate::api::sdk::definitions(space);
+    Ok(Json(FlagdDocument {
+        schema: SCHEMA,
+        flags,
+        evaluators,
+    }))
 }
 
+/// Replace a namespace's flags and segments with a flagd document: validated whole, applied as
+/// one log entry and one revision (the namespace is created if missing).
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/flagd", tag = "namespaces", security(("bearer" = [])),
+    params(NsPath, IdempotencyKey),
+    request_body(content = Object, description = "a flagd document: `{\"flags\": {…}, \"$evaluators\": {…}}`"),
+    responses((status = 200, description = "imported", body = Imported)))]
 async fn import(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
@@ -63,7 +89,7 @@ async fn import(
     uri: Uri,
     headers: HeaderMap,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Imported>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
     flagstaff_flags::validate_document(&body.value).map_err(ApiError::invalid)?;
     let section = |name: &str| -> Result<Vec<(String, String)>, ApiError> {
@@ -85,7 +111,10 @@ async fn import(
         segments,
     };
     let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
-    Ok(Json(
-        json!({"namespace": ns, "flags": count.0, "segments": count.1, "revision": applied.revision}),
-    ))
+    Ok(Json(Imported {
+        namespace: ns,
+        flags: count.0,
+        segments: count.1,
+        revision: applied.revision,
+    }))
 }

@@ -5,27 +5,82 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::{parse_u64, read_params, Admin};
+use crate::api::openapi::{NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
 
 const MAX_PAGE: usize = 1000;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new().route("/v1/namespaces/{ns}/history", get(history))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new().routes(routes!(history))
 }
 
+/// One page of the audit history, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    namespace: String,
+    revision: u64,
+    /// The oldest revision the retained history still holds (of any namespace).
+    earliest_retained_revision: Option<u64>,
+    changes: Vec<HistoryChange>,
+    /// Pass as `before` for the next page; null on the last page.
+    next_before: Option<u64>,
+}
+
+/// One applied change: who made it, when, and each item before and after.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryChange {
+    revision: u64,
+    /// The namespace's previous change.
+    prev_revision: u64,
+    at_ms: u64,
+    /// The token name that made the change.
+    actor: String,
+    items: Vec<HistoryItem>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryItem {
+    /// `flag` or `segment`.
+    kind: &'static str,
+    key: String,
+    /// The definition before the change (null when it was created).
+    before: Option<Value>,
+    /// The definition after the change (null when it was deleted).
+    after: Option<Value>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents what `history` parses
+struct HistoryQuery {
+    /// Only changes of this flag or segment.
+    key: Option<String>,
+    /// Only changes below this revision (the previous page's `next_before`).
+    before: Option<u64>,
+    /// Page size, 1–1000 (default 100).
+    limit: Option<u64>,
+}
+
+/// Who changed what at which revision (audit).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/history", tag = "audit", security(("bearer" = [])),
+    params(NsPath, HistoryQuery, ReadQuery),
+    responses((status = 200, description = "one page of changes, newest first", body = HistoryPage)))]
 async fn history(
     State(node): State<Arc<Node>>,
     _: Admin,
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryPage>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     let (mut key, mut before, mut limit) = (None, u64::MAX, 100usize);
@@ -53,41 +108,37 @@ async fn history(
             key.as_ref()
                 .is_none_or(|k| c.items.iter().any(|i| &i.key == k))
         });
-    let mut changes = Vec::new();
-    let mut next = None;
+    let mut changes: Vec<HistoryChange> = Vec::new();
+    let mut next_before = None;
     for c in matching {
         if changes.len() == limit {
-            next = Some(
-                changes
-                    .last()
-                    .map(|v: &Value| v["revision"].clone())
-                    .unwrap_or(Value::Null),
-            );
+            next_before = changes.last().map(|c| c.revision);
             break;
         }
-        let items: Vec<Value> = c
+        let items = c
             .items
             .iter()
             .filter(|i| key.as_ref().is_none_or(|k| &i.key == k))
-            .map(|i| {
-                json!({
-                    "kind": i.kind.as_str(),
-                    "key": i.key,
-                    "before": i.before.as_deref().map(parse),
-                    "after": i.after.as_deref().map(parse),
-                })
+            .map(|i| HistoryItem {
+                kind: i.kind.as_str(),
+                key: i.key.clone(),
+                before: i.before.as_deref().map(parse),
+                after: i.after.as_deref().map(parse),
             })
             .collect();
-        changes.push(
-            json!({"revision": c.revision, "prev_revision": c.prev_revision, "at_ms": c.at_ms,
-            "actor": c.actor, "items": items}),
-        );
+        changes.push(HistoryChange {
+            revision: c.revision,
+            prev_revision: c.prev_revision,
+            at_ms: c.at_ms,
+            actor: c.actor.clone(),
+            items,
+        });
     }
-    Ok(Json(json!({
-        "namespace": ns,
-        "revision": state.revision(),
-        "earliest_retained_revision": state.history().front().map(|c| c.revision),
-        "changes": changes,
-        "next_before": next,
-    })))
+    Ok(Json(HistoryPage {
+        namespace: ns,
+        revision: state.revision(),
+        earliest_retained_revision: state.history().front().map(|c| c.revision),
+        changes,
+        next_before,
+    }))
 }

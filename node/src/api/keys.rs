@@ -8,32 +8,98 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use flagstaff_raft_store::Command;
 use rand::RngCore;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::admin::submit;
 use crate::api::extract::{check_name, hash_secret, read_params, Admin, JsonBody};
+use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route(
-            "/v1/namespaces/{ns}/sdk-keys",
-            get(list_sdk_keys).post(create_sdk_key),
-        )
-        .route(
-            "/v1/namespaces/{ns}/sdk-keys/{name}",
-            delete(revoke_sdk_key),
-        )
-        .route(
-            "/v1/admin-tokens",
-            get(list_admin_tokens).post(create_admin_token),
-        )
-        .route("/v1/admin-tokens/{name}", delete(revoke_admin_token))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_sdk_keys, create_sdk_key))
+        .routes(routes!(revoke_sdk_key))
+        .routes(routes!(list_admin_tokens, create_admin_token))
+        .routes(routes!(revoke_admin_token))
+}
+
+/// `{"name": "web"}`: the key's or token's name (the actor recorded in history).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents what `name_from` parses
+struct NameSpec {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    name: String,
+}
+
+/// A new SDK key or admin token. The secret is shown only here.
+#[derive(Serialize, ToSchema)]
+pub struct SecretCreated {
+    name: String,
+    /// The namespace an SDK key is bound to (null for an admin token).
+    namespace: Option<String>,
+    secret: String,
+    revision: u64,
+    note: &'static str,
+}
+
+/// A key or token, without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct CredentialInfo {
+    name: String,
+    created_at_ms: u64,
+    created_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SdkKeyList {
+    namespace: String,
+    sdk_keys: Vec<CredentialInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AdminTokenList {
+    admin_tokens: Vec<CredentialInfo>,
+    /// Names of the tokens given in the node's configuration (not revocable here).
+    configured: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// The SDK key's namespace (absent for an admin token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    name: String,
+    revoked: bool,
+    revision: u64,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents what `item_path` parses
+struct KeyPath {
+    /// Namespace name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    ns: String,
+    /// The SDK key's name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    name: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct TokenPath {
+    /// The admin token's name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    name: String,
 }
 
 fn secret(prefix: &str) -> String {
@@ -72,14 +138,20 @@ fn created(
             "{kind} {name:?} was already created by this request; its secret was shown once"
         )));
     }
-    Ok(Json(
-        json!({"name": name, "namespace": ns, "secret": secret, "revision": revision,
-        "note": "store the secret now: it is not shown again"}),
-    )
+    Ok(Json(SecretCreated {
+        name,
+        namespace: ns.map(str::to_string),
+        secret,
+        revision,
+        note: "store the secret now: it is not shown again",
+    })
     .into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Create an SDK key for a namespace; the secret is in this answer only.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/sdk-keys", tag = "keys", security(("bearer" = [])),
+    params(NsPath, IdempotencyKey), request_body = NameSpec,
+    responses((status = 200, description = "created", body = SecretCreated)))]
 async fn create_sdk_key(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
@@ -108,12 +180,15 @@ async fn create_sdk_key(
     )
 }
 
+/// A namespace's SDK keys (names only).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/sdk-keys", tag = "keys", security(("bearer" = [])),
+    params(NsPath, ReadQuery), responses((status = 200, description = "the keys", body = SdkKeyList)))]
 async fn list_sdk_keys(
     State(node): State<Arc<Node>>,
     _: Admin,
     p: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SdkKeyList>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
@@ -124,16 +199,31 @@ async fn list_sdk_keys(
             "namespace {ns:?} does not exist"
         )));
     }
-    let mut keys: Vec<Value> = state
+    let mut sdk_keys: Vec<CredentialInfo> = state
         .sdk_keys()
         .values()
         .filter(|k| k.ns == ns)
-        .map(|k| json!({"name": k.name, "created_at_ms": k.created_at_ms, "created_by": k.created_by}))
+        .map(|k| credential(&k.name, k.created_at_ms, &k.created_by))
         .collect();
-    keys.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(Json(json!({"namespace": ns, "sdk_keys": keys})))
+    sdk_keys.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(SdkKeyList {
+        namespace: ns,
+        sdk_keys,
+    }))
 }
 
+fn credential(name: &str, created_at_ms: u64, created_by: &str) -> CredentialInfo {
+    CredentialInfo {
+        name: name.to_string(),
+        created_at_ms,
+        created_by: created_by.to_string(),
+    }
+}
+
+/// Revoke an SDK key: every node refuses it once it has applied this revision, and closes
+/// the streams using it.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/sdk-keys/{name}", tag = "keys", security(("bearer" = [])),
+    params(KeyPath, IdempotencyKey), responses((status = 200, description = "revoked", body = Revoked)))]
 async fn revoke_sdk_key(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
@@ -141,18 +231,25 @@ async fn revoke_sdk_key(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let (ns, name) = crate::api::extract::item_path(p, "name")?;
     let command = Command::RevokeSdkKey {
         ns: ns.clone(),
         name: name.clone(),
     };
     let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
-    Ok(Json(
-        json!({"namespace": ns, "name": name, "revoked": true, "revision": applied.revision}),
-    ))
+    Ok(Json(Revoked {
+        namespace: Some(ns),
+        name,
+        revoked: true,
+        revision: applied.revision,
+    }))
 }
 
+/// Create another admin token; the secret is in this answer only.
+#[utoipa::path(post, path = "/v1/admin-tokens", tag = "keys", security(("bearer" = [])),
+    params(IdempotencyKey), request_body = NameSpec,
+    responses((status = 200, description = "created", body = SecretCreated)))]
 async fn create_admin_token(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
@@ -178,32 +275,39 @@ async fn create_admin_token(
     )
 }
 
+/// The admin tokens (names only).
+#[utoipa::path(get, path = "/v1/admin-tokens", tag = "keys", security(("bearer" = [])),
+    params(ReadQuery), responses((status = 200, description = "the tokens", body = AdminTokenList)))]
 async fn list_admin_tokens(
     State(node): State<Arc<Node>>,
     _: Admin,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AdminTokenList>, ApiError> {
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
     let state = node.state.read();
-    let mut tokens: Vec<Value> = state
+    let mut admin_tokens: Vec<CredentialInfo> = state
         .admin_tokens()
         .values()
-        .map(|t| json!({"name": t.name, "created_at_ms": t.created_at_ms, "created_by": t.created_by}))
+        .map(|t| credential(&t.name, t.created_at_ms, &t.created_by))
         .collect();
-    tokens.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let bootstrap: Vec<&str> = node
+    admin_tokens.sort_by(|a, b| a.name.cmp(&b.name));
+    let configured = node
         .config
         .admin_tokens
         .iter()
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n.clone())
         .collect();
-    Ok(Json(
-        json!({"admin_tokens": tokens, "configured": bootstrap}),
-    ))
+    Ok(Json(AdminTokenList {
+        admin_tokens,
+        configured,
+    }))
 }
 
+/// Revoke an admin token created through the API.
+#[utoipa::path(delete, path = "/v1/admin-tokens/{name}", tag = "keys", security(("bearer" = [])),
+    params(TokenPath, IdempotencyKey), responses((status = 200, description = "revoked", body = Revoked)))]
 async fn revoke_admin_token(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
@@ -211,12 +315,15 @@ async fn revoke_admin_token(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let Path(name) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_name("name", &name)?;
     let command = Command::RevokeAdminToken { name: name.clone() };
     let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
-    Ok(Json(
-        json!({"name": name, "revoked": true, "revision": applied.revision}),
-    ))
+    Ok(Json(Revoked {
+        namespace: None,
+        name,
+        revoked: true,
+        revision: applied.revision,
+    }))
 }

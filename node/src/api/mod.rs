@@ -7,6 +7,7 @@ pub mod flagd;
 pub mod history;
 pub mod keys;
 pub mod ofrep;
+pub mod openapi;
 pub mod sdk;
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -37,9 +40,9 @@ pub fn staleness_header(resp: &mut Response, staleness_ms: u64) {
     );
 }
 
-/// The client listener: admin API, cluster operations and health.
-pub fn client_router(node: Arc<Node>) -> Router {
-    Router::new()
+/// Every documented route of the client listener, with its OpenAPI description.
+pub fn documented_routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(admin::router())
         .merge(cluster::router())
         .merge(sdk::router())
@@ -47,6 +50,20 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .merge(history::router())
         .merge(flagd::router())
         .merge(ofrep::router())
+        .routes(utoipa_axum::routes!(openapi::document))
+}
+
+/// The OpenAPI document of the client listener (what `/v1/openapi.json` serves).
+pub fn openapi_json() -> String {
+    let (_, api) = documented_routes().split_for_parts();
+    openapi::document_json(api)
+}
+
+/// The client listener: admin API, SDK API, OFREP, cluster operations, health and the OpenAPI
+/// document.
+pub fn client_router(node: Arc<Node>) -> Router {
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(
             node.clone(),

@@ -10,22 +10,84 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use flagstaff_flags::{Context, ErrorCode, FlagSet, Resolution};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::{read_params, Caller, JsonBody};
+use crate::api::openapi::ReadQuery;
 use crate::api::{revision_header, staleness_header};
 use crate::clock::wall_ms;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/ofrep/v1/evaluate/flags", post(bulk))
-        .route("/ofrep/v1/evaluate/flags/{key}", post(single))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(bulk))
+        .routes(routes!(single))
+}
+
+/// A successful evaluation. A flag without a value for this context (no default variant)
+/// leaves `value` and `variant` out, as OFREP allows; the provider then uses its default.
+#[derive(Serialize, ToSchema)]
+pub struct OfrepSuccess {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+    /// `STATIC`, `TARGETING_MATCH`, `SPLIT`, `DEFAULT`, `DISABLED` or `UNKNOWN`.
+    reason: &'static str,
+    #[schema(value_type = Object)]
+    metadata: Map<String, Value>,
+}
+
+/// A failed evaluation or request, in OFREP's shape.
+#[derive(Serialize, ToSchema)]
+pub struct OfrepError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// `FLAG_NOT_FOUND`, `TYPE_MISMATCH`, `PARSE_ERROR`, `TARGETING_KEY_MISSING`,
+    /// `INVALID_CONTEXT` or `GENERAL`.
+    #[serde(rename = "errorCode")]
+    error_code: String,
+    #[serde(rename = "errorDetails")]
+    error_details: String,
+}
+
+/// One flag of a bulk answer: its evaluation or its error.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BulkItem {
+    Success(OfrepSuccess),
+    Failure(OfrepError),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkEvaluation {
+    flags: Vec<BulkItem>,
+}
+
+/// With an admin token, the namespace (an SDK key names its own).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents what `namespace_of` parses
+struct NamespaceParam {
+    /// Namespace, when called with an admin token (or the `Flagstaff-Namespace` header).
+    namespace: Option<String>,
+}
+
+/// `{"context": {"targetingKey": …, …}}`; the body and the context may be left out.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents what `context_of` parses
+struct EvaluationRequest {
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
 }
 
 /// Compiled flag sets per namespace, rebuilt when the namespace changed.
@@ -89,13 +151,34 @@ fn namespace_of(
     }
 }
 
+fn error_body(key: Option<&str>, code: &str, details: &str) -> OfrepError {
+    OfrepError {
+        key: key.map(str::to_string),
+        error_code: code.to_string(),
+        error_details: details.to_string(),
+    }
+}
+
 /// An OFREP error body `{key, errorCode, errorDetails}` with its status.
 fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response {
-    let mut body = json!({"errorCode": code, "errorDetails": details});
-    if let Some(k) = key {
-        body["key"] = json!(k);
+    (status, Json(error_body(key, code, details))).into_response()
+}
+
+/// A request-level failure (credentials, parameters, availability) in OFREP's shape, keeping
+/// its status and `Retry-After`.
+fn api_error(key: Option<&str>, e: ApiError) -> Response {
+    let (status, _) = e.status_code();
+    let code = if status == StatusCode::NOT_FOUND {
+        "FLAG_NOT_FOUND"
+    } else {
+        "GENERAL"
+    };
+    let mut resp = ofrep_error(status, key, code, &e.to_string());
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    (status, Json(body)).into_response()
+    resp
 }
 
 fn context_of(body: &Value) -> Result<Context, (String, String)> {
@@ -115,30 +198,24 @@ fn context_of(body: &Value) -> Result<Context, (String, String)> {
     }
 }
 
-fn success_json(key: &str, r: &Resolution<'_>) -> Value {
-    let mut out = json!({"key": key, "reason": r.reason.as_str(), "metadata": r.metadata});
-    // A flag without a value for this context (no default variant) leaves `value` and `variant`
-    // out, as OFREP specifies; the provider then uses the caller's default.
-    if let Some(v) = r.value {
-        out["value"] = v.clone();
+fn success(key: &str, r: &Resolution<'_>) -> OfrepSuccess {
+    OfrepSuccess {
+        key: key.to_string(),
+        value: r.value.cloned(),
+        variant: r.variant.map(str::to_string),
+        reason: r.reason.as_str(),
+        metadata: r.metadata.clone(),
     }
-    if let Some(v) = r.variant {
-        out["variant"] = json!(v);
-    }
-    out
 }
 
-fn failure(key: &str, r: &Resolution<'_>) -> Option<(StatusCode, Value)> {
+fn failure(key: &str, r: &Resolution<'_>) -> Option<(StatusCode, OfrepError)> {
     let e = r.error.as_ref()?;
     let status = if e.code == ErrorCode::FlagNotFound {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::BAD_REQUEST
     };
-    Some((
-        status,
-        json!({"key": key, "errorCode": e.code.as_str(), "errorDetails": e.message}),
-    ))
+    Some((status, error_body(Some(key), e.code.as_str(), &e.message)))
 }
 
 async fn prepare(
@@ -173,33 +250,60 @@ fn finish(mut resp: Response, node: &Node, staleness: Option<u64>) -> Response {
     resp
 }
 
+/// Evaluate one flag for a context.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "ofrep", security(("bearer" = [])),
+    params(("key" = String, Path, description = "flag key"), NamespaceParam, ReadQuery),
+    request_body(content = Option<EvaluationRequest>),
+    responses(
+        (status = 200, description = "evaluated", body = OfrepSuccess),
+        (status = 400, description = "evaluation failed (e.g. TYPE_MISMATCH, INVALID_CONTEXT)", body = OfrepError),
+        (status = 404, description = "FLAG_NOT_FOUND", body = OfrepError)))]
 async fn single(
     State(node): State<Arc<Node>>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: JsonBody,
+    body: Result<JsonBody, ApiError>,
+) -> Response {
+    let key = match p {
+        Ok(Path(key)) => key,
+        Err(e) => return api_error(None, ApiError::bad_request(e.body_text())),
+    };
+    match evaluate_one(&node, caller, &key, &headers, q.as_deref(), body).await {
+        Ok(resp) => resp,
+        Err(e) => api_error(Some(&key), e),
+    }
+}
+
+async fn evaluate_one(
+    node: &Node,
+    caller: Result<Caller, ApiError>,
+    key: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Path(key) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (_, _, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
+    let caller = caller?;
+    let body = body?;
+    let (_, _, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match context_of(&body.value) {
         Ok(c) => c,
         Err((code, details)) => {
             return Ok(ofrep_error(
                 StatusCode::BAD_REQUEST,
-                Some(&key),
+                Some(key),
                 &code,
                 &details,
             ))
         }
     };
-    let r = set.resolve(&key, &ctx);
-    let resp = match failure(&key, &r) {
+    let r = set.resolve(key, &ctx);
+    let resp = match failure(key, &r) {
         Some((status, body)) => (status, Json(body)).into_response(),
-        None => Json(success_json(&key, &r)).into_response(),
+        None => Json(success(key, &r)).into_response(),
     };
-    Ok(finish(resp, &node, staleness))
+    Ok(finish(resp, node, staleness))
 }
 
 /// Writes `v` with object keys sorted, so equal contexts give equal bytes whatever the order
@@ -252,16 +356,37 @@ fn bulk_etag(rev: u64, body: &Value) -> String {
     format!("\"{rev}-{hex}\"")
 }
 
-/// Bulk evaluation. `ETag` is the namespace's last change plus a digest of the context;
-/// `If-None-Match` with it answers 304.
+/// Evaluate every flag of the namespace for a context. `ETag` is the namespace's last change
+/// plus a digest of the context; `If-None-Match` with it answers 304.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep", security(("bearer" = [])),
+    params(NamespaceParam, ReadQuery, ("If-None-Match" = Option<String>, Header, description = "the ETag of an earlier answer")),
+    request_body(content = Option<EvaluationRequest>),
+    responses(
+        (status = 200, description = "every flag, evaluated or failed", body = BulkEvaluation),
+        (status = 304, description = "neither the namespace nor the context changed since the ETag"),
+        (status = 400, description = "invalid context", body = OfrepError)))]
 async fn bulk(
     State(node): State<Arc<Node>>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: JsonBody,
+    body: Result<JsonBody, ApiError>,
+) -> Response {
+    evaluate_all(&node, caller, &headers, q.as_deref(), body)
+        .await
+        .unwrap_or_else(|e| api_error(None, e))
+}
+
+async fn evaluate_all(
+    node: &Node,
+    caller: Result<Caller, ApiError>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let (_, rev, set, staleness) = prepare(&node, &caller, &headers, q.as_deref()).await?;
+    let caller = caller?;
+    let body = body?;
+    let (_, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match context_of(&body.value) {
         Ok(c) => c,
         Err((code, details)) => {
@@ -281,24 +406,24 @@ async fn bulk(
             header::ETAG,
             HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
         );
-        return Ok(finish(resp, &node, staleness));
+        return Ok(finish(resp, node, staleness));
     }
-    let mut flags: Vec<(String, Value)> = set
+    let mut flags: Vec<(String, BulkItem)> = set
         .resolve_all(&ctx)
         .map(|(key, r)| {
             let item = match failure(key, &r) {
-                Some((_, body)) => body,
-                None => success_json(key, &r),
+                Some((_, body)) => BulkItem::Failure(body),
+                None => BulkItem::Success(success(key, &r)),
             };
             (key.to_string(), item)
         })
         .collect();
     flags.sort_by(|a, b| a.0.cmp(&b.0));
-    let flags: Vec<Value> = flags.into_iter().map(|(_, v)| v).collect();
-    let mut resp = Json(json!({"flags": flags})).into_response();
+    let flags = flags.into_iter().map(|(_, v)| v).collect();
+    let mut resp = Json(BulkEvaluation { flags }).into_response();
     resp.headers_mut().insert(
         header::ETAG,
         HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
     );
-    Ok(finish(resp, &node, staleness))
+    Ok(finish(resp, node, staleness))
 }

@@ -9,22 +9,39 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use flagstaff_raft_store::{Namespace, State as StoreState};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::{namespace_path, parse_u64, read_params, Caller};
+use crate::api::openapi::{NsPath, ReadQuery};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, HubBatch};
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/namespaces/{ns}/snapshot", get(snapshot))
-        .route("/v1/namespaces/{ns}/watch", get(watch))
+pub fn router() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::new()
+        .routes(routes!(snapshot))
+        .routes(routes!(watch))
+}
+
+/// A namespace's whole state at one revision.
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceSnapshot {
+    namespace: String,
+    cluster_id: String,
+    revision: u64,
+    /// Flag key → flagd flag definition.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    flags: Map<String, Value>,
+    /// Segment key → JsonLogic rule.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    segments: Map<String, Value>,
 }
 
 /// A namespace's flags and segments as JSON maps (key → definition).
@@ -37,25 +54,15 @@ pub fn definitions(space: &Namespace) -> (Map<String, Value>, Map<String, Value>
 
 /// `{namespace, cluster_id, revision, flags: {key: def}, segments: {key: rule}}`, or `None` if
 /// the namespace does not exist.
-pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<Value> {
-    let space = state.namespace(ns)?;
-    let flags: Map<String, Value> = space
-        .flags
-        .iter()
-        .map(|(k, i)| (k.clone(), parse(&i.definition)))
-        .collect();
-    let segments: Map<String, Value> = space
-        .segments
-        .iter()
-        .map(|(k, i)| (k.clone(), parse(&i.definition)))
-        .collect();
-    Some(json!({
-        "namespace": ns,
-        "cluster_id": cluster_id,
-        "revision": state.revision(),
-        "flags": flags,
-        "segments": segments,
-    }))
+pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<NamespaceSnapshot> {
+    let (flags, segments) = definitions(state.namespace(ns)?);
+    Some(NamespaceSnapshot {
+        namespace: ns.to_string(),
+        cluster_id: cluster_id.to_string(),
+        revision: state.revision(),
+        flags,
+        segments,
+    })
 }
 
 fn not_found(ns: &str) -> ApiError {
@@ -72,6 +79,14 @@ fn if_none_match(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// All flags and segments of a namespace, with the revision they reflect. Bounded consistency
+/// by default; `If-None-Match: "R"` also acts as `min_revision=R`.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/snapshot", tag = "sdk", security(("bearer" = [])),
+    params(NsPath, ReadQuery,
+        ("If-None-Match" = Option<String>, Header, description = "a revision held, e.g. `\"42\"`")),
+    responses(
+        (status = 200, description = "the namespace; ETag is the revision", body = NamespaceSnapshot),
+        (status = 304, description = "nothing in the namespace changed since the revision in If-None-Match")))]
 async fn snapshot(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -112,6 +127,13 @@ async fn snapshot(
 /// `GET /v1/namespaces/{ns}/watch`: `snapshot` first (or the missed changes when resuming
 /// with `Last-Event-ID`/`since`), then `change` events in revision order, `heartbeat`s while the
 /// node can prove its bound, `stale` and close when it cannot.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/watch", tag = "sdk", security(("bearer" = [])),
+    params(NsPath, ReadQuery,
+        ("since" = Option<u64>, Query, description = "resume after this revision"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this revision")),
+    responses((status = 200, description = "Server-Sent Events: `snapshot`, `change` (id = revision), \
+        `heartbeat` {revision, staleness_ms}, `stale` (then the stream closes), `error`",
+        content_type = "text/event-stream", body = String)))]
 async fn watch(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -192,8 +214,15 @@ async fn watch(
 fn snapshot_frame(state: &StoreState, ns: &str, cluster_id: &str) -> Bytes {
     let body = snapshot_json(state, ns, cluster_id).unwrap_or_else(|| {
         // The namespace was deleted: an empty snapshot says so without a gap.
-        json!({"namespace": ns, "cluster_id": cluster_id, "revision": state.revision(), "flags": {}, "segments": {}})
+        NamespaceSnapshot {
+            namespace: ns.to_string(),
+            cluster_id: cluster_id.to_string(),
+            revision: state.revision(),
+            flags: Map::new(),
+            segments: Map::new(),
+        }
     });
+    let body = serde_json::to_value(body).unwrap_or(Value::Null);
     sse_frame("snapshot", state.revision(), &body)
 }
 

@@ -1,0 +1,99 @@
+# Sourced by the scripts under tests/: a local 3-node `flagstaff cluster up` on free loopback
+# ports in a temporary directory, stopped (by its PID) when the script exits.
+#
+# The caller sets `bin` (the flagstaff binary) and `name` (for messages), then calls
+# `start_local_cluster`. Afterwards: `work` (temporary dir), `data`, `urls` (the three client
+# URLs), `token` (admin token), `leader_url`, `followers`. KEEP_DATA=1 keeps the directory.
+
+t0=$SECONDS
+phase() { echo "== [$((SECONDS - t0))s] $*"; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/flagstaff-$name.XXXXXX")"
+cluster_pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
+    kill "$cluster_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do # up to 10 s for a clean stop
+      kill -0 "$cluster_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$cluster_pid" 2>/dev/null; then
+      echo "$name: cluster did not stop on SIGTERM; killing it" >&2
+      kill -KILL "$cluster_pid" 2>/dev/null || true
+    fi
+    wait "$cluster_pid" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ]; then
+    echo "$name: FAILED (exit $rc); cluster output and node logs follow" >&2
+    for f in "$work"/cluster.log "$work"/data/node-*.log; do
+      [ -f "$f" ] && { echo "--- $f (last 40 lines)" >&2; tail -n 40 "$f" >&2; }
+    done
+  fi
+  if [ "${KEEP_DATA:-0}" = 1 ]; then
+    echo "$name: data and logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_local_cluster() {
+  phase "start cluster"
+  # node N uses BASE+N-1 for both listeners
+  read -r client_port peer_port < <(python3 - <<'PY'
+import random, socket, sys
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(200):
+    c = random.randrange(20000, 30000)
+    p = c + 10000
+    if all(free(c + i) and free(p + i) for i in range(3)):
+        print(c, p)
+        sys.exit(0)
+sys.exit("no free ports found")
+PY
+  )
+  data="$work/data"
+  "$bin" cluster up --data-dir "$data" --client-port "$client_port" --peer-port "$peer_port" \
+    >"$work/cluster.log" 2>&1 &
+  cluster_pid=$!
+  urls=("http://127.0.0.1:$client_port" "http://127.0.0.1:$((client_port + 1))" "http://127.0.0.1:$((client_port + 2))")
+
+  local ready=0 n u
+  for _ in $(seq 1 300); do # up to 300 tries, 60 s
+    kill -0 "$cluster_pid" 2>/dev/null || { echo "$name: cluster exited during start" >&2; exit 1; }
+    n=0
+    for u in "${urls[@]}"; do
+      curl -sf --max-time 2 "$u/readyz" >/dev/null 2>&1 && n=$((n + 1))
+    done
+    if [ "$n" = 3 ] && grep -q "is up" "$work/cluster.log"; then ready=1; break; fi
+    sleep 0.2
+  done
+  [ "$ready" = 1 ] || { echo "$name: cluster not ready within 60 s" >&2; exit 1; }
+  token="$(cat "$data/admin.token")"
+
+  leader_url="$(curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $token" "${urls[0]}/v1/cluster" |
+    python3 -c 'import json,sys; c=json.load(sys.stdin); print(next(m["api_addr"] for m in c["members"] if m["is_leader"]))')"
+  followers=()
+  for u in "${urls[@]}"; do [ "$u" != "$leader_url" ] && followers+=("$u"); done
+  [ "${#followers[@]}" = 2 ] || { echo "$name: expected 2 followers besides leader $leader_url" >&2; exit 1; }
+  phase "cluster up: leader $leader_url, followers ${followers[*]}"
+}
+
+# admin METHOD PATH [BODY]: an admin request to the leader; fails on an error status.
+admin() {
+  curl -sS --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' "$leader_url$2" ${3:+-d "$3"}
+  echo
+}
