@@ -1,8 +1,9 @@
 # Sourced by the scripts under tests/: a local 3-node `flagstaff cluster up` on free loopback
 # ports in a temporary directory, stopped (by its PID) when the script exits.
 #
-# The caller sets `bin` (the flagstaff binary) and `name` (for messages), then calls
-# `start_local_cluster`. Afterwards: `work` (temporary dir), `data`, `urls` (the three client
+# The caller sets `name` (for messages) and `target_dir`, calls `flagstaff_binary` (sets `bin`:
+# $FLAGSTAFF_BIN, or a fresh build) and `python_venv DIR REQUIREMENTS` if it needs one (sets
+# `venv`), then `start_local_cluster`. Afterwards: `work` (temporary dir), `data`, `urls` (the three client
 # URLs), `token` (admin token), `leader_url`, `followers`. KEEP_DATA=1 keeps the directory.
 
 t0=$SECONDS
@@ -40,6 +41,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+flagstaff_binary() {
+  if [ -n "${FLAGSTAFF_BIN:-}" ]; then # a prebuilt binary instead of building one
+    bin="$FLAGSTAFF_BIN"
+  else
+    phase "build flagstaff"
+    # Workspace-wide, so features resolve as in every other build and RocksDB is built once.
+    cargo build --locked --workspace --bins
+    bin="$target_dir/debug/flagstaff"
+  fi
+  [ -x "$bin" ] || { echo "$name: $bin was not built" >&2; exit 1; }
+}
+
+# python_venv DIR REQUIREMENTS: a venv with the pinned requirements, rebuilt when they change.
+python_venv() {
+  venv="$1"
+  local req="$2" stamp="$1/.requirements.sha256" want
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req"
+    echo "$want" >"$stamp"
+  fi
+}
 
 start_local_cluster() {
   phase "start cluster"

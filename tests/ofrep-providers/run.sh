@@ -22,27 +22,11 @@ name=ofrep
 # shellcheck source=../lib/local-cluster.sh
 source "$here/../lib/local-cluster.sh"
 
-if [ -n "${FLAGSTAFF_BIN:-}" ]; then # a prebuilt binary instead of building one
-  bin="$FLAGSTAFF_BIN"
-else
-  phase "build flagstaff"
-  cargo build --locked -p flagstaff-cluster
-  bin="$target_dir/debug/flagstaff"
-fi
-[ -x "$bin" ] || { echo "run.sh: $bin was not built" >&2; exit 1; }
+flagstaff_binary
 
 # --- language dependencies (before the cluster starts, so slow installs cost no cluster time)
 phase "python venv"
-venv="$target_dir/ofrep-providers/venv"
-req="$here/python/requirements.txt"
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req"
-  echo "$want" >"$stamp"
-fi
+python_venv "$target_dir/ofrep-providers/venv" "$here/python/requirements.txt"
 phase "npm ci"
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
 

@@ -26,26 +26,10 @@ name=openapi
 # shellcheck source=../lib/local-cluster.sh
 source "$here/../lib/local-cluster.sh"
 
-if [ -n "${FLAGSTAFF_BIN:-}" ]; then
-  bin="$FLAGSTAFF_BIN"
-else
-  phase "build flagstaff"
-  cargo build --locked -p flagstaff-cluster
-  bin="$target_dir/debug/flagstaff"
-fi
-[ -x "$bin" ] || { echo "openapi: $bin was not built" >&2; exit 1; }
+flagstaff_binary
 
 phase "python venv (schemathesis)"
-venv="$target_dir/openapi/venv"
-req="$here/requirements.txt"
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -x "$venv/bin/schemathesis" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req"
-  echo "$want" >"$stamp"
-fi
+python_venv "$target_dir/openapi/venv" "$here/requirements.txt"
 
 start_local_cluster
 
