@@ -2,9 +2,9 @@
 //!
 //! It is generated from the handlers: each one carries a `#[utoipa::path]` annotation and is
 //! routed through `utoipa_axum::routes!`, which registers the route and its documentation
-//! together, so a route cannot be served without being documented. The error statuses every
-//! operation can answer through [`ApiError`](crate::error::ApiError) are added here, in one
-//! place, from the same list that `error.rs` maps.
+//! together, so a route cannot be served without being documented. The error statuses that
+//! operations answer through [`ApiError`](crate::error::ApiError) (mapped in `error.rs`) are
+//! added here, in one place, by kind of route: reads, writes and OFREP.
 
 use std::sync::OnceLock;
 
