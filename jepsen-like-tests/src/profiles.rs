@@ -87,16 +87,16 @@ pub fn profile(name: &str, duration: Option<Duration>) -> Option<Vec<Scenario>> 
     Some(s)
 }
 
-/// Nodes that snapshot every 50 entries and keep 10 behind, so a follower that misses a
+/// Nodes that snapshot every 20 entries and keep 5 behind, so a follower that misses a
 /// couple of seconds of writes is sent a Raft snapshot; watchers ask for an 8 s bound (and the
 /// nodes allow it) so their streams outlive a short partition and see the install live. A
 /// filler keeps the log moving while the checked clients wait on a cut-off node.
 fn small_snapshots(mut s: Scenario) -> Scenario {
     s.node_args = [
         "--snapshot-every",
-        "50",
+        "20",
         "--logs-behind-snapshot",
-        "10",
+        "5",
         "--max-staleness-ms",
         "8000",
     ]
@@ -175,7 +175,7 @@ pub fn breaks() -> Vec<Break> {
                 small_snapshots(Scenario::new(
                     "break: watch skips snapshot installs",
                     3,
-                    16,
+                    20,
                     &[IsolateFollower],
                 )),
             ),

@@ -225,7 +225,7 @@ async fn drive(
         )));
     }
     if scenario.filler {
-        for p in 0..2 {
+        for p in 0..3 {
             tasks.push(tokio::spawn(workload::filler_client(
                 http.clone(),
                 eps.clone(),

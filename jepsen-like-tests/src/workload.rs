@@ -376,17 +376,27 @@ pub async fn set_client(
     }
 }
 
-/// Filler: writes to namespace `fill` through each node in turn with a 300 ms timeout, not
+/// Filler: writes to namespace `fill` through the nodes in turn with a 300 ms timeout, not
 /// recorded (they only add log entries; the checkers see their revisions through the others).
+/// A node that failed is skipped for a second, so a cut-off node does not hold the filler.
 pub async fn filler_client(http: reqwest::Client, eps: Endpoints, p: u64, until: Instant) {
+    let mut skip: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut n = 0u64;
     while Instant::now() < until && n < 100_000 {
         n += 1;
         let now = endpoints_now(&eps);
-        let Some(ep) = now.get((n as usize + p as usize) % now.len().max(1)) else {
+        let usable: Vec<&Endpoint> = now
+            .iter()
+            .filter(|e| skip.get(&e.id).is_none_or(|t| Instant::now() >= *t))
+            .collect();
+        let Some(ep) = usable
+            .get((n as usize + p as usize) % usable.len().max(1))
+            .copied()
+            .or(now.first())
+        else {
             break;
         };
-        let _ = http
+        let ok = http
             .put(format!(
                 "{}/v1/namespaces/{FILL_NS}/flags/f{p}-{}",
                 ep.api,
@@ -396,7 +406,11 @@ pub async fn filler_client(http: reqwest::Client, eps: Endpoints, p: u64, until:
             .timeout(Duration::from_millis(300))
             .json(&reg_flag(n as i64))
             .send()
-            .await;
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            skip.insert(ep.id, Instant::now() + Duration::from_secs(1));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
