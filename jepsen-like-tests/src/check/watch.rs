@@ -184,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_snapshot_mid_stream_passes_and_a_skip_fails() {
+        // A Raft snapshot install at 8 reaches the stream as a snapshot event: no gap.
+        let evs = vec![
+            ev("connect", None, None, None),
+            ev("snapshot", Some(4), None, None),
+            ev("change", Some(5), Some(2), None),
+            ev("snapshot", Some(8), None, None),
+            ev("change", Some(9), Some(7), None),
+        ];
+        let refs: Vec<&WatchEvent> = evs.iter().collect();
+        let r = check(&refs, Some(&[2, 5, 7, 9]), &[]);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!((r.snapshots, r.mid_stream_snapshots), (2, 1));
+        // The same install skipped silently: change 7 never arrives.
+        let skipped = run(vec![
+            ev("connect", None, None, None),
+            ev("snapshot", Some(4), None, None),
+            ev("change", Some(5), Some(2), None),
+            ev("change", Some(9), Some(7), None),
+        ]);
+        assert!(!skipped.is_empty());
+    }
+
+    #[test]
     fn gaps_duplicates_and_reordering_fail() {
         let gap = run(vec![
             ev("snapshot", Some(4), None, None),
