@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn a_fresh_snapshot_mid_stream_passes_and_a_skip_fails() {
         // A Raft snapshot install at 8 reaches the stream as a snapshot event: no gap.
-        let evs = vec![
+        let evs = [
             ev("connect", None, None, None),
             ev("snapshot", Some(4), None, None),
             ev("change", Some(5), Some(2), None),
