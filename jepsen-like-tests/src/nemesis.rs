@@ -39,8 +39,9 @@ pub enum Fault {
     ReplaceVoter,
 }
 
-/// Runs faults from `faults` one after another until `until`, each held 1.5-3 s and followed
-/// by 1-2 s of calm, and leaves the cluster healed.
+/// Runs faults from `faults` one after another until `until` (each kind once first, in a
+/// seeded order, then seeded random picks), each held 1.5-3 s and followed by 1-2 s of calm,
+/// and leaves the cluster healed.
 pub async fn run(
     cluster: &mut Cluster,
     rec: Arc<Recorder>,
@@ -49,11 +50,18 @@ pub async fn run(
     until: Instant,
 ) -> anyhow::Result<usize> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut first_round: Vec<Fault> = faults.to_vec();
+    first_round.dedup();
+    first_round.shuffle(&mut rng);
     let mut injected = 0;
     // Let the workload start before the first fault.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     while Instant::now() + Duration::from_secs(2) < until && injected < 1000 {
-        let Some(&fault) = faults.choose(&mut rng) else {
+        // Every kind once, in a seeded order, then seeded random picks.
+        let Some(&fault) = first_round
+            .get(injected)
+            .or_else(|| faults.choose(&mut rng))
+        else {
             break;
         };
         let hold = Duration::from_millis(rng.gen_range(1500..3000));
