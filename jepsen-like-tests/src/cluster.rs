@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -33,7 +34,35 @@ pub enum Health {
     Running,
     Paused,
     Killed,
+    /// Removed from the membership and stopped; its id and data dir are never used again.
+    Removed,
 }
+
+/// A node's place in the membership, as the harness last changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Voter,
+    Learner,
+}
+
+/// A node's client API base URL and id.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub id: u64,
+    pub api: String,
+}
+
+/// The current members' client endpoints, shared with the workloads: nodes added at runtime
+/// join it, removed ones leave it.
+pub type Endpoints = Arc<RwLock<Vec<Endpoint>>>;
+
+/// A snapshot of the current endpoints (never empty while the cluster has a member).
+pub fn endpoints_now(eps: &Endpoints) -> Vec<Endpoint> {
+    eps.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Called with each node added at runtime (the run starts a watcher on it).
+pub type OnNewNode = Box<dyn Fn(Endpoint) + Send + Sync>;
 
 pub struct NodeProc {
     pub id: u64,
@@ -45,49 +74,59 @@ pub struct NodeProc {
     pub log: PathBuf,
     child: Option<Child>,
     pub health: Health,
+    pub role: Role,
+}
+
+impl NodeProc {
+    fn peer_url(&self) -> String {
+        format!("http://{}", self.proxy.listen)
+    }
+}
+
+/// How every node of a cluster is started.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Extra environment (the fault-injection switches).
+    pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments (e.g. `--snapshot-every 50`).
+    pub args: Vec<String>,
 }
 
 /// A cluster of processes the harness owns.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     bin: PathBuf,
-    env: Vec<(String, String)>,
+    dir: PathBuf,
+    opts: NodeOptions,
     pub http: reqwest::Client,
+    /// The members' client endpoints (voters and learners), kept current.
+    pub endpoints: Endpoints,
+    pub on_new_node: Option<OnNewNode>,
 }
 
 impl Cluster {
-    /// Starts `n` pristine voters from `bin` under `dir` (with `env` for every process) and
-    /// initialises them as one cluster.
+    /// Starts `n` pristine voters from `bin` under `dir`, initialises them as one cluster, then
+    /// adds `learners` more nodes as learners.
     pub async fn start(
         bin: &Path,
         dir: &Path,
         n: u64,
-        env: Vec<(String, String)>,
+        learners: u64,
+        opts: NodeOptions,
     ) -> anyhow::Result<Cluster> {
         let mut c = Cluster {
             nodes: Vec::new(),
             bin: bin.to_path_buf(),
-            env,
+            dir: dir.to_path_buf(),
+            opts,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(4)
                 .build()?,
+            endpoints: Arc::default(),
+            on_new_node: None,
         };
-        for id in 1..=n {
-            let ip = node_ip(id);
-            let client = SocketAddr::new(ip, free_port(ip)?);
-            let peer = SocketAddr::new(ip, free_port(ip)?);
-            let proxy = Proxy::start(ip, peer).await?;
-            c.nodes.push(NodeProc {
-                id,
-                api: format!("http://{client}"),
-                client,
-                peer,
-                proxy,
-                dir: dir.join(format!("n{id}")),
-                log: dir.join(format!("n{id}.log")),
-                child: None,
-                health: Health::Killed,
-            });
+        for _ in 1..=n {
+            c.new_slot(Role::Voter).await?;
         }
         for id in 1..=n {
             c.spawn(id, true)?;
@@ -98,7 +137,7 @@ impl Cluster {
         let members: Vec<Value> = c
             .nodes
             .iter()
-            .map(|n| json!({"id": n.id, "api_addr": n.api, "peer_addr": format!("http://{}", n.proxy.listen)}))
+            .map(|n| json!({"id": n.id, "api_addr": n.api, "peer_addr": n.peer_url()}))
             .collect();
         let (status, body) = c
             .call(
@@ -112,11 +151,165 @@ impl Cluster {
             bail!("cluster init answered {status}: {body}");
         }
         c.wait_leader(&c.ids(), Duration::from_secs(30)).await?;
+        for _ in 0..learners {
+            let id = c.start_node().await?;
+            c.add_learner(id).await?;
+        }
         Ok(c)
     }
 
+    /// A slot for the next node id (addresses, proxy, dir); ids are never reused.
+    async fn new_slot(&mut self, role: Role) -> anyhow::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        if id > 200 {
+            bail!("out of loopback addresses for node {id}");
+        }
+        let ip = node_ip(id);
+        let client = SocketAddr::new(ip, free_port(ip)?);
+        let peer = SocketAddr::new(ip, free_port(ip)?);
+        let proxy = Proxy::start(ip, peer).await?;
+        let api = format!("http://{client}");
+        self.nodes.push(NodeProc {
+            id,
+            api: api.clone(),
+            client,
+            peer,
+            proxy,
+            dir: self.dir.join(format!("n{id}")),
+            log: self.dir.join(format!("n{id}.log")),
+            child: None,
+            health: Health::Killed,
+            role,
+        });
+        self.endpoints
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Endpoint { id, api });
+        Ok(id)
+    }
+
+    /// Starts a brand-new node (next id, empty dir) that is not yet a member; see
+    /// [`Cluster::add_learner`].
+    pub async fn start_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.new_slot(Role::Learner).await?;
+        self.spawn(id, true)?;
+        self.wait_healthy(id, Duration::from_secs(30)).await?;
+        if let Some(f) = &self.on_new_node {
+            f(Endpoint {
+                id,
+                api: self.node(id).api.clone(),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Runs one membership request through any running member until it is answered with
+    /// success, or `done` says the answer means it already happened (a retry after a lost
+    /// answer), within `limit`.
+    async fn membership(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        done: fn(u16, &Value) -> bool,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            for id in self.running() {
+                match self.call(id, method.clone(), path, body.clone()).await {
+                    Ok((200, _)) => return Ok(()),
+                    Ok((s, b)) if done(s, &b) => return Ok(()),
+                    Ok((s, b)) => last = format!("{s} {b}"),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("{what}: not done within {limit:?} (last answer: {last})")
+    }
+
+    /// Adds running node `id` as a learner.
+    pub async fn add_learner(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.node(id);
+        let body = json!({"id": id, "api_addr": n.api, "peer_addr": n.peer_url()});
+        self.membership(
+            &format!("add learner {id}"),
+            reqwest::Method::POST,
+            "/v1/cluster/learners",
+            Some(body),
+            |s, b| s == 409 && b.to_string().contains("already a member"),
+            Duration::from_secs(30),
+        )
+        .await?;
+        self.nodes[(id - 1) as usize].role = Role::Learner;
+        Ok(())
+    }
+
+    /// Promotes learner `id`; the node refuses until the learner has caught up, so this retries.
+    pub async fn promote(&mut self, id: u64) -> anyhow::Result<()> {
+        self.membership(
+            &format!("promote {id}"),
+            reqwest::Method::POST,
+            "/v1/cluster/voters",
+            Some(json!({"id": id})),
+            |s, b| s == 409 && b.to_string().contains("already a voter"),
+            Duration::from_secs(30),
+        )
+        .await?;
+        self.nodes[(id - 1) as usize].role = Role::Voter;
+        Ok(())
+    }
+
+    /// Removes member `id`, then stops its process for good (its id is never reused).
+    pub async fn remove(&mut self, id: u64) -> anyhow::Result<()> {
+        self.membership(
+            &format!("remove {id}"),
+            reqwest::Method::DELETE,
+            &format!("/v1/cluster/members/{id}"),
+            None,
+            |s, _| s == 404,
+            Duration::from_secs(30),
+        )
+        .await?;
+        if self.node(id).health == Health::Paused {
+            self.pause(id, false);
+        }
+        self.kill(id).await;
+        self.nodes[(id - 1) as usize].health = Health::Removed;
+        self.endpoints
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| e.id != id);
+        Ok(())
+    }
+
+    /// Every member, voters and learners (removed nodes excluded).
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.health != Health::Removed)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The voters, as the harness last set the membership.
+    pub fn voters(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.health != Health::Removed && n.role == Role::Voter)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.health == Health::Running)
+            .map(|n| n.id)
+            .collect()
     }
 
     pub fn node(&self, id: u64) -> &NodeProc {
@@ -141,7 +334,8 @@ impl Cluster {
             .env("FLAGSTAFF_CLUSTER_SECRET", SECRET)
             .env("FLAGSTAFF_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FLAGSTAFF_LOG", "info,openraft=warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.opts.args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -231,7 +425,7 @@ impl Cluster {
             match self.node(id).health {
                 Health::Paused => self.pause(id, false),
                 Health::Killed => self.restart(id).await?,
-                Health::Running => {}
+                Health::Running | Health::Removed => {}
             }
         }
         Ok(())

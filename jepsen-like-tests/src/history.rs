@@ -92,6 +92,25 @@ pub struct WatchEvent {
     pub values: Vec<(String, i64)>,
 }
 
+/// One evaluation by the embedded SDK (workload e).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SdkEval {
+    pub time_ns: u64,
+    pub key: String,
+    pub value: i64,
+    /// OpenFeature reason (`STATIC`, `ERROR`, …).
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `network`, `lkg`, `bootstrap` or `default`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+}
+
 /// One line of a history file.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -102,6 +121,12 @@ pub enum Record {
     },
     Op(Op),
     Watch(WatchEvent),
+    Sdk(SdkEval),
+    /// Raft snapshots node `node` installed (counted from its log after the run).
+    SnapshotsInstalled {
+        node: u64,
+        count: u64,
+    },
     /// A fault injected or healed.
     Nemesis {
         time_ns: u64,

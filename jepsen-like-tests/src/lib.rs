@@ -11,4 +11,5 @@ pub mod profiles;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod sdk;
 pub mod workload;

@@ -49,6 +49,9 @@ enum Cmd {
         /// The fault-injection build of the node (default: `flagstaff-faulty` next to this one).
         #[arg(long)]
         bin: Option<PathBuf>,
+        /// Only the breaks whose switch contains this (e.g. `WATCH`).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -133,13 +136,21 @@ async fn cmd_run(
     Ok(ok)
 }
 
-async fn cmd_breaks(seed: u64, out: PathBuf, bin: Option<PathBuf>) -> anyhow::Result<bool> {
+async fn cmd_breaks(
+    seed: u64,
+    out: PathBuf,
+    bin: Option<PathBuf>,
+    only: Option<String>,
+) -> anyhow::Result<bool> {
     let bin = match bin {
         Some(b) => b,
         None => sibling("flagstaff-faulty")?,
     };
     let mut all = true;
     for (i, b) in profiles::breaks().into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !b.env.contains(o.as_str())) {
+            continue;
+        }
         let dir = out.join(format!("break-seed{seed}-{i}-{}", stamp()));
         let r = run::run(
             &bin,
@@ -187,7 +198,12 @@ async fn main() -> ExitCode {
             println!("{}", r.render());
             r.anomalies() == 0
         }),
-        Cmd::Breaks { seed, out, bin } => cmd_breaks(seed, out, bin).await,
+        Cmd::Breaks {
+            seed,
+            out,
+            bin,
+            only,
+        } => cmd_breaks(seed, out, bin, only).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -33,10 +33,15 @@ pub enum Fault {
     Bridge,
     /// Random partitions switched on and off every 200-400 ms.
     Flapping,
+    /// Membership under load: a brand-new node (next id, empty dir) is added as a learner,
+    /// promoted once caught up, then a follower voter is removed and stopped for good (its id
+    /// and dir are never reused).
+    ReplaceVoter,
 }
 
-/// Runs faults from `faults` one after another until `until`, each held 1.5-3 s and followed
-/// by 1-2 s of calm, and leaves the cluster healed.
+/// Runs faults from `faults` one after another until `until` (each kind once first, in a
+/// seeded order, then seeded random picks), each held 1.5-3 s and followed by 1-2 s of calm,
+/// and leaves the cluster healed.
 pub async fn run(
     cluster: &mut Cluster,
     rec: Arc<Recorder>,
@@ -45,15 +50,23 @@ pub async fn run(
     until: Instant,
 ) -> anyhow::Result<usize> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let ids = cluster.ids();
+    let mut first_round: Vec<Fault> = faults.to_vec();
+    first_round.dedup();
+    first_round.shuffle(&mut rng);
     let mut injected = 0;
     // Let the workload start before the first fault.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     while Instant::now() + Duration::from_secs(2) < until && injected < 1000 {
-        let Some(&fault) = faults.choose(&mut rng) else {
+        // Every kind once, in a seeded order, then seeded random picks.
+        let Some(&fault) = first_round
+            .get(injected)
+            .or_else(|| faults.choose(&mut rng))
+        else {
             break;
         };
         let hold = Duration::from_millis(rng.gen_range(1500..3000));
+        // Membership changes: the members of this step.
+        let ids = cluster.ids();
         let leader = cluster.leader().await;
         let random = *ids.choose(&mut rng).unwrap_or(&1);
         let follower = ids
@@ -117,6 +130,24 @@ pub async fn run(
                 tokio::time::sleep(hold).await;
                 rec.nemesis("heal".into());
                 cluster.heal();
+            }
+            Fault::ReplaceVoter => {
+                let id = cluster.start_node().await?;
+                rec.nemesis(format!("add learner node {id}"));
+                cluster.add_learner(id).await?;
+                rec.nemesis(format!("promote node {id}"));
+                cluster.promote(id).await?;
+                let victim = cluster
+                    .voters()
+                    .into_iter()
+                    .filter(|v| Some(*v) != leader && *v != id)
+                    .collect::<Vec<_>>()
+                    .choose(&mut rng)
+                    .copied();
+                if let Some(v) = victim {
+                    rec.nemesis(format!("remove voter node {v}"));
+                    cluster.remove(v).await?;
+                }
             }
             Fault::Flapping => {
                 let end = Instant::now() + hold;

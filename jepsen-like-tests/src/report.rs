@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::check::linearizable::Verdict;
-use crate::check::{bounded, register, set, watch};
+use crate::check::{bounded, register, sdk, set, watch};
 use crate::history::{self, Record, F};
 
 pub const LINEARIZABILITY_BUDGET: u64 = 5_000_000;
@@ -17,6 +17,9 @@ pub struct Report {
     pub bounded: bounded::BoundedReport,
     pub set: set::SetReport,
     pub watch: watch::WatchReport,
+    pub sdk: sdk::SdkReport,
+    /// Raft snapshots installed, per node (from the node logs).
+    pub snapshots_installed: BTreeMap<u64, u64>,
 }
 
 impl Report {
@@ -37,6 +40,7 @@ impl Report {
             + self.bounded.anomalies.len()
             + self.set.anomalies.len()
             + self.watch.anomalies.len()
+            + self.sdk.anomalies.len()
     }
 
     pub fn render(&self) -> String {
@@ -75,13 +79,31 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "watch: {} watchers, {} changes, {} snapshots, {} resumes, {} stale closes, {} anomalies",
+            "watch: {} watchers, {} changes, {} snapshots ({} mid-stream, after a Raft snapshot install), {} resumes, {} stale closes, {} anomalies",
             self.watch.watchers,
             self.watch.changes,
             self.watch.snapshots,
+            self.watch.mid_stream_snapshots,
             self.watch.resumes,
             self.watch.stale_closes,
             self.watch.anomalies.len()
+        );
+        let _ = writeln!(
+            s,
+            "raft snapshots installed: {} (per node: {:?})",
+            self.snapshots_installed.values().sum::<u64>(),
+            self.snapshots_installed
+        );
+        let _ = writeln!(
+            s,
+            "sdk: {} evaluations {:?}, {} errors ({} before the first data), {} stale, max revision {}, {} anomalies",
+            self.sdk.evaluations,
+            self.sdk.by_source,
+            self.sdk.errors,
+            self.sdk.errors_before_ready,
+            self.sdk.stale,
+            self.sdk.max_revision,
+            self.sdk.anomalies.len()
         );
         for a in self
             .bounded
@@ -89,18 +111,20 @@ impl Report {
             .iter()
             .chain(&self.set.anomalies)
             .chain(&self.watch.anomalies)
-            .take(5)
+            .chain(&self.sdk.anomalies)
+            .take(8)
         {
             let _ = writeln!(s, "  ANOMALY {a}");
         }
         let _ = writeln!(
             s,
-            "anomalies: {} (linearizability {}, bounded {}, set {}, watch {}); undecided registers: {}",
+            "anomalies: {} (linearizability {}, bounded {}, set {}, watch {}, sdk {}); undecided registers: {}",
             self.anomalies(),
             self.linearizability_anomalies(),
             self.bounded.anomalies.len(),
             self.set.anomalies.len(),
             self.watch.anomalies.len(),
+            self.sdk.anomalies.len(),
             self.undecided()
         );
         s
@@ -129,6 +153,8 @@ pub fn check(records: &[Record]) -> Report {
     let mut set_final = None;
     let mut changes: BTreeMap<&str, &[(u64, Vec<String>)]> = BTreeMap::new();
     let mut faults = 0;
+    let mut snapshots_installed = BTreeMap::new();
+    let mut evals = Vec::new();
     for r in records {
         match r {
             Record::Meta { info } => {
@@ -139,13 +165,21 @@ pub fn check(records: &[Record]) -> Report {
                 }
             }
             Record::SetFinal { elements } => set_final = Some(elements.as_slice()),
+            Record::Sdk(e) => evals.push(e),
+            Record::SnapshotsInstalled { node, count } => {
+                snapshots_installed.insert(*node, *count);
+            }
             Record::Changes { ns, changes: c } => {
                 changes.insert(ns.as_str(), c.as_slice());
             }
+            // Counted once per fault: the heal, restart and resume steps, and the steps of a
+            // voter replacement after its first, are not new faults.
             Record::Nemesis { action, .. }
                 if !action.contains("heal")
                     && !action.starts_with("restart")
-                    && !action.starts_with("SIGCONT") =>
+                    && !action.starts_with("SIGCONT")
+                    && !action.starts_with("promote")
+                    && !action.starts_with("remove") =>
             {
                 faults += 1;
             }
@@ -175,6 +209,12 @@ pub fn check(records: &[Record]) -> Report {
         .get(crate::workload::REG_NS)
         .map(|c| c.iter().map(|(r, _)| *r).collect());
     let watch = watch::check(&events, reg_changes.as_deref(), &ops);
+    let sdk = sdk::check(
+        &evals,
+        &ops,
+        &initial,
+        changes.get(crate::workload::REG_NS).copied(),
+    );
     Report {
         ops: ops_count,
         faults,
@@ -182,5 +222,7 @@ pub fn check(records: &[Record]) -> Report {
         bounded,
         set,
         watch,
+        sdk,
+        snapshots_installed,
     }
 }

@@ -2,17 +2,18 @@
 //! reads, save the history, check it, and keep the evidence when it fails.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::cluster::Cluster;
+use crate::cluster::{endpoints_now, Cluster, NodeOptions};
 use crate::history::{self, Op, Outcome, Record, F};
 use crate::nemesis::{self, Fault};
 use crate::report::{self, Report};
-use crate::workload::{self, Endpoint, Recorder, REG_NS, SET_NS};
+use crate::workload::{self, Recorder, REG_NS, SET_NS};
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -21,8 +22,18 @@ pub struct Scenario {
     pub nodes: u64,
     pub duration: Duration,
     pub faults: Vec<Fault>,
+    /// Learners added after the voters (nodes `nodes + 1 …`); they serve bounded reads and
+    /// host a watcher like every member.
+    pub learners: u64,
     /// Extra environment for every node (the fault-injection switches).
     pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments for every node (e.g. small snapshots).
+    pub node_args: Vec<String>,
+    /// `max_staleness_ms` the watchers ask for (`None`: the node's default).
+    pub watch_staleness_ms: Option<u64>,
+    /// Unchecked background writes to namespace `fill` through every node with short
+    /// timeouts, so the log keeps moving while the checked clients wait on a cut-off node.
+    pub filler: bool,
     pub registers: usize,
     pub register_clients: u64,
     pub bounded_clients: u64,
@@ -35,7 +46,11 @@ impl Scenario {
             nodes,
             duration: Duration::from_secs(secs),
             faults: faults.to_vec(),
+            learners: 0,
             env: Vec::new(),
+            node_args: Vec::new(),
+            watch_staleness_ms: None,
+            filler: false,
             registers: 3,
             register_clients: 4,
             bounded_clients: 2,
@@ -81,12 +96,25 @@ pub async fn run(
         scenario.faults,
         dir.display()
     );
-    let mut cluster = Cluster::start(bin, dir, scenario.nodes, scenario.env.clone())
+    let opts = NodeOptions {
+        env: scenario.env.clone(),
+        args: scenario.node_args.clone(),
+    };
+    let mut cluster = Cluster::start(bin, dir, scenario.nodes, scenario.learners, opts)
         .await
         .context("starting the cluster")?;
     let result = drive(&mut cluster, scenario, seed, dir).await;
     cluster.stop().await;
     let records = result?;
+    let mut records = records;
+    // Raft snapshot installs, from each node's log (the state machine logs every install).
+    for n in &cluster.nodes {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        records.push(Record::SnapshotsInstalled {
+            node: n.id,
+            count: log.matches("installed snapshot").count() as u64,
+        });
+    }
     let history_path = dir.join("history.jsonl");
     history::save(&history_path, &records)?;
     let report = report::check(&records);
@@ -95,7 +123,7 @@ pub async fn run(
     std::fs::write(dir.join("report.txt"), &text)?;
     if report.anomalies() == 0 {
         // Keep the history and logs, drop the bulky data dirs.
-        for id in 1..=scenario.nodes {
+        for id in 1..=cluster.nodes.len() {
             let _ = std::fs::remove_dir_all(dir.join(format!("n{id}")));
         }
     }
@@ -114,7 +142,12 @@ async fn drive(
 ) -> anyhow::Result<Vec<Record>> {
     let rec = Recorder::new();
     // Setup: namespaces and one flag per register.
-    for ns in [REG_NS, SET_NS] {
+    let namespaces: &[&str] = if scenario.filler {
+        &[REG_NS, SET_NS, workload::FILL_NS]
+    } else {
+        &[REG_NS, SET_NS]
+    };
+    for &ns in namespaces {
         let (s, b) = cluster
             .call(
                 1,
@@ -143,22 +176,29 @@ async fn drive(
         }
         initial.insert(k.clone(), json!([0, b["revision"]]));
     }
+    // An SDK key for the embedded client (workload e).
+    let (st, b) = cluster
+        .call(
+            1,
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{REG_NS}/sdk-keys"),
+            Some(json!({"name": "jepsen-sdk"})),
+        )
+        .await?;
+    let sdk_key = match b["secret"].as_str() {
+        Some(k) if st == 200 || st == 201 => k.to_string(),
+        _ => bail!("creating an SDK key: {st} {b}"),
+    };
     rec.push(Record::Meta {
         info: json!({
             "scenario": scenario.name, "seed": seed, "nodes": scenario.nodes,
             "duration_s": scenario.duration.as_secs(), "faults": scenario.faults,
-            "env": scenario.env, "initial": Value::Object(initial),
+            "learners": scenario.learners, "env": scenario.env, "node_args": scenario.node_args,
+            "initial": Value::Object(initial),
         }),
     });
 
-    let eps: Vec<Endpoint> = cluster
-        .nodes
-        .iter()
-        .map(|n| Endpoint {
-            id: n.id,
-            api: n.api.clone(),
-        })
-        .collect();
+    let eps = cluster.endpoints.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(8)
         .build()?;
@@ -184,6 +224,16 @@ async fn drive(
             until,
         )));
     }
+    if scenario.filler {
+        for p in 0..3 {
+            tasks.push(tokio::spawn(workload::filler_client(
+                http.clone(),
+                eps.clone(),
+                p,
+                until,
+            )));
+        }
+    }
     tasks.push(tokio::spawn(workload::set_client(
         rec.clone(),
         http.clone(),
@@ -191,30 +241,56 @@ async fn drive(
         seed * 100 + 80,
         until,
     )));
-    // Watchers keep going a little after the workload to catch up after healing.
+    let sdk_task = tokio::spawn(crate::sdk::sdk_client(
+        rec.clone(),
+        endpoints_now(&eps).into_iter().map(|e| e.api).collect(),
+        sdk_key,
+        REG_NS,
+        keys.clone(),
+        until,
+    ));
+    // One watcher per member (nodes added later get theirs when they start); they keep going
+    // a little after the workload to catch up after healing.
     let watch_until = until + Duration::from_secs(6);
-    let mut watchers = Vec::new();
-    for (i, ep) in eps.iter().enumerate() {
-        watchers.push(tokio::spawn(workload::watcher(
-            rec.clone(),
-            http.clone(),
-            ep.clone(),
-            i as u64 + 1,
-            watch_until,
-        )));
+    let watchers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let spawn_watcher = {
+        let (rec, http, watchers) = (rec.clone(), http.clone(), watchers.clone());
+        let bound = scenario.watch_staleness_ms;
+        move |ep: workload::Endpoint| {
+            let t = tokio::spawn(workload::watcher(
+                rec.clone(),
+                http.clone(),
+                ep.clone(),
+                ep.id,
+                bound,
+                watch_until,
+            ));
+            watchers.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+        }
+    };
+    for ep in endpoints_now(&eps) {
+        spawn_watcher(ep);
     }
+    cluster.on_new_node = Some(Box::new(spawn_watcher));
 
     let nemesis_result = nemesis::run(cluster, rec.clone(), &scenario.faults, seed, until).await;
     for t in tasks {
         let _ = t.await;
     }
     nemesis_result?;
+    match sdk_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("the SDK client could not run: {e:#}"),
+        Err(e) => bail!("the SDK client task failed: {e}"),
+    }
     cluster.heal_all().await?;
     cluster
         .wait_leader(&cluster.ids(), Duration::from_secs(30))
         .await
         .context("cluster did not recover after healing")?;
 
+    // Final reads go to a member that is still in the cluster (node 1 may have been removed).
+    let home = cluster.ids().first().copied().context("no member left")?;
     // Final linearizable reads of every register (they join the register history, so a lost
     // acknowledged write shows as a linearizability failure).
     let final_process = 999;
@@ -229,7 +305,7 @@ async fn drive(
                     let invoke = rec.now_ns();
                     let (s, b) = cluster
                         .call(
-                            1,
+                            home,
                             reqwest::Method::GET,
                             &format!("/v1/namespaces/{REG_NS}/flags/{k}?consistency=linearizable"),
                             None,
@@ -238,7 +314,7 @@ async fn drive(
                         .ok()?;
                     (s == 200).then(|| Op {
                         process: final_process,
-                        node: 1,
+                        node: home,
                         f: F::Read,
                         key: k.clone(),
                         value: b["definition"]["variants"]["v"].as_i64(),
@@ -259,8 +335,8 @@ async fn drive(
         max_rev = max_rev.max(op.version.unwrap_or(0));
         rec.push(Record::Op(op));
     }
-    // Every node must reach the final state: bounded reads at min_revision on each node.
-    for n in &eps {
+    // Every member must reach the final state: bounded reads at min_revision on each node.
+    for n in &endpoints_now(&eps) {
         for k in &keys {
             let url = format!(
                 "/v1/namespaces/{REG_NS}/flags/{k}?consistency=bounded&max_staleness_ms={}&min_revision={max_rev}",
@@ -317,7 +393,7 @@ async fn drive(
         retry("final read of the set", Duration::from_secs(20), || async {
             let (s, b) = cluster
                 .call(
-                    1,
+                    home,
                     reqwest::Method::GET,
                     &format!("/v1/namespaces/{SET_NS}/flags?consistency=linearizable"),
                     None,
@@ -350,7 +426,7 @@ async fn drive(
                 Duration::from_secs(20),
                 || async {
                     let (s, b) = cluster
-                        .call(1, reqwest::Method::GET, &path, None)
+                        .call(home, reqwest::Method::GET, &path, None)
                         .await
                         .ok()?;
                     (s == 200).then_some(b)
@@ -378,6 +454,8 @@ async fn drive(
             changes: all,
         });
     }
+    cluster.on_new_node = None;
+    let watchers = std::mem::take(&mut *watchers.lock().unwrap_or_else(|p| p.into_inner()));
     for w in watchers {
         let _ = w.await;
     }

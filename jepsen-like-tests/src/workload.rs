@@ -9,11 +9,14 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::cluster::ADMIN_TOKEN;
+pub use crate::cluster::Endpoint;
+use crate::cluster::{endpoints_now, Endpoints, ADMIN_TOKEN};
 use crate::history::{Op, Outcome, Record, WatchEvent, F};
 
 pub const REG_NS: &str = "reg";
 pub const SET_NS: &str = "set";
+/// Unchecked filler writes (see `Scenario::filler`).
+pub const FILL_NS: &str = "fill";
 /// Bound asked for by bounded readers (the nodes' default maximum is 2000 ms).
 pub const BOUNDED_MS: u64 = 1000;
 
@@ -72,11 +75,13 @@ fn reg_value(definition: &Value) -> Option<i64> {
     definition["variants"]["v"].as_i64()
 }
 
-/// A node's client API base URL and id.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub id: u64,
-    pub api: String,
+/// A random current member, if any.
+fn pick(eps: &Endpoints, rng: &mut StdRng) -> Option<Endpoint> {
+    let now = endpoints_now(eps);
+    if now.is_empty() {
+        return None;
+    }
+    Some(now[rng.gen_range(0..now.len())].clone())
 }
 
 fn blank(process: u64, node: u64, f: F, key: &str, invoke_ns: u64) -> Op {
@@ -215,7 +220,7 @@ async fn get(
 pub async fn register_client(
     rec: Arc<Recorder>,
     http: reqwest::Client,
-    eps: Vec<Endpoint>,
+    eps: Endpoints,
     keys: Vec<String>,
     seed: u64,
     until: Instant,
@@ -228,7 +233,10 @@ pub async fn register_client(
         n += 1;
         let k = rng.gen_range(0..keys.len());
         let key = &keys[k];
-        let ep = &eps[rng.gen_range(0..eps.len())];
+        let Some(ep) = pick(&eps, &mut rng) else {
+            break;
+        };
+        let ep = &ep;
         let roll: f64 = rng.gen();
         let f = if roll < 0.4 || (roll >= 0.7 && known[k].is_none()) {
             F::Read
@@ -275,7 +283,7 @@ pub async fn register_client(
 pub async fn bounded_client(
     rec: Arc<Recorder>,
     http: reqwest::Client,
-    eps: Vec<Endpoint>,
+    eps: Endpoints,
     keys: Vec<String>,
     seed: u64,
     until: Instant,
@@ -286,7 +294,10 @@ pub async fn bounded_client(
     while Instant::now() < until && n < 100_000 {
         n += 1;
         let key = &keys[rng.gen_range(0..keys.len())];
-        let ep = &eps[rng.gen_range(0..eps.len())];
+        let Some(ep) = pick(&eps, &mut rng) else {
+            break;
+        };
+        let ep = &ep;
         let mut op = blank(process, ep.id, F::BoundedRead, key, rec.now_ns());
         op.max_staleness_ms = Some(BOUNDED_MS);
         get(&http, ep, key, Some(BOUNDED_MS), None, &mut op).await;
@@ -301,7 +312,7 @@ pub async fn bounded_client(
 pub async fn set_client(
     rec: Arc<Recorder>,
     http: reqwest::Client,
-    eps: Vec<Endpoint>,
+    eps: Endpoints,
     seed: u64,
     until: Instant,
 ) {
@@ -312,15 +323,19 @@ pub async fn set_client(
         n += 1;
         let v = rec.value();
         let key = format!("e-{v}");
-        let ep0 = &eps[rng.gen_range(0..eps.len())];
+        let Some(ep0) = pick(&eps, &mut rng) else {
+            break;
+        };
+        let ep0 = &ep0;
         let mut op = blank(process, ep0.id, F::Add, &key, rec.now_ns());
         let mut maybe = false;
         for attempt in 0..3 {
-            let ep = if attempt == 0 {
-                ep0
+            let other = if attempt == 0 {
+                None
             } else {
-                &eps[rng.gen_range(0..eps.len())]
+                pick(&eps, &mut rng)
             };
+            let ep = other.as_ref().unwrap_or(ep0);
             let mut a = blank(process, ep.id, F::Add, &key, 0);
             put(
                 &http,
@@ -358,6 +373,45 @@ pub async fn set_client(
             process = rec.process();
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+    }
+}
+
+/// Filler: writes to namespace `fill` through the nodes in turn with a 300 ms timeout, not
+/// recorded (they only add log entries; the checkers see their revisions through the others).
+/// A node that failed is skipped for a second, so a cut-off node does not hold the filler.
+pub async fn filler_client(http: reqwest::Client, eps: Endpoints, p: u64, until: Instant) {
+    let mut skip: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let mut n = 0u64;
+    while Instant::now() < until && n < 100_000 {
+        n += 1;
+        let now = endpoints_now(&eps);
+        let usable: Vec<&Endpoint> = now
+            .iter()
+            .filter(|e| skip.get(&e.id).is_none_or(|t| Instant::now() >= *t))
+            .collect();
+        let Some(ep) = usable
+            .get((n as usize + p as usize) % usable.len().max(1))
+            .copied()
+            .or(now.first())
+        else {
+            break;
+        };
+        let ok = http
+            .put(format!(
+                "{}/v1/namespaces/{FILL_NS}/flags/f{p}-{}",
+                ep.api,
+                n % 20
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_millis(300))
+            .json(&reg_flag(n as i64))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            skip.insert(ep.id, Instant::now() + Duration::from_secs(1));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -399,6 +453,7 @@ pub async fn watcher(
     http: reqwest::Client,
     ep: Endpoint,
     watcher: u64,
+    max_staleness_ms: Option<u64>,
     until: Instant,
 ) {
     let mut last_id: Option<u64> = None;
@@ -415,8 +470,11 @@ pub async fn watcher(
     let mut attempts = 0u32;
     while Instant::now() < until && attempts < 10_000 {
         attempts += 1;
+        let query = max_staleness_ms
+            .map(|ms| format!("?max_staleness_ms={ms}"))
+            .unwrap_or_default();
         let mut req = http
-            .get(format!("{}/v1/namespaces/{REG_NS}/watch", ep.api))
+            .get(format!("{}/v1/namespaces/{REG_NS}/watch{query}", ep.api))
             .bearer_auth(ADMIN_TOKEN)
             .timeout(until.saturating_duration_since(Instant::now()) + Duration::from_secs(1));
         if let Some(id) = last_id {

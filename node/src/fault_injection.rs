@@ -21,6 +21,20 @@ pub fn bounded_trusts_heartbeats() -> bool {
     *ON.get_or_init(|| switch_on("FLAGSTAFF_FAULT_BOUNDED_TRUSTS_HEARTBEATS"))
 }
 
+/// `FLAGSTAFF_FAULT_WATCH_SKIPS_SNAPSHOT=1`: after a Raft snapshot install the watch hub sends
+/// no fresh `snapshot` event; streams just continue, skipping the revisions it covered.
+#[cfg(feature = "fault-injection")]
+pub fn watch_skips_snapshot() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| switch_on("FLAGSTAFF_FAULT_WATCH_SKIPS_SNAPSHOT"))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn watch_skips_snapshot() -> bool {
+    false
+}
+
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn local_linearizable_reads() -> bool {

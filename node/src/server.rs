@@ -89,6 +89,8 @@ pub async fn start(
         config.cluster_id.as_deref(),
     )?
     .ok_or_else(|| NodeError::Pristine(config.data_dir.display().to_string()))?;
+    // Lets the fault-injection apply delay tell follower applies apart (a no-op otherwise).
+    flagstaff_raft_store::fault_injection::set_local_node(config.node_id);
     let (log, sm) =
         flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), Default::default())?;
     let state = sm.handle();

@@ -79,7 +79,8 @@ fn frames_of(batch: &AppliedBatch) -> HubBatch {
         .collect();
     HubBatch {
         revision: batch.revision,
-        reset: batch.reset,
+        // Deliberate break, test builds only (see fault_injection.rs).
+        reset: batch.reset && !crate::fault_injection::watch_skips_snapshot(),
         events,
     }
 }

@@ -177,6 +177,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut entries = entries.into_iter().peekable();
+        // Deliberate slowdown, test builds only (see fault_injection.rs).
+        let delay = entries.peek().and_then(|e| match &e.payload {
+            EntryPayload::Normal(req) => {
+                crate::fault_injection::apply_delay(e.log_id.leader_id.node_id, req.proposed_at_ms)
+            }
+            _ => None,
+        });
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let mut rows = Vec::new();
         let mut replies = Vec::new();
         let view = {

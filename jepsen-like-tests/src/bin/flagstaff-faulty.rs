@@ -33,6 +33,12 @@ struct Serve {
     cluster_secret: String,
     #[arg(long, env = "FLAGSTAFF_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+    #[arg(long, default_value_t = 2000)]
+    max_staleness_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    #[arg(long, default_value_t = 10_000)]
+    logs_behind_snapshot: u64,
 }
 
 #[tokio::main]
@@ -54,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     c.cluster_secret = a.cluster_secret;
     c.admin_tokens = vec![("admin".into(), a.admin_token)];
     c.peer_source_ip = a.peer_source_ip;
+    c.max_staleness = std::time::Duration::from_millis(a.max_staleness_ms);
+    c.snapshot_every = a.snapshot_every;
+    c.logs_behind_snapshot = a.logs_behind_snapshot;
     let client = tokio::net::TcpListener::bind(a.listen_client).await?;
     let peer = tokio::net::TcpListener::bind(a.listen_peer).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -3,5 +3,6 @@
 pub mod bounded;
 pub mod linearizable;
 pub mod register;
+pub mod sdk;
 pub mod set;
 pub mod watch;

@@ -11,6 +11,9 @@ pub struct WatchReport {
     pub watchers: usize,
     pub changes: usize,
     pub snapshots: usize,
+    /// `snapshot` events in the middle of a stream (the node installed a Raft snapshot, or
+    /// its hub fell behind), as opposed to the first event of a connection.
+    pub mid_stream_snapshots: usize,
     pub resumes: usize,
     pub stale_closes: usize,
     pub anomalies: Vec<String>,
@@ -35,8 +38,12 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
         // newest change it saw since its last snapshot.
         let mut covered: Option<u64> = None;
         let mut last_change: Option<u64> = None;
+        // Whether this connection has delivered an event yet.
+        let mut started = false;
         let mut bad = |msg: String| report.anomalies.push(format!("watcher {w}: {msg}"));
         for e in evs {
+            let first_of_connection = !started;
+            started = !matches!(e.event.as_str(), "connect" | "closed" | "refused");
             match e.event.as_str() {
                 "connect" => {
                     if e.since.is_some() {
@@ -56,6 +63,9 @@ pub fn check(events: &[&WatchEvent], authoritative: Option<&[u64]>, ops: &[&Op])
                 }
                 "snapshot" => {
                     report.snapshots += 1;
+                    if !first_of_connection {
+                        report.mid_stream_snapshots += 1;
+                    }
                     let Some(rev) = e.revision else {
                         bad("snapshot without revision".into());
                         continue;
@@ -171,6 +181,30 @@ mod tests {
             ev("change", Some(9), Some(7), None),
         ]);
         assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn a_fresh_snapshot_mid_stream_passes_and_a_skip_fails() {
+        // A Raft snapshot install at 8 reaches the stream as a snapshot event: no gap.
+        let evs = [
+            ev("connect", None, None, None),
+            ev("snapshot", Some(4), None, None),
+            ev("change", Some(5), Some(2), None),
+            ev("snapshot", Some(8), None, None),
+            ev("change", Some(9), Some(7), None),
+        ];
+        let refs: Vec<&WatchEvent> = evs.iter().collect();
+        let r = check(&refs, Some(&[2, 5, 7, 9]), &[]);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!((r.snapshots, r.mid_stream_snapshots), (2, 1));
+        // The same install skipped silently: change 7 never arrives.
+        let skipped = run(vec![
+            ev("connect", None, None, None),
+            ev("snapshot", Some(4), None, None),
+            ev("change", Some(5), Some(2), None),
+            ev("change", Some(9), Some(7), None),
+        ]);
+        assert!(!skipped.is_empty());
     }
 
     #[test]
