@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{TestCluster, TOKEN};
-use common::{bool_flag, wait_until, Recorder};
+use common::{bool_flag, wait_until, Evaluator, Recorder};
 use flagstaff_client::{context, Client, Event, Reason, Source, Status};
 use serde_json::json;
 
@@ -86,57 +84,6 @@ fn client_for(c: &TestCluster, key: &str, ids: &[u64]) -> flagstaff_client::Clie
         .stale_after(Duration::from_secs(3))
 }
 
-/// Evaluates in a loop on its own thread and counts results that are not real data.
-struct Evaluator {
-    stop: Arc<AtomicBool>,
-    bad: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
-    first_bad: Arc<Mutex<Option<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Evaluator {
-    fn start(client: Client) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let bad = Arc::new(AtomicU64::new(0));
-        let total = Arc::new(AtomicU64::new(0));
-        let first_bad = Arc::new(Mutex::new(None));
-        let (s, b, t, fb) = (stop.clone(), bad.clone(), total.clone(), first_bad.clone());
-        let thread = std::thread::spawn(move || {
-            let ctx = context().with_targeting_key("user-1");
-            while !s.load(Ordering::Relaxed) {
-                let d = client.bool_details("f", &ctx, false);
-                t.fetch_add(1, Ordering::Relaxed);
-                if d.reason == Reason::Error || d.source == Source::Default {
-                    b.fetch_add(1, Ordering::Relaxed);
-                    fb.lock().unwrap().get_or_insert(format!("{d:?}"));
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
-        Self {
-            stop,
-            bad,
-            total,
-            first_bad,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64, Option<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let first = self.first_bad.lock().unwrap().clone();
-        (
-            self.total.load(Ordering::Relaxed),
-            self.bad.load(Ordering::Relaxed),
-            first,
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart() {
     let mut c = TestCluster::start(3, tune).await;
@@ -159,7 +106,7 @@ async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart(
         (Source::Network, false, Reason::Static)
     );
     assert_eq!(client.cluster_id().as_deref(), Some("test-cluster"));
-    let eval = Evaluator::start(client.clone());
+    let eval = Evaluator::start(client.clone(), "f");
 
     // Push: a write arrives without polling (the poll interval is 5 s).
     let mut on = true;
@@ -281,7 +228,7 @@ async fn a_partitioned_node_never_rolls_the_app_back_and_is_left() {
     .await;
     let seen = rec.all().len();
     let ctx = context();
-    let eval = Evaluator::start(client.clone());
+    let eval = Evaluator::start(client.clone(), "f");
 
     // Now the only reachable endpoint is the cut-off node, which is behind: it must be refused
     // (it answers 503: it cannot prove freshness nor reach our revision), and nothing goes back.
@@ -380,7 +327,7 @@ async fn a_frozen_node_serving_the_stream_is_detected_and_left() {
         .build()
         .unwrap();
     client.wait_ready(LONG).await.unwrap();
-    let eval = Evaluator::start(client.clone());
+    let eval = Evaluator::start(client.clone(), "f");
     let ctx = context();
     let mut on = false;
     let mut latencies = Vec::new();
