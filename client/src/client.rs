@@ -1,5 +1,6 @@
 //! The application-facing client: construction, typed evaluation, status and listeners.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -210,10 +211,7 @@ fn load_local(shared: &Shared) -> StartupReport {
                 Ok(Some(c)) => {
                     let revision = c.revision;
                     let data = DataSet::build(
-                        crate::data_set::RawData {
-                            flags: c.flags,
-                            segments: c.segments,
-                        },
+                        crate::data_set::RawData::from_values(c.flags, c.segments),
                         Some(c.revision),
                         Some(c.cluster_id),
                         Source::Lkg,
@@ -382,13 +380,20 @@ async fn lkg_writer(shared: Arc<Shared>) {
             revision,
             fetched_at_unix_ms: unix_ms_now().max(0) as u64,
             data_as_of_unix_ms: shared.as_of_unix_ms(),
-            flags: data.raw.flags.clone(),
-            segments: data.raw.segments.clone(),
+            flags: BTreeMap::new(),
+            segments: BTreeMap::new(),
         };
         let path = path.clone();
-        let written =
-            tokio::task::spawn_blocking(move || lkg::write_atomic(&path, &lkg::encode(&contents)))
-                .await;
+        // Off the runtime: the definitions are parsed back from their text, then encoded.
+        let written = tokio::task::spawn_blocking(move || {
+            let contents = lkg::LkgContents {
+                flags: data.raw.flag_values(),
+                segments: data.raw.segments.clone(),
+                ..contents
+            };
+            lkg::write_atomic(&path, &lkg::encode(&contents))
+        })
+        .await;
         match written {
             Ok(Ok(())) => {
                 shared.counters.lkg_writes.fetch_add(1, Ordering::Relaxed);
