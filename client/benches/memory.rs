@@ -213,7 +213,7 @@ fn main() {
     ];
     println!("memory for {N} typical flags (heap bytes, counting allocator)");
     for (what, value) in rows {
-        println!("  {what:<46} {value}");
+        println!("  {what:<50} {value}");
     }
     drop((empty, full, compiled, raw));
 }

@@ -337,6 +337,17 @@ async fn kill_9_nodes_one_by_one_while_evaluating_then_stale_then_restart_from_l
             .unwrap_or_else(|e| panic!("{e:#}"));
         f.wait_leader().await;
     }
+    // Each was applied once by the cluster, whatever the retries during the failover.
+    for round in 0..3 {
+        let path = format!("/v1/namespaces/checkout/history?key=failover-{round}");
+        let (status, page) =
+            f.c.call(f.wait_leader().await, reqwest::Method::GET, &path, None)
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert_eq!(status, 200, "{page}");
+        let changes = page["changes"].as_array().map_or(0, Vec::len);
+        assert_eq!(changes, 1, "failover-{round} in the history: {page}");
+    }
 
     // Now one by one, until none is left. While a majority is up, writes still arrive.
     let order = {
