@@ -1,5 +1,6 @@
 //! The application-facing client: construction, typed evaluation, status and listeners.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use crate::data_set::{DataSet, Source};
 use crate::events::{ChangeSet, Event, EventListener, FlagChange, Status};
 use crate::lkg;
 use crate::shared::{unix_ms_now, Shared};
+use crate::thread_cache::with_data;
 
 /// A typed evaluation result with where it came from.
 ///
@@ -209,10 +211,7 @@ fn load_local(shared: &Shared) -> StartupReport {
                 Ok(Some(c)) => {
                     let revision = c.revision;
                     let data = DataSet::build(
-                        crate::data_set::RawData {
-                            flags: c.flags,
-                            segments: c.segments,
-                        },
+                        crate::data_set::RawData::from_values(c.flags, c.segments),
                         Some(c.revision),
                         Some(c.cluster_id),
                         Source::Lkg,
@@ -381,13 +380,20 @@ async fn lkg_writer(shared: Arc<Shared>) {
             revision,
             fetched_at_unix_ms: unix_ms_now().max(0) as u64,
             data_as_of_unix_ms: shared.as_of_unix_ms(),
-            flags: data.raw.flags.clone(),
-            segments: data.raw.segments.clone(),
+            flags: BTreeMap::new(),
+            segments: BTreeMap::new(),
         };
         let path = path.clone();
-        let written =
-            tokio::task::spawn_blocking(move || lkg::write_atomic(&path, &lkg::encode(&contents)))
-                .await;
+        // Off the runtime: the definitions are parsed back from their text, then encoded.
+        let written = tokio::task::spawn_blocking(move || {
+            let contents = lkg::LkgContents {
+                flags: data.raw.flag_values(),
+                segments: data.raw.segments.clone(),
+                ..contents
+            };
+            lkg::write_atomic(&path, &lkg::encode(&contents))
+        })
+        .await;
         match written {
             Ok(Ok(())) => {
                 shared.counters.lkg_writes.fetch_add(1, Ordering::Relaxed);
@@ -428,8 +434,11 @@ impl Drop for Inner {
 /// last clone is dropped or [`Client::close`] is called.
 ///
 /// Guarantees: evaluation never blocks on the network, performs no I/O, takes no lock
-/// (it reads an atomically swapped snapshot) and never panics; on any fault it returns the
-/// caller's default with reason `ERROR` and an error code.
+/// (it reads an atomically swapped snapshot, through the evaluating thread's own reference
+/// when that is current: one atomic load) and never panics; on any fault it returns the
+/// caller's default with reason `ERROR` and an error code. Each thread that evaluates keeps a
+/// reference to the data set it last used (for up to four clients), so a replaced data set is
+/// freed once those threads have evaluated again or exited.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -608,67 +617,62 @@ impl Client {
     }
 
     fn run<T>(&self, default: T, eval: impl FnOnce(&FlagSet) -> T) -> T {
-        let data = self.inner.shared.data.load();
-        match data.as_ref() {
+        with_data(&self.inner.shared, |data| match data {
             None => default,
-            Some(d) => {
-                // FlagSet evaluation does not panic; this is a second line of defence.
-                match catch_unwind(AssertUnwindSafe(|| eval(&d.flags))) {
-                    Ok(v) => v,
-                    Err(_) => default,
-                }
-            }
-        }
+            // FlagSet evaluation does not panic; this is a second line of defence.
+            Some(d) => catch_unwind(AssertUnwindSafe(|| eval(&d.flags))).unwrap_or(default),
+        })
     }
 
     fn details<T: Clone>(&self, default: T, eval: impl FnOnce(&FlagSet) -> Owned<T>) -> Details<T> {
         let shared = &self.inner.shared;
-        let data = shared.data.load();
-        let Some(d) = data.as_ref() else {
-            return Details {
-                value: default,
+        with_data(shared, |data| {
+            let Some(d) = data else {
+                return Details {
+                    value: default,
+                    variant: None,
+                    reason: Reason::Error,
+                    error: Some(EvaluationError::new(
+                        ErrorCode::ProviderNotReady,
+                        "no flag data yet: no node answered and no LKG or bootstrap data",
+                    )),
+                    metadata: Map::new(),
+                    source: Source::Default,
+                    revision: None,
+                    age: None,
+                    stale: false,
+                };
+            };
+            let age = shared.age();
+            let stale = age.is_none_or(|a| a > shared.cfg.stale_after);
+            let fallback = default.clone();
+            let o = catch_unwind(AssertUnwindSafe(|| eval(&d.flags))).unwrap_or_else(|_| Owned {
+                value: fallback,
                 variant: None,
                 reason: Reason::Error,
                 error: Some(EvaluationError::new(
-                    ErrorCode::ProviderNotReady,
-                    "no flag data yet: no node answered and no LKG or bootstrap data",
+                    ErrorCode::General,
+                    "evaluation failed unexpectedly",
                 )),
                 metadata: Map::new(),
-                source: Source::Default,
-                revision: None,
-                age: None,
-                stale: false,
+            });
+            let source = if o.reason == Reason::Error || o.variant.is_none() {
+                Source::Default
+            } else {
+                d.source
             };
-        };
-        let age = shared.age();
-        let stale = age.is_none_or(|a| a > shared.cfg.stale_after);
-        let fallback = default.clone();
-        let o = catch_unwind(AssertUnwindSafe(|| eval(&d.flags))).unwrap_or_else(|_| Owned {
-            value: fallback,
-            variant: None,
-            reason: Reason::Error,
-            error: Some(EvaluationError::new(
-                ErrorCode::General,
-                "evaluation failed unexpectedly",
-            )),
-            metadata: Map::new(),
-        });
-        let source = if o.reason == Reason::Error || o.variant.is_none() {
-            Source::Default
-        } else {
-            d.source
-        };
-        Details {
-            value: o.value,
-            variant: o.variant,
-            reason: o.reason,
-            error: o.error,
-            metadata: o.metadata,
-            source,
-            revision: d.revision,
-            age,
-            stale,
-        }
+            Details {
+                value: o.value,
+                variant: o.variant,
+                reason: o.reason,
+                error: o.error,
+                metadata: o.metadata,
+                source,
+                revision: d.revision,
+                age,
+                stale,
+            }
+        })
     }
 
     /// The boolean value of flag `key` for `ctx`, or `default`.
@@ -678,14 +682,13 @@ impl Client {
 
     /// The string value of flag `key` for `ctx`, or `default`.
     pub fn string(&self, key: &str, ctx: &Context, default: &str) -> String {
-        let data = self.inner.shared.data.load();
-        match data.as_ref() {
+        with_data(&self.inner.shared, |data| match data {
             None => default.to_string(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
                 d.flags.string(key, ctx, default).value.to_string()
             }))
             .unwrap_or_else(|_| default.to_string()),
-        }
+        })
     }
 
     /// The integer value of flag `key` for `ctx`, or `default`.
@@ -700,14 +703,13 @@ impl Client {
 
     /// The object value of flag `key` for `ctx`, or `default`.
     pub fn object(&self, key: &str, ctx: &Context, default: &Value) -> Value {
-        let data = self.inner.shared.data.load();
-        match data.as_ref() {
+        with_data(&self.inner.shared, |data| match data {
             None => default.clone(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
                 d.flags.object(key, ctx, default).value.clone()
             }))
             .unwrap_or_else(|_| default.clone()),
-        }
+        })
     }
 
     /// [`Client::bool`] with details.

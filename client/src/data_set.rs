@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use flagstaff_flags::{flag_refs, Fault, FlagSet};
 use serde_json::{Map, Value};
@@ -40,11 +41,57 @@ impl fmt::Display for Source {
     }
 }
 
+/// One flag definition as compact JSON text: a `serde_json::Value` tree takes about 20 times
+/// the bytes of its text (a map node per object), and the text is shared, not copied, between
+/// successive data sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawDef {
+    /// `Value::to_string` of the definition: keys sorted, so equal definitions have equal text.
+    json: Arc<str>,
+    /// It references a segment, so a segment change may change its outcome.
+    uses_segments: bool,
+}
+
+impl RawDef {
+    pub fn new(def: &Value) -> Self {
+        Self {
+            json: def.to_string().into(),
+            uses_segments: !flag_refs(def).is_empty(),
+        }
+    }
+
+    /// The definition. The text came from a `Value`, so it parses; were it ever not to, the
+    /// flag would evaluate to `PARSE_ERROR`, never panic.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+}
+
 /// Raw definitions, kept to apply incremental changes and to write the LKG file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct RawData {
-    pub flags: BTreeMap<String, Value>,
+    pub flags: BTreeMap<String, RawDef>,
     pub segments: BTreeMap<String, Value>,
+}
+
+impl RawData {
+    pub fn from_values(flags: BTreeMap<String, Value>, segments: BTreeMap<String, Value>) -> Self {
+        Self {
+            flags: flags
+                .iter()
+                .map(|(k, v)| (k.clone(), RawDef::new(v)))
+                .collect(),
+            segments,
+        }
+    }
+
+    /// The flag definitions as JSON values (for the LKG file).
+    pub fn flag_values(&self) -> BTreeMap<String, Value> {
+        self.flags
+            .iter()
+            .map(|(k, d)| (k.clone(), d.value()))
+            .collect()
+    }
 }
 
 /// A compiled namespace state.
@@ -67,12 +114,19 @@ impl DataSet {
         cluster_id: Option<String>,
         source: Source,
     ) -> Self {
+        // Parsed for compiling only, then dropped: the text is what stays.
+        let defs: Vec<(&str, Value)> = raw
+            .flags
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.value()))
+            .collect();
         // Lossy: one bad definition must not take every other flag down.
         let (flags, faults) = FlagSet::build(
-            raw.flags.iter().map(|(k, v)| (k.as_str(), v)),
+            defs.iter().map(|(k, v)| (*k, v)),
             &raw.segments,
             &Map::new(),
         );
+        drop(defs);
         Self {
             flags,
             raw,
@@ -85,10 +139,7 @@ impl DataSet {
 
     pub fn from_snapshot(s: WireSnapshot) -> Self {
         Self::build(
-            RawData {
-                flags: s.flags,
-                segments: s.segments,
-            },
+            RawData::from_values(s.flags, s.segments),
             Some(s.revision),
             Some(s.cluster_id),
             Source::Network,
@@ -109,10 +160,10 @@ impl DataSet {
                 Some(_) => Err(format!("`{what}` must be an object")),
             }
         };
-        let raw = RawData {
-            flags: map(obj.get("flags"), "flags")?,
-            segments: map(obj.get("$evaluators"), "$evaluators")?,
-        };
+        let raw = RawData::from_values(
+            map(obj.get("flags"), "flags")?,
+            map(obj.get("$evaluators"), "$evaluators")?,
+        );
         Ok(Self::build(raw, None, None, Source::Bootstrap))
     }
 
@@ -135,7 +186,13 @@ impl DataSet {
         for k in change.deleted.segments {
             raw.segments.remove(&k);
         }
-        raw.flags.extend(change.upserted.flags);
+        raw.flags.extend(
+            change
+                .upserted
+                .flags
+                .iter()
+                .map(|(k, v)| (k.clone(), RawDef::new(v))),
+        );
         raw.segments.extend(change.upserted.segments);
         Self::build(
             raw,
@@ -154,7 +211,7 @@ impl DataSet {
         let mut keys: Vec<String> = Vec::new();
         for (k, def) in &new.flags {
             let differs = old.flags.get(k) != Some(def);
-            if differs || (segments_changed && !flag_refs(def).is_empty()) {
+            if differs || (segments_changed && def.uses_segments) {
                 keys.push(k.clone());
             }
         }
@@ -182,8 +239,8 @@ mod tests {
     #[test]
     fn changes_apply_and_report_what_changed() {
         let base = DataSet::build(
-            RawData {
-                flags: BTreeMap::from([
+            RawData::from_values(
+                BTreeMap::from([
                     ("a".into(), flag("off")),
                     ("b".into(), flag("on")),
                     (
@@ -192,8 +249,8 @@ mod tests {
                                "targeting":{"if":[{"$ref":"staff"},"on","off"]}}),
                     ),
                 ]),
-                segments: BTreeMap::from([("staff".into(), json!({"==":[1,1]}))]),
-            },
+                BTreeMap::from([("staff".into(), json!({"==":[1,1]}))]),
+            ),
             Some(5),
             Some("c1".into()),
             Source::Network,

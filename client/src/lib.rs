@@ -18,8 +18,9 @@
 //!
 //! Guarantees:
 //! - **Never blocks, never panics**: `build` returns at once (it reads the local LKG and
-//!   bootstrap files, nothing else); evaluation reads an atomically swapped snapshot, does no
-//!   I/O and takes no lock; on any fault it returns the caller's default with reason `ERROR`.
+//!   bootstrap files, nothing else); evaluation reads an atomically swapped snapshot (through
+//!   a per-thread reference checked with one atomic load), does no I/O and takes no lock; on
+//!   any fault it returns the caller's default with reason `ERROR`.
 //! - **Sources, best first**: network → last-known-good file → bootstrap document → default;
 //!   every [`Details`] says which, at which revision, and how old.
 //! - **Never goes back**: within one cluster id, data at a lower revision than held is refused
@@ -41,6 +42,7 @@ pub mod provider;
 mod shared;
 pub mod sse;
 mod sync_loop;
+mod thread_cache;
 mod wire;
 
 pub use client::{context, Client, ClientBuilder, Details, LoadOutcome, Metrics, StartupReport};

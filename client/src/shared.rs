@@ -19,6 +19,9 @@ use crate::wire::{WireChange, WireSnapshot};
 
 const NO_PROOF: i64 = i64::MIN;
 
+/// Client ids start at 1 (0 marks an empty `thread_cache` slot).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Counters for the application's metrics system (all monotonic).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -57,7 +60,13 @@ pub(crate) enum ChangeOutcome {
 
 pub(crate) struct Shared {
     pub cfg: Config,
+    /// The current data. Replace it only with [`Shared::store_data`], which moves the
+    /// generation that evaluating threads check their own reference against.
     pub data: ArcSwapOption<DataSet>,
+    /// Bumped after every store to `data` (see `thread_cache`).
+    generation: AtomicU64,
+    /// Unique in this process and never reused (unlike an address), for `thread_cache`.
+    pub id: u64,
     /// [`crate::clock::now_ns`] when the client started.
     base: i64,
     base_wall_ms: i64,
@@ -90,6 +99,8 @@ impl Shared {
         Self {
             cfg,
             data: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             base: crate::clock::now_ns(),
             base_wall_ms: unix_ms_now(),
             as_of: AtomicI64::new(NO_PROOF),
@@ -102,6 +113,19 @@ impl Shared {
             transitions: Mutex::new(()),
             high_water: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Swaps in new data, then moves the generation: a thread that sees the new generation
+    /// loads this data or a later one.
+    fn store_data(&self, data: Arc<DataSet>) {
+        self.data.store(Some(data));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The generation of `data` (see [`Shared::store_data`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Monotonic now (suspend included where possible), ns since the client started.
@@ -217,7 +241,7 @@ impl Shared {
     /// Installs data loaded at start (LKG or bootstrap), with no listeners to notify.
     pub fn install_initial(&self, data: DataSet, as_of_unix_ms: Option<u64>) {
         self.raise_high_water(&data);
-        self.data.store(Some(Arc::new(data)));
+        self.store_data(Arc::new(data));
         self.set_as_of_unix_ms(as_of_unix_ms);
     }
 
@@ -286,7 +310,7 @@ impl Shared {
         if let Some(d) = current.as_ref() {
             if d.source != Source::Network && d.revision == Some(revision) {
                 let relabeled = Arc::new(d.relabel(Source::Network));
-                self.data.store(Some(relabeled));
+                self.store_data(relabeled);
             }
         }
         self.refresh_status();
@@ -333,7 +357,7 @@ impl Shared {
         let _serial = self.transition_lock();
         self.raise_high_water(&next);
         let next = Arc::new(next);
-        self.data.store(Some(next.clone()));
+        self.store_data(next.clone());
         if next.source == Source::Network {
             self.lkg_tx.send_replace(Some(next.clone()));
         }

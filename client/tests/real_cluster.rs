@@ -1,15 +1,14 @@
-//! The SDK against real Flagstaff nodes (in this process, real sockets, real RocksDB): push
-//! updates, failover while evaluating in a loop, staleness when the cluster is gone, no
-//! rollback from a partitioned node, restart from the LKG file.
+//! The SDK against real Flagstaff nodes in this process (real sockets, real RocksDB), for what
+//! needs a hand on the nodes' state: no rollback from a partitioned node that is behind, keys
+//! refused and revoked, a client path that goes silent while the cluster stays healthy.
+//! Real processes (kill -9, SIGSTOP, partitions, failover latency): `real_processes.rs`.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{TestCluster, TOKEN};
-use common::{bool_flag, wait_until, Recorder};
+use common::{bool_flag, wait_until, Evaluator, Recorder};
 use flagstaff_client::{context, Client, Event, Reason, Source, Status};
 use serde_json::json;
 
@@ -86,179 +85,6 @@ fn client_for(c: &TestCluster, key: &str, ids: &[u64]) -> flagstaff_client::Clie
         .stale_after(Duration::from_secs(3))
 }
 
-/// Evaluates in a loop on its own thread and counts results that are not real data.
-struct Evaluator {
-    stop: Arc<AtomicBool>,
-    bad: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
-    first_bad: Arc<Mutex<Option<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Evaluator {
-    fn start(client: Client) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let bad = Arc::new(AtomicU64::new(0));
-        let total = Arc::new(AtomicU64::new(0));
-        let first_bad = Arc::new(Mutex::new(None));
-        let (s, b, t, fb) = (stop.clone(), bad.clone(), total.clone(), first_bad.clone());
-        let thread = std::thread::spawn(move || {
-            let ctx = context().with_targeting_key("user-1");
-            while !s.load(Ordering::Relaxed) {
-                let d = client.bool_details("f", &ctx, false);
-                t.fetch_add(1, Ordering::Relaxed);
-                if d.reason == Reason::Error || d.source == Source::Default {
-                    b.fetch_add(1, Ordering::Relaxed);
-                    fb.lock().unwrap().get_or_insert(format!("{d:?}"));
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
-        Self {
-            stop,
-            bad,
-            total,
-            first_bad,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64, Option<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let first = self.first_bad.lock().unwrap().clone();
-        (
-            self.total.load(Ordering::Relaxed),
-            self.bad.load(Ordering::Relaxed),
-            first,
-        )
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn push_updates_and_failover_while_evaluating_then_stale_then_lkg_restart() {
-    let mut c = TestCluster::start(3, tune).await;
-    let key = seed(&c).await;
-    let dir = tempfile::tempdir().unwrap();
-    let lkg_path = dir.path().join("checkout.lkg");
-    let rec = Recorder::default();
-    let client = client_for(&c, &key, &[1, 2, 3])
-        .lkg_file(&lkg_path)
-        .on_event(rec.listener())
-        .build()
-        .unwrap();
-    client.wait_ready(LONG).await.unwrap();
-    let ctx = context();
-    assert!(!client.bool("f", &ctx, true));
-    assert_eq!(client.object("limits", &ctx, &json!({})), json!({"max": 5}));
-    let d = client.bool_details("f", &ctx, true);
-    assert_eq!(
-        (d.source, d.stale, d.reason),
-        (Source::Network, false, Reason::Static)
-    );
-    assert_eq!(client.cluster_id().as_deref(), Some("test-cluster"));
-    let eval = Evaluator::start(client.clone());
-
-    // Push: a write arrives without polling (the poll interval is 5 s).
-    let mut on = true;
-    let mut latencies = Vec::new();
-    let written = Instant::now();
-    let rev = set_f(&c, 2, on).await;
-    wait_until("the push update", LONG, || client.revision() >= Some(rev)).await;
-    latencies.push(written.elapsed());
-    assert!(client.bool("f", &ctx, false));
-
-    // Stop each node in turn (one is the one streaming to us); every write still arrives.
-    for id in 1..=3u64 {
-        c.stop(id).await;
-        let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
-        c.wait_leader_among(&others).await;
-        on = !on;
-        let written = Instant::now();
-        let rev = set_f(&c, others[0], on).await;
-        wait_until(&format!("the write after stopping node {id}"), LONG, || {
-            client.revision() >= Some(rev)
-        })
-        .await;
-        latencies.push(written.elapsed());
-        assert_eq!(client.bool("f", &ctx, !on), on);
-        c.restart(id).await;
-        c.wait_leader().await;
-    }
-    let (total, bad, first_bad) = eval.finish();
-    eprintln!("write-to-SDK latencies across node stops: {latencies:?}; {total} evaluations");
-    assert_eq!(
-        bad, 0,
-        "evaluations that fell back to the default: {first_bad:?}"
-    );
-    assert!(
-        client.metrics().reconnects >= 1,
-        "a stopped node's stream was left"
-    );
-    assert!(rec.any(|e| matches!(e, Event::Ready { .. })));
-    // Every accepted revision was installed once, in increasing order.
-    let installed: Vec<u64> = rec
-        .all()
-        .iter()
-        .filter_map(|e| match e {
-            Event::ConfigurationChanged { revision, .. } => *revision,
-            _ => None,
-        })
-        .collect();
-    assert!(
-        installed.windows(2).all(|w| w[0] < w[1]),
-        "revisions installed: {installed:?}"
-    );
-    assert_eq!(
-        installed.len(),
-        5,
-        "initial data and four writes: {installed:?}"
-    );
-
-    // The LKG file follows the data.
-    let held = client.revision().unwrap();
-    wait_until("the LKG file at the held revision", LONG, || {
-        flagstaff_client::lkg::read(
-            &lkg_path,
-            "checkout",
-            &flagstaff_client::lkg::key_fingerprint(&key),
-        )
-        .ok()
-        .flatten()
-        .is_some_and(|l| l.revision == held)
-    })
-    .await;
-
-    // The whole cluster goes away: values stay, the status turns STALE after the bound.
-    let endpoints: Vec<String> = c.nodes.iter().map(|n| n.api.clone()).collect();
-    c.shutdown().await;
-    let stopped = Instant::now();
-    wait_until("STALE", LONG, || client.status() == Status::Stale).await;
-    eprintln!(
-        "STALE reported {:?} after the cluster stopped (bound 3 s)",
-        stopped.elapsed()
-    );
-    let d = client.bool_details("f", &ctx, !on);
-    assert_eq!((d.value, d.stale, d.source), (on, true, Source::Network));
-    assert!(d.age.unwrap() > Duration::from_secs(3));
-    assert!(rec.any(|e| matches!(e, Event::Stale { .. })));
-
-    // The app restarts with the cluster still down: it starts from the LKG file.
-    drop(client);
-    let restarted = Client::builder("checkout", key.as_str())
-        .endpoints(endpoints)
-        .lkg_file(&lkg_path)
-        .build()
-        .unwrap();
-    let d = restarted.bool_details("f", &ctx, !on);
-    assert_eq!(
-        (d.value, d.source, d.revision),
-        (on, Source::Lkg, Some(held))
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_node_never_rolls_the_app_back_and_is_left() {
     let mut c = TestCluster::start(3, tune).await;
@@ -281,7 +107,7 @@ async fn a_partitioned_node_never_rolls_the_app_back_and_is_left() {
     .await;
     let seen = rec.all().len();
     let ctx = context();
-    let eval = Evaluator::start(client.clone());
+    let eval = Evaluator::start(client.clone(), "f");
 
     // Now the only reachable endpoint is the cut-off node, which is behind: it must be refused
     // (it answers 503: it cannot prove freshness nor reach our revision), and nothing goes back.
@@ -363,7 +189,7 @@ async fn a_refused_key_is_an_error_without_data_and_a_revoked_key_keeps_the_last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_frozen_node_serving_the_stream_is_detected_and_left() {
+async fn a_silent_path_to_each_node_in_turn_is_detected_and_left() {
     use common::freeze_proxy::FreezeProxy;
     let c = TestCluster::start(3, tune).await;
     let key = seed(&c).await;
@@ -380,7 +206,7 @@ async fn a_frozen_node_serving_the_stream_is_detected_and_left() {
         .build()
         .unwrap();
     client.wait_ready(LONG).await.unwrap();
-    let eval = Evaluator::start(client.clone());
+    let eval = Evaluator::start(client.clone(), "f");
     let ctx = context();
     let mut on = false;
     let mut latencies = Vec::new();

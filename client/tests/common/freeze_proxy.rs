@@ -1,5 +1,6 @@
 //! A TCP proxy in front of a node's client listener that can freeze: connections stay open but
-//! no byte moves, as when the node process is paused (SIGSTOP) or a network path goes silent.
+//! no byte moves, as when the network path to a node goes silent while the cluster itself stays
+//! healthy. (A really paused node is in `real_processes.rs`.)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,10 +4,11 @@ pub mod cluster;
 pub mod fake_node;
 pub mod freeze_proxy;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flagstaff_client::Event;
+use flagstaff_client::{context, Client, Event, Reason, Source};
 use serde_json::{json, Value};
 
 /// Polls `cond` until it holds or `within` passes (then panics with `what`).
@@ -51,4 +52,64 @@ pub fn dead_endpoint() -> String {
     let addr = l.local_addr().unwrap();
     drop(l);
     format!("http://{addr}")
+}
+
+/// Evaluates flag `flag` in a loop on its own thread (every 200 µs) and counts results that
+/// are not real data (reason `ERROR` or the call-site default) or that go back to a lower
+/// revision than one already seen.
+pub struct Evaluator {
+    stop: Arc<AtomicBool>,
+    bad: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+    first_bad: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Evaluator {
+    pub fn start(client: Client, flag: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let first_bad = Arc::new(Mutex::new(None));
+        let (s, b, t, fb) = (stop.clone(), bad.clone(), total.clone(), first_bad.clone());
+        let flag = flag.to_string();
+        let thread = std::thread::spawn(move || {
+            let ctx = context().with_targeting_key("user-1");
+            let mut highest = None;
+            while !s.load(Ordering::Relaxed) {
+                let d = client.bool_details(&flag, &ctx, false);
+                t.fetch_add(1, Ordering::Relaxed);
+                let regressed = d.revision < highest;
+                if d.reason == Reason::Error || d.source == Source::Default || regressed {
+                    b.fetch_add(1, Ordering::Relaxed);
+                    fb.lock()
+                        .unwrap()
+                        .get_or_insert(format!("{d:?} (highest revision seen {highest:?})"));
+                }
+                highest = highest.max(d.revision);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Self {
+            stop,
+            bad,
+            total,
+            first_bad,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread: (evaluations, bad ones, the first bad one).
+    pub fn finish(mut self) -> (u64, u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let first = self.first_bad.lock().unwrap().clone();
+        (
+            self.total.load(Ordering::Relaxed),
+            self.bad.load(Ordering::Relaxed),
+            first,
+        )
+    }
 }
