@@ -68,7 +68,11 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         // Proof rounds every ~500 ms, so a cut-off node stops proving its bound within ~1 s.
         let env = vec![("FLAGSTAFF_MAX_STALENESS_MS".to_string(), "1000".to_string())];
-        let c = Cluster::start(&flagstaff_bin(), dir.path(), 3, env)
+        let opts = jepsen_like_tests::cluster::NodeOptions {
+            env,
+            args: Vec::new(),
+        };
+        let c = Cluster::start(&flagstaff_bin(), dir.path(), 3, 0, opts)
             .await
             .unwrap_or_else(|e| panic!("starting 3 flagstaff processes: {e:#}"));
         let admin = |method, path: &'static str, body: Value| {
