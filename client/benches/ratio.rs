@@ -9,27 +9,12 @@ use std::time::Instant;
 
 use flagstaff_client::Client;
 use flagstaff_flags::{Context, FlagSet};
-use serde_json::json;
+
+mod common;
+use common::document;
 
 const CALLS: u32 = 2_000;
 const ROUNDS: usize = 400;
-
-fn document() -> serde_json::Value {
-    let mut flags = serde_json::Map::new();
-    flags.insert(
-        "static".into(),
-        json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}),
-    );
-    flags.insert("rule".into(), json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
-        "targeting":{"if":[{"and":[{"in":[{"var":"plan"},["pro","team"]]},{"ends_with":[{"var":"email"},"@example.com"]}]},"on","off"]}}));
-    for i in 0..1000 {
-        flags.insert(
-            format!("flag-{i}"),
-            json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}),
-        );
-    }
-    json!({ "flags": flags })
-}
 
 /// Nanoseconds per call of one batch.
 fn batch(mut f: impl FnMut() -> bool) -> f64 {

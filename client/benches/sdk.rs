@@ -7,24 +7,9 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use flagstaff_client::Client;
 use flagstaff_flags::{Context, FlagSet};
-use serde_json::json;
 
-fn document() -> serde_json::Value {
-    let mut flags = serde_json::Map::new();
-    flags.insert(
-        "static".into(),
-        json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}),
-    );
-    flags.insert("rule".into(), json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
-        "targeting":{"if":[{"and":[{"in":[{"var":"plan"},["pro","team"]]},{"ends_with":[{"var":"email"},"@example.com"]}]},"on","off"]}}));
-    for i in 0..1000 {
-        flags.insert(
-            format!("flag-{i}"),
-            json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}),
-        );
-    }
-    json!({ "flags": flags })
-}
+mod common;
+use common::document;
 
 fn bench(c: &mut Criterion) {
     let doc = document();
