@@ -7,11 +7,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use flagstaff_client::Client;
-use flagstaff_flags::{Context, FlagSet};
-
 mod common;
-use common::document;
+use common::fixture;
 
 const CALLS: u32 = 2_000;
 const ROUNDS: usize = 400;
@@ -31,16 +28,7 @@ fn min_median(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    let doc = document();
-    let raw = FlagSet::from_document(&doc).expect("valid document");
-    let client = Client::builder("bench", "key")
-        .bootstrap_document(doc)
-        .build()
-        .expect("client");
-    let ctx = Context::new(0)
-        .with_targeting_key("user-1")
-        .with_attribute("plan", "pro")
-        .with_attribute("email", "a@example.com");
+    let (raw, client, ctx) = fixture();
     println!("SDK cost against the raw evaluator ({ROUNDS} alternating batches of {CALLS} calls; fastest batch, median batch)");
     for key in ["static", "rule"] {
         let (mut r, mut s, mut d) = (Vec::new(), Vec::new(), Vec::new());

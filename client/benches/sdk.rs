@@ -5,23 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use flagstaff_client::Client;
-use flagstaff_flags::{Context, FlagSet};
 
 mod common;
-use common::document;
+use common::fixture;
 
 fn bench(c: &mut Criterion) {
-    let doc = document();
-    let raw = FlagSet::from_document(&doc).expect("valid document");
-    let client = Client::builder("bench", "key")
-        .bootstrap_document(doc)
-        .build()
-        .expect("client");
-    let ctx = Context::new(0)
-        .with_targeting_key("user-1")
-        .with_attribute("plan", "pro")
-        .with_attribute("email", "a@example.com");
+    let (raw, client, ctx) = fixture();
 
     for key in ["static", "rule"] {
         let mut g = c.benchmark_group(format!("bool/{key}"));

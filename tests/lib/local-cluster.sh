@@ -1,13 +1,25 @@
 # Sourced by the scripts under tests/: a local 3-node `flagstaff cluster up` on free loopback
 # ports in a temporary directory, stopped (by its PID) when the script exits.
 #
-# The caller sets `name` (for messages) and `target_dir`, calls `flagstaff_binary` (sets `bin`:
+# The caller, in the repo root, sets `name` (for messages) and sources this file, which sets
+# `target_dir` (absolute); then it calls `require_tools`, `flagstaff_binary` (sets `bin`:
 # $FLAGSTAFF_BIN, or a fresh build) and `python_venv DIR REQUIREMENTS` if it needs one (sets
 # `venv`), then `start_local_cluster`. Afterwards: `work` (temporary dir), `data`, `urls` (the three client
 # URLs), `token` (admin token), `leader_url`, `followers`. KEEP_DATA=1 keeps the directory.
 
 t0=$SECONDS
 phase() { echo "== [$((SECONDS - t0))s] $*"; }
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+
+# require_tools TOOL...: fail early, by name, when a command is missing.
+require_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$name: $tool is required" >&2; exit 1; }
+  done
+}
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/flagstaff-$name.XXXXXX")"
 cluster_pid=""

@@ -15,16 +15,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
-root="$(pwd)"
-target_dir="${CARGO_TARGET_DIR:-target}"
-case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-for tool in cargo curl python3; do
-  command -v "$tool" >/dev/null || { echo "openapi: $tool is required" >&2; exit 1; }
-done
-
 name=openapi
 # shellcheck source=../lib/local-cluster.sh
 source "$here/../lib/local-cluster.sh"
+require_tools cargo curl python3
 
 flagstaff_binary
 
