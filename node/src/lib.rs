@@ -18,6 +18,7 @@ pub mod proposer;
 pub mod rate_limit;
 pub mod read_index;
 pub mod server;
+pub mod ui;
 pub mod watch_hub;
 
 pub use config::NodeConfig;

@@ -59,17 +59,15 @@ pub fn openapi_json() -> String {
     openapi::document_json(api)
 }
 
-/// The client listener: admin API, SDK API, OFREP, cluster operations, health and the OpenAPI
-/// document.
+/// The client listener: admin API, SDK API, OFREP, cluster operations, health, the OpenAPI
+/// document and the web console (`/ui`).
 pub fn client_router(node: Arc<Node>) -> Router {
     let (routes, _) = documented_routes().split_for_parts();
-    routes
+    let api = routes.with_state(node.clone());
+    api.clone()
+        .merge(crate::ui::router(node.clone(), api))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            flagstaff_headers,
-        ))
-        .with_state(node)
+        .layer(middleware::from_fn_with_state(node, flagstaff_headers))
 }
 
 /// Adds `Flagstaff-Cluster`, `Flagstaff-Node`, `Flagstaff-Leader` and (unless the handler set
