@@ -198,7 +198,14 @@ async fn run_cluster(
             p.child.id().unwrap_or(0)
         );
     }
-    println!("Admin token: {}", data_dir.join("admin.token").display());
+    println!(
+        "Admin token: {token}  (also in {})",
+        data_dir.join("admin.token").display()
+    );
+    println!(
+        "Console:     {}/ui  (any node; sign in with the admin token)",
+        procs[0].api
+    );
     println!("Node logs:   {}/node-N.log", data_dir.display());
     println!(
         "Try:  curl -s -H \"Authorization: Bearer $(cat {})\" {}/v1/cluster",
