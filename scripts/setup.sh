@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need and the machine lacks: libclang (RocksDB's bindings),
-# a C++ compiler, python3 with venv and Node.js with npm (the OFREP provider tests).
+# a C++ compiler, python3 with venv, Node.js with npm (the OFREP provider and console tests) and
+# Debian's Chromium (the console's browser tests).
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
@@ -10,6 +11,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing (system packages, cargo-nextest), builds,
-# then runs the stock OpenFeature OFREP providers against a live cluster, fuzzes a live cluster
+# then runs the stock OpenFeature OFREP providers against a live cluster, the web console in
+# Chromium against a live cluster, fuzzes a live cluster
 # against its OpenAPI document (schemathesis), checks that the fuzz
 # target builds, runs the fault-injection suite, and runs every Rust test with nextest (last,
 # so its summary closes the output).
@@ -13,6 +14,7 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --all-targets --locked
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
+FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ui/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/openapi/run.sh
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 0
 # Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the

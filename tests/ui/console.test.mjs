@@ -38,6 +38,19 @@ async function assertLabelled(page, name) {
   assert.deepEqual(unlabelled, [], `${name}: controls without a label`);
 }
 
+/**
+ * Types into a field of a form with live validation and waits until the node's answer has been
+ * swapped in, so that no later layout change races the next click.
+ */
+async function fillLive(page, locator, value, select = false) {
+  const live = page.locator("#live-faults");
+  await live.evaluate((el) => { el.innerHTML = ""; });
+  if (select) await locator.selectOption(value);
+  else await locator.fill(value);
+  await live.locator("> *").first().waitFor({ timeout: 10_000 });
+  await page.waitForFunction(() => !document.querySelector(".htmx-request"));
+}
+
 /** The API's own answer, for checks the page must agree with. */
 async function apiGet(path) {
   const r = await fetch(`${urls[0]}${path}`, { headers: { Authorization: `Bearer ${token}` } });
@@ -83,9 +96,9 @@ try {
   step("create a flag");
   await page.getByRole("link", { name: "New flag" }).click();
   await assertLabelled(page, "new flag");
-  await page.getByLabel("Key", { exact: true }).fill(flag);
-  await page.getByLabel("Description", { exact: true }).fill("The new checkout flow");
-  await page.getByLabel("Tags").fill("checkout, web");
+  await fillLive(page, page.getByLabel("Key", { exact: true }), flag);
+  await fillLive(page, page.getByLabel("Description", { exact: true }), "The new checkout flow");
+  await fillLive(page, page.getByLabel("Tags"), "checkout, web");
   await shot(page, "02-new-flag");
   await page.getByRole("button", { name: "Save", exact: true }).click();
   await page.waitForURL(new RegExp(`/ui/ns/${ns}/flags/${flag}\\?saved=`));
@@ -124,7 +137,7 @@ try {
   step("an invalid rule shows each fault with its path, as you type and on Check");
   await page.goto(`${urls[1]}/ui/ns/${ns}/flags/${flag}`);
   await assertLabelled(page, "editor");
-  await page.locator("#targeting").fill('{"if": [{"frobnicate": [{"var": "plan"}]}, "on", "off"]}');
+  await fillLive(page, page.locator("#targeting"), '{"if": [{"frobnicate": [{"var": "plan"}]}, "on", "off"]}');
   const live = page.locator("#live-faults");
   await live.locator(".path").first().waitFor({ timeout: 10_000 });
   const liveText = await live.textContent();
@@ -141,11 +154,11 @@ try {
   step("the rule builder writes a rule; save it");
   await page.locator("summary", { hasText: "Rule builder" }).click();
   assert.equal(await page.locator("details").evaluate((d) => d.open), true, "the builder opened");
-  await page.getByLabel("When").selectOption("ends_with");
-  await page.getByLabel("Attribute", { exact: false }).fill("email");
-  await page.getByLabel("Values", { exact: false }).fill("@example.com");
-  await page.getByLabel("Then variant").fill("on");
-  await page.getByLabel("Else variant").fill("off");
+  await fillLive(page, page.getByLabel("When"), "ends_with", true);
+  await fillLive(page, page.getByLabel("Attribute", { exact: false }), "email");
+  await fillLive(page, page.getByLabel("Values", { exact: false }), "@example.com");
+  await fillLive(page, page.getByLabel("Then variant"), "on");
+  await fillLive(page, page.getByLabel("Else variant"), "off");
   await page.getByRole("button", { name: "Write rule" }).click();
   await page.getByText("Targeting replaced by the rule builder").waitFor();
   assert.match(await page.locator("#targeting").inputValue(), /ends_with/);
@@ -174,10 +187,10 @@ try {
   const other = await context.newPage();
   await page.goto(`${urls[0]}/ui/ns/${ns}/flags/${flag}`);
   await other.goto(`${urls[1]}/ui/ns/${ns}/flags/${flag}`);
-  await other.getByLabel("Description", { exact: true }).fill("Changed in the other tab");
+  await fillLive(other, other.getByLabel("Description", { exact: true }), "Changed in the other tab");
   await other.getByRole("button", { name: "Save", exact: true }).click();
   await other.waitForURL(/\?saved=/);
-  await page.getByLabel("Default variant", { exact: true }).fill("on");
+  await fillLive(page, page.getByLabel("Default variant", { exact: true }), "on");
   await page.getByRole("button", { name: "Save", exact: true }).click();
   await page.getByRole("heading", { name: /^Theirs/ }).waitFor();
   assert.match(await page.locator("main").textContent(), /Changed in the other tab/);
@@ -188,7 +201,7 @@ try {
   await shot(page, "08-conflict");
   await page.getByRole("button", { name: "Edit yours on top of theirs" }).click();
   await page.getByText("Your edit, on top of their version").waitFor();
-  await page.getByLabel("Description", { exact: true }).fill("Changed in the other tab");
+  await fillLive(page, page.getByLabel("Description", { exact: true }), "Changed in the other tab");
   await page.getByRole("button", { name: "Save", exact: true }).click();
   await page.waitForURL(/\?saved=/);
   api = await apiGet(`/v1/namespaces/${ns}/flags/${flag}`);
@@ -207,7 +220,7 @@ try {
 
   step("segments and SDK keys");
   await page.goto(`${urls[0]}/ui/ns/${ns}/new-segment`);
-  await page.getByLabel("Key", { exact: true }).fill("staff");
+  await fillLive(page, page.getByLabel("Key", { exact: true }), "staff");
   await page.getByRole("button", { name: "Save" }).click();
   await page.waitForURL(new RegExp(`/ui/ns/${ns}/segments$`));
   await page.getByRole("link", { name: "staff", exact: true }).waitFor();
