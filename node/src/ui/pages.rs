@@ -228,17 +228,27 @@ async fn flags(
 // ---- flag editor
 
 /// The editor page for `form`, with faults or a message.
+/// What an editor page shows besides the form: its status, the faults and a message.
+struct Outcome<'a> {
+    status: StatusCode,
+    faults: &'a [FormFault],
+    message: Option<String>,
+}
+
 fn editor(
     ui: &Ui,
     s: &Signed,
-    status: StatusCode,
     ns: &str,
     form: &FlagForm,
     is_new: bool,
-    faults: &[FormFault],
-    message: Option<String>,
     current: Option<&Value>,
+    outcome: Outcome,
 ) -> Response {
+    let Outcome {
+        status,
+        faults,
+        message,
+    } = outcome;
     let mut form = form.clone();
     // Two empty rows, so a variant can be added without JavaScript.
     for _ in 0..2 {
@@ -265,13 +275,15 @@ async fn new_flag(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Re
     editor(
         &ui,
         &s,
-        StatusCode::OK,
         &ns,
         &FlagForm::from_definition("", None, None),
         true,
-        &[],
         None,
-        None,
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: None,
+        },
     )
 }
 
@@ -292,13 +304,15 @@ async fn edit_flag(
     editor(
         &ui,
         &s,
-        StatusCode::OK,
         &ns,
         &form,
         false,
-        &[],
-        None,
         Some(&a.body),
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: None,
+        },
     )
 }
 
@@ -338,15 +352,31 @@ async fn save_flag_form(
                 Ok(()) => editor(
                     ui,
                     s,
-                    StatusCode::OK,
                     ns,
                     &form,
                     is_new,
-                    &[],
-                    Some("Targeting replaced by the rule builder's rule; not saved yet.".into()),
                     None,
+                    Outcome {
+                        status: StatusCode::OK,
+                        faults: &[],
+                        message: Some(
+                            "Targeting replaced by the rule builder's rule; not saved yet.".into(),
+                        ),
+                    },
                 ),
-                Err(faults) => editor(ui, s, bad, ns, &form, is_new, &faults, None, None),
+                Err(faults) => editor(
+                    ui,
+                    s,
+                    ns,
+                    &form,
+                    is_new,
+                    None,
+                    Outcome {
+                        status: bad,
+                        faults: &faults,
+                        message: None,
+                    },
+                ),
             };
         }
         "validate" => {
@@ -354,15 +384,29 @@ async fn save_flag_form(
                 Ok(_) => editor(
                     ui,
                     s,
-                    StatusCode::OK,
                     ns,
                     &form,
                     is_new,
-                    &[],
-                    Some("The definition is valid; not saved yet.".into()),
                     None,
+                    Outcome {
+                        status: StatusCode::OK,
+                        faults: &[],
+                        message: Some("The definition is valid; not saved yet.".into()),
+                    },
                 ),
-                Err(faults) => editor(ui, s, bad, ns, &form, is_new, &faults, None, None),
+                Err(faults) => editor(
+                    ui,
+                    s,
+                    ns,
+                    &form,
+                    is_new,
+                    None,
+                    Outcome {
+                        status: bad,
+                        faults: &faults,
+                        message: None,
+                    },
+                ),
             };
         }
         _ => {}
@@ -372,11 +416,37 @@ async fn save_flag_form(
             path: "key".into(),
             message: "give the flag a key".into(),
         }];
-        return editor(ui, s, bad, ns, &form, is_new, &faults, None, None);
+        return editor(
+            ui,
+            s,
+            ns,
+            &form,
+            is_new,
+            None,
+            Outcome {
+                status: bad,
+                faults: &faults,
+                message: None,
+            },
+        );
     }
     let def = match checked_flag(&form) {
         Ok(d) => d,
-        Err(faults) => return editor(ui, s, bad, ns, &form, is_new, &faults, None, None),
+        Err(faults) => {
+            return editor(
+                ui,
+                s,
+                ns,
+                &form,
+                is_new,
+                None,
+                Outcome {
+                    status: bad,
+                    faults: &faults,
+                    message: None,
+                },
+            )
+        }
     };
     let uri = flag_uri(ns, &form.key);
     let a = s
@@ -396,7 +466,19 @@ async fn save_flag_form(
     }
     let faults = faults_of(&a);
     let message = faults.is_empty().then(|| a.message());
-    editor(ui, s, a.status, ns, &form, is_new, &faults, message, None)
+    editor(
+        ui,
+        s,
+        ns,
+        &form,
+        is_new,
+        None,
+        Outcome {
+            status: a.status,
+            faults: &faults,
+            message,
+        },
+    )
 }
 
 /// Someone else changed (or created) the item since the editor loaded it: their version next
@@ -458,13 +540,15 @@ async fn reapply_flag(
         return editor(
             &ui,
             &f.signed,
-            StatusCode::OK,
             &ns,
             &form,
             false,
-            &[],
-            Some(message),
             None,
+            Outcome {
+                status: StatusCode::OK,
+                faults: &[],
+                message: Some(message),
+            },
         );
     }
     form.action = "save".into();
@@ -839,13 +923,16 @@ struct SegmentForm<'a> {
 fn segment_editor(
     ui: &Ui,
     s: &Signed,
-    status: StatusCode,
     ns: &str,
     f: &SegmentForm,
     is_new: bool,
-    faults: &[FormFault],
-    message: Option<String>,
+    outcome: Outcome,
 ) -> Response {
+    let Outcome {
+        status,
+        faults,
+        message,
+    } = outcome;
     let title = if is_new {
         "New segment".to_string()
     } else {
@@ -868,7 +955,6 @@ async fn new_segment(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) ->
     segment_editor(
         &ui,
         &s,
-        StatusCode::OK,
         &ns,
         &SegmentForm {
             key: "",
@@ -876,8 +962,11 @@ async fn new_segment(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) ->
             rule,
         },
         true,
-        &[],
-        None,
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: None,
+        },
     )
 }
 
@@ -894,7 +983,6 @@ async fn edit_segment(
     segment_editor(
         &ui,
         &s,
-        StatusCode::OK,
         &ns,
         &SegmentForm {
             key: &key,
@@ -902,8 +990,11 @@ async fn edit_segment(
             rule: &rule,
         },
         false,
-        &[],
-        None,
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: None,
+        },
     )
 }
 
@@ -920,11 +1011,35 @@ async fn save_segment_form(
             path: "key".into(),
             message: "give the segment a key".into(),
         }];
-        return segment_editor(ui, s, bad, ns, &form, is_new, &faults, None);
+        return segment_editor(
+            ui,
+            s,
+            ns,
+            &form,
+            is_new,
+            Outcome {
+                status: bad,
+                faults: &faults,
+                message: None,
+            },
+        );
     }
     let rule = match checked_segment(form.rule) {
         Ok(r) => r,
-        Err(faults) => return segment_editor(ui, s, bad, ns, &form, is_new, &faults, None),
+        Err(faults) => {
+            return segment_editor(
+                ui,
+                s,
+                ns,
+                &form,
+                is_new,
+                Outcome {
+                    status: bad,
+                    faults: &faults,
+                    message: None,
+                },
+            )
+        }
     };
     let a = s
         .api
@@ -943,7 +1058,18 @@ async fn save_segment_form(
     }
     let faults = faults_of(&a);
     let message = faults.is_empty().then(|| a.message());
-    segment_editor(ui, s, a.status, ns, &form, is_new, &faults, message)
+    segment_editor(
+        ui,
+        s,
+        ns,
+        &form,
+        is_new,
+        Outcome {
+            status: a.status,
+            faults: &faults,
+            message,
+        },
+    )
 }
 
 async fn save_new_segment(State(ui): State<Ui>, Path(ns): Path<String>, f: SignedForm) -> Response {
@@ -984,12 +1110,14 @@ async fn reapply_segment(
         return segment_editor(
             &ui,
             &f.signed,
-            StatusCode::OK,
             &ns,
             &form,
             false,
-            &[],
-            Some(message),
+            Outcome {
+                status: StatusCode::OK,
+                faults: &[],
+                message: Some(message),
+            },
         );
     }
     save_segment_form(&ui, &f.signed, &ns, form, false).await
