@@ -29,8 +29,8 @@ pub fn routes() -> Router<Ui> {
             get(confirm_state).post(set_state),
         )
         .route(
-            "/ui/ns/{ns}/flags/{key}/delete",
-            get(confirm_delete_flag).post(delete_flag),
+            "/ui/ns/{ns}/{kind}/{key}/delete",
+            get(confirm_delete_page).post(delete),
         )
         .route("/ui/ns/{ns}/flags/{key}/reapply", post(reapply_flag))
         .route(
@@ -48,10 +48,6 @@ pub fn routes() -> Router<Ui> {
             "/ui/ns/{ns}/segments/{key}",
             get(edit_segment).post(save_segment),
         )
-        .route(
-            "/ui/ns/{ns}/segments/{key}/delete",
-            get(confirm_delete_segment).post(delete_segment),
-        )
         .route("/ui/ns/{ns}/segments/{key}/reapply", post(reapply_segment))
         .route("/ui/ns/{ns}/keys", get(keys).post(create_key))
         .route(
@@ -66,12 +62,17 @@ fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
+/// The API path of a flag or segment (`kind` is `flag` or `segment`).
+fn item_uri(ns: &str, kind: &str, key: &str) -> String {
+    format!("/v1/namespaces/{}/{kind}s/{}", seg(ns), seg(key))
+}
+
 fn flag_uri(ns: &str, key: &str) -> String {
-    format!("/v1/namespaces/{}/flags/{}", seg(ns), seg(key))
+    item_uri(ns, "flag", key)
 }
 
 fn segment_uri(ns: &str, key: &str) -> String {
-    format!("/v1/namespaces/{}/segments/{}", seg(ns), seg(key))
+    item_uri(ns, "segment", key)
 }
 
 fn if_match(version: &str) -> (&'static str, String) {
@@ -235,6 +236,30 @@ struct Outcome<'a> {
     message: Option<String>,
 }
 
+impl<'a> Outcome<'a> {
+    /// A freshly loaded editor.
+    fn fresh() -> Outcome<'a> {
+        Outcome::note("")
+    }
+
+    /// A 200 with a message (none when empty).
+    fn note(message: &str) -> Outcome<'a> {
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: (!message.is_empty()).then(|| message.to_string()),
+        }
+    }
+
+    fn faults(status: StatusCode, faults: &'a [FormFault]) -> Outcome<'a> {
+        Outcome {
+            status,
+            faults,
+            message: None,
+        }
+    }
+}
+
 fn editor(
     ui: &Ui,
     s: &Signed,
@@ -279,11 +304,7 @@ async fn new_flag(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Re
         &FlagForm::from_definition("", None, None),
         true,
         None,
-        Outcome {
-            status: StatusCode::OK,
-            faults: &[],
-            message: None,
-        },
+        Outcome::fresh(),
     )
 }
 
@@ -301,19 +322,7 @@ async fn edit_flag(
         a.body["version"].as_u64(),
         Some(&a.body["definition"]),
     );
-    editor(
-        &ui,
-        &s,
-        &ns,
-        &form,
-        false,
-        Some(&a.body),
-        Outcome {
-            status: StatusCode::OK,
-            faults: &[],
-            message: None,
-        },
-    )
+    editor(&ui, &s, &ns, &form, false, Some(&a.body), Outcome::fresh())
 }
 
 async fn save_new_flag(State(ui): State<Ui>, Path(ns): Path<String>, f: SignedForm) -> Response {
@@ -346,107 +355,30 @@ async fn save_flag_form(
     is_new: bool,
 ) -> Response {
     let bad = StatusCode::BAD_REQUEST;
-    match form.action.as_str() {
-        "build" => {
-            return match form.apply_builder() {
-                Ok(()) => editor(
-                    ui,
-                    s,
-                    ns,
-                    &form,
-                    is_new,
-                    None,
-                    Outcome {
-                        status: StatusCode::OK,
-                        faults: &[],
-                        message: Some(
-                            "Targeting replaced by the rule builder's rule; not saved yet.".into(),
-                        ),
-                    },
-                ),
-                Err(faults) => editor(
-                    ui,
-                    s,
-                    ns,
-                    &form,
-                    is_new,
-                    None,
-                    Outcome {
-                        status: bad,
-                        faults: &faults,
-                        message: None,
-                    },
-                ),
-            };
-        }
-        "validate" => {
-            return match checked_flag(&form) {
-                Ok(_) => editor(
-                    ui,
-                    s,
-                    ns,
-                    &form,
-                    is_new,
-                    None,
-                    Outcome {
-                        status: StatusCode::OK,
-                        faults: &[],
-                        message: Some("The definition is valid; not saved yet.".into()),
-                    },
-                ),
-                Err(faults) => editor(
-                    ui,
-                    s,
-                    ns,
-                    &form,
-                    is_new,
-                    None,
-                    Outcome {
-                        status: bad,
-                        faults: &faults,
-                        message: None,
-                    },
-                ),
-            };
-        }
-        _ => {}
+    let checked = match form.action.as_str() {
+        "build" => Some(
+            form.apply_builder()
+                .map(|()| "Targeting replaced by the rule builder's rule; not saved yet."),
+        ),
+        "validate" => Some(checked_flag(&form).map(|_| "The definition is valid; not saved yet.")),
+        _ => None,
+    };
+    let show = |outcome: Outcome| editor(ui, s, ns, &form, is_new, None, outcome);
+    match checked {
+        Some(Ok(note)) => return show(Outcome::note(note)),
+        Some(Err(faults)) => return show(Outcome::faults(bad, &faults)),
+        None => {}
     }
     if is_new && form.key.is_empty() {
         let faults = [FormFault {
             path: "key".into(),
             message: "give the flag a key".into(),
         }];
-        return editor(
-            ui,
-            s,
-            ns,
-            &form,
-            is_new,
-            None,
-            Outcome {
-                status: bad,
-                faults: &faults,
-                message: None,
-            },
-        );
+        return show(Outcome::faults(bad, &faults));
     }
     let def = match checked_flag(&form) {
         Ok(d) => d,
-        Err(faults) => {
-            return editor(
-                ui,
-                s,
-                ns,
-                &form,
-                is_new,
-                None,
-                Outcome {
-                    status: bad,
-                    faults: &faults,
-                    message: None,
-                },
-            )
-        }
+        Err(faults) => return show(Outcome::faults(bad, &faults)),
     };
     let uri = flag_uri(ns, &form.key);
     let a = s
@@ -466,29 +398,17 @@ async fn save_flag_form(
     }
     let faults = faults_of(&a);
     let message = faults.is_empty().then(|| a.message());
-    editor(
-        ui,
-        s,
-        ns,
-        &form,
-        is_new,
-        None,
-        Outcome {
-            status: a.status,
-            faults: &faults,
-            message,
-        },
-    )
+    show(Outcome {
+        status: a.status,
+        faults: &faults,
+        message,
+    })
 }
 
 /// Someone else changed (or created) the item since the editor loaded it: their version next
 /// to this edit, with a diff, and the choice to save this edit over theirs or to edit it again.
 async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &Value) -> Response {
-    let uri = if kind == "flag" {
-        flag_uri(ns, key)
-    } else {
-        segment_uri(ns, key)
-    };
+    let uri = item_uri(ns, kind, key);
     let theirs = s.api.get(&uri).await;
     let (theirs_def, version) = if theirs.ok() {
         (
@@ -544,11 +464,7 @@ async fn reapply_flag(
             &form,
             false,
             None,
-            Outcome {
-                status: StatusCode::OK,
-                faults: &[],
-                message: Some(message),
-            },
+            Outcome::note(&message),
         );
     }
     form.action = "save".into();
@@ -682,11 +598,7 @@ async fn set_state(
 }
 
 async fn confirm_delete(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str) -> Response {
-    let uri = if kind == "flag" {
-        flag_uri(ns, key)
-    } else {
-        segment_uri(ns, key)
-    };
+    let uri = item_uri(ns, kind, key);
     let a = s.api.get(&uri).await;
     if !a.ok() {
         return api_error_page(ui, s, &a);
@@ -707,11 +619,7 @@ async fn confirm_delete(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str) ->
 }
 
 async fn delete_item(ui: &Ui, f: &SignedForm, ns: &str, kind: &str, key: &str) -> Response {
-    let uri = if kind == "flag" {
-        flag_uri(ns, key)
-    } else {
-        segment_uri(ns, key)
-    };
+    let uri = item_uri(ns, kind, key);
     let a = f
         .signed
         .api
@@ -723,36 +631,35 @@ async fn delete_item(ui: &Ui, f: &SignedForm, ns: &str, kind: &str, key: &str) -
     api_error_page(ui, &f.signed, &a)
 }
 
-async fn confirm_delete_flag(
+/// `flags` or `segments` in a console path, as the item kind it names.
+fn kind_of(plural: &str) -> Option<&'static str> {
+    match plural {
+        "flags" => Some("flag"),
+        "segments" => Some("segment"),
+        _ => None,
+    }
+}
+
+async fn confirm_delete_page(
     State(ui): State<Ui>,
     s: Signed,
-    Path((ns, key)): Path<(String, String)>,
+    Path((ns, kind, key)): Path<(String, String, String)>,
 ) -> Response {
-    confirm_delete(&ui, &s, &ns, "flag", &key).await
+    match kind_of(&kind) {
+        Some(kind) => confirm_delete(&ui, &s, &ns, kind, &key).await,
+        None => error_page(&ui, Some(&s), StatusCode::NOT_FOUND, "no such page"),
+    }
 }
 
-async fn delete_flag(
+async fn delete(
     State(ui): State<Ui>,
-    Path((ns, key)): Path<(String, String)>,
+    Path((ns, kind, key)): Path<(String, String, String)>,
     f: SignedForm,
 ) -> Response {
-    delete_item(&ui, &f, &ns, "flag", &key).await
-}
-
-async fn confirm_delete_segment(
-    State(ui): State<Ui>,
-    s: Signed,
-    Path((ns, key)): Path<(String, String)>,
-) -> Response {
-    confirm_delete(&ui, &s, &ns, "segment", &key).await
-}
-
-async fn delete_segment(
-    State(ui): State<Ui>,
-    Path((ns, key)): Path<(String, String)>,
-    f: SignedForm,
-) -> Response {
-    delete_item(&ui, &f, &ns, "segment", &key).await
+    match kind_of(&kind) {
+        Some(kind) => delete_item(&ui, &f, &ns, kind, &key).await,
+        None => error_page(&ui, Some(&f.signed), StatusCode::NOT_FOUND, "no such page"),
+    }
 }
 
 // ---- evaluation preview
@@ -962,11 +869,7 @@ async fn new_segment(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) ->
             rule,
         },
         true,
-        Outcome {
-            status: StatusCode::OK,
-            faults: &[],
-            message: None,
-        },
+        Outcome::fresh(),
     )
 }
 
@@ -990,11 +893,7 @@ async fn edit_segment(
             rule: &rule,
         },
         false,
-        Outcome {
-            status: StatusCode::OK,
-            faults: &[],
-            message: None,
-        },
+        Outcome::fresh(),
     )
 }
 
@@ -1011,34 +910,12 @@ async fn save_segment_form(
             path: "key".into(),
             message: "give the segment a key".into(),
         }];
-        return segment_editor(
-            ui,
-            s,
-            ns,
-            &form,
-            is_new,
-            Outcome {
-                status: bad,
-                faults: &faults,
-                message: None,
-            },
-        );
+        return segment_editor(ui, s, ns, &form, is_new, Outcome::faults(bad, &faults));
     }
     let rule = match checked_segment(form.rule) {
         Ok(r) => r,
         Err(faults) => {
-            return segment_editor(
-                ui,
-                s,
-                ns,
-                &form,
-                is_new,
-                Outcome {
-                    status: bad,
-                    faults: &faults,
-                    message: None,
-                },
-            )
+            return segment_editor(ui, s, ns, &form, is_new, Outcome::faults(bad, &faults))
         }
     };
     let a = s
@@ -1107,18 +984,7 @@ async fn reapply_segment(
     if f.field("action") == "edit" {
         let message =
             "Your edit, on top of their version: change it as needed and save.".to_string();
-        return segment_editor(
-            &ui,
-            &f.signed,
-            &ns,
-            &form,
-            false,
-            Outcome {
-                status: StatusCode::OK,
-                faults: &[],
-                message: Some(message),
-            },
-        );
+        return segment_editor(&ui, &f.signed, &ns, &form, false, Outcome::note(&message));
     }
     save_segment_form(&ui, &f.signed, &ns, form, false).await
 }
