@@ -1,0 +1,501 @@
+//! Flag pages: the list with search and tag filter, the editor with the rule builder, the kill
+//! switch, the evaluation preview and the history.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::*;
+
+// ---- flag list
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    tag: String,
+}
+
+pub(super) async fn flags(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path(ns): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let a = s
+        .api
+        .get(&format!("/v1/namespaces/{}/flags", seg(&ns)))
+        .await;
+    if !a.ok() {
+        return api_error_page(&ui, &s, &a);
+    }
+    let all = a.body["flags"].as_array().cloned().unwrap_or_default();
+    let mut tags: Vec<String> = all
+        .iter()
+        .flat_map(|f| {
+            f["definition"]["tags"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    tags.sort();
+    tags.dedup();
+    let needle = q.q.trim().to_lowercase();
+    let shown: Vec<&Value> = all
+        .iter()
+        .filter(|f| {
+            let d = &f["definition"];
+            let text_ok = needle.is_empty()
+                || f["key"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_lowercase()
+                    .contains(&needle)
+                || d["description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_lowercase()
+                    .contains(&needle);
+            let tag_ok = q.tag.is_empty()
+                || d["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(q.tag.as_str())));
+            text_ok && tag_ok
+        })
+        .collect();
+    render(
+        &ui,
+        StatusCode::OK,
+        "flags.html",
+        Some(&s),
+        json!({
+            "title": format!("Flags in {ns}"), "ns": ns, "flags": shown, "total": all.len(),
+            "tags": tags, "q": q.q, "tag": q.tag, "revision": a.body["revision"],
+        }),
+    )
+}
+
+/// The editor page for `form`, with faults or a message.
+pub(super) fn editor(
+    ui: &Ui,
+    s: &Signed,
+    ns: &str,
+    form: &FlagForm,
+    is_new: bool,
+    current: Option<&Value>,
+    outcome: Outcome,
+) -> Response {
+    let Outcome {
+        status,
+        faults,
+        message,
+    } = outcome;
+    let mut form = form.clone();
+    // Two empty rows, so a variant can be added without JavaScript.
+    for _ in 0..2 {
+        form.variants.push(Default::default());
+    }
+    let title = if is_new {
+        "New flag".to_string()
+    } else {
+        format!("Flag {}", form.key)
+    };
+    render(
+        ui,
+        status,
+        "flag_edit.html",
+        Some(s),
+        json!({
+            "title": title, "ns": ns, "form": form, "is_new": is_new, "faults": faults,
+            "message": message, "current": current, "value_types": VALUE_TYPES, "semver_ops": SEMVER_OPS,
+        }),
+    )
+}
+
+pub(super) async fn new_flag(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Response {
+    editor(
+        &ui,
+        &s,
+        &ns,
+        &FlagForm::from_definition("", None, None),
+        true,
+        None,
+        Outcome::fresh(),
+    )
+}
+
+pub(super) async fn edit_flag(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path((ns, key)): Path<(String, String)>,
+) -> Response {
+    let a = s.api.get(&flag_uri(&ns, &key)).await;
+    if !a.ok() {
+        return api_error_page(&ui, &s, &a);
+    }
+    let form = FlagForm::from_definition(
+        &key,
+        a.body["version"].as_u64(),
+        Some(&a.body["definition"]),
+    );
+    editor(&ui, &s, &ns, &form, false, Some(&a.body), Outcome::fresh())
+}
+
+pub(super) async fn save_new_flag(
+    State(ui): State<Ui>,
+    Path(ns): Path<String>,
+    f: SignedForm,
+) -> Response {
+    let form = FlagForm::from_pairs(&f.fields);
+    save_flag_form(&ui, &f.signed, &ns, form, true).await
+}
+
+pub(super) async fn save_flag(
+    State(ui): State<Ui>,
+    Path((ns, key)): Path<(String, String)>,
+    f: SignedForm,
+) -> Response {
+    let mut form = FlagForm::from_pairs(&f.fields);
+    form.key = key;
+    save_flag_form(&ui, &f.signed, &ns, form, false).await
+}
+
+/// The form's definition, validated as the API would: every fault with its path.
+pub(super) fn checked_flag(form: &FlagForm) -> Result<Value, Vec<FormFault>> {
+    let def = form.to_definition()?;
+    flagstaff_flags::validate_flag(&def).map_err(validation_faults)?;
+    Ok(def)
+}
+
+pub(super) async fn save_flag_form(
+    ui: &Ui,
+    s: &Signed,
+    ns: &str,
+    mut form: FlagForm,
+    is_new: bool,
+) -> Response {
+    let bad = StatusCode::BAD_REQUEST;
+    let checked = match form.action.as_str() {
+        "build" => Some(
+            form.apply_builder()
+                .map(|()| "Targeting replaced by the rule builder's rule; not saved yet."),
+        ),
+        "validate" => Some(checked_flag(&form).map(|_| "The definition is valid; not saved yet.")),
+        _ => None,
+    };
+    let show = |outcome: Outcome| editor(ui, s, ns, &form, is_new, None, outcome);
+    match checked {
+        Some(Ok(note)) => return show(Outcome::note(note)),
+        Some(Err(faults)) => return show(Outcome::faults(bad, &faults)),
+        None => {}
+    }
+    if is_new && form.key.is_empty() {
+        let faults = [FormFault {
+            path: "key".into(),
+            message: "give the flag a key".into(),
+        }];
+        return show(Outcome::faults(bad, &faults));
+    }
+    let def = match checked_flag(&form) {
+        Ok(d) => d,
+        Err(faults) => return show(Outcome::faults(bad, &faults)),
+    };
+    let uri = flag_uri(ns, &form.key);
+    let a = s
+        .api
+        .call(Method::PUT, &uri, Some(&def), &[if_match(&form.version)])
+        .await;
+    if a.ok() {
+        return see_other(&format!(
+            "/ui/ns/{}/flags/{}?saved={}",
+            seg(ns),
+            seg(&form.key),
+            a.body["version"]
+        ));
+    }
+    if a.status == StatusCode::PRECONDITION_FAILED {
+        return conflict(ui, s, ns, "flag", &form.key, &def).await;
+    }
+    let faults = faults_of(&a);
+    let message = faults.is_empty().then(|| a.message());
+    show(Outcome {
+        status: a.status,
+        faults: &faults,
+        message,
+    })
+}
+
+pub(super) async fn reapply_flag(
+    State(ui): State<Ui>,
+    Path((ns, key)): Path<(String, String)>,
+    f: SignedForm,
+) -> Response {
+    let draft: Value = match serde_json::from_str(f.field("draft")) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_page(
+                &ui,
+                Some(&f.signed),
+                StatusCode::BAD_REQUEST,
+                &format!("draft: not valid JSON: {e}"),
+            )
+        }
+    };
+    let mut form = FlagForm::from_definition(&key, None, Some(&draft));
+    form.version = f.field("version").to_string();
+    if f.field("action") == "edit" {
+        let message =
+            "Your edit, on top of their version: change it as needed and save.".to_string();
+        return editor(
+            &ui,
+            &f.signed,
+            &ns,
+            &form,
+            false,
+            None,
+            Outcome::note(&message),
+        );
+    }
+    form.action = "save".into();
+    save_flag_form(&ui, &f.signed, &ns, form, false).await
+}
+
+// ---- kill switch
+
+#[derive(serde::Deserialize)]
+pub(super) struct StateQuery {
+    #[serde(default)]
+    to: String,
+}
+
+pub(super) fn target_state(to: &str) -> Option<&'static str> {
+    match to {
+        "ENABLED" => Some("ENABLED"),
+        "DISABLED" => Some("DISABLED"),
+        _ => None,
+    }
+}
+
+pub(super) async fn confirm_state(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path((ns, key)): Path<(String, String)>,
+    Query(q): Query<StateQuery>,
+) -> Response {
+    state_page(&ui, &s, StatusCode::OK, &ns, &key, &q.to, None).await
+}
+
+pub(super) async fn state_page(
+    ui: &Ui,
+    s: &Signed,
+    status: StatusCode,
+    ns: &str,
+    key: &str,
+    to: &str,
+    message: Option<String>,
+) -> Response {
+    let Some(to) = target_state(to) else {
+        return error_page(
+            ui,
+            Some(s),
+            StatusCode::BAD_REQUEST,
+            "to: must be ENABLED or DISABLED",
+        );
+    };
+    let a = s.api.get(&flag_uri(ns, key)).await;
+    if !a.ok() {
+        return api_error_page(ui, s, &a);
+    }
+    let verb = if to == "DISABLED" {
+        "Disable"
+    } else {
+        "Enable"
+    };
+    render(
+        ui,
+        status,
+        "confirm.html",
+        Some(s),
+        json!({
+            "title": format!("{verb} {key}?"), "ns": ns, "item": a.body, "message": message,
+            "question": format!("{verb} flag {key} in {ns}? Applications see the change within their staleness bound."),
+            "action": format!("/ui/ns/{}/flags/{}/state", seg(ns), seg(key)),
+            "fields": {"to": to, "version": a.body["version"].to_string()},
+            "button": verb, "danger": to == "DISABLED",
+            "back": format!("/ui/ns/{}/flags", seg(ns)),
+        }),
+    )
+}
+
+pub(super) async fn set_state(
+    State(ui): State<Ui>,
+    Path((ns, key)): Path<(String, String)>,
+    f: SignedForm,
+) -> Response {
+    let Some(to) = target_state(f.field("to")) else {
+        return error_page(
+            &ui,
+            Some(&f.signed),
+            StatusCode::BAD_REQUEST,
+            "to: must be ENABLED or DISABLED",
+        );
+    };
+    let a = f
+        .signed
+        .api
+        .call(
+            Method::PATCH,
+            &flag_uri(&ns, &key),
+            Some(&json!({"state": to})),
+            &[if_match(f.field("version"))],
+        )
+        .await;
+    if a.ok() {
+        return see_other(&format!("/ui/ns/{}/flags?changed={}", seg(&ns), seg(&key)));
+    }
+    if a.status == StatusCode::PRECONDITION_FAILED {
+        let message = "Someone changed this flag after you opened this page; here it is as it is now. Confirm again if you still want to.".to_string();
+        return state_page(
+            &ui,
+            &f.signed,
+            StatusCode::CONFLICT,
+            &ns,
+            &key,
+            to,
+            Some(message),
+        )
+        .await;
+    }
+    api_error_page(&ui, &f.signed, &a)
+}
+
+// ---- evaluation preview
+
+pub(super) async fn preview_page(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path((ns, key)): Path<(String, String)>,
+) -> Response {
+    let ctx = "{\n  \"email\": \"someone@example.com\"\n}";
+    render(
+        &ui,
+        StatusCode::OK,
+        "preview.html",
+        Some(&s),
+        json!({
+            "title": format!("Preview {key}"), "ns": ns, "key": key, "context": ctx, "targeting_key": "user-1",
+        }),
+    )
+}
+
+/// Evaluates the saved flag for a context through OFREP, as an SDK would.
+pub(super) async fn preview(
+    State(ui): State<Ui>,
+    Path((ns, key)): Path<(String, String)>,
+    f: SignedForm,
+) -> Response {
+    let (context_text, targeting_key) = (f.field("context"), f.field("targeting_key").trim());
+    let mut faults = Vec::new();
+    let mut context = match context_text.trim() {
+        "" => json!({}),
+        text => serde_json::from_str::<Value>(text).unwrap_or_else(|e| {
+            faults.push(FormFault {
+                path: "context".into(),
+                message: format!("not valid JSON: {e}"),
+            });
+            Value::Null
+        }),
+    };
+    if faults.is_empty() && !context.is_object() {
+        faults.push(FormFault {
+            path: "context".into(),
+            message: "must be a JSON object of attributes".into(),
+        });
+    }
+    let mut result = Value::Null;
+    if faults.is_empty() {
+        if !targeting_key.is_empty() {
+            context["targetingKey"] = json!(targeting_key);
+        }
+        let uri = format!(
+            "/ofrep/v1/evaluate/flags/{}?namespace={}",
+            seg(&key),
+            seg(&ns)
+        );
+        let a = f
+            .signed
+            .api
+            .call(Method::POST, &uri, Some(&json!({"context": context})), &[])
+            .await;
+        result = json!({
+            "ok": a.ok(), "status": a.status.as_u16(),
+            "value": a.body.get("value").map(pretty), "variant": a.body["variant"],
+            "reason": a.body["reason"], "error_code": a.body["errorCode"], "error_details": a.body["errorDetails"],
+        });
+    }
+    let status = if faults.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    render(
+        &ui,
+        status,
+        "preview.html",
+        Some(&f.signed),
+        json!({
+            "title": format!("Preview {key}"), "ns": ns, "key": key, "context": context_text,
+            "targeting_key": targeting_key, "faults": faults, "result": result,
+        }),
+    )
+}
+
+// ---- history
+
+pub(super) async fn history(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path((ns, key)): Path<(String, String)>,
+) -> Response {
+    let a = s
+        .api
+        .get(&format!(
+            "/v1/namespaces/{}/history?key={}&limit=50",
+            seg(&ns),
+            seg(&key)
+        ))
+        .await;
+    if !a.ok() {
+        return api_error_page(&ui, &s, &a);
+    }
+    let changes: Vec<Value> = a.body["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["items"].as_array().into_iter().flatten().filter(|i| i["kind"] == "flag" && i["key"] == key.as_str()).map(move |i| {
+                let (before, after) = (i.get("before").filter(|v| !v.is_null()), i.get("after").filter(|v| !v.is_null()));
+                let what = match (before, after) {
+                    (None, Some(_)) => "created",
+                    (Some(_), None) => "deleted",
+                    _ => "changed",
+                };
+                json!({"revision": c["revision"], "at_ms": c["at_ms"], "actor": c["actor"], "what": what, "diff": json_diff(before, after)})
+            })
+        })
+        .collect();
+    render(
+        &ui,
+        StatusCode::OK,
+        "history.html",
+        Some(&s),
+        json!({
+            "title": format!("History of {key}"), "ns": ns, "key": key, "changes": changes,
+            "more": !a.body["next_before"].is_null(),
+        }),
+    )
+}

@@ -1,0 +1,312 @@
+//! The console's pages: namespaces, flags (list, editor, kill switch, preview, history),
+//! segments, SDK keys and the cluster. Each handler reads through the API, renders a template,
+//! and on a write follows the API's answer: success → redirect (303), 412 → the conflict page,
+//! invalid → the editor with every fault, anything else → the error shown.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+mod cluster;
+mod flags;
+mod keys;
+mod segments;
+
+use cluster::*;
+use flags::*;
+use keys::*;
+use segments::*;
+
+use super::api::{seg, Answer};
+use super::diff::json_diff;
+use super::forms::{pretty, FlagForm, FormFault, SEMVER_OPS, VALUE_TYPES};
+use super::{api_error_page, error_page, render, Signed, SignedForm, Ui};
+
+pub fn routes() -> Router<Ui> {
+    Router::new()
+        .route("/ui/namespaces", get(namespaces).post(create_namespace))
+        .route("/ui/ns/{ns}", get(namespace_home))
+        .route("/ui/ns/{ns}/flags", get(flags))
+        .route("/ui/ns/{ns}/new-flag", get(new_flag).post(save_new_flag))
+        .route("/ui/ns/{ns}/flags/{key}", get(edit_flag).post(save_flag))
+        .route(
+            "/ui/ns/{ns}/flags/{key}/state",
+            get(confirm_state).post(set_state),
+        )
+        .route(
+            "/ui/ns/{ns}/{kind}/{key}/delete",
+            get(confirm_delete_page).post(delete),
+        )
+        .route("/ui/ns/{ns}/flags/{key}/reapply", post(reapply_flag))
+        .route(
+            "/ui/ns/{ns}/flags/{key}/preview",
+            get(preview_page).post(preview),
+        )
+        .route("/ui/ns/{ns}/flags/{key}/history", get(history))
+        .route("/ui/ns/{ns}/validate", post(validate))
+        .route("/ui/ns/{ns}/segments", get(segments))
+        .route(
+            "/ui/ns/{ns}/new-segment",
+            get(new_segment).post(save_new_segment),
+        )
+        .route(
+            "/ui/ns/{ns}/segments/{key}",
+            get(edit_segment).post(save_segment),
+        )
+        .route("/ui/ns/{ns}/segments/{key}/reapply", post(reapply_segment))
+        .route("/ui/ns/{ns}/keys", get(keys).post(create_key))
+        .route(
+            "/ui/ns/{ns}/keys/{name}/revoke",
+            get(confirm_revoke).post(revoke_key),
+        )
+        .route("/ui/cluster", get(cluster))
+        .route("/ui/cluster/members", get(cluster_members))
+}
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// The API path of a flag or segment (`kind` is `flag` or `segment`).
+fn item_uri(ns: &str, kind: &str, key: &str) -> String {
+    format!("/v1/namespaces/{}/{kind}s/{}", seg(ns), seg(key))
+}
+
+fn flag_uri(ns: &str, key: &str) -> String {
+    item_uri(ns, "flag", key)
+}
+
+fn segment_uri(ns: &str, key: &str) -> String {
+    item_uri(ns, "segment", key)
+}
+
+fn if_match(version: &str) -> (&'static str, String) {
+    if version.is_empty() {
+        ("if-none-match", "*".to_string())
+    } else {
+        ("if-match", format!("\"{version}\""))
+    }
+}
+
+fn faults_of(answer: &Answer) -> Vec<FormFault> {
+    answer
+        .faults()
+        .into_iter()
+        .map(|(path, message)| FormFault { path, message })
+        .collect()
+}
+
+fn validation_faults(faults: Vec<flagstaff_flags::Fault>) -> Vec<FormFault> {
+    faults
+        .into_iter()
+        .map(|f| FormFault {
+            path: f.path,
+            message: f.message,
+        })
+        .collect()
+}
+
+// ---- namespaces
+
+async fn namespaces(State(ui): State<Ui>, s: Signed) -> Response {
+    let a = s.api.get("/v1/namespaces").await;
+    if !a.ok() {
+        return api_error_page(&ui, &s, &a);
+    }
+    render(
+        &ui,
+        StatusCode::OK,
+        "namespaces.html",
+        Some(&s),
+        json!({"title": "Namespaces", "namespaces": a.body["namespaces"], "revision": a.body["revision"]}),
+    )
+}
+
+async fn create_namespace(State(ui): State<Ui>, f: SignedForm) -> Response {
+    let name = f.field("name").trim().to_string();
+    let body = json!({"description": f.field("description").trim()});
+    let a = f
+        .signed
+        .api
+        .call(
+            Method::PUT,
+            &format!("/v1/namespaces/{}", seg(&name)),
+            Some(&body),
+            &[("if-none-match", "*".into())],
+        )
+        .await;
+    if a.ok() {
+        return see_other(&format!("/ui/ns/{}/flags", seg(&name)));
+    }
+    let list = f.signed.api.get("/v1/namespaces").await;
+    let message = if a.status == StatusCode::PRECONDITION_FAILED {
+        format!("namespace {name:?} already exists")
+    } else {
+        a.message()
+    };
+    render(
+        &ui,
+        a.status,
+        "namespaces.html",
+        Some(&f.signed),
+        json!({
+            "title": "Namespaces", "namespaces": list.body["namespaces"], "message": message,
+            "name": name, "description": body["description"],
+        }),
+    )
+}
+
+async fn namespace_home(Path(ns): Path<String>) -> Response {
+    see_other(&format!("/ui/ns/{}/flags", seg(&ns)))
+}
+
+// ---- shared by flags and segments: editor outcomes, conflicts, live validation, delete
+
+/// What an editor page shows besides the form: its status, the faults and a message.
+struct Outcome<'a> {
+    status: StatusCode,
+    faults: &'a [FormFault],
+    message: Option<String>,
+}
+
+impl<'a> Outcome<'a> {
+    /// A freshly loaded editor.
+    fn fresh() -> Outcome<'a> {
+        Outcome::note("")
+    }
+
+    /// A 200 with a message (none when empty).
+    fn note(message: &str) -> Outcome<'a> {
+        Outcome {
+            status: StatusCode::OK,
+            faults: &[],
+            message: (!message.is_empty()).then(|| message.to_string()),
+        }
+    }
+
+    fn faults(status: StatusCode, faults: &'a [FormFault]) -> Outcome<'a> {
+        Outcome {
+            status,
+            faults,
+            message: None,
+        }
+    }
+}
+
+/// Someone else changed (or created) the item since the editor loaded it: their version next
+/// to this edit, with a diff, and the choice to save this edit over theirs or to edit it again.
+async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &Value) -> Response {
+    let uri = item_uri(ns, kind, key);
+    let theirs = s.api.get(&uri).await;
+    let (theirs_def, version) = if theirs.ok() {
+        (
+            Some(theirs.body["definition"].clone()),
+            theirs.body["version"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        )
+    } else {
+        // Deleted meanwhile: saving again creates it.
+        (None, String::new())
+    };
+    render(
+        ui,
+        StatusCode::CONFLICT,
+        "conflict.html",
+        Some(s),
+        json!({
+            "title": format!("Conflicting edit of {key}"), "ns": ns, "kind": kind, "key": key,
+            "theirs": theirs.ok().then_some(&theirs.body), "theirs_json": theirs_def.as_ref().map(pretty),
+            "mine_json": pretty(mine), "version": version,
+            "diff": json_diff(theirs_def.as_ref(), Some(mine)),
+        }),
+    )
+}
+
+/// Live validation (htmx): the faults of the posted editor form, as a fragment.
+async fn validate(State(ui): State<Ui>, f: SignedForm) -> Response {
+    let result = if f.field("kind") == "segment" {
+        checked_segment(f.field("rule")).map(|_| ())
+    } else {
+        checked_flag(&FlagForm::from_pairs(&f.fields)).map(|_| ())
+    };
+    let faults = result.err().unwrap_or_default();
+    render(
+        &ui,
+        StatusCode::OK,
+        "faults.html",
+        Some(&f.signed),
+        json!({"faults": faults, "live": true}),
+    )
+}
+
+async fn confirm_delete(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str) -> Response {
+    let uri = item_uri(ns, kind, key);
+    let a = s.api.get(&uri).await;
+    if !a.ok() {
+        return api_error_page(ui, s, &a);
+    }
+    render(
+        ui,
+        StatusCode::OK,
+        "confirm.html",
+        Some(s),
+        json!({
+            "title": format!("Delete {key}?"), "ns": ns, "item": a.body,
+            "question": format!("Delete {kind} {key} from {ns}? Applications fall back to their defaults for it."),
+            "action": format!("/ui/ns/{}/{kind}s/{}/delete", seg(ns), seg(key)),
+            "fields": {"version": a.body["version"].to_string()},
+            "button": "Delete", "danger": true, "back": format!("/ui/ns/{}/{kind}s", seg(ns)),
+        }),
+    )
+}
+
+async fn delete_item(ui: &Ui, f: &SignedForm, ns: &str, kind: &str, key: &str) -> Response {
+    let uri = item_uri(ns, kind, key);
+    let a = f
+        .signed
+        .api
+        .call(Method::DELETE, &uri, None, &[if_match(f.field("version"))])
+        .await;
+    if a.ok() {
+        return see_other(&format!("/ui/ns/{}/{kind}s", seg(ns)));
+    }
+    api_error_page(ui, &f.signed, &a)
+}
+
+/// `flags` or `segments` in a console path, as the item kind it names.
+fn kind_of(plural: &str) -> Option<&'static str> {
+    match plural {
+        "flags" => Some("flag"),
+        "segments" => Some("segment"),
+        _ => None,
+    }
+}
+
+async fn confirm_delete_page(
+    State(ui): State<Ui>,
+    s: Signed,
+    Path((ns, kind, key)): Path<(String, String, String)>,
+) -> Response {
+    match kind_of(&kind) {
+        Some(kind) => confirm_delete(&ui, &s, &ns, kind, &key).await,
+        None => error_page(&ui, Some(&s), StatusCode::NOT_FOUND, "no such page"),
+    }
+}
+
+async fn delete(
+    State(ui): State<Ui>,
+    Path((ns, kind, key)): Path<(String, String, String)>,
+    f: SignedForm,
+) -> Response {
+    match kind_of(&kind) {
+        Some(kind) => delete_item(&ui, &f, &ns, kind, &key).await,
+        None => error_page(&ui, Some(&f.signed), StatusCode::NOT_FOUND, "no such page"),
+    }
+}
