@@ -24,9 +24,42 @@ fn lines(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Unchanged lines kept around each change; longer unchanged runs fold into one `…` line.
+const CONTEXT: usize = 3;
+
 /// The lines of `before` → `after`; a missing side (created or deleted) is empty.
 pub fn json_diff(before: Option<&Value>, after: Option<&Value>) -> Vec<DiffLine> {
-    line_diff(&lines(before), &lines(after))
+    fold_unchanged(line_diff(&lines(before), &lines(after)), CONTEXT)
+}
+
+/// Replaces each run of unchanged lines farther than `context` from a change by one line
+/// `op: "…"` saying how many lines it stands for.
+pub fn fold_unchanged(diff: Vec<DiffLine>, context: usize) -> Vec<DiffLine> {
+    let changed: Vec<usize> = (0..diff.len()).filter(|&i| diff[i].op != " ").collect();
+    let near = |i: usize| changed.iter().any(|&c| c.abs_diff(i) <= context);
+    let mut out = Vec::new();
+    let mut folded = 0;
+    for (i, line) in diff.into_iter().enumerate() {
+        if line.op == " " && !near(i) {
+            folded += 1;
+            continue;
+        }
+        if folded > 0 {
+            out.push(DiffLine {
+                op: "…",
+                text: format!("{folded} unchanged lines"),
+            });
+            folded = 0;
+        }
+        out.push(line);
+    }
+    if folded > 0 {
+        out.push(DiffLine {
+            op: "…",
+            text: format!("{folded} unchanged lines"),
+        });
+    }
+    out
 }
 
 pub fn line_diff(a: &[String], b: &[String]) -> Vec<DiffLine> {
@@ -99,6 +132,32 @@ mod tests {
                 " }"
             ]
         );
+    }
+
+    #[test]
+    fn long_unchanged_runs_fold_and_changes_keep_their_context() {
+        let a: Vec<String> = (0..20).map(|i| format!("l{i}")).collect();
+        let mut b = a.clone();
+        b[10] = "changed".into();
+        let d = fold_unchanged(line_diff(&a, &b), 2);
+        let shown: Vec<String> = d.iter().map(|l| format!("{}{}", l.op, l.text)).collect();
+        assert_eq!(
+            shown,
+            [
+                "…8 unchanged lines",
+                " l8",
+                " l9",
+                "-l10",
+                "+changed",
+                " l11",
+                " l12",
+                "…7 unchanged lines"
+            ]
+        );
+        // Nothing changed: everything folds; nothing to fold: nothing added.
+        assert_eq!(fold_unchanged(line_diff(&a, &a), 2).len(), 1);
+        let short = fold_unchanged(line_diff(&a[8..13], &b[8..13]), 5);
+        assert!(short.iter().all(|l| l.op != "…"));
     }
 
     #[test]

@@ -109,6 +109,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "faults.html",
     "confirm.html",
     "conflict.html",
+    "diff.html",
     "preview.html",
     "history.html",
     "segments.html",
