@@ -241,6 +241,25 @@ impl Node {
         }
     }
 
+    /// A leader is known and this node has caught up (what `/readyz` answers).
+    pub fn ready(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some() && self.caught_up()
+    }
+
+    /// How this node sees itself (the peer status route; the console shows it per member).
+    pub fn member_view(&self) -> crate::peer::MemberView {
+        let m = self.raft.metrics().borrow().clone();
+        crate::peer::MemberView {
+            id: self.id,
+            state: state_name(m.state).to_string(),
+            term: m.current_term,
+            leader: m.current_leader,
+            applied_index: m.last_applied.map(|l| l.index),
+            revision: self.state.applied().revision,
+            ready: self.ready(),
+        }
+    }
+
     /// True when this node leads or holds a staleness proof within the default bound.
     pub fn caught_up(&self) -> bool {
         self.is_leader()
@@ -248,5 +267,16 @@ impl Node {
                 .proofs
                 .staleness_ms()
                 .is_some_and(|s| s <= self.config.max_staleness.as_millis() as u64)
+    }
+}
+
+/// A Raft role as the API names it.
+pub fn state_name(state: openraft::ServerState) -> &'static str {
+    match state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
     }
 }

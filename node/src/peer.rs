@@ -13,6 +13,8 @@ pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
 pub const PATH_FORWARD: &str = "/raft/forward";
+/// A member's own view of itself, for the console's cluster page.
+pub const PATH_STATUS: &str = "/raft/status";
 
 /// Header carrying the cluster id on every peer request; a node from another cluster is refused.
 pub const CLUSTER_HEADER: &str = "flagstaff-cluster";
@@ -21,6 +23,20 @@ pub const CLUSTER_HEADER: &str = "flagstaff-cluster";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadIndexReply {
     pub index: u64,
+}
+
+/// Answer to `POST /raft/status`: how a member sees itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub applied_index: Option<u64>,
+    pub revision: u64,
+    /// What `/readyz` would answer: a leader is known and this member has caught up.
+    pub ready: bool,
 }
 
 /// Writes forwarded from a follower to the leader.

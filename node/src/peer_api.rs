@@ -22,7 +22,7 @@ use crate::api::extract::bearer;
 use crate::node::Node;
 use crate::peer::{
     ForwardReply, ForwardRequest, PeerRefusal, ReadIndexReply, ReadIndexResult, CLUSTER_HEADER,
-    PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_VOTE,
+    PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_STATUS, PATH_VOTE,
 };
 
 pub fn peer_router(node: Arc<Node>) -> Router {
@@ -32,6 +32,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(PATH_SNAPSHOT, post(snapshot))
         .route(PATH_READ_INDEX, post(read_index))
         .route(PATH_FORWARD, post(forward))
+        .route(PATH_STATUS, post(status))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
 }
@@ -106,6 +107,10 @@ async fn read_index(State(node): State<Arc<Node>>) -> Response {
         .await
         .map(|index| ReadIndexReply { index });
     encode(&result)
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    encode(&node.member_view())
 }
 
 async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {

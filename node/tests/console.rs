@@ -194,6 +194,16 @@ async fn sessions_csrf_and_conditional_saves() {
         assert_eq!(p.status, 200, "{api}");
         assert!(p.html.contains("signed in as <strong>admin</strong>"));
     }
+    // The cluster page: every member answered this node with its own state.
+    let p = b.get(&format!("{api2}/ui/cluster"), &session).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.html.matches("health health-ready").count(),
+        3,
+        "{}",
+        p.html
+    );
+    assert_eq!(p.html.matches("<td>leader</td>").count(), 1, "{}", p.html);
     let tampered = format!("{}0", &session[..session.len() - 1]);
     assert_eq!(
         b.get(&format!("{api2}/ui/ns/ui/flags"), &tampered)

@@ -275,6 +275,8 @@ try {
     { timeout: 20_000 },
   );
   await page.locator(`tr[data-member="${leader}"] .health`).filter({ hasText: "unreachable" }).waitFor({ timeout: 10_000 });
+  const newLeader = /node (\d+)/.exec(await page.locator("#leader").textContent())[1];
+  await page.locator(`tr[data-member="${newLeader}"] td`, { hasText: /^leader$/ }).waitFor({ timeout: 10_000 });
   step(`leader was node ${leader}; now ${(await page.locator("#leader").textContent()).trim()}`);
   await shot(page, "14-cluster-after-leader-kill");
 

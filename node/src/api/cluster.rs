@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flagstaff_raft_store::{Member, NodeId};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -52,8 +52,7 @@ async fn healthz() -> &'static str {
     (status = 200, description = "ready", body = String, content_type = "text/plain"),
     (status = 503, description = "no known leader, or not caught up", body = ErrorBody)))]
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    let leader = node.raft.metrics().borrow().current_leader;
-    if leader.is_some() && node.caught_up() {
+    if node.ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         ApiError::Unavailable("not ready: no known leader or not caught up".into()).into_response()
@@ -119,13 +118,7 @@ async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<ClusterStatus> 
             matched_index: matched.get(id).copied().flatten(),
         })
         .collect();
-    let state = match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    };
+    let state = crate::node::state_name(m.state);
     Json(ClusterStatus {
         cluster_id: node.cluster_id.clone(),
         node_id: node.id,

@@ -39,9 +39,7 @@ pub struct Console {
     /// The `/v1` API router, called in-process.
     api: Router,
     signer: Signer,
-    /// For the cluster page's health probes of the other members.
-    http: reqwest::Client,
-    /// When this node last got an answer from each member's `/readyz`.
+    /// When this node last got an answer from each member (the cluster page).
     contacts: Mutex<HashMap<u64, Instant>>,
 }
 
@@ -49,15 +47,10 @@ type Ui = Arc<Console>;
 
 /// The console's routes, served under `/ui` next to the API.
 pub fn router(node: Arc<Node>, api: Router) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap_or_default();
     let console = Arc::new(Console {
         signer: Signer::new(&node.cluster_id, &node.config.cluster_secret),
         node,
         api,
-        http,
         contacts: Mutex::new(HashMap::new()),
     });
     Router::new()

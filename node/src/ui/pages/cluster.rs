@@ -1,6 +1,10 @@
 //! The cluster page, refreshed by htmx every 2 s.
 
+use std::time::Duration;
+
 use axum::extract::State;
+
+use crate::peer::{MemberView, PATH_STATUS};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -29,35 +33,43 @@ pub(super) async fn cluster_members(State(ui): State<Ui>, s: Signed) -> Response
     )
 }
 
-/// This node's view of the cluster (`/v1/cluster`), and each member's health as probed from
-/// here: `/readyz` answered ready, not ready, or not at all (with when it last answered).
+/// This node's view of the cluster (`/v1/cluster`), and each member's own view of itself asked
+/// over the peer listener (role, term, applied index, revision, ready), with when this node last
+/// got an answer from it.
 pub(super) async fn cluster_view(ui: &Ui, s: &Signed) -> Value {
     let a = s.api.get("/v1/cluster").await;
     let mut status = a.body.clone();
     let members = status["members"].as_array().cloned().unwrap_or_default();
+    let node = &ui.node;
     let probes = members.iter().map(|m| {
-        let url = format!("{}/readyz", m["api_addr"].as_str().unwrap_or_default());
-        let http = ui.http.clone();
+        let peer_addr = m["peer_addr"].as_str().unwrap_or_default().to_string();
         async move {
-            match http.get(url).send().await {
-                Ok(r) if r.status().is_success() => "ready",
-                Ok(_) => "not ready",
-                Err(_) => "unreachable",
-            }
+            let asked =
+                node.peers
+                    .call::<_, MemberView>(&peer_addr, PATH_STATUS, &(), PROBE_TIMEOUT);
+            asked.await.ok()
         }
     });
-    let health = futures::future::join_all(probes).await;
+    let views = futures::future::join_all(probes).await;
     let now = Instant::now();
     let mut contacts = ui.contacts.lock().unwrap_or_else(|p| p.into_inner());
     let rows: Vec<Value> = members
         .into_iter()
-        .zip(health)
-        .map(|(mut m, h)| {
+        .zip(views)
+        .map(|(mut m, view)| {
             let id = m["id"].as_u64().unwrap_or(0);
-            if h != "unreachable" {
+            m["health"] = json!(match &view {
+                Some(v) if v.ready => "ready",
+                Some(_) => "not ready",
+                None => "unreachable",
+            });
+            if let Some(v) = view {
                 contacts.insert(id, now);
+                m["own"] = json!({
+                    "state": v.state, "term": v.term, "leader": v.leader,
+                    "applied_index": v.applied_index, "revision": v.revision,
+                });
             }
-            m["health"] = json!(h);
             m["last_contact_ms"] = json!(contacts
                 .get(&id)
                 .map(|t| now.duration_since(*t).as_millis() as u64));
@@ -69,3 +81,6 @@ pub(super) async fn cluster_view(ui: &Ui, s: &Signed) -> Value {
     status["message"] = json!((!a.ok()).then(|| a.message()));
     status
 }
+
+/// How long the page waits for a member's answer before calling it unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
