@@ -153,7 +153,29 @@ async fn sessions_csrf_and_conditional_saves() {
     assert_eq!(p.status, 303);
     assert_eq!(p.location, "/ui/login?next=%2Fui%2Fns%2Fui%2Fflags");
 
-    // Sign-in: a wrong token, a form without its nonce cookie, then the admin token.
+    // An htmx fragment without a session sends the whole page to sign-in.
+    let frag = b
+        .send(
+            b.http
+                .get(format!("{api1}/ui/cluster/members"))
+                .header("hx-request", "true"),
+        )
+        .await;
+    assert_eq!(frag.status, 401);
+    let hx = b
+        .http
+        .get(format!("{api1}/ui/cluster/members"))
+        .header("hx-request", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hx.headers()["hx-redirect"],
+        "/ui/login?next=%2Fui%2Fcluster%2Fmembers"
+    );
+
+    // Sign-in: a wrong token, a form without its nonce cookie, a cross-site post, a `next` with
+    // control characters, then the admin token.
     let form = b.get(&format!("{api1}/ui/login"), "").await;
     let login = form.cookie("flagstaff_login");
     let wrong = b
@@ -174,6 +196,31 @@ async fn sessions_csrf_and_conditional_saves() {
         )
         .await;
     assert_eq!(no_nonce.status, 403);
+    let fields = [("csrf", form.csrf()), ("token", TOKEN.to_string())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cross = b
+        .post(
+            &format!("{api1}/ui/login"),
+            &login,
+            &fields,
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    let crlf = b
+        .post(
+            &format!("{api1}/ui/login"),
+            &login,
+            &[
+                ("csrf", &form.csrf()),
+                ("token", TOKEN),
+                ("next", "/ui/x\r\nSet-Cookie: a=b"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(crlf.status, 303);
+    assert_eq!(crlf.location, "/ui/namespaces");
     let signed = b.sign_in(api1, TOKEN).await;
     assert_eq!(signed.status, 303, "{}", signed.html);
     assert_eq!(signed.location, "/ui/namespaces");
@@ -204,7 +251,8 @@ async fn sessions_csrf_and_conditional_saves() {
         p.html
     );
     assert_eq!(p.html.matches("<td>leader</td>").count(), 1, "{}", p.html);
-    let tampered = format!("{}0", &session[..session.len() - 1]);
+    let last = if session.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &session[..session.len() - 1]);
     assert_eq!(
         b.get(&format!("{api2}/ui/ns/ui/flags"), &tampered)
             .await
@@ -276,7 +324,13 @@ async fn sessions_csrf_and_conditional_saves() {
         .post(&format!("{api3}/ui/ns/ui/flags/f"), &session, &stale, None)
         .await;
     assert_eq!(p.status, 409, "{}", p.html);
-    assert!(p.html.contains("theirs") && p.html.contains("mine"));
+    // Both definitions are on the page (JSON, HTML-escaped), theirs first.
+    let (theirs, mine) = (
+        "&quot;description&quot;: &quot;theirs&quot;",
+        "&quot;description&quot;: &quot;mine&quot;",
+    );
+    let (t, m) = (p.html.find(theirs), p.html.find(mine));
+    assert!(t.is_some() && m.is_some() && t < m, "{}", p.html);
     assert_eq!(
         c.get(1, "/v1/namespaces/ui/flags/f").await.1["definition"]["description"],
         "theirs"
@@ -321,7 +375,31 @@ async fn sessions_csrf_and_conditional_saves() {
         );
     }
 
-    // Sign-out clears the cookie.
+    // A token created again under the revoked name is another credential: the old session
+    // stays refused, a new sign-in works.
+    let (s, again) = c.post(1, "/v1/admin-tokens", json!({"name": "ops"})).await;
+    assert_eq!(s, 200, "{again}");
+    let rev = again["revision"].as_u64().unwrap();
+    for (id, api) in [(1, api1), (2, api2), (3, api3)] {
+        let path = format!("/v1/namespaces/ui?consistency=bounded&min_revision={rev}");
+        assert_eq!(c.get(id, &path).await.0, 200);
+        assert_eq!(
+            b.get(&format!("{api}/ui/namespaces"), &ops).await.status,
+            303,
+            "{api}"
+        );
+    }
+    let fresh = b.sign_in(api2, again["secret"].as_str().unwrap()).await;
+    assert_eq!(fresh.status, 303);
+    let fresh = fresh.cookie("flagstaff_session");
+    assert_eq!(
+        b.get(&format!("{api1}/ui/namespaces"), &fresh).await.status,
+        200
+    );
+
+    // Sign-out clears the cookie in this browser. (The cookie itself stays valid until it
+    // expires or its token is revoked, as README says: sign-out is not a server-side
+    // revocation.)
     let csrf = b
         .get(&format!("{api1}/ui/namespaces"), &session)
         .await

@@ -135,6 +135,7 @@ try {
   await row.locator(".state").filter({ hasText: "ENABLED" }).waitFor();
 
   step("an invalid rule shows each fault with its path, as you type and on Check");
+  api = await apiGet(`/v1/namespaces/${ns}/flags/${flag}`);
   await page.goto(`${urls[1]}/ui/ns/${ns}/flags/${flag}`);
   await assertLabelled(page, "editor");
   await fillLive(page, page.locator("#targeting"), '{"if": [{"frobnicate": [{"var": "plan"}]}, "on", "off"]}');
@@ -148,8 +149,8 @@ try {
   await faults.first().waitFor();
   assert.ok((await faults.count()) >= 1);
   assert.match(await page.locator("#faults").textContent(), /targeting/);
-  api = await apiGet(`/v1/namespaces/${ns}/flags/${flag}`);
-  assert.equal(api.definition.targeting, undefined, "nothing invalid was saved");
+  const afterInvalid = await apiGet(`/v1/namespaces/${ns}/flags/${flag}`);
+  assert.equal(afterInvalid.version, api.version, "nothing invalid was saved");
 
   step("the rule builder writes a rule; save it");
   await page.locator("summary", { hasText: "Rule builder" }).click();
@@ -199,8 +200,9 @@ try {
   assert.equal(api.definition.description, "Changed in the other tab", "their change kept");
   assert.equal(api.definition.defaultVariant, "off", "mine not written silently");
   await shot(page, "08-conflict");
-  await page.getByRole("button", { name: "Edit yours on top of theirs" }).click();
-  await page.getByText("Your edit, on top of their version").waitFor();
+  await page.getByRole("button", { name: "Edit yours, with theirs beside it" }).click();
+  await page.getByText("Saving it replaces their version").waitFor();
+  assert.match(await page.locator("pre.code").first().textContent(), /Changed in the other tab/, "theirs shown beside the editor");
   await fillLive(page, page.getByLabel("Description", { exact: true }), "Changed in the other tab");
   await page.getByRole("button", { name: "Save", exact: true }).click();
   await page.waitForURL(/\?saved=/);

@@ -36,9 +36,17 @@ pub enum Caller {
 
 /// Set by the web console on the requests it makes to this API on behalf of a signed-in admin
 /// (after checking the session cookie). Clients cannot set request extensions, so this never
-/// comes from the network.
+/// comes from the network; only this crate can make one. Such requests carry no
+/// `Authorization` header, so routes that relay the caller's token to another node over HTTP
+/// (the membership changes) are not for the console.
 #[derive(Debug, Clone)]
-pub struct ConsoleActor(pub String);
+pub struct ConsoleActor(String);
+
+impl ConsoleActor {
+    pub(crate) fn new(actor: String) -> ConsoleActor {
+        ConsoleActor(actor)
+    }
+}
 
 impl Caller {
     fn identify(parts: &Parts, node: &Node) -> Result<Caller, ApiError> {
@@ -96,15 +104,22 @@ impl Caller {
             .map(|t| t.name.clone())
     }
 
-    /// Does an admin token called `name` still exist (configured, or not revoked)?
-    pub fn admin_exists(name: &str, node: &Node) -> bool {
-        node.config.admin_tokens.iter().any(|(n, _)| n == name)
+    /// Is the admin token whose SHA-256 is `credential` still an admin token called `name`
+    /// (configured, or created through the API and not revoked)? A token revoked and created
+    /// again under the same name, or a configured secret that changed, is another credential.
+    pub fn admin_credential_valid(name: &str, credential: &str, node: &Node) -> bool {
+        let configured = node.config.admin_tokens.iter().any(|(n, token)| {
+            n == name
+                && !token.is_empty()
+                && bool::from(hash_secret(token).as_bytes().ct_eq(credential.as_bytes()))
+        });
+        configured
             || node
                 .state
                 .read()
                 .admin_tokens()
-                .values()
-                .any(|t| t.name == name)
+                .get(credential)
+                .is_some_and(|t| t.name == name)
     }
 
     /// False once an SDK key has been revoked (as this node's state knows).

@@ -79,7 +79,10 @@ impl Api {
             }
             None => Body::empty(),
         };
-        let req = match req.extension(ConsoleActor(self.actor.clone())).body(body) {
+        let req = match req
+            .extension(ConsoleActor::new(self.actor.clone()))
+            .body(body)
+        {
             Ok(r) => r,
             Err(e) => return local_error(StatusCode::BAD_REQUEST, e.to_string()),
         };

@@ -12,7 +12,7 @@ pub struct DiffLine {
 
 /// Beyond this many lines on either side the diff shows the old text removed and the new one
 /// added instead of computing the longest common subsequence (quadratic in the line counts).
-const MAX_LINES: usize = 2000;
+const MAX_LINES: usize = 500;
 
 fn lines(v: Option<&Value>) -> Vec<String> {
     match v {

@@ -60,6 +60,9 @@ pub struct FlagForm {
     pub value_type: String,
     pub variants: Vec<VariantRow>,
     pub default_variant: String,
+    /// The definition said `"defaultVariant": null` (kept so that saving it unchanged changes
+    /// nothing; an empty default is otherwise left out).
+    pub null_default: bool,
     /// JsonLogic as text; empty for none.
     pub targeting: String,
     /// The flag's metadata as JSON text, kept as it was (not edited here).
@@ -87,6 +90,7 @@ impl FlagForm {
                 "variant_name" => names.push(v.trim().to_string()),
                 "variant_value" => values.push(v),
                 "default_variant" => f.default_variant = v.trim().to_string(),
+                "null_default" => f.null_default = v == "1",
                 "targeting" => f.targeting = v,
                 "metadata" => f.metadata = v,
                 "rb_kind" => f.builder.kind = v,
@@ -166,6 +170,7 @@ impl FlagForm {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            null_default: def.get("defaultVariant").is_some_and(Value::is_null),
             targeting: match &def["targeting"] {
                 Value::Null => String::new(),
                 t => pretty(t),
@@ -210,14 +215,11 @@ impl FlagForm {
             }
         }
         def.insert("variants".into(), Value::Object(variants));
-        def.insert(
-            "defaultVariant".into(),
-            if self.default_variant.is_empty() {
-                Value::Null
-            } else {
-                json!(self.default_variant)
-            },
-        );
+        if !self.default_variant.is_empty() {
+            def.insert("defaultVariant".into(), json!(self.default_variant));
+        } else if self.null_default {
+            def.insert("defaultVariant".into(), Value::Null);
+        }
         if !self.targeting.trim().is_empty() {
             match serde_json::from_str::<Value>(&self.targeting) {
                 Ok(t) => {
@@ -235,7 +237,7 @@ impl FlagForm {
             }
         }
         if !self.description.trim().is_empty() {
-            def.insert("description".into(), json!(self.description.trim()));
+            def.insert("description".into(), json!(self.description));
         }
         let tags: Vec<&str> = self
             .tags
@@ -459,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_form_becomes_a_valid_definition_and_back() {
-        let f = form(&[("description", " Banner "), ("tags", "ui, , web")]);
+        let f = form(&[("description", "Banner"), ("tags", "ui, , web")]);
         let def = f.to_definition().unwrap();
         assert_eq!(
             def,
@@ -489,6 +491,36 @@ mod tests {
         f.targeting = "{\"if\": [".into();
         let faults = f.to_definition().unwrap_err();
         assert!(faults.iter().any(|x| x.path == "targeting"), "{faults:?}");
+    }
+
+    #[test]
+    fn saving_an_unchanged_editor_writes_the_same_definition() {
+        for def in [
+            json!({"state":"ENABLED","variants":{"a":"two\nlines ","b":""},"defaultVariant":null}),
+            json!({"state":"DISABLED","variants":{"a":1.5,"b":-2},"description":" spaced ","tags":["x"]}),
+            json!({"state":"ENABLED","variants":{"cfg":{"retries":3,"hosts":["a"]}},"defaultVariant":"cfg",
+                   "targeting":{"if":[{"in":[{"var":"plan"},["pro"]]},"cfg",null]}}),
+        ] {
+            let f = FlagForm::from_definition("f", Some(3), Some(&def));
+            let mut pairs = vec![
+                ("state".to_string(), f.state.clone()),
+                ("value_type".to_string(), f.value_type.clone()),
+                ("description".to_string(), f.description.clone()),
+                ("tags".to_string(), f.tags.clone()),
+                ("default_variant".to_string(), f.default_variant.clone()),
+                ("targeting".to_string(), f.targeting.clone()),
+                ("metadata".to_string(), f.metadata.clone()),
+            ];
+            if f.null_default {
+                pairs.push(("null_default".into(), "1".into()));
+            }
+            for v in &f.variants {
+                pairs.push(("variant_name".into(), v.name.clone()));
+                pairs.push(("variant_value".into(), v.value.clone()));
+            }
+            let posted = FlagForm::from_pairs(&pairs);
+            assert_eq!(posted.to_definition().unwrap(), def);
+        }
     }
 
     #[test]

@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use minijinja::Environment;
 use serde_json::{json, Value};
 
-use crate::api::extract::Caller;
+use crate::api::extract::{hash_secret, Caller};
 use crate::node::Node;
 use api::Api;
 use session::{Session, Signer, LOGIN_COOKIE, SESSION_COOKIE};
@@ -231,9 +231,10 @@ fn cookie_header(parts: &Parts) -> &str {
         .unwrap_or("")
 }
 
-/// Where to go after sign-in: only a console path, never another site.
+/// Where to go after sign-in: only a console path of visible ASCII, never another site.
 fn safe_next(next: &str) -> &str {
-    if next.starts_with("/ui/") && !next.starts_with("/ui//") && !next.contains('\\') {
+    let visible = next.bytes().all(|b| b.is_ascii_graphic());
+    if visible && next.starts_with("/ui/") && !next.starts_with("/ui//") && !next.contains('\\') {
         next
     } else {
         "/ui/namespaces"
@@ -246,20 +247,31 @@ impl FromRequestParts<Ui> for Signed {
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Response> {
         let session = session::cookie(cookie_header(parts), SESSION_COOKIE)
             .and_then(|c| ui.signer.verify(c))
-            .filter(|s| Caller::admin_exists(&s.actor, &ui.node));
+            .filter(|s| Caller::admin_credential_valid(&s.actor, &s.credential, &ui.node));
         match session {
             Some(session) => Ok(Signed {
                 api: Api::new(ui.api.clone(), session.actor.clone()),
                 session,
             }),
             None => {
-                let here = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/ui/namespaces");
-                let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
-                Err(Redirect::to(&format!("/ui/login?next={next}")).into_response())
+                // Back to this page after sign-in, if it is one a browser can open.
+                let here = match parts.method {
+                    Method::GET => parts.uri.path_and_query().map(|p| p.as_str()),
+                    _ => None,
+                };
+                let next: String =
+                    form_urlencoded::byte_serialize(safe_next(here.unwrap_or("")).as_bytes())
+                        .collect();
+                let login = format!("/ui/login?next={next}");
+                if parts.headers.contains_key("hx-request") {
+                    // An htmx fragment: the whole page goes to sign-in, not the fragment's slot.
+                    let mut resp = StatusCode::UNAUTHORIZED.into_response();
+                    if let Ok(v) = HeaderValue::from_str(&login) {
+                        resp.headers_mut().insert("hx-redirect", v);
+                    }
+                    return Err(resp);
+                }
+                Err(Redirect::to(&login).into_response())
             }
         }
     }
@@ -295,14 +307,16 @@ fn same_origin(parts: &Parts) -> bool {
     else {
         return true;
     };
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     origin
         .split_once("://")
-        .is_some_and(|(_, rest)| rest == host)
+        .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
 }
 
 async fn read_fields(ui: &Console, body: Body) -> Option<Vec<(String, String)>> {
@@ -424,7 +438,7 @@ async fn login(State(ui): State<Ui>, req: Request) -> Response {
         resp,
         session::set_cookie(
             SESSION_COOKIE,
-            &ui.signer.issue(&actor),
+            &ui.signer.issue(&actor, &hash_secret(token)),
             session::SESSION_TTL,
         ),
     );

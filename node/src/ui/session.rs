@@ -1,11 +1,13 @@
 //! Console sessions and CSRF tokens, kept in signed cookies so that every node of the cluster
 //! accepts a session another node created.
 //!
-//! The session cookie is `<actor hex>.<expires unix s>.<nonce hex>.<mac hex>`: the admin token's
-//! *name* (never its secret), an expiry and a random nonce, authenticated with HMAC-SHA256 under
-//! a key derived from the cluster id and secret, which every node shares. A session ends when
-//! it expires, when the browser drops the cookie (sign-out), or when its admin token is revoked
-//! (checked on every request). The CSRF token of a session is an HMAC of its nonce; forms carry
+//! The session cookie is `<actor hex>.<credential>.<expires unix s>.<nonce hex>.<mac hex>`: the
+//! admin token's *name* and the SHA-256 of its secret (what the replicated state stores; never
+//! the secret itself), an expiry and a random nonce, authenticated with HMAC-SHA256 under a key
+//! derived from the cluster id and secret, which every node shares. A session ends when it
+//! expires, when the browser drops the cookie (sign-out), or when that exact token stops being
+//! an admin token: revoked, or its secret rotated, even if a token of the same name exists
+//! again (checked on every request). The CSRF token of a session is an HMAC of its nonce; forms carry
 //! it in a hidden field and htmx requests in the `X-CSRF-Token` header.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +35,8 @@ pub struct Signer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub actor: String,
+    /// SHA-256 (hex) of the admin token the session was opened with.
+    pub credential: String,
     pub nonce: String,
     pub expires_unix: u64,
 }
@@ -78,13 +82,19 @@ impl Signer {
         a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
     }
 
-    /// A new session for `actor`, as the cookie value.
-    pub fn issue(&self, actor: &str) -> String {
-        self.issue_at(actor, now_unix() + SESSION_TTL.as_secs())
+    /// A new session for `actor`, opened with the admin token whose SHA-256 is `credential`,
+    /// as the cookie value.
+    pub fn issue(&self, actor: &str, credential: &str) -> String {
+        self.issue_at(actor, credential, now_unix() + SESSION_TTL.as_secs())
     }
 
-    fn issue_at(&self, actor: &str, expires_unix: u64) -> String {
-        let body = format!("{}.{expires_unix}.{}", hex::encode(actor), random_nonce());
+    fn issue_at(&self, actor: &str, credential: &str, expires_unix: u64) -> String {
+        let body = format!(
+            "{}.{}.{expires_unix}.{}",
+            hex::encode(actor),
+            hex::encode(credential),
+            random_nonce()
+        );
         let mac = self.mac("session", &body);
         format!("{body}.{mac}")
     }
@@ -97,6 +107,7 @@ impl Signer {
         }
         let mut parts = body.split('.');
         let actor = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+        let credential = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
         let expires_unix: u64 = parts.next()?.parse().ok()?;
         let nonce = parts.next()?.to_string();
         if parts.next().is_some() || expires_unix <= now_unix() {
@@ -104,6 +115,7 @@ impl Signer {
         }
         Some(Session {
             actor,
+            credential,
             nonce,
             expires_unix,
         })
@@ -143,7 +155,7 @@ mod tests {
     #[test]
     fn a_session_round_trips_and_tampering_is_refused() {
         let s = Signer::new("c1", "secret");
-        let cookie = s.issue("ops team");
+        let cookie = s.issue("ops team", "c0ffee");
         let session = s.verify(&cookie).expect("valid");
         assert_eq!(session.actor, "ops team");
         // Another node of the same cluster accepts it; another cluster does not.
@@ -167,15 +179,15 @@ mod tests {
     #[test]
     fn an_expired_session_is_refused() {
         let s = Signer::new("c1", "secret");
-        assert!(s.verify(&s.issue_at("a", now_unix() - 1)).is_none());
-        assert!(s.verify(&s.issue_at("a", now_unix() + 60)).is_some());
+        assert!(s.verify(&s.issue_at("a", "c", now_unix() - 1)).is_none());
+        assert!(s.verify(&s.issue_at("a", "c", now_unix() + 60)).is_some());
     }
 
     #[test]
     fn csrf_tokens_belong_to_one_session() {
         let s = Signer::new("c1", "secret");
-        let a = s.verify(&s.issue("a")).unwrap();
-        let b = s.verify(&s.issue("a")).unwrap();
+        let a = s.verify(&s.issue("a", "c")).unwrap();
+        let b = s.verify(&s.issue("a", "c")).unwrap();
         assert!(s.check_csrf(&a.nonce, &s.csrf(&a.nonce)));
         assert!(!s.check_csrf(&a.nonce, &s.csrf(&b.nonce)));
         assert!(!s.check_csrf(&a.nonce, ""));

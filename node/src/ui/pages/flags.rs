@@ -93,6 +93,7 @@ pub(super) fn editor(
         status,
         faults,
         message,
+        theirs,
     } = outcome;
     let mut form = form.clone();
     // Two empty rows, so a variant can be added without JavaScript.
@@ -111,7 +112,7 @@ pub(super) fn editor(
         Some(s),
         json!({
             "title": title, "ns": ns, "form": form, "is_new": is_new, "faults": faults,
-            "message": message, "current": current, "value_types": VALUE_TYPES, "semver_ops": SEMVER_OPS,
+            "message": message, "current": current, "theirs_json": theirs, "value_types": VALUE_TYPES, "semver_ops": SEMVER_OPS,
         }),
     )
 }
@@ -128,10 +129,17 @@ pub(super) async fn new_flag(State(ui): State<Ui>, s: Signed, Path(ns): Path<Str
     )
 }
 
+#[derive(serde::Deserialize)]
+pub(super) struct SavedQuery {
+    /// Set by the redirect after a save: the version it wrote.
+    saved: Option<u64>,
+}
+
 pub(super) async fn edit_flag(
     State(ui): State<Ui>,
     s: Signed,
     Path((ns, key)): Path<(String, String)>,
+    Query(q): Query<SavedQuery>,
 ) -> Response {
     let a = s.api.get(&flag_uri(&ns, &key)).await;
     if !a.ok() {
@@ -142,7 +150,19 @@ pub(super) async fn edit_flag(
         a.body["version"].as_u64(),
         Some(&a.body["definition"]),
     );
-    editor(&ui, &s, &ns, &form, false, Some(&a.body), Outcome::fresh())
+    let note = q
+        .saved
+        .map(|v| format!("Saved as version {v}."))
+        .unwrap_or_default();
+    editor(
+        &ui,
+        &s,
+        &ns,
+        &form,
+        false,
+        Some(&a.body),
+        Outcome::note(&note),
+    )
 }
 
 pub(super) async fn save_new_flag(
@@ -222,11 +242,7 @@ pub(super) async fn save_flag_form(
     }
     let faults = faults_of(&a);
     let message = faults.is_empty().then(|| a.message());
-    show(Outcome {
-        status: a.status,
-        faults: &faults,
-        message,
-    })
+    show(Outcome::failed(a.status, &faults, message))
 }
 
 pub(super) async fn reapply_flag(
@@ -248,17 +264,21 @@ pub(super) async fn reapply_flag(
     let mut form = FlagForm::from_definition(&key, None, Some(&draft));
     form.version = f.field("version").to_string();
     if f.field("action") == "edit" {
-        let message =
-            "Your edit, on top of their version: change it as needed and save.".to_string();
-        return editor(
-            &ui,
-            &f.signed,
-            &ns,
-            &form,
-            false,
-            None,
-            Outcome::note(&message),
-        );
+        // Their version as it is now, shown beside the editor; saving replaces it.
+        let theirs = f.signed.api.get(&flag_uri(&ns, &key)).await;
+        let current = theirs.ok().then_some(&theirs.body);
+        form.version = current
+            .and_then(|t| t["version"].as_u64())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let outcome = Outcome {
+            theirs: current.map(|t| pretty(&t["definition"])),
+            ..Outcome::note(
+                "This is your edit. Saving it replaces their version, shown below: carry over \
+                 what you want to keep from it first.",
+            )
+        };
+        return editor(&ui, &f.signed, &ns, &form, false, current, outcome);
     }
     form.action = "save".into();
     save_flag_form(&ui, &f.signed, &ns, form, false).await
@@ -422,7 +442,7 @@ pub(super) async fn preview(
             context["targetingKey"] = json!(targeting_key);
         }
         let uri = format!(
-            "/ofrep/v1/evaluate/flags/{}?namespace={}",
+            "/ofrep/v1/evaluate/flags/{}?namespace={}&consistency=linearizable",
             seg(&key),
             seg(&ns)
         );

@@ -144,14 +144,17 @@ async fn create_namespace(State(ui): State<Ui>, f: SignedForm) -> Response {
         return see_other(&format!("/ui/ns/{}/flags", seg(&name)));
     }
     let list = f.signed.api.get("/v1/namespaces").await;
-    let message = if a.status == StatusCode::PRECONDITION_FAILED {
-        format!("namespace {name:?} already exists")
+    let (status, message) = if a.status == StatusCode::PRECONDITION_FAILED {
+        (
+            StatusCode::CONFLICT,
+            format!("namespace {name:?} already exists"),
+        )
     } else {
-        a.message()
+        (a.status, a.message())
     };
     render(
         &ui,
-        a.status,
+        status,
         "namespaces.html",
         Some(&f.signed),
         json!({
@@ -172,6 +175,8 @@ struct Outcome<'a> {
     status: StatusCode,
     faults: &'a [FormFault],
     message: Option<String>,
+    /// After a conflict: their current definition, shown beside the editor.
+    theirs: Option<String>,
 }
 
 impl<'a> Outcome<'a> {
@@ -186,6 +191,17 @@ impl<'a> Outcome<'a> {
             status: StatusCode::OK,
             faults: &[],
             message: (!message.is_empty()).then(|| message.to_string()),
+            theirs: None,
+        }
+    }
+
+    /// A write the API refused: its faults, or its message when it gave none.
+    fn failed(status: StatusCode, faults: &'a [FormFault], message: Option<String>) -> Outcome<'a> {
+        Outcome {
+            status,
+            faults,
+            message,
+            theirs: None,
         }
     }
 
@@ -194,6 +210,7 @@ impl<'a> Outcome<'a> {
             status,
             faults,
             message: None,
+            theirs: None,
         }
     }
 }
@@ -204,16 +221,16 @@ async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &V
     let uri = item_uri(ns, kind, key);
     let theirs = s.api.get(&uri).await;
     let (theirs_def, version) = if theirs.ok() {
+        let version = theirs.body["version"].as_u64().map(|v| v.to_string());
         (
             Some(theirs.body["definition"].clone()),
-            theirs.body["version"]
-                .as_u64()
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
+            version.unwrap_or_default(),
         )
-    } else {
+    } else if theirs.status == StatusCode::NOT_FOUND {
         // Deleted meanwhile: saving again creates it.
         (None, String::new())
+    } else {
+        return api_error_page(ui, s, &theirs);
     };
     render(
         ui,

@@ -55,6 +55,7 @@ pub(super) fn segment_editor(
         status,
         faults,
         message,
+        ..
     } = outcome;
     let title = if is_new {
         "New segment".to_string()
@@ -161,11 +162,7 @@ pub(super) async fn save_segment_form(
         ns,
         &form,
         is_new,
-        Outcome {
-            status: a.status,
-            faults: &faults,
-            message,
-        },
+        Outcome::failed(a.status, &faults, message),
     )
 }
 
@@ -207,7 +204,7 @@ pub(super) async fn reapply_segment(
     };
     if f.field("action") == "edit" {
         let message =
-            "Your edit, on top of their version: change it as needed and save.".to_string();
+            "This is your edit. Saving it replaces their version: open theirs in another tab to carry over what you want to keep.".to_string();
         return segment_editor(&ui, &f.signed, &ns, &form, false, Outcome::note(&message));
     }
     save_segment_form(&ui, &f.signed, &ns, form, false).await
