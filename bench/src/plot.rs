@@ -159,3 +159,31 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_are_svg_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.svg");
+        let samples: Vec<Duration> = (1..=500).map(Duration::from_micros).collect();
+        let s = vec![
+            Series { name: "alpha".into(), points: vec![(1.0, 10.0), (16.0, 40.0), (256.0, 80.0)] },
+            Series { name: "beta".into(), points: cdf_points(&samples) },
+        ];
+        lines(&path, "a title", "x axis", "y axis", &s, true).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        for text in ["a title", "x axis", "alpha", "beta"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        let grid = dir.path().join("g.svg");
+        cdf_grid(&grid, &[("p1".into(), s), ("p2".into(), Vec::new())], 2).unwrap();
+        assert!(std::fs::read_to_string(&grid).unwrap().contains("p1"));
+        // The CDF ends at the maximum and 100 %.
+        let last = *cdf_points(&samples).last().unwrap();
+        assert_eq!(last, (0.5, 100.0));
+    }
+}
