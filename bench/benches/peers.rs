@@ -68,7 +68,8 @@ fn datalogic(rule: Rule) -> Value {
 /// An Unleash feature toggle with the same meaning.
 fn unleash(name: &str, rule: Rule) -> Value {
     let plan = json!({"contextName": "plan", "operator": "IN", "values": ["pro", "enterprise"]});
-    let email = json!({"contextName": "email", "operator": "STR_ENDS_WITH", "values": ["@example.com"]});
+    let email =
+        json!({"contextName": "email", "operator": "STR_ENDS_WITH", "values": ["@example.com"]});
     let strategy = match rule {
         Rule::Static => json!({"name": "default"}),
         Rule::TwoConditions => json!({"name": "default", "constraints": [plan, email]}),
@@ -113,7 +114,12 @@ fn unleash_context() -> unleash_yggdrasil::Context {
 }
 
 fn rule_of(i: usize) -> Rule {
-    [Rule::Static, Rule::TwoConditions, Rule::FiftyFifty, Rule::Segment][i % 4]
+    [
+        Rule::Static,
+        Rule::TwoConditions,
+        Rule::FiftyFifty,
+        Rule::Segment,
+    ][i % 4]
 }
 
 /// `keys` with their rules in all three forms.
@@ -124,15 +130,22 @@ fn engines(keys: &[(String, Rule)]) -> (FlagSet, EngineState) {
         flags.insert(k.clone(), ours(*r));
         toggles.push(unleash(k, *r));
     }
-    let set = FlagSet::from_document(&json!({"flags": flags, "$evaluators": {"staff": staff_segment()}}))
-        .expect("document is valid");
+    let set =
+        FlagSet::from_document(&json!({"flags": flags, "$evaluators": {"staff": staff_segment()}}))
+            .expect("document is valid");
     let features: ClientFeatures = serde_json::from_value(json!({
         "version": 2, "features": toggles, "segments": unleash_segments()
     }))
     .expect("unleash features");
     let engine = EngineState::default();
-    if let Some(warnings) = engine.take_state(unleash_yggdrasil::UpdateMessage::FullResponse(features)) {
-        assert!(warnings.is_empty(), "yggdrasil warnings: {} toggles", warnings.len());
+    if let Some(warnings) =
+        engine.take_state(unleash_yggdrasil::UpdateMessage::FullResponse(features))
+    {
+        assert!(
+            warnings.is_empty(),
+            "yggdrasil warnings: {} toggles",
+            warnings.len()
+        );
     }
     (set, engine)
 }
@@ -163,20 +176,30 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(set.boolean(black_box(key), black_box(&ctx), false).value))
         });
 
-        let logic = dl.compile(&datalogic(rule).to_string()).expect("peer compiles");
+        let logic = dl
+            .compile(&datalogic(rule).to_string())
+            .expect("peer compiles");
         let data = ParsedData::from_json(&context_json(key).to_string()).expect("peer data");
         let mut session = dl.session();
         {
-            let r = session.eval_borrowed(&logic, &data).expect("peer evaluates");
+            let r = session
+                .eval_borrowed(&logic, &data)
+                .expect("peer evaluates");
             if rule != Rule::FiftyFifty {
-                assert_eq!(r.as_str(), Some(if mine.value { "on" } else { "off" }), "{group_name}: datalogic-rs disagrees");
+                assert_eq!(
+                    r.as_str(),
+                    Some(if mine.value { "on" } else { "off" }),
+                    "{group_name}: datalogic-rs disagrees"
+                );
             }
         }
         session.reset();
         group.bench_function("datalogic-rs", |b| {
             b.iter(|| {
                 {
-                    let r = session.eval_borrowed(&logic, &data).expect("peer evaluates");
+                    let r = session
+                        .eval_borrowed(&logic, &data)
+                        .expect("peer evaluates");
                     black_box(r.as_str().is_some());
                 }
                 session.reset();
@@ -189,7 +212,9 @@ fn bench(c: &mut Criterion) {
     }
 
     // 1,000 flags, a quarter of each shape, every one evaluated by key.
-    let many: Vec<(String, Rule)> = (0..1000).map(|i| (format!("flag-{i:04}"), rule_of(i))).collect();
+    let many: Vec<(String, Rule)> = (0..1000)
+        .map(|i| (format!("flag-{i:04}"), rule_of(i)))
+        .collect();
     let (big, big_ygg) = engines(&many);
     let mut group = c.benchmark_group("peer_all_1000_flags");
     group.bench_function("flagstaff", |b| {
@@ -203,7 +228,10 @@ fn bench(c: &mut Criterion) {
     });
     let logics: Vec<_> = many
         .iter()
-        .map(|(_, r)| dl.compile(&datalogic(*r).to_string()).expect("peer compiles"))
+        .map(|(_, r)| {
+            dl.compile(&datalogic(*r).to_string())
+                .expect("peer compiles")
+        })
         .collect();
     let datas: Vec<ParsedData> = many
         .iter()

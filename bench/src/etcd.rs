@@ -119,7 +119,10 @@ impl EtcdCluster {
             .args(["--listen-client-urls", &m.url()])
             .args(["--advertise-client-urls", &m.url()])
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", m.peer),
+            ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "flagstaff-bench"])
             .args(["--initial-cluster-state", "new"])
@@ -229,7 +232,10 @@ impl EtcdCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("etcd member {i} did not come back; see {}", self.members[i].log.display())
+        bail!(
+            "etcd member {i} did not come back; see {}",
+            self.members[i].log.display()
+        )
     }
 
     /// Kills every member (the data dirs stay until the temp dir goes).

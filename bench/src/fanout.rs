@@ -66,9 +66,15 @@ pub async fn run(
         .json(&json!({}))
         .send()
         .await?;
-    anyhow::ensure!(r.status().is_success(), "create namespace {ns}: {}", r.status());
+    anyhow::ensure!(
+        r.status().is_success(),
+        "create namespace {ns}: {}",
+        r.status()
+    );
 
-    let sdk = Client::builder(ns, token).endpoints(apis.to_vec()).build()?;
+    let sdk = Client::builder(ns, token)
+        .endpoints(apis.to_vec())
+        .build()?;
     let sdk_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     {
         let seen = sdk_seen.clone();
@@ -92,16 +98,31 @@ pub async fn run(
     // Connect a few hundred at a time so the listeners' accept queues never overflow.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let connect_start = Instant::now();
-    let end = tokio::time::Instant::now() + Duration::from_secs(120) + gap * writes as u32 + Duration::from_secs(60);
+    let end = tokio::time::Instant::now()
+        + Duration::from_secs(120)
+        + gap * writes as u32
+        + Duration::from_secs(60);
     let mut tasks = Vec::with_capacity(subscribers);
     for s in 0..subscribers {
         let url = format!("{}/v1/namespaces/{ns}/watch", apis[s % apis.len()]);
-        let (http, arrivals, ready, gate) =
-            (http.clone(), arrivals.clone(), ready_tx.clone(), gate.clone());
+        let (http, arrivals, ready, gate) = (
+            http.clone(),
+            arrivals.clone(),
+            ready_tx.clone(),
+            gate.clone(),
+        );
         let token = token.to_string();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let resp = match tokio::time::timeout_at(end, http.get(url).bearer_auth(token).timeout(Duration::from_secs(3600)).send()).await {
+            let resp = match tokio::time::timeout_at(
+                end,
+                http.get(url)
+                    .bearer_auth(token)
+                    .timeout(Duration::from_secs(3600))
+                    .send(),
+            )
+            .await
+            {
                 Ok(Ok(r)) if r.status().is_success() => r,
                 _ => return 0usize,
             };
@@ -155,7 +176,8 @@ pub async fn run(
     let connect_time = connect_start.elapsed();
     let rss_connected = rss();
 
-    let def = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
+    let def =
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
     let mut sent = HashMap::new();
     for i in 0..writes {
         let key = format!("w{i}");

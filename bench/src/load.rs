@@ -70,11 +70,16 @@ pub async fn run(
                 }
                 let t0 = Instant::now();
                 let outcome = match make(w, n).send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(r) if r.status().is_success() => {
+                        r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                    }
                     Ok(r) => {
                         let status = r.status();
                         let body = r.text().await.unwrap_or_default();
-                        Err(format!("{status}: {}", body.chars().take(200).collect::<String>()))
+                        Err(format!(
+                            "{status}: {}",
+                            body.chars().take(200).collect::<String>()
+                        ))
                     }
                     Err(e) => Err(e.to_string()),
                 };

@@ -80,17 +80,20 @@ pub fn lines(
 }
 
 /// Several CDF panels in a grid of `cols` columns, each a set of lines.
-pub fn cdf_grid(
-    path: &Path,
-    panels: &[(String, Vec<Series>)],
-    cols: usize,
-) -> anyhow::Result<()> {
+pub fn cdf_grid(path: &Path, panels: &[(String, Vec<Series>)], cols: usize) -> anyhow::Result<()> {
     let rows = panels.len().div_ceil(cols).max(1);
     let root = SVGBackend::new(path, (520 * cols as u32, 360 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let areas = root.split_evenly((rows, cols));
     for ((title, series), area) in panels.iter().zip(areas.iter()) {
-        draw_panel(area, title, "latency, ms (log)", "% of requests", series, true)?;
+        draw_panel(
+            area,
+            title,
+            "latency, ms (log)",
+            "% of requests",
+            series,
+            true,
+        )?;
     }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
@@ -170,8 +173,14 @@ mod tests {
         let path = dir.path().join("t.svg");
         let samples: Vec<Duration> = (1..=500).map(Duration::from_micros).collect();
         let s = vec![
-            Series { name: "alpha".into(), points: vec![(1.0, 10.0), (16.0, 40.0), (256.0, 80.0)] },
-            Series { name: "beta".into(), points: cdf_points(&samples) },
+            Series {
+                name: "alpha".into(),
+                points: vec![(1.0, 10.0), (16.0, 40.0), (256.0, 80.0)],
+            },
+            Series {
+                name: "beta".into(),
+                points: cdf_points(&samples),
+            },
         ];
         lines(&path, "a title", "x axis", "y axis", &s, true).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();

@@ -155,7 +155,11 @@ fn fs_read(client: &reqwest::Client, api: &str, consistency: &str) -> MakeReques
     let urls: Vec<String> = (0..KEYS)
         .map(|k| format!("{api}/v1/namespaces/bench/flags/k{k}?consistency={consistency}"))
         .collect();
-    Arc::new(move |_, n| client.get(&urls[(n % KEYS) as usize]).bearer_auth(ADMIN_TOKEN))
+    Arc::new(move |_, n| {
+        client
+            .get(&urls[(n % KEYS) as usize])
+            .bearer_auth(ADMIN_TOKEN)
+    })
 }
 
 fn etcd_read(client: &reqwest::Client, url: &str, serializable: bool) -> MakeRequest {
@@ -192,7 +196,12 @@ async fn fs_status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
 
 async fn fs_namespace(fs: &Cluster, id: u64, ns: &str) -> anyhow::Result<()> {
     let (s, b) = fs
-        .call(id, reqwest::Method::PUT, &format!("/v1/namespaces/{ns}"), Some(json!({})))
+        .call(
+            id,
+            reqwest::Method::PUT,
+            &format!("/v1/namespaces/{ns}"),
+            Some(json!({})),
+        )
         .await?;
     anyhow::ensure!(s == 200, "create namespace {ns}: {s} {b}");
     Ok(())
@@ -235,8 +244,13 @@ fn steady_writers(
     let limit = Instant::now() + Duration::from_secs(120);
     (0..workers)
         .map(|w| {
-            let (urls, make, stop, out, seq) =
-                (urls.clone(), make.clone(), stop.clone(), out.clone(), seq.clone());
+            let (urls, make, stop, out, seq) = (
+                urls.clone(),
+                make.clone(),
+                stop.clone(),
+                out.clone(),
+                seq.clone(),
+            );
             tokio::spawn(async move {
                 let mut at = w % urls.len();
                 while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
@@ -245,7 +259,11 @@ fn steady_writers(
                         break;
                     }
                     let sent = Instant::now();
-                    let ok = match make(&urls[at], n).timeout(Duration::from_secs(2)).send().await {
+                    let ok = match make(&urls[at], n)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await
+                    {
                         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                         Err(_) => false,
                     };
@@ -329,9 +347,14 @@ where
         // A little more load after the first success, to see errors that trail it.
         let after = Instant::now();
         wait_acks(&out, after, 200, Duration::from_secs(5)).await;
-        Ok(window_of(&out.lock().unwrap_or_else(|p| p.into_inner()), killed))
+        Ok(window_of(
+            &out.lock().unwrap_or_else(|p| p.into_inner()),
+            killed,
+        ))
     } else {
-        Err(anyhow::anyhow!("the steady load was not acknowledged before the kill"))
+        Err(anyhow::anyhow!(
+            "the steady load was not acknowledged before the kill"
+        ))
     };
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -387,7 +410,9 @@ async fn main() -> anyhow::Result<()> {
         phases: Vec::new(),
     };
     std::fs::create_dir_all(&args.out_dir)?;
-    let work = tempfile::Builder::new().prefix("flagstaff-bench.").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("flagstaff-bench.")
+        .tempdir()?;
     p.phase("machine facts");
     let facts = machine::facts(work.path());
     let fsync = Summary::of(&machine::fsync_probe(work.path(), 200)?);
@@ -412,7 +437,11 @@ async fn main() -> anyhow::Result<()> {
     let leader = fs_leader(&fs).await?;
     fs_namespace(&fs, leader, "bench").await?;
     let fs_leader_api = fs.node(leader).api.clone();
-    let fs_follower = fs.ids().into_iter().find(|i| *i != leader).unwrap_or(leader);
+    let fs_follower = fs
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap_or(leader);
     let fs_follower_api = fs.node(fs_follower).api.clone();
     let et_leader = et.wait_leader(Duration::from_secs(30)).await?;
     let et_urls = et.urls();
@@ -423,13 +452,43 @@ async fn main() -> anyhow::Result<()> {
     let fs_http = load::http_client(256)?;
     let et_http = load::http_client(256)?;
     let warm = Duration::from_secs(if args.quick { 1 } else { 2 });
-    load::run(16, 2_000, warm, fs_write(&fs_http, &fs_leader_api, "bench", KEYS), None).await;
-    load::run(16, 2_000, warm, etcd_write(&et_http, &et_urls[et_leader], KEYS), None).await;
+    load::run(
+        16,
+        2_000,
+        warm,
+        fs_write(&fs_http, &fs_leader_api, "bench", KEYS),
+        None,
+    )
+    .await;
+    load::run(
+        16,
+        2_000,
+        warm,
+        etcd_write(&et_http, &et_urls[et_leader], KEYS),
+        None,
+    )
+    .await;
     let mut writes = Vec::new();
     for (li, &c) in plan.levels.iter().enumerate() {
         p.phase(&format!("writes at concurrency {c}"));
-        let fs_run = || load::run(c, 10_000_000, plan.write_time, fs_write(&fs_http, &fs_leader_api, "bench", KEYS), None);
-        let et_run = || load::run(c, 10_000_000, plan.write_time, etcd_write(&et_http, &et_urls[et_leader], KEYS), None);
+        let fs_run = || {
+            load::run(
+                c,
+                10_000_000,
+                plan.write_time,
+                fs_write(&fs_http, &fs_leader_api, "bench", KEYS),
+                None,
+            )
+        };
+        let et_run = || {
+            load::run(
+                c,
+                10_000_000,
+                plan.write_time,
+                etcd_write(&et_http, &et_urls[et_leader], KEYS),
+                None,
+            )
+        };
         // Alternate which goes first, so a drift in background load does not favour one.
         let (f, e) = if li % 2 == 0 {
             let f = fs_run().await;
@@ -455,11 +514,29 @@ async fn main() -> anyhow::Result<()> {
     for &c in &plan.read_levels {
         for (what, fs_c, et_s) in [
             ("linearizable", "linearizable", false),
-            ("bounded (Flagstaff) vs serializable (etcd)", "bounded", true),
+            (
+                "bounded (Flagstaff) vs serializable (etcd)",
+                "bounded",
+                true,
+            ),
         ] {
             p.phase(&format!("follower reads, {what}, concurrency {c}"));
-            let f = load::run(c, 10_000_000, plan.read_time, fs_read(&fs_http, &fs_follower_api, fs_c), None).await;
-            let e = load::run(c, 10_000_000, plan.read_time, etcd_read(&et_http, &et_urls[et_follower], et_s), None).await;
+            let f = load::run(
+                c,
+                10_000_000,
+                plan.read_time,
+                fs_read(&fs_http, &fs_follower_api, fs_c),
+                None,
+            )
+            .await;
+            let e = load::run(
+                c,
+                10_000_000,
+                plan.read_time,
+                etcd_read(&et_http, &et_urls[et_follower], et_s),
+                None,
+            )
+            .await;
             p.note(&format!(
                 "flagstaff {:.0}/s p99 {} ms ({} errors); etcd {:.0}/s p99 {} ms ({} errors)",
                 f.throughput(),
@@ -484,7 +561,13 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(150),
             tokio::process::Command::new(&args.etcdctl_bin)
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &et_urls.join(","), "check", "perf", "--load=s"])
+                .args([
+                    "--endpoints",
+                    &et_urls.join(","),
+                    "check",
+                    "perf",
+                    "--load=s",
+                ])
                 .kill_on_drop(true)
                 .output(),
         )
@@ -492,7 +575,12 @@ async fn main() -> anyhow::Result<()> {
         check_perf = match out {
             Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout)
                 .split(['\n', '\r'])
-                .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL") || l.contains("took") || l.contains("Throughput"))
+                .filter(|l| {
+                    l.starts_with("PASS")
+                        || l.starts_with("FAIL")
+                        || l.contains("took")
+                        || l.contains("Throughput")
+                })
                 .collect::<Vec<_>>()
                 .join("\n"),
             Ok(Err(e)) => format!("etcdctl could not run: {e}"),
@@ -547,13 +635,19 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(move |url: &str, n| {
             c.post(format!("{url}/v3/kv/put"))
                 .header("content-type", "application/json")
-                .body(json!({"key": b64(format!("bench/k{}", n % KEYS).as_bytes()), "value": value}).to_string())
+                .body(
+                    json!({"key": b64(format!("bench/k{}", n % KEYS).as_bytes()), "value": value})
+                        .to_string(),
+                )
         })
     };
     let mut fs_windows = Vec::new();
     let mut et_windows = Vec::new();
     for round in 1..=plan.failover_rounds {
-        p.phase(&format!("failover round {round}/{}: kill -9 the Flagstaff leader", plan.failover_rounds));
+        p.phase(&format!(
+            "failover round {round}/{}: kill -9 the Flagstaff leader",
+            plan.failover_rounds
+        ));
         let victim = fs_leader(&fs).await?;
         let fs_ref = &mut fs;
         let w = failover_round(fs_apis.clone(), fs_make.clone(), move || async move {
@@ -561,12 +655,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         })
         .await;
-        p.note(&format!("flagstaff window {:?}", w.as_ref().map(|w| w.window)));
+        p.note(&format!(
+            "flagstaff window {:?}",
+            w.as_ref().map(|w| w.window)
+        ));
         fs_windows.push(w);
         fs.restart(victim).await?;
         fs_leader(&fs).await?;
 
-        p.phase(&format!("failover round {round}/{}: kill -9 the etcd leader", plan.failover_rounds));
+        p.phase(&format!(
+            "failover round {round}/{}: kill -9 the etcd leader",
+            plan.failover_rounds
+        ));
         let victim = et.wait_leader(Duration::from_secs(30)).await?;
         let et_ref = &mut et;
         let w = failover_round(et_urls.clone(), et_make.clone(), move || async move {
@@ -588,18 +688,47 @@ async fn main() -> anyhow::Result<()> {
     // 3 and 5a. Propagation, with the bulk flags in place for the memory figures.
     let leader = fs_leader(&fs).await?;
     let leader_api = fs.node(leader).api.clone();
-    p.phase(&format!("memory: {} flags in namespace bulk", plan.bulk_flags));
+    p.phase(&format!(
+        "memory: {} flags in namespace bulk",
+        plan.bulk_flags
+    ));
     fs_namespace(&fs, leader, "bulk").await?;
     let rss_before_bulk = rss_of(&fs_pids_now(&fs));
-    let bulk = load::run(64, plan.bulk_flags, Duration::from_secs(300), fs_write(&fs_http, &leader_api, "bulk", plan.bulk_flags), None).await;
-    anyhow::ensure!(bulk.errors == 0 && bulk.ok == plan.bulk_flags, "bulk flags: {} ok, {} errors ({:?})", bulk.ok, bulk.errors, bulk.first_error);
+    let bulk = load::run(
+        64,
+        plan.bulk_flags,
+        Duration::from_secs(300),
+        fs_write(&fs_http, &leader_api, "bulk", plan.bulk_flags),
+        None,
+    )
+    .await;
+    anyhow::ensure!(
+        bulk.errors == 0 && bulk.ok == plan.bulk_flags,
+        "bulk flags: {} ok, {} errors ({:?})",
+        bulk.ok,
+        bulk.errors,
+        bulk.first_error
+    );
     let rss_bulk = rss_of(&fs_pids_now(&fs));
     let mut fanouts: Vec<Fanout> = Vec::new();
     for &s in &plan.subscribers {
-        p.phase(&format!("propagation: {s} watch subscribers over 3 nodes, {} writes", plan.fanout_writes));
+        p.phase(&format!(
+            "propagation: {s} watch subscribers over 3 nodes, {} writes",
+            plan.fanout_writes
+        ));
         let pids = fs_pids_now(&fs);
         let rss = move || rss_of(&pids);
-        let f = fanout::run(&fs_apis, &leader_api, ADMIN_TOKEN, &format!("fanout-{s}"), s, plan.fanout_writes, plan.fanout_gap, &rss).await?;
+        let f = fanout::run(
+            &fs_apis,
+            &leader_api,
+            ADMIN_TOKEN,
+            &format!("fanout-{s}"),
+            s,
+            plan.fanout_writes,
+            plan.fanout_gap,
+            &rss,
+        )
+        .await?;
         let sm = Summary::of(&f.latencies);
         p.note(&format!(
             "connected {}/{s} in {:.1} s; delivered {}/{}; p50 {} p99 {} max {} ms",
@@ -617,22 +746,50 @@ async fn main() -> anyhow::Result<()> {
     // 5b. Recovery: a follower down while many writes happen, then rejoining.
     let leader = fs_leader(&fs).await?;
     let leader_api = fs.node(leader).api.clone();
-    let down = fs.ids().into_iter().find(|i| *i != leader).unwrap_or(leader);
-    p.phase(&format!("recovery: kill -9 node {down}, then {} writes at concurrency 256", plan.recovery_writes));
+    let down = fs
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap_or(leader);
+    p.phase(&format!(
+        "recovery: kill -9 node {down}, then {} writes at concurrency 256",
+        plan.recovery_writes
+    ));
     fs_namespace(&fs, leader, "recovery").await?;
     fs.kill(down).await;
     let before = fs_status(&fs, leader).await?;
     let progress_total = plan.recovery_writes;
     let prog: Arc<dyn Fn(u64) + Send + Sync> = {
         let t0 = p.t0;
-        Arc::new(move |n| eprintln!("   [{:>6.0}s] {n}/{progress_total} writes", t0.elapsed().as_secs_f64()))
+        Arc::new(move |n| {
+            eprintln!(
+                "   [{:>6.0}s] {n}/{progress_total} writes",
+                t0.elapsed().as_secs_f64()
+            )
+        })
     };
-    let rec = load::run(256, plan.recovery_writes, plan.recovery_time, fs_write(&fs_http, &leader_api, "recovery", 10_000), Some(prog)).await;
-    p.note(&format!("{} writes acknowledged ({} errors) in {:.1} s", rec.ok, rec.errors, rec.elapsed.as_secs_f64()));
+    let rec = load::run(
+        256,
+        plan.recovery_writes,
+        plan.recovery_time,
+        fs_write(&fs_http, &leader_api, "recovery", 10_000),
+        Some(prog),
+    )
+    .await;
+    p.note(&format!(
+        "{} writes acknowledged ({} errors) in {:.1} s",
+        rec.ok,
+        rec.errors,
+        rec.elapsed.as_secs_f64()
+    ));
     let after = fs_status(&fs, leader).await?;
     let target = after["applied_index"].as_u64().unwrap_or(0);
-    let log_len = std::fs::metadata(&fs.node(down).log).map(|m| m.len()).unwrap_or(0);
-    p.phase(&format!("recovery: restart node {down}, wait until it applied index {target}"));
+    let log_len = std::fs::metadata(&fs.node(down).log)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    p.phase(&format!(
+        "recovery: restart node {down}, wait until it applied index {target}"
+    ));
     let t0 = Instant::now();
     fs.restart(down).await?;
     let healthy = t0.elapsed();
@@ -657,7 +814,9 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|v| v.parse().ok())
         .collect();
     let rss_end = rss_of(&fs_pids_now(&fs));
-    p.note(&format!("caught up: {caught:?}; snapshots installed: {installs:?}"));
+    p.note(&format!(
+        "caught up: {caught:?}; snapshots installed: {installs:?}"
+    ));
     fs.stop().await;
 
     // 4. Evaluation, from the criterion run that preceded this one.
@@ -672,8 +831,15 @@ async fn main() -> anyhow::Result<()> {
     let eval: Vec<(&str, [Option<f64>; 3])> = eval_groups
         .iter()
         .map(|(g, label)| {
-            let get = |id| args.criterion_dir.as_deref().and_then(|d| criterion_ns(d, g, id));
-            (*label, [get("flagstaff"), get("datalogic-rs"), get("yggdrasil")])
+            let get = |id| {
+                args.criterion_dir
+                    .as_deref()
+                    .and_then(|d| criterion_ns(d, g, id))
+            };
+            (
+                *label,
+                [get("flagstaff"), get("datalogic-rs"), get("yggdrasil")],
+            )
         })
         .collect();
 
@@ -682,7 +848,10 @@ async fn main() -> anyhow::Result<()> {
     let plot_name = |what: &str| format!("{date}-{what}.svg");
     // Throughput vs concurrency.
     let tp = |f: fn(&WriteRow) -> &LoadResult| -> Vec<(f64, f64)> {
-        writes.iter().map(|w| (w.c as f64, f(w).throughput())).collect()
+        writes
+            .iter()
+            .map(|w| (w.c as f64, f(w).throughput()))
+            .collect()
     };
     plot::lines(
         &args.out_dir.join(plot_name("write-throughput")),
@@ -690,8 +859,14 @@ async fn main() -> anyhow::Result<()> {
         "concurrent clients (log)",
         "acknowledged writes per second",
         &[
-            Series { name: "Flagstaff".into(), points: tp(|w| &w.fs) },
-            Series { name: "etcd (HTTP/JSON gateway)".into(), points: tp(|w| &w.etcd) },
+            Series {
+                name: "Flagstaff".into(),
+                points: tp(|w| &w.fs),
+            },
+            Series {
+                name: "etcd (HTTP/JSON gateway)".into(),
+                points: tp(|w| &w.etcd),
+            },
         ],
         true,
     )?;
@@ -701,8 +876,14 @@ async fn main() -> anyhow::Result<()> {
             (
                 format!("write latency CDF, concurrency {}", w.c),
                 vec![
-                    Series { name: "Flagstaff".into(), points: plot::cdf_points(&w.fs.latencies) },
-                    Series { name: "etcd".into(), points: plot::cdf_points(&w.etcd.latencies) },
+                    Series {
+                        name: "Flagstaff".into(),
+                        points: plot::cdf_points(&w.fs.latencies),
+                    },
+                    Series {
+                        name: "etcd".into(),
+                        points: plot::cdf_points(&w.etcd.latencies),
+                    },
                 ],
             )
         })
@@ -719,13 +900,23 @@ async fn main() -> anyhow::Result<()> {
             (
                 format!("follower reads, c={c}"),
                 vec![
-                    Series { name: fname.into(), points: plot::cdf_points(&f.latencies) },
-                    Series { name: ename.into(), points: plot::cdf_points(&e.latencies) },
+                    Series {
+                        name: fname.into(),
+                        points: plot::cdf_points(&f.latencies),
+                    },
+                    Series {
+                        name: ename.into(),
+                        points: plot::cdf_points(&e.latencies),
+                    },
                 ],
             )
         })
         .collect();
-    plot::cdf_grid(&args.out_dir.join(plot_name("read-latency")), &read_panels, 2)?;
+    plot::cdf_grid(
+        &args.out_dir.join(plot_name("read-latency")),
+        &read_panels,
+        2,
+    )?;
     let mut prop_series: Vec<Series> = fanouts
         .iter()
         .map(|f| Series {
@@ -754,11 +945,17 @@ async fn main() -> anyhow::Result<()> {
         md.push_str(s);
         md.push('\n');
     };
-    line(&format!("# Flagstaff side by side with etcd and evaluation peers — {date}"));
+    line(&format!(
+        "# Flagstaff side by side with etcd and evaluation peers — {date}"
+    ));
     line("");
     line(&format!(
         "{} run. Command (from the repo root):\n\n```sh\n{}\n```\n",
-        if args.quick { "**Quick (smoke)**" } else { "Full" },
+        if args.quick {
+            "**Quick (smoke)**"
+        } else {
+            "Full"
+        },
         args.command
     ));
     line("## Machine");
@@ -805,7 +1002,10 @@ async fn main() -> anyhow::Result<()> {
         plan.failover_rounds,
         opt_ms(med(&fs_w)),
         opt_ms(med(&et_w)),
-        yes(matches!((med(&fs_w), med(&et_w)), (Some(a), Some(b)) if a <= b) && fs_w.len() == plan.failover_rounds)
+        yes(
+            matches!((med(&fs_w), med(&et_w)), (Some(a), Some(b)) if a <= b)
+                && fs_w.len() == plan.failover_rounds
+        )
     ));
     line(&format!(
         "| SDK evaluating through the failovers: 0 errors | {} errors, {} wrong values in {} evaluations | {} |",
@@ -851,7 +1051,10 @@ async fn main() -> anyhow::Result<()> {
             ratio(w.fs.throughput(), w.etcd.throughput()),
             latency_cells(&w.fs),
             latency_cells(&w.etcd),
-            ratio(w.fs.summary().p99.as_secs_f64(), w.etcd.summary().p99.as_secs_f64()),
+            ratio(
+                w.fs.summary().p99.as_secs_f64(),
+                w.etcd.summary().p99.as_secs_f64()
+            ),
             w.fs.errors,
             w.etcd.errors
         ));
@@ -860,8 +1063,14 @@ async fn main() -> anyhow::Result<()> {
         "\nEach level runs {:?} per system (closed loop, at most 10,000,000 requests); ratios are Flagstaff / etcd (throughput: higher is better for Flagstaff; p99: lower).\n",
         plan.write_time
     ));
-    line(&format!("![write throughput]({})\n", plot_name("write-throughput")));
-    line(&format!("![write latency]({})\n", plot_name("write-latency")));
+    line(&format!(
+        "![write throughput]({})\n",
+        plot_name("write-throughput")
+    ));
+    line(&format!(
+        "![write latency]({})\n",
+        plot_name("write-latency")
+    ));
     line("### etcd's HTTP/JSON gateway");
     line("");
     line("etcd 3.4 serves `/v3/*` JSON through grpc-gateway inside the etcd process: each request is decoded from JSON, sent as gRPC over a loopback connection to the same process's gRPC server, and the answer encoded back to JSON. That is one extra loopback round trip and a JSON↔protobuf conversion per request, paid in CPU that the Raft work on this 2-core machine also needs. etcd's own `benchmark` tool (Go) cannot be built here (no Go toolchain); `etcdctl check perf` is etcd's native gRPC path, but it is rate-limited (`--load=s`: 150 writes/s from 50 clients for 60 s), so it gives latency under light load rather than throughput:");
@@ -952,7 +1161,11 @@ async fn main() -> anyhow::Result<()> {
             ms(sdk_s.p99),
             ms(sdk_s.max),
             sdk_s.count,
-            if f.sdk_values_ok { "all new" } else { "**some old**" }
+            if f.sdk_values_ok {
+                "all new"
+            } else {
+                "**some old**"
+            }
         ));
     }
     line("\nThe subscribers' side (parsing every event of every stream) runs on the same 2 cores as the three nodes, so these figures include the load generator's own queueing.\n");
@@ -968,7 +1181,14 @@ async fn main() -> anyhow::Result<()> {
             (Some(p), Some(o)) => ratio(p, *o),
             _ => "n/a".into(),
         };
-        line(&format!("| {label} | {} | {} | {} | {} | {} |", fmt_ns(*o), fmt_ns(*d), fmt_ns(*y), r(*d), r(*y)));
+        line(&format!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            fmt_ns(*o),
+            fmt_ns(*d),
+            fmt_ns(*y),
+            r(*d),
+            r(*y)
+        ));
     }
     line("");
 
@@ -977,15 +1197,34 @@ async fn main() -> anyhow::Result<()> {
     line("RSS per node (MiB, nodes 1 / 2 / 3, from `/proc/PID/status`):\n");
     line("| when | Flagstaff | etcd |");
     line("|---|---|---|");
-    line(&format!("| after the write and read phases | {} | {} |", mib(&rss_after_writes.0), mib(&rss_after_writes.1)));
-    line(&format!("| before the bulk flags | {} | |", mib(&rss_before_bulk)));
-    line(&format!("| with {} flags (namespace `bulk`) | {} | |", plan.bulk_flags, mib(&rss_bulk)));
+    line(&format!(
+        "| after the write and read phases | {} | {} |",
+        mib(&rss_after_writes.0),
+        mib(&rss_after_writes.1)
+    ));
+    line(&format!(
+        "| before the bulk flags | {} | |",
+        mib(&rss_before_bulk)
+    ));
+    line(&format!(
+        "| with {} flags (namespace `bulk`) | {} | |",
+        plan.bulk_flags,
+        mib(&rss_bulk)
+    ));
     for f in &fanouts {
-        line(&format!("| {} flags + {} watch subscribers connected | {} | |", plan.bulk_flags, f.subscribers, mib(&f.rss_kib)));
+        line(&format!(
+            "| {} flags + {} watch subscribers connected | {} | |",
+            plan.bulk_flags,
+            f.subscribers,
+            mib(&f.rss_kib)
+        ));
     }
     line(&format!("| end (after recovery) | {} | |", mib(&rss_end)));
     line("");
-    let entries = after["last_log_index"].as_u64().unwrap_or(0).saturating_sub(before["last_log_index"].as_u64().unwrap_or(0));
+    let entries = after["last_log_index"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(before["last_log_index"].as_u64().unwrap_or(0));
     line(&format!(
         "Recovery: node {down} (a follower) was killed (`kill -9`), then {} writes were acknowledged ({} errors) in {:.1} s at concurrency 256 ({:.0} writes/s; {} distinct keys) — {} Raft log entries (the proposer batches concurrent writes into one entry). Snapshot policy: a snapshot every 10,000 log entries, 10,000 entries kept behind it, so a follower more than 10,000 entries behind is sent the snapshot and replays the log after it.\n",
         rec.ok, rec.errors, rec.elapsed.as_secs_f64(), rec.throughput(), 10_000, entries
@@ -993,15 +1232,29 @@ async fn main() -> anyhow::Result<()> {
     line(&format!(
         "- restart → healthy: {:.2} s; restart → applied index {target} (the leader's): {}",
         healthy.as_secs_f64(),
-        caught.map_or(format!("**not within {CATCH_UP_LIMIT:?}**"), |d| format!("{:.2} s", d.as_secs_f64()))
+        caught.map_or(format!("**not within {CATCH_UP_LIMIT:?}**"), |d| format!(
+            "{:.2} s",
+            d.as_secs_f64()
+        ))
     ));
     line(&format!(
         "- snapshots installed while catching up: {} ({})",
         installs.len(),
-        if installs.is_empty() { "caught up from the log alone".to_string() } else { installs.iter().map(|b| format!("{:.1} MiB", *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", ") }
+        if installs.is_empty() {
+            "caught up from the log alone".to_string()
+        } else {
+            installs
+                .iter()
+                .map(|b| format!("{:.1} MiB", *b as f64 / 1048576.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     ));
     if rec.ok < plan.recovery_writes {
-        line(&format!("- the write phase stopped at its time bound ({:?}) before {} writes", plan.recovery_time, plan.recovery_writes));
+        line(&format!(
+            "- the write phase stopped at its time bound ({:?}) before {} writes",
+            plan.recovery_time, plan.recovery_writes
+        ));
     }
     line("");
 
@@ -1029,7 +1282,11 @@ fn etcd_version(bin: &Path) -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(|l| l.replace("etcd Version: ", "etcd ")))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.replace("etcd Version: ", "etcd "))
+        })
         .unwrap_or_else(|| "etcd".into())
 }
 
@@ -1042,7 +1299,9 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn windows(w: &[anyhow::Result<Window>]) -> Vec<Duration> {
-    w.iter().filter_map(|w| w.as_ref().ok().and_then(|w| w.window)).collect()
+    w.iter()
+        .filter_map(|w| w.as_ref().ok().and_then(|w| w.window))
+        .collect()
 }
 
 fn median(v: &[Duration]) -> Option<Duration> {
@@ -1057,7 +1316,9 @@ fn opt_ms(d: Option<Duration>) -> String {
 
 fn win_ms(w: &anyhow::Result<Window>) -> String {
     match w {
-        Ok(w) => w.window.map_or("none within 30 s".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3)),
+        Ok(w) => w.window.map_or("none within 30 s".into(), |d| {
+            format!("{:.0}", d.as_secs_f64() * 1e3)
+        }),
         Err(e) => format!("failed: {e}"),
     }
 }
