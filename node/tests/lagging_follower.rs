@@ -32,8 +32,10 @@ async fn follower_catches_up_after_large_batched_entries() {
                 let r = http
                     .put(format!("{api}/v1/namespaces/lag/flags/f{w}-{i}"))
                     .bearer_auth(TOKEN)
-                    .json(&json!({"state": "ENABLED", "variants": {"on": true, "off": false},
-                        "defaultVariant": "on", "description": description}))
+                    .json(
+                        &json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "on", "description": description}),
+                    )
                     .send()
                     .await
                     .unwrap();
