@@ -1,5 +1,14 @@
-//! Shared pieces of the Flagstaff measurements: an in-process cluster on loopback and
-//! percentile summaries.
+//! Shared pieces of the Flagstaff measurements: an in-process cluster on loopback, the load
+//! generator both systems are driven by, an etcd cluster of real processes, the watch fan-out
+//! measurement, latency summaries, plots and machine facts. `src/bin/report.rs` runs them all
+//! and writes the dated report (see README.md).
+
+pub mod etcd;
+pub mod fanout;
+pub mod load;
+pub mod machine;
+pub mod plot;
+pub mod stats;
 
 use std::time::Duration;
 

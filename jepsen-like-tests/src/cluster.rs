@@ -70,6 +70,9 @@ pub struct NodeProc {
     client: SocketAddr,
     peer: SocketAddr,
     pub proxy: Proxy,
+    /// The peer URL the node advertises: its proxy, or its own peer listener when the cluster
+    /// was started with direct peer links.
+    advertised_peer: String,
     pub dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -79,7 +82,7 @@ pub struct NodeProc {
 
 impl NodeProc {
     fn peer_url(&self) -> String {
-        format!("http://{}", self.proxy.listen)
+        self.advertised_peer.clone()
     }
 }
 
@@ -102,6 +105,8 @@ pub struct Cluster {
     /// The members' client endpoints (voters and learners), kept current.
     pub endpoints: Endpoints,
     pub on_new_node: Option<OnNewNode>,
+    /// Peers talk to each other directly, bypassing the proxies (no partitions possible).
+    direct_peers: bool,
 }
 
 impl Cluster {
@@ -114,6 +119,19 @@ impl Cluster {
         learners: u64,
         opts: NodeOptions,
     ) -> anyhow::Result<Cluster> {
+        Self::start_with(bin, dir, n, learners, opts, false).await
+    }
+
+    /// As [`Cluster::start`]; with `direct_peers` the nodes advertise their own peer listeners,
+    /// so Raft traffic skips the proxies (for measurements; partitions then cut nothing).
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        learners: u64,
+        opts: NodeOptions,
+        direct_peers: bool,
+    ) -> anyhow::Result<Cluster> {
         let mut c = Cluster {
             nodes: Vec::new(),
             bin: bin.to_path_buf(),
@@ -124,6 +142,7 @@ impl Cluster {
                 .build()?,
             endpoints: Arc::default(),
             on_new_node: None,
+            direct_peers,
         };
         for _ in 1..=n {
             c.new_slot(Role::Voter).await?;
@@ -169,12 +188,18 @@ impl Cluster {
         let peer = SocketAddr::new(ip, free_port(ip)?);
         let proxy = Proxy::start(ip, peer).await?;
         let api = format!("http://{client}");
+        let advertised_peer = if self.direct_peers {
+            format!("http://{peer}")
+        } else {
+            format!("http://{}", proxy.listen)
+        };
         self.nodes.push(NodeProc {
             id,
             api: api.clone(),
             client,
             peer,
             proxy,
+            advertised_peer,
             dir: self.dir.join(format!("n{id}")),
             log: self.dir.join(format!("n{id}.log")),
             child: None,
@@ -329,7 +354,7 @@ impl Cluster {
             .arg(&n.dir)
             .args(["--listen-client", &n.client.to_string()])
             .args(["--listen-peer", &n.peer.to_string()])
-            .args(["--advertise-peer", &format!("http://{}", n.proxy.listen)])
+            .args(["--advertise-peer", &n.peer_url()])
             .args(["--peer-source-ip", &node_ip(id).to_string()])
             .env("FLAGSTAFF_CLUSTER_SECRET", SECRET)
             .env("FLAGSTAFF_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -352,7 +377,8 @@ impl Cluster {
         Ok(())
     }
 
-    fn pid(&self, id: u64) -> Option<i32> {
+    /// The PID of node `id`'s process while the harness owns it.
+    pub fn pid(&self, id: u64) -> Option<i32> {
         self.node(id)
             .child
             .as_ref()

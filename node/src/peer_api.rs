@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,6 +26,9 @@ use crate::peer::{
     PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_STATUS, PATH_VOTE,
 };
 
+/// Largest peer request body accepted (an append of many batched entries or a snapshot chunk).
+pub const PEER_BODY_LIMIT: usize = 256 << 20;
+
 pub fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
         .route(PATH_APPEND, post(append))
@@ -33,6 +37,10 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(PATH_READ_INDEX, post(read_index))
         .route(PATH_FORWARD, post(forward))
         .route(PATH_STATUS, post(status))
+        // Only authenticated peers get here; axum's 2 MB default would refuse the append of a
+        // lagging follower (hundreds of batched entries) and every snapshot chunk over 2 MB,
+        // so that follower could never catch up.
+        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
 }

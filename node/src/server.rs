@@ -72,6 +72,10 @@ fn raft_config(cfg: &NodeConfig) -> Result<Config, openraft::ConfigError> {
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
         max_in_snapshot_log_to_keep: cfg.logs_behind_snapshot,
+        // Each entry can be a batch of hundreds of writes; openraft's default of 300 entries
+        // per append makes a lagging follower's appends many MB, which cannot be sent and
+        // synced within the append timeout (the heartbeat interval), so it never caught up.
+        max_payload_entries: 32,
         ..Default::default()
     }
     .validate()

@@ -263,6 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(
             log_index = view.log_index,
             revision = view.revision,
+            bytes = data.len(),
             "installed snapshot"
         );
         self.applied.send_replace(view);
