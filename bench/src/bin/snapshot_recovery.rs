@@ -88,28 +88,10 @@ fn log_since(path: &Path, from: &mut u64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `line` without ANSI colour sequences (`ESC [ ... m`), which the node's log may carry.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// `bytes=` of every `installed snapshot` line in `text`.
 fn installs(text: &str) -> Vec<u64> {
     text.lines()
-        .map(plain)
+        .map(flagstaff_bench::plain)
         .filter(|l| l.contains("installed snapshot"))
         .filter_map(|l| {
             let v = l.split("bytes=").nth(1)?;
@@ -233,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let install_lines: Vec<String> = text
         .lines()
         .filter(|l| l.contains("installed snapshot"))
-        .map(plain)
+        .map(flagstaff_bench::plain)
         .collect();
     for l in &install_lines {
         note(l);
