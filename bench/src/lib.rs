@@ -108,6 +108,25 @@ impl LocalCluster {
     }
 }
 
+/// `line` without ANSI colour sequences (`ESC [ ... m`): the nodes' logs carry them around
+/// field names (`bytes=`).
+pub fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// p50, p99 and max of `samples` (sorted in place).
 pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     if samples.is_empty() {
@@ -117,4 +136,16 @@ pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     let at =
         |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     (at(0.50), at(0.99), samples[samples.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_strips_colours_around_fields() {
+        let line = "\u{1b}[32m INFO\u{1b}[0m installed snapshot \u{1b}[3mbytes\u{1b}[0m\u{1b}[2m=\u{1b}[0m37967994";
+        assert_eq!(
+            super::plain(line),
+            " INFO installed snapshot bytes=37967994"
+        );
+    }
 }

@@ -808,10 +808,12 @@ async fn main() -> anyhow::Result<()> {
     let new_log = String::from_utf8_lossy(&log[(log_len as usize).min(log.len())..]).to_string();
     let installs: Vec<u64> = new_log
         .lines()
+        .map(flagstaff_bench::plain)
         .filter(|l| l.contains("installed snapshot"))
-        .filter_map(|l| l.split("bytes=").nth(1))
-        .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-        .filter_map(|v| v.parse().ok())
+        .filter_map(|l| {
+            let v = l.split("bytes=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
         .collect();
     let rss_end = rss_of(&fs_pids_now(&fs));
     p.note(&format!(
