@@ -58,7 +58,10 @@ phase "clusters: writes, reads, failover, propagation, memory, recovery (progres
 phase "recovery through a Raft snapshot install (own cluster, small snapshot policy)"
 # The quick run writes less, so it takes snapshots more often to still send one.
 if [ -n "$quick" ]; then snap=(--writes 50000 --snapshot-every 100 --logs-behind-snapshot 10); else snap=(--writes 1000000); fi
-"$target_dir/release/snapshot_recovery" --flagstaff-bin "$target_dir/release/flagstaff" \
-  "${snap[@]}" --command "bash bench/run.sh${quick:+ $quick}" >>"$out/$date.md"
-echo >>"$out/$date.md"
+{
+  echo
+  "$target_dir/release/snapshot_recovery" --flagstaff-bin "$target_dir/release/flagstaff" \
+    "${snap[@]}" --command "bash bench/run.sh${quick:+ $quick}"
+  echo
+} >>"$out/$date.md"
 phase "done: $out/$date.md"
