@@ -129,3 +129,22 @@ pub async fn run(
     }
     out
 }
+
+/// The flag definition every benchmark write puts (80 bytes of JSON; etcd stores the same text).
+pub const FLAG_BODY: &str =
+    r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
+
+/// Writes of [`FLAG_BODY`] to flags `k0…k{keys-1}` of namespace `ns` through `api`, round robin.
+pub fn flagstaff_writes(client: &reqwest::Client, api: &str, ns: &str, keys: u64) -> MakeRequest {
+    let client = client.clone();
+    let urls: Vec<String> = (0..keys)
+        .map(|k| format!("{api}/v1/namespaces/{ns}/flags/k{k}"))
+        .collect();
+    Arc::new(move |_, n| {
+        client
+            .put(&urls[(n % keys) as usize])
+            .bearer_auth(jepsen_like_tests::cluster::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(FLAG_BODY)
+    })
+}

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use flagstaff_bench::etcd::{b64, EtcdCluster};
 use flagstaff_bench::fanout::{self, Fanout};
-use flagstaff_bench::load::{self, LoadResult, MakeRequest};
+use flagstaff_bench::load::{self, LoadResult, MakeRequest, FLAG_BODY};
 use flagstaff_bench::machine;
 use flagstaff_bench::plot::{self, Series};
 use flagstaff_bench::stats::{ms, ratio, Summary};
@@ -116,24 +116,8 @@ impl Progress {
     }
 }
 
-const FLAG_BODY: &str =
-    r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
 const KEYS: u64 = 1000;
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
-
-fn fs_write(client: &reqwest::Client, api: &str, ns: &str, keys: u64) -> MakeRequest {
-    let client = client.clone();
-    let urls: Vec<String> = (0..keys)
-        .map(|k| format!("{api}/v1/namespaces/{ns}/flags/k{k}"))
-        .collect();
-    Arc::new(move |_, n| {
-        client
-            .put(&urls[(n % keys) as usize])
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(FLAG_BODY)
-    })
-}
 
 fn etcd_write(client: &reqwest::Client, url: &str, keys: u64) -> MakeRequest {
     let client = client.clone();
@@ -456,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
         16,
         2_000,
         warm,
-        fs_write(&fs_http, &fs_leader_api, "bench", KEYS),
+        load::flagstaff_writes(&fs_http, &fs_leader_api, "bench", KEYS),
         None,
     )
     .await;
@@ -476,7 +460,7 @@ async fn main() -> anyhow::Result<()> {
                 c,
                 10_000_000,
                 plan.write_time,
-                fs_write(&fs_http, &fs_leader_api, "bench", KEYS),
+                load::flagstaff_writes(&fs_http, &fs_leader_api, "bench", KEYS),
                 None,
             )
         };
@@ -698,7 +682,7 @@ async fn main() -> anyhow::Result<()> {
         64,
         plan.bulk_flags,
         Duration::from_secs(300),
-        fs_write(&fs_http, &leader_api, "bulk", plan.bulk_flags),
+        load::flagstaff_writes(&fs_http, &leader_api, "bulk", plan.bulk_flags),
         None,
     )
     .await;
@@ -772,7 +756,7 @@ async fn main() -> anyhow::Result<()> {
         256,
         plan.recovery_writes,
         plan.recovery_time,
-        fs_write(&fs_http, &leader_api, "recovery", 10_000),
+        load::flagstaff_writes(&fs_http, &leader_api, "recovery", 10_000),
         Some(prog),
     )
     .await;

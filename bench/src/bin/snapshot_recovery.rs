@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use flagstaff_bench::load::{self, MakeRequest};
+use flagstaff_bench::load;
 use flagstaff_bench::machine;
-use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
+use jepsen_like_tests::cluster::{Cluster, NodeOptions};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -49,23 +49,6 @@ struct Args {
     /// Also write the section to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-const FLAG_BODY: &str =
-    r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}"#;
-
-fn fs_write(client: &reqwest::Client, api: &str, ns: &str, keys: u64) -> MakeRequest {
-    let client = client.clone();
-    let urls: Vec<String> = (0..keys)
-        .map(|k| format!("{api}/v1/namespaces/{ns}/flags/k{k}"))
-        .collect();
-    Arc::new(move |_, n| {
-        client
-            .put(&urls[(n % keys) as usize])
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(FLAG_BODY)
-    })
 }
 
 async fn status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
@@ -162,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         a.concurrency,
         a.writes,
         Duration::from_secs(a.write_secs),
-        fs_write(&http, &leader_api, "recovery", a.keys),
+        load::flagstaff_writes(&http, &leader_api, "recovery", a.keys),
         Some(prog),
     )
     .await;
