@@ -380,6 +380,19 @@ struct WriteRow {
     etcd: LoadResult,
 }
 
+/// One progress line for a Flagstaff run and the etcd run beside it.
+fn side_by_side(f: &LoadResult, e: &LoadResult) -> String {
+    format!(
+        "flagstaff {:.0}/s p99 {} ms ({} errors); etcd {:.0}/s p99 {} ms ({} errors)",
+        f.throughput(),
+        ms(f.summary().p99),
+        f.errors,
+        e.throughput(),
+        ms(e.summary().p99),
+        e.errors
+    )
+}
+
 fn latency_cells(r: &LoadResult) -> String {
     let s = r.summary();
     format!("{} / {} / {}", ms(s.p50), ms(s.p99), ms(s.p999))
@@ -481,15 +494,7 @@ async fn main() -> anyhow::Result<()> {
             let e = et_run().await;
             (fs_run().await, e)
         };
-        p.note(&format!(
-            "flagstaff {:.0}/s p99 {} ms ({} errors); etcd {:.0}/s p99 {} ms ({} errors)",
-            f.throughput(),
-            ms(f.summary().p99),
-            f.errors,
-            e.throughput(),
-            ms(e.summary().p99),
-            e.errors
-        ));
+        p.note(&side_by_side(&f, &e));
         writes.push(WriteRow { c, fs: f, etcd: e });
     }
 
@@ -521,15 +526,7 @@ async fn main() -> anyhow::Result<()> {
                 None,
             )
             .await;
-            p.note(&format!(
-                "flagstaff {:.0}/s p99 {} ms ({} errors); etcd {:.0}/s p99 {} ms ({} errors)",
-                f.throughput(),
-                ms(f.summary().p99),
-                f.errors,
-                e.throughput(),
-                ms(e.summary().p99),
-                e.errors
-            ));
+            p.note(&side_by_side(&f, &e));
             reads.push((what.to_string(), c, f, e));
         }
     }

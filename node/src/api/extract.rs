@@ -54,12 +54,15 @@ impl Caller {
             return Ok(Caller::Admin(name.clone()));
         }
         let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        if let Some(name) = Caller::admin_name(presented, node) {
+        if let Some(name) = Caller::configured_admin(presented, node) {
             return Ok(Caller::Admin(name));
         }
         // Stored secrets are looked up by their hash, so timing reveals nothing about them.
         let hash = hash_secret(presented);
         let state = node.state.read();
+        if let Some(t) = state.admin_tokens().get(&hash) {
+            return Ok(Caller::Admin(t.name.clone()));
+        }
         if let Some(k) = state.sdk_keys().get(&hash) {
             return Ok(Caller::Sdk {
                 ns: k.ns.clone(),
@@ -90,18 +93,26 @@ impl Caller {
         }
     }
 
+    /// The name of the configured admin token `presented` is, if it is one.
+    fn configured_admin(presented: &str, node: &Node) -> Option<String> {
+        node.config
+            .admin_tokens
+            .iter()
+            .find(|(_, token)| {
+                !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
+            })
+            .map(|(name, _)| name.clone())
+    }
+
     /// The admin token `presented` names, if it is one (configured or created through the API).
     pub fn admin_name(presented: &str, node: &Node) -> Option<String> {
-        for (name, token) in &node.config.admin_tokens {
-            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
-                return Some(name.clone());
-            }
-        }
-        let state = node.state.read();
-        state
-            .admin_tokens()
-            .get(&hash_secret(presented))
-            .map(|t| t.name.clone())
+        Caller::configured_admin(presented, node).or_else(|| {
+            let state = node.state.read();
+            state
+                .admin_tokens()
+                .get(&hash_secret(presented))
+                .map(|t| t.name.clone())
+        })
     }
 
     /// Is the admin token whose SHA-256 is `credential` still an admin token called `name`

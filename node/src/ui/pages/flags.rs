@@ -241,8 +241,7 @@ pub(super) async fn save_flag_form(
         return conflict(ui, s, ns, "flag", &form.key, &def).await;
     }
     let faults = faults_of(&a);
-    let message = faults.is_empty().then(|| a.message());
-    show(Outcome::failed(a.status, &faults, message))
+    show(Outcome::refused(&a, &faults))
 }
 
 pub(super) async fn reapply_flag(

@@ -195,22 +195,22 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    /// A write the API refused: its faults, or its message when it gave none.
-    fn failed(status: StatusCode, faults: &'a [FormFault], message: Option<String>) -> Outcome<'a> {
-        Outcome {
-            status,
-            faults,
-            message,
-            theirs: None,
-        }
-    }
-
+    /// Faults found before anything was sent to the API.
     fn faults(status: StatusCode, faults: &'a [FormFault]) -> Outcome<'a> {
         Outcome {
             status,
             faults,
             message: None,
             theirs: None,
+        }
+    }
+
+    /// A write the API refused (`faults` from [`faults_of`] its answer): its faults, or its
+    /// message when it gave none.
+    fn refused(answer: &Answer, faults: &'a [FormFault]) -> Outcome<'a> {
+        Outcome {
+            message: faults.is_empty().then(|| answer.message()),
+            ..Outcome::faults(answer.status, faults)
         }
     }
 }

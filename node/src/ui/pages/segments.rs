@@ -155,15 +155,7 @@ pub(super) async fn save_segment_form(
         return conflict(ui, s, ns, "segment", form.key, &rule).await;
     }
     let faults = faults_of(&a);
-    let message = faults.is_empty().then(|| a.message());
-    segment_editor(
-        ui,
-        s,
-        ns,
-        &form,
-        is_new,
-        Outcome::failed(a.status, &faults, message),
-    )
+    segment_editor(ui, s, ns, &form, is_new, Outcome::refused(&a, &faults))
 }
 
 pub(super) async fn save_new_segment(
