@@ -1,13 +1,16 @@
 //! Write → watch event latency with many SSE subscribers spread over the nodes, and write →
 //! value changed in an SDK instance, in the same run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flagstaff_client::Client;
 use futures::StreamExt;
 use serde_json::{json, Value};
+
+use crate::machine;
 
 /// What one fan-out run measured.
 #[derive(Debug, Default)]
@@ -25,12 +28,82 @@ pub struct Fanout {
     pub sdk_values_ok: bool,
     /// RSS (KiB) of each node, sampled while every subscriber was connected.
     pub rss_kib: Vec<Option<u64>>,
+    /// CPU time the nodes used from the first write until the last event arrived (the
+    /// streams' heartbeats included), if every node's could be read.
+    pub node_cpu: Option<Duration>,
+    /// CPU time this process used meanwhile: the subscribers' side (reading and parsing every
+    /// event), the SDK instance and the writer.
+    pub subscriber_cpu: Option<Duration>,
+    /// Wall time over which the CPU times were taken (sampled every 20 ms).
+    pub cpu_window: Duration,
+    /// Streams that ended before every write arrived, by why (the bench does not resume them).
+    pub ended_early: BTreeMap<&'static str, usize>,
 }
 
 impl Fanout {
     pub fn delivered(&self) -> usize {
         self.latencies.len()
     }
+
+    /// CPU per delivered event, (nodes, subscribers' side).
+    pub fn cpu_per_delivery(&self) -> (Option<Duration>, Option<Duration>) {
+        let per = |d: Option<Duration>| {
+            d.filter(|_| self.delivered() > 0)
+                .map(|d| d / self.delivered() as u32)
+        };
+        (per(self.node_cpu), per(self.subscriber_cpu))
+    }
+}
+
+fn cpu_sum(pids: &[Option<i32>]) -> Option<Duration> {
+    pids.iter().map(|p| machine::cpu_time(Some((*p)?))).sum()
+}
+
+/// (when, the nodes' CPU time, this process's CPU time).
+type CpuSample = (Instant, Option<Duration>, Option<Duration>);
+
+/// Samples CPU times every 20 ms on its own thread (so a busy runtime cannot delay it) until
+/// `stop` is set or `limit` has passed.
+fn sample_cpu(
+    pids: Vec<Option<i32>>,
+    stop: Arc<AtomicBool>,
+    limit: Duration,
+) -> std::thread::JoinHandle<Vec<CpuSample>> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        loop {
+            samples.push((Instant::now(), cpu_sum(&pids), machine::cpu_time(None)));
+            if stop.load(Ordering::Relaxed) || started.elapsed() > limit {
+                return samples;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// The CPU used between `from` and `to`, from the samples just outside that span, and the
+/// span those samples cover.
+fn cpu_between(
+    samples: &[CpuSample],
+    from: Instant,
+    to: Instant,
+) -> (Option<Duration>, Option<Duration>, Duration) {
+    let start = samples
+        .iter()
+        .rev()
+        .find(|s| s.0 <= from)
+        .or(samples.first());
+    let end = samples.iter().find(|s| s.0 >= to).or(samples.last());
+    let (Some(a), Some(b)) = (start, end) else {
+        return (None, None, Duration::ZERO);
+    };
+    let diff = |x: Option<Duration>, y: Option<Duration>| Some(y?.checked_sub(x?)?);
+    (
+        diff(a.1, b.1),
+        diff(a.2, b.2),
+        b.0.saturating_duration_since(a.0),
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -40,7 +113,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Subscribes `subscribers` watch streams to namespace `ns` (round-robin over `apis`), plus
 /// one SDK client on every node, then writes `writes` new flags to `leader_api` spaced by
 /// `gap`. Every load loop is bounded: connecting within 120 s, delivery within 60 s after the
-/// last write. `rss` is called while every subscriber is connected.
+/// last write. `node_pids` are the nodes' processes, for their RSS while every subscriber is
+/// connected and their CPU time while the writes are delivered.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     apis: &[String],
@@ -50,7 +124,7 @@ pub async fn run(
     subscribers: usize,
     writes: usize,
     gap: Duration,
-    rss: &(dyn Fn() -> Vec<Option<u64>> + Sync),
+    node_pids: &[Option<i32>],
 ) -> anyhow::Result<Fanout> {
     let http = reqwest::Client::builder()
         .http1_only()
@@ -92,8 +166,6 @@ pub async fn run(
         .await
         .map_err(|s| anyhow::anyhow!("SDK not ready: {s}"))?;
 
-    // key → arrival times
-    let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers.max(1));
     // Connect a few hundred at a time so the listeners' accept queues never overflow.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
@@ -105,12 +177,7 @@ pub async fn run(
     let mut tasks = Vec::with_capacity(subscribers);
     for s in 0..subscribers {
         let url = format!("{}/v1/namespaces/{ns}/watch", apis[s % apis.len()]);
-        let (http, arrivals, ready, gate) = (
-            http.clone(),
-            arrivals.clone(),
-            ready_tx.clone(),
-            gate.clone(),
-        );
+        let (http, ready, gate) = (http.clone(), ready_tx.clone(), gate.clone());
         let token = token.to_string();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
@@ -124,16 +191,27 @@ pub async fn run(
             .await
             {
                 Ok(Ok(r)) if r.status().is_success() => r,
-                _ => return 0usize,
+                _ => return (Vec::new(), None, Some("refused")),
             };
             let mut permit = Some(permit);
             let mut stream = resp.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
-            let mut got = 0;
-            while got < writes {
+            // (flag key, arrival) of every change event, kept per stream so that subscribers
+            // never contend on a lock while measuring.
+            let mut arrivals: Vec<(String, Instant)> = Vec::with_capacity(writes);
+            // Why the stream ended before every write arrived, if it did.
+            let mut ended = None;
+            while arrivals.len() < writes && ended.is_none() {
                 let chunk = match tokio::time::timeout_at(end, stream.next()).await {
                     Ok(Some(Ok(c))) => c,
-                    _ => break,
+                    Ok(_) => {
+                        ended = ended.or(Some("closed by the node"));
+                        break;
+                    }
+                    Err(_) => {
+                        ended = Some("bench deadline");
+                        break;
+                    }
                 };
                 buf.extend_from_slice(&chunk);
                 while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
@@ -143,6 +221,10 @@ pub async fn run(
                     if frame.contains("event: snapshot") {
                         permit.take();
                         let _ = ready.send(()).await;
+                    } else if frame.contains("event: stale") {
+                        ended = Some("stale (node could not prove its bound)");
+                    } else if frame.contains("event: error") {
+                        ended = Some("error event");
                     } else if frame.contains("event: change") {
                         let data = frame
                             .lines()
@@ -152,16 +234,15 @@ pub async fn run(
                             continue;
                         };
                         if let Some(m) = v["upserted"]["flags"].as_object() {
-                            let mut a = lock(&arrivals);
-                            for key in m.keys() {
-                                a.entry(key.clone()).or_default().push(now);
-                                got += 1;
-                            }
+                            arrivals.extend(m.keys().map(|key| (key.clone(), now)));
                         }
                     }
                 }
             }
-            got
+            // The stream goes back open: closing it now would tear the connection down while
+            // the other subscribers are still receiving the last writes, and that teardown
+            // work on the nodes would be measured as their delivery latency.
+            (arrivals, Some(stream), ended)
         }));
     }
     drop(ready_tx);
@@ -174,7 +255,14 @@ pub async fn run(
         }
     }
     let connect_time = connect_start.elapsed();
-    let rss_connected = rss();
+    let rss_connected = node_pids.iter().map(|p| machine::rss_kib((*p)?)).collect();
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = sample_cpu(
+        node_pids.to_vec(),
+        stop_sampling.clone(),
+        gap * writes as u32 + Duration::from_secs(120),
+    );
+    let first_write = Instant::now();
 
     let def =
         json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
@@ -191,20 +279,33 @@ pub async fn run(
         anyhow::ensure!(r.status().is_success(), "write {key}: {}", r.status());
         tokio::time::sleep(gap).await;
     }
+    let mut arrivals = Vec::new();
+    let mut open_streams = Vec::with_capacity(subscribers);
+    let mut ended_early: BTreeMap<&'static str, usize> = BTreeMap::new();
     for t in tasks {
-        let _ = t.await;
+        let (a, stream, ended) =
+            t.await
+                .unwrap_or((Vec::new(), None, Some("subscriber task failed")));
+        arrivals.extend(a);
+        open_streams.push(stream);
+        if let Some(why) = ended {
+            *ended_early.entry(why).or_default() += 1;
+        }
     }
     // The SDK has had the whole delivery time; anything missing now was not delivered.
     let ctx = flagstaff_client::context();
     let sdk_values_ok = (0..writes).all(|i| sdk.bool(&format!("w{i}"), &ctx, false));
     sdk.close();
 
-    let mut latencies = Vec::new();
-    for (key, times) in lock(&arrivals).iter() {
-        if let Some(t0) = sent.get(key) {
-            latencies.extend(times.iter().map(|t| t.saturating_duration_since(*t0)));
-        }
-    }
+    stop_sampling.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
+    let last_arrival = arrivals.iter().map(|a| a.1).max().unwrap_or(first_write);
+    let (node_cpu, subscriber_cpu, cpu_window) = cpu_between(&samples, first_write, last_arrival);
+    drop(open_streams);
+    let latencies = arrivals
+        .iter()
+        .filter_map(|(key, t)| sent.get(key).map(|t0| t.saturating_duration_since(*t0)))
+        .collect();
     let sdk_latencies = lock(&sdk_seen)
         .iter()
         .filter_map(|(k, t)| sent.get(k).map(|t0| t.saturating_duration_since(*t0)))
@@ -218,5 +319,9 @@ pub async fn run(
         sdk_latencies,
         sdk_values_ok,
         rss_kib: rss_connected,
+        node_cpu,
+        subscriber_cpu,
+        cpu_window,
+        ended_early,
     })
 }

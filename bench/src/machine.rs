@@ -36,6 +36,27 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Cores available to this process (0 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// CPU time (user + system) process `pid` has used so far, or this process's with `None`.
+pub fn cpu_time(pid: Option<i32>) -> Option<Duration> {
+    let stat = read(&match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    });
+    // Fields after the parenthesised command name: state is the 3rd field of the line, utime
+    // and stime the 14th and 15th.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = rest.next()?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+}
+
 /// Latency of a 4 KiB write followed by `fdatasync` in `dir`: `rounds` samples.
 pub fn fsync_probe(dir: &Path, rounds: usize) -> std::io::Result<Vec<Duration>> {
     let path = dir.join("fsync-probe");
@@ -61,7 +82,7 @@ pub fn facts(dir: &Path) -> Vec<String> {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = cores();
     let mem = read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -82,4 +103,33 @@ pub fn facts(dir: &Path) -> Vec<String> {
             lsblk.lines().collect::<Vec<_>>().join("; ")
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn cpu_time_of_this_process_grows_while_it_computes() {
+        let before = super::cpu_time(None).expect("/proc/self/stat is readable");
+        let started = Instant::now();
+        let mut x = 1u64;
+        // Bounded: at most 5 s of work, checked every million steps.
+        while super::cpu_time(None).unwrap() <= before && started.elapsed() < Duration::from_secs(5)
+        {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(
+            super::cpu_time(None).unwrap() > before,
+            "no CPU time counted after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            super::cpu_time(Some(i32::MAX)),
+            None,
+            "a process that does not exist"
+        );
+    }
 }

@@ -40,6 +40,11 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+/// Microseconds with one decimal, for tables ("?" when not measured).
+pub fn us(d: Option<Duration>) -> String {
+    d.map_or("?".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e6))
+}
+
 /// `ours / theirs` as a ratio with two decimals ("n/a" when undefined).
 pub fn ratio(ours: f64, theirs: f64) -> String {
     if theirs > 0.0 && ours.is_finite() {

@@ -16,7 +16,7 @@ use flagstaff_bench::fanout::{self, Fanout};
 use flagstaff_bench::load::{self, LoadResult, MakeRequest, FLAG_BODY};
 use flagstaff_bench::machine;
 use flagstaff_bench::plot::{self, Series};
-use flagstaff_bench::stats::{ms, ratio, Summary};
+use flagstaff_bench::stats::{ms, ratio, us, Summary};
 use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
@@ -697,8 +697,6 @@ async fn main() -> anyhow::Result<()> {
             "propagation: {s} watch subscribers over 3 nodes, {} writes",
             plan.fanout_writes
         ));
-        let pids = fs_pids_now(&fs);
-        let rss = move || rss_of(&pids);
         let f = fanout::run(
             &fs_apis,
             &leader_api,
@@ -707,7 +705,7 @@ async fn main() -> anyhow::Result<()> {
             s,
             plan.fanout_writes,
             plan.fanout_gap,
-            &rss,
+            &fs_pids_now(&fs),
         )
         .await?;
         let sm = Summary::of(&f.latencies);
@@ -1125,13 +1123,13 @@ async fn main() -> anyhow::Result<()> {
     line("## 3. Propagation (watch fan-out)");
     line("");
     line(&format!("Subscribers are SSE streams (`GET /v1/namespaces/NS/watch`) spread round-robin over the three nodes, all in the bench process; {} writes of a new flag to the leader, {:?} apart; latency from just before each write is sent to the moment a subscriber has parsed its `change` event. One SDK instance (`flagstaff-client`) follows the same namespace in the same run: its latency is write → the SDK's change listener saw the new value (its evaluations return it from then on).\n", plan.fanout_writes, plan.fanout_gap));
-    line("| subscribers | connected (time) | delivered | event p50 / p99 / max ms | SDK p50 / p99 / max ms | SDK values after |");
-    line("|---|---|---|---|---|---|");
+    line("| subscribers | connected (time) | delivered | event p50 / p99 / max ms | SDK p50 / p99 / max ms | SDK values after | CPU per delivery, nodes / subscribers µs |");
+    line("|---|---|---|---|---|---|---|");
     for f in &fanouts {
         let s = Summary::of(&f.latencies);
         let sdk_s = Summary::of(&f.sdk_latencies);
         line(&format!(
-            "| {} | {} ({:.1} s) | {}/{} | {} / {} / {} | {} / {} / {} ({} samples) | {} |",
+            "| {} | {} ({:.1} s) | {}/{} | {} / {} / {} | {} / {} / {} ({} samples) | {} | {} / {} |",
             f.subscribers,
             f.connected,
             f.connect_time.as_secs_f64(),
@@ -1148,10 +1146,23 @@ async fn main() -> anyhow::Result<()> {
                 "all new"
             } else {
                 "**some old**"
-            }
+            },
+            us(f.cpu_per_delivery().0),
+            us(f.cpu_per_delivery().1),
         ));
     }
-    line("\nThe subscribers' side (parsing every event of every stream) runs on the same 2 cores as the three nodes, so these figures include the load generator's own queueing.\n");
+    for f in &fanouts {
+        for (why, n) in &f.ended_early {
+            line(&format!("\n{n} of the {} streams ended before every write arrived: {why} (the bench does not resume streams; an SDK does).", f.subscribers));
+        }
+    }
+    line("\nThe subscribers' side (reading and parsing every event of every stream) runs on the same 2 cores as the three nodes, so these figures include the load generator's own queueing. CPU per delivery is the CPU time used from the first write until every stream had every write (the streams' heartbeats included), divided by the events delivered; nodes summed.\n");
+    if let Some(f) = fanouts.last() {
+        if let (Some(n), Some(c)) = f.cpu_per_delivery() {
+            let one_write = (n + c) * f.subscribers as u32;
+            line(&format!("So one write to {} streams costs about {} ms of CPU on this machine, {} ms of it in the nodes; with {} cores shared by the nodes and the subscribers, the last subscriber cannot have it sooner than about {} ms after the write.\n", f.subscribers, ms(one_write), ms(n * f.subscribers as u32), machine::cores(), ms(one_write / machine::cores().max(1) as u32)));
+        }
+    }
     line(&format!("![propagation]({})\n", plot_name("propagation")));
 
     line("## 4. Evaluation (in-process, criterion, median per call)");
