@@ -1156,7 +1156,7 @@ async fn main() -> anyhow::Result<()> {
             line(&format!("\n{n} of the {} streams ended before every write arrived: {why} (the bench does not resume streams; an SDK does).", f.subscribers));
         }
     }
-    line("\nThe subscribers' side (reading and parsing every event of every stream) runs on the same 2 cores as the three nodes, so these figures include the load generator's own queueing. CPU per delivery is the CPU time used from the first write until every stream had every write (the streams' heartbeats included), divided by the events delivered; nodes summed.\n");
+    line("\nThe subscribers' side (reading and parsing every event of every stream) runs on the same 2 cores as the three nodes, so these figures include the load generator's own queueing. CPU per delivery is the CPU time used from the first write until the last event arrived (the streams' heartbeats included), divided by the events delivered; nodes summed. The kernel counts CPU time in clock ticks (usually 10 ms), so the figure is coarse when few events are delivered.\n");
     if let Some(f) = fanouts.last() {
         if let (Some(n), Some(c)) = f.cpu_per_delivery() {
             let one_write = (n + c) * f.subscribers as u32;
