@@ -34,8 +34,6 @@ pub struct Fanout {
     /// CPU time this process used meanwhile: the subscribers' side (reading and parsing every
     /// event), the SDK instance and the writer.
     pub subscriber_cpu: Option<Duration>,
-    /// Wall time over which the CPU times were taken (sampled every 20 ms).
-    pub cpu_window: Duration,
     /// Streams that ended before every write arrived, by why (the bench does not resume them).
     pub ended_early: BTreeMap<&'static str, usize>,
 }
@@ -82,13 +80,13 @@ fn sample_cpu(
     })
 }
 
-/// The CPU used between `from` and `to`, from the samples just outside that span, and the
-/// span those samples cover.
+/// The CPU (nodes, this process) used between `from` and `to`, from the samples just outside
+/// that span.
 fn cpu_between(
     samples: &[CpuSample],
     from: Instant,
     to: Instant,
-) -> (Option<Duration>, Option<Duration>, Duration) {
+) -> (Option<Duration>, Option<Duration>) {
     let start = samples
         .iter()
         .rev()
@@ -96,14 +94,10 @@ fn cpu_between(
         .or(samples.first());
     let end = samples.iter().find(|s| s.0 >= to).or(samples.last());
     let (Some(a), Some(b)) = (start, end) else {
-        return (None, None, Duration::ZERO);
+        return (None, None);
     };
     let diff = |x: Option<Duration>, y: Option<Duration>| Some(y?.checked_sub(x?)?);
-    (
-        diff(a.1, b.1),
-        diff(a.2, b.2),
-        b.0.saturating_duration_since(a.0),
-    )
+    (diff(a.1, b.1), diff(a.2, b.2))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -255,7 +249,7 @@ pub async fn run(
         }
     }
     let connect_time = connect_start.elapsed();
-    let rss_connected = node_pids.iter().map(|p| machine::rss_kib((*p)?)).collect();
+    let rss_connected = machine::rss_of(node_pids);
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let sampler = sample_cpu(
         node_pids.to_vec(),
@@ -300,7 +294,7 @@ pub async fn run(
     stop_sampling.store(true, Ordering::Relaxed);
     let samples = sampler.join().unwrap_or_default();
     let last_arrival = arrivals.iter().map(|a| a.1).max().unwrap_or(first_write);
-    let (node_cpu, subscriber_cpu, cpu_window) = cpu_between(&samples, first_write, last_arrival);
+    let (node_cpu, subscriber_cpu) = cpu_between(&samples, first_write, last_arrival);
     drop(open_streams);
     let latencies = arrivals
         .iter()
@@ -321,7 +315,6 @@ pub async fn run(
         rss_kib: rss_connected,
         node_cpu,
         subscriber_cpu,
-        cpu_window,
         ended_early,
     })
 }

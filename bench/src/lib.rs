@@ -10,6 +10,28 @@ pub mod machine;
 pub mod plot;
 pub mod stats;
 
+use jepsen_like_tests::cluster::Cluster;
+use serde_json::Value;
+
+/// `GET /v1/cluster` on node `id` of a cluster of processes.
+pub async fn cluster_status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
+    let (s, b) = fs
+        .call(id, reqwest::Method::GET, "/v1/cluster", None)
+        .await?;
+    anyhow::ensure!(s == 200, "GET /v1/cluster on {id}: {s} {b}");
+    Ok(b)
+}
+
+/// The PID of every node (`None` for one that is not running), in id order.
+pub fn node_pids(fs: &Cluster) -> Vec<Option<i32>> {
+    fs.ids().iter().map(|i| fs.pid(*i)).collect()
+}
+
+/// The API address of every node, in id order.
+pub fn node_apis(fs: &Cluster) -> Vec<String> {
+    fs.ids().iter().map(|i| fs.node(*i).api.clone()).collect()
+}
+
 /// `line` without ANSI colour sequences (`ESC [ ... m`): the nodes' logs carry them around
 /// field names (`bytes=`).
 pub fn plain(line: &str) -> String {

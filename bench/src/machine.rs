@@ -57,6 +57,11 @@ pub fn cpu_time(pid: Option<i32>) -> Option<Duration> {
     (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
 }
 
+/// `rss_kib` of each of `pids` (`None` where there is no process or it cannot be read).
+pub fn rss_of(pids: &[Option<i32>]) -> Vec<Option<u64>> {
+    pids.iter().map(|p| p.and_then(rss_kib)).collect()
+}
+
 /// Latency of a 4 KiB write followed by `fdatasync` in `dir`: `rounds` samples.
 pub fn fsync_probe(dir: &Path, rounds: usize) -> std::io::Result<Vec<Duration>> {
     let path = dir.join("fsync-probe");

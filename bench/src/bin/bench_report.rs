@@ -17,6 +17,7 @@ use flagstaff_bench::load::{self, LoadResult, MakeRequest, FLAG_BODY};
 use flagstaff_bench::machine;
 use flagstaff_bench::plot::{self, Series};
 use flagstaff_bench::stats::{ms, ratio, us, Summary};
+use flagstaff_bench::{cluster_status, node_apis, node_pids};
 use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
@@ -170,14 +171,6 @@ async fn fs_leader(fs: &Cluster) -> anyhow::Result<u64> {
     fs.wait_leader(&fs.ids(), Duration::from_secs(30)).await
 }
 
-async fn fs_status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
-    let (s, b) = fs
-        .call(id, reqwest::Method::GET, "/v1/cluster", None)
-        .await?;
-    anyhow::ensure!(s == 200, "GET /v1/cluster on {id}: {s} {b}");
-    Ok(b)
-}
-
 async fn fs_namespace(fs: &Cluster, id: u64, ns: &str) -> anyhow::Result<()> {
     let (s, b) = fs
         .call(
@@ -189,10 +182,6 @@ async fn fs_namespace(fs: &Cluster, id: u64, ns: &str) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(s == 200, "create namespace {ns}: {s} {b}");
     Ok(())
-}
-
-fn rss_of(pids: &[Option<i32>]) -> Vec<Option<u64>> {
-    pids.iter().map(|p| p.and_then(machine::rss_kib)).collect()
 }
 
 fn mib(kib: &[Option<u64>]) -> String {
@@ -530,9 +519,9 @@ async fn main() -> anyhow::Result<()> {
             reads.push((what.to_string(), c, f, e));
         }
     }
-    let fs_pids: Vec<Option<i32>> = fs.ids().iter().map(|i| fs.pid(*i)).collect();
+    let fs_pids = node_pids(&fs);
     let et_pids: Vec<Option<i32>> = (0..3).map(|i| et.pid(i)).collect();
-    let rss_after_writes = (rss_of(&fs_pids), rss_of(&et_pids));
+    let rss_after_writes = (machine::rss_of(&fs_pids), machine::rss_of(&et_pids));
 
     // etcd's own gRPC client, for the gateway's overhead.
     let mut check_perf = String::new();
@@ -574,7 +563,7 @@ async fn main() -> anyhow::Result<()> {
     p.phase("failover: SDK evaluating in a loop while leaders are killed");
     let sdk_stop = Arc::new(AtomicBool::new(false));
     let sdk_count: Arc<Mutex<SdkCount>> = Arc::default();
-    let fs_apis: Vec<String> = fs.ids().iter().map(|i| fs.node(*i).api.clone()).collect();
+    let fs_apis = node_apis(&fs);
     let sdk = flagstaff_client::Client::builder("bench", ADMIN_TOKEN)
         .endpoints(fs_apis.clone())
         .build()?;
@@ -674,7 +663,7 @@ async fn main() -> anyhow::Result<()> {
         plan.bulk_flags
     ));
     fs_namespace(&fs, leader, "bulk").await?;
-    let rss_before_bulk = rss_of(&fs_pids_now(&fs));
+    let rss_before_bulk = machine::rss_of(&node_pids(&fs));
     let bulk = load::run(
         64,
         plan.bulk_flags,
@@ -690,7 +679,7 @@ async fn main() -> anyhow::Result<()> {
         bulk.errors,
         bulk.first_error
     );
-    let rss_bulk = rss_of(&fs_pids_now(&fs));
+    let rss_bulk = machine::rss_of(&node_pids(&fs));
     let mut fanouts: Vec<Fanout> = Vec::new();
     for &s in &plan.subscribers {
         p.phase(&format!(
@@ -705,7 +694,7 @@ async fn main() -> anyhow::Result<()> {
             s,
             plan.fanout_writes,
             plan.fanout_gap,
-            &fs_pids_now(&fs),
+            &node_pids(&fs),
         )
         .await?;
         let sm = Summary::of(&f.latencies);
@@ -736,7 +725,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     fs_namespace(&fs, leader, "recovery").await?;
     fs.kill(down).await;
-    let before = fs_status(&fs, leader).await?;
+    let before = cluster_status(&fs, leader).await?;
     let progress_total = plan.recovery_writes;
     let prog: Arc<dyn Fn(u64) + Send + Sync> = {
         let t0 = p.t0;
@@ -761,7 +750,7 @@ async fn main() -> anyhow::Result<()> {
         rec.errors,
         rec.elapsed.as_secs_f64()
     ));
-    let after = fs_status(&fs, leader).await?;
+    let after = cluster_status(&fs, leader).await?;
     let target = after["applied_index"].as_u64().unwrap_or(0);
     let log_len = std::fs::metadata(&fs.node(down).log)
         .map(|m| m.len())
@@ -775,7 +764,7 @@ async fn main() -> anyhow::Result<()> {
     let mut caught = None;
     let deadline = Instant::now() + CATCH_UP_LIMIT;
     while Instant::now() < deadline {
-        if let Ok(s) = fs_status(&fs, down).await {
+        if let Ok(s) = cluster_status(&fs, down).await {
             if s["applied_index"].as_u64().unwrap_or(0) >= target {
                 caught = Some(t0.elapsed());
                 break;
@@ -794,7 +783,7 @@ async fn main() -> anyhow::Result<()> {
             v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
         })
         .collect();
-    let rss_end = rss_of(&fs_pids_now(&fs));
+    let rss_end = machine::rss_of(&node_pids(&fs));
     p.note(&format!(
         "caught up: {caught:?}; snapshots installed: {installs:?}"
     ));
@@ -1264,10 +1253,6 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&path, md)?;
     eprintln!("report: {}", path.display());
     Ok(())
-}
-
-fn fs_pids_now(fs: &Cluster) -> Vec<Option<i32>> {
-    fs.ids().iter().map(|i| fs.pid(*i)).collect()
 }
 
 fn etcd_version(bin: &Path) -> String {

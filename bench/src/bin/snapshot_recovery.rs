@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use flagstaff_bench::cluster_status;
 use flagstaff_bench::load;
 use flagstaff_bench::machine;
 use jepsen_like_tests::cluster::{Cluster, NodeOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
@@ -49,14 +50,6 @@ struct Args {
     /// Also write the section to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-async fn status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
-    let (s, b) = fs
-        .call(id, reqwest::Method::GET, "/v1/cluster", None)
-        .await?;
-    anyhow::ensure!(s == 200, "GET /v1/cluster on {id}: {s} {b}");
-    Ok(b)
 }
 
 /// The text appended to `path` since byte `from`; moves `from` to the end.
@@ -124,10 +117,10 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(s == 200, "create namespace: {s} {b}");
     let down = fs.ids().into_iter().find(|i| *i != leader).unwrap_or(2);
     let pid = fs.pid(down);
-    let down_index = status(&fs, down).await?["applied_index"].as_u64();
+    let down_index = cluster_status(&fs, down).await?["applied_index"].as_u64();
     note(&format!("kill -9 node {down} (pid {pid:?})"));
     fs.kill(down).await;
-    let before = status(&fs, leader).await?;
+    let before = cluster_status(&fs, leader).await?;
 
     note(&format!(
         "{} writes at concurrency {} (bound {} s)",
@@ -155,13 +148,13 @@ async fn main() -> anyhow::Result<()> {
         rec.errors,
         rec.elapsed.as_secs_f64()
     ));
-    let after = status(&fs, leader).await?;
+    let after = cluster_status(&fs, leader).await?;
     let entries = after["last_log_index"]
         .as_u64()
         .unwrap_or(0)
         .saturating_sub(before["last_log_index"].as_u64().unwrap_or(0));
 
-    let target = status(&fs, leader).await?["applied_index"]
+    let target = cluster_status(&fs, leader).await?["applied_index"]
         .as_u64()
         .unwrap_or(0);
 
@@ -185,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
         if first_install.is_none() && text.contains("installed snapshot") {
             first_install = Some(t0.elapsed());
         }
-        if let Ok(s) = status(&fs, down).await {
+        if let Ok(s) = cluster_status(&fs, down).await {
             if s["applied_index"].as_u64().unwrap_or(0) >= target {
                 caught = Some(t0.elapsed());
                 break;

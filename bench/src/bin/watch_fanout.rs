@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use flagstaff_bench::fanout;
 use flagstaff_bench::stats::{ms, us, Summary};
+use flagstaff_bench::{fanout, node_apis, node_pids};
 use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
 
 #[derive(Parser)]
@@ -53,9 +53,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn runs(fs: &Cluster, args: &Args) -> anyhow::Result<()> {
     let leader = fs.wait_leader(&fs.ids(), Duration::from_secs(30)).await?;
-    let apis: Vec<String> = fs.ids().iter().map(|i| fs.node(*i).api.clone()).collect();
+    let apis = node_apis(fs);
     let leader_api = fs.node(leader).api.clone();
-    let pids: Vec<Option<i32>> = fs.ids().iter().map(|i| fs.pid(*i)).collect();
+    let pids = node_pids(fs);
     println!("| subscribers | connected | delivered | event p50 / p99 / max ms | SDK p50 / p99 / max ms | CPU per delivery, nodes / subscribers µs |");
     println!("|---|---|---|---|---|---|");
     let mut all_delivered = true;
