@@ -155,7 +155,7 @@ fn main() {
             flags,
             segments,
         };
-        lkg::write_atomic(path, &lkg::encode(&contents)).expect("write LKG");
+        lkg::write_atomic(path, &lkg::encode(&contents).expect("encode LKG")).expect("write LKG");
     };
     write(&empty_path, BTreeMap::new(), BTreeMap::new());
     write(&full_path, flags.clone(), segments.clone());

@@ -11,7 +11,7 @@ use flagstaff_flags::{Context, ErrorCode, Evaluation, EvaluationError, FlagSet, 
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Limits};
 use crate::data_set::{DataSet, Source};
 use crate::events::{ChangeSet, Event, EventListener, FlagChange, Status};
 use crate::lkg;
@@ -88,6 +88,9 @@ pub struct Metrics {
     pub lkg_write_errors: u64,
     /// Responses or events that could not be parsed.
     pub malformed_responses: u64,
+    /// Data refused for exceeding [`crate::Limits`]: responses, stream lines or events, files,
+    /// updates (each refused whole), and single definitions not kept.
+    pub limits_exceeded: u64,
 }
 
 /// Builds a [`Client`]; see [`Client::builder`].
@@ -164,6 +167,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Bounds on the data accepted from the network and from files (see [`Limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.cfg.limits = limits;
+        self
+    }
+
     /// Replaces the whole configuration (endpoints, namespace and key included).
     pub fn config(mut self, cfg: Config) -> Self {
         self.cfg = cfg;
@@ -202,21 +211,48 @@ impl ClientBuilder {
 
 fn load_local(shared: &Shared) -> StartupReport {
     let cfg = &shared.cfg;
+    let limits = &cfg.limits;
+    let over_limit = || {
+        shared
+            .counters
+            .limits_exceeded
+            .fetch_add(1, Ordering::Relaxed);
+    };
     let lkg = match &cfg.lkg_path {
         None => LoadOutcome::NotConfigured,
         Some(path) => {
             let fp = lkg::key_fingerprint(&cfg.sdk_key);
-            match lkg::read(path, &cfg.namespace, &fp) {
+            let loaded =
+                lkg::read_with_limit(path, &cfg.namespace, &fp, limits.max_lkg_file_bytes())
+                    .map_err(|e| {
+                        if matches!(e, lkg::LkgError::TooLarge(_)) {
+                            over_limit();
+                        }
+                        e.to_string()
+                    })
+                    .and_then(|file| {
+                        file.map(|c| {
+                            let (revision, as_of) = (c.revision, c.data_as_of_unix_ms);
+                            DataSet::checked(
+                                crate::data_set::RawData::from_values(c.flags, c.segments),
+                                Some(c.revision),
+                                Some(c.cluster_id),
+                                Source::Lkg,
+                                limits,
+                            )
+                            .map(|data| (data, revision, as_of))
+                            .map_err(|e| {
+                                over_limit();
+                                e.0
+                            })
+                        })
+                        .transpose()
+                    });
+            match loaded {
                 Ok(None) => LoadOutcome::Missing,
-                Ok(Some(c)) => {
-                    let revision = c.revision;
-                    let data = DataSet::build(
-                        crate::data_set::RawData::from_values(c.flags, c.segments),
-                        Some(c.revision),
-                        Some(c.cluster_id),
-                        Source::Lkg,
-                    );
-                    shared.install_initial(data, c.data_as_of_unix_ms);
+                Ok(Some((data, revision, as_of))) => {
+                    shared.note_oversized(&data);
+                    shared.install_initial(data, as_of);
                     LoadOutcome::Loaded {
                         revision: Some(revision),
                     }
@@ -234,39 +270,54 @@ fn load_local(shared: &Shared) -> StartupReport {
     };
     let bootstrap_doc: Option<Result<Value, String>> =
         match (&cfg.bootstrap_path, &cfg.bootstrap_document) {
-            (Some(path), fallback) => match std::fs::read(path) {
-                Ok(bytes) => Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("bootstrap file {}: {e}", path.display())),
-                ),
-                Err(e) if fallback.is_some() => {
-                    tracing::warn!(
-                        "bootstrap file {}: {e}; using the document given in code",
-                        path.display()
-                    );
-                    fallback.clone().map(Ok)
+            (Some(path), fallback) => {
+                let read =
+                    lkg::read_capped(path, limits.max_snapshot_bytes as u64).map_err(|e| match e {
+                        lkg::CappedError::Io(e) => e.to_string(),
+                        lkg::CappedError::NotRegular => "not a regular file".to_string(),
+                        lkg::CappedError::TooLarge(limit) => {
+                            over_limit();
+                            format!("larger than the limit of {limit} bytes")
+                        }
+                    });
+                match read {
+                    Ok(bytes) => Some(
+                        serde_json::from_slice(&bytes)
+                            .map_err(|e| format!("bootstrap file {}: {e}", path.display())),
+                    ),
+                    Err(e) if fallback.is_some() => {
+                        tracing::warn!(
+                            "bootstrap file {}: {e}; using the document given in code",
+                            path.display()
+                        );
+                        fallback.clone().map(Ok)
+                    }
+                    Err(e) => Some(Err(format!("bootstrap file {}: {e}", path.display()))),
                 }
-                Err(e) => Some(Err(format!("bootstrap file {}: {e}", path.display()))),
-            },
+            }
             (None, Some(doc)) => Some(Ok(doc.clone())),
             (None, None) => None,
         };
     let bootstrap = match bootstrap_doc {
         None => LoadOutcome::NotConfigured,
         Some(Err(message)) => {
+            tracing::warn!("{message}");
             shared.listeners.emit(&Event::BootstrapProblem {
                 message: message.clone(),
             });
             LoadOutcome::Rejected(message)
         }
-        Some(Ok(doc)) => match DataSet::from_flagd_document(&doc) {
+        Some(Ok(doc)) => match DataSet::from_flagd_document(&doc, limits) {
             Err(message) => {
+                let message = format!("bootstrap document refused: {message}");
+                tracing::warn!("{message}");
                 shared.listeners.emit(&Event::BootstrapProblem {
                     message: message.clone(),
                 });
                 LoadOutcome::Rejected(message)
             }
             Ok(data) => {
+                shared.note_oversized(&data);
                 if !data.faults.is_empty() {
                     shared.listeners.emit(&Event::BootstrapProblem {
                         message: format!(
@@ -384,14 +435,24 @@ async fn lkg_writer(shared: Arc<Shared>) {
             segments: BTreeMap::new(),
         };
         let path = path.clone();
+        let max_file = shared.cfg.limits.max_lkg_file_bytes();
         // Off the runtime: the definitions are parsed back from their text, then encoded.
+        // Anything wrong (a corrupt definition, a file the client would refuse to read back)
+        // writes nothing: the file on disk stays the previous good one.
         let written = tokio::task::spawn_blocking(move || {
             let contents = lkg::LkgContents {
-                flags: data.raw.flag_values(),
+                flags: data.raw.flag_values()?,
                 segments: data.raw.segments.clone(),
                 ..contents
             };
-            lkg::write_atomic(&path, &lkg::encode(&contents))
+            let bytes = lkg::encode(&contents).map_err(|e| e.to_string())?;
+            if bytes.len() as u64 > max_file {
+                return Err(format!(
+                    "the file would be {} bytes, more than the limit of {max_file}",
+                    bytes.len()
+                ));
+            }
+            lkg::write_atomic(&path, &bytes).map_err(|e| e.to_string())
         })
         .await;
         match written {
@@ -574,6 +635,7 @@ impl Client {
             lkg_writes: l(&c.lkg_writes),
             lkg_write_errors: l(&c.lkg_write_errors),
             malformed_responses: l(&c.malformed_responses),
+            limits_exceeded: l(&c.limits_exceeded),
         }
     }
 

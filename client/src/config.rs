@@ -40,8 +40,56 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Timeout of a snapshot request and of a watch request's response headers. Default 5 s.
     pub request_timeout: Duration,
-    /// Largest snapshot body or stream event accepted. Default 64 MiB.
-    pub max_body_bytes: usize,
+    /// What the client accepts from the network and from files; see [`Limits`].
+    pub limits: Limits,
+}
+
+/// Bounds on the data the client accepts, so that no node, stream or file can make it hold
+/// unbounded memory. Anything beyond them is refused: the client keeps the data it holds (or
+/// the next source: LKG file, bootstrap document, call-site default), reports the fault
+/// ([`crate::Event::Error`], [`crate::Event::LkgProblem`] or [`crate::Event::BootstrapProblem`],
+/// a warning in the log) and counts it ([`crate::Metrics::limits_exceeded`]).
+///
+/// Every byte limit is enforced while reading: a larger body, stream or file is abandoned at
+/// the first byte past its limit, never read whole and then measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest namespace state, in bytes of JSON: a snapshot response body, one line or one
+    /// event of the watch stream, a bootstrap file, and the data set held after applying
+    /// changes (the compact JSON text of its flag and segment keys and definitions).
+    /// Default 64 MiB. The LKG file may be [`Limits::LKG_OVERHEAD_BYTES`] larger (its header
+    /// and metadata).
+    pub max_snapshot_bytes: usize,
+    /// Most flags in the namespace. Default 10,000.
+    pub max_flags: usize,
+    /// Most segments in the namespace. Default 10,000.
+    pub max_segments: usize,
+    /// Largest single flag or segment definition (compact JSON text). A larger one is not
+    /// kept: that flag, and the flags using that segment, evaluate to `PARSE_ERROR`; the rest
+    /// of the update is accepted. Default 1 MiB (the nodes' default request body limit, so no
+    /// definition a default node accepted is larger).
+    pub max_definition_bytes: usize,
+}
+
+impl Limits {
+    /// Room for the LKG file's header and metadata on top of `max_snapshot_bytes`.
+    pub const LKG_OVERHEAD_BYTES: usize = 1 << 20;
+
+    /// Largest last-known-good file read or written.
+    pub fn max_lkg_file_bytes(&self) -> u64 {
+        (self.max_snapshot_bytes as u64).saturating_add(Self::LKG_OVERHEAD_BYTES as u64)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_snapshot_bytes: 64 << 20,
+            max_flags: 10_000,
+            max_segments: 10_000,
+            max_definition_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Config {
@@ -62,7 +110,7 @@ impl Config {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
-            max_body_bytes: 64 << 20,
+            limits: Limits::default(),
         }
     }
 
@@ -89,6 +137,12 @@ impl Config {
         if self.heartbeat_timeout.is_zero() || self.poll_interval.is_zero() {
             return Err(ConfigError(
                 "heartbeat_timeout and poll_interval must be > 0".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_snapshot_bytes == 0 || l.max_definition_bytes == 0 {
+            return Err(ConfigError(
+                "limits.max_snapshot_bytes and limits.max_definition_bytes must be > 0".into(),
             ));
         }
         Ok(())

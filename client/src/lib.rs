@@ -29,6 +29,10 @@
 //! - **Honest age**: data age comes from the nodes' staleness proofs plus local time since
 //!   receipt; past [`Config::stale_after`] details say `stale: true` and the status is
 //!   [`Status::Stale`] with an [`Event::Stale`].
+//! - **Bounded**: whatever a node or a file sends, the data held stays within [`Limits`]
+//!   (bodies, stream lines and files are cut off at their limit while read); anything beyond
+//!   is refused, the data held kept, and the fault reported and counted. Every request has a
+//!   timeout; a hostile definition degrades only the flags it touches (`PARSE_ERROR`).
 
 mod backoff;
 mod client;
@@ -46,7 +50,7 @@ mod thread_cache;
 mod wire;
 
 pub use client::{context, Client, ClientBuilder, Details, LoadOutcome, Metrics, StartupReport};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Limits};
 pub use data_set::Source;
 pub use events::{ChangeSet, Event, FlagChange, Status};
 pub use flagstaff_flags::{Context, ErrorCode, EvaluationError, Reason};

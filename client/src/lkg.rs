@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,10 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: &str = "flagstaff-lkg";
 const VERSION: u32 = 1;
-/// Files larger than this are refused unread (a flag set is kilobytes to a few megabytes).
-pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// The largest file [`read`] accepts: [`crate::Limits::max_lkg_file_bytes`] of the default
+/// limits (a flag set is kilobytes to a few megabytes). The client reads with its configured
+/// limits ([`read_with_limit`]).
+pub const MAX_FILE_BYTES: u64 = (64 << 20) + (1 << 20);
 
 /// What the file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,9 +65,15 @@ pub enum LkgError {
         #[source]
         source: io::Error,
     },
-    /// It is larger than [`MAX_FILE_BYTES`].
-    #[error("file is {0} bytes, more than the limit")]
+    /// It is larger than the limit (bytes); reading stopped at the first byte past it.
+    #[error("file is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// It is not a regular file (a FIFO or a device is never read: it could block or never end).
+    #[error("{0} is not a regular file")]
+    NotRegular(PathBuf),
+    /// It could not be encoded (a definition's text is corrupt, or it would exceed the limit).
+    #[error("cannot encode: {0}")]
+    Encode(String),
     /// The header is missing or malformed.
     #[error("not a flagstaff last-known-good file (bad header)")]
     BadHeader,
@@ -107,14 +115,14 @@ pub fn key_fingerprint(sdk_key: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The file's bytes for `contents`.
-pub fn encode(contents: &LkgContents) -> Vec<u8> {
-    // Serialising maps of `Value` cannot fail.
-    let body = serde_json::to_vec(contents).unwrap_or_default();
+/// The file's bytes for `contents`. Serialising maps of `Value` does not fail; were it to,
+/// the error is returned rather than a file with an empty body.
+pub fn encode(contents: &LkgContents) -> Result<Vec<u8>, LkgError> {
+    let body = serde_json::to_vec(contents).map_err(|e| LkgError::Encode(e.to_string()))?;
     let sum = hex::encode(Sha256::digest(&body));
     let mut out = format!("{MAGIC} {VERSION} sha256={sum} len={}\n", body.len()).into_bytes();
     out.extend_from_slice(&body);
-    out
+    Ok(out)
 }
 
 /// Checks and parses a file's bytes; `namespace` and `fingerprint` must match.
@@ -171,30 +179,84 @@ pub fn decode(bytes: &[u8], namespace: &str, fingerprint: &str) -> Result<LkgCon
     Ok(contents)
 }
 
-/// Reads and checks the file at `path`; `Ok(None)` when there is none.
+/// Why [`read_capped`] read nothing usable.
+#[derive(Debug)]
+pub(crate) enum CappedError {
+    Io(io::Error),
+    /// Not a regular file.
+    NotRegular,
+    /// More than the limit (bytes).
+    TooLarge(u64),
+}
+
+/// Reads at most `limit` bytes from `r`, failing at the first byte past it: the size is found
+/// by reading, never asked first, so a file that grows meanwhile (or lies about its size, as
+/// `/proc` files do) is still bounded.
+pub(crate) fn read_to_limit(r: impl Read, limit: u64) -> Result<Vec<u8>, CappedError> {
+    let mut bytes = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(CappedError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(CappedError::TooLarge(limit));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading without blocking (a FIFO would block `open` until a writer came)
+/// and reads it to at most `limit` bytes; anything but a regular file is refused.
+pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, CappedError> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(CappedError::Io)?;
+    if !file.metadata().map_err(CappedError::Io)?.is_file() {
+        return Err(CappedError::NotRegular);
+    }
+    read_to_limit(file, limit)
+}
+
+/// Reads and checks the file at `path` with the default limit ([`MAX_FILE_BYTES`]);
+/// `Ok(None)` when there is none.
 pub fn read(
     path: &Path,
     namespace: &str,
     fingerprint: &str,
 ) -> Result<Option<LkgContents>, LkgError> {
-    let io_err = |source| LkgError::Io {
-        path: path.to_path_buf(),
-        source,
+    read_with_limit(path, namespace, fingerprint, MAX_FILE_BYTES)
+}
+
+/// Reads and checks the file at `path`, refusing it past `max_bytes` (read up to one byte
+/// past the limit, never further); `Ok(None)` when there is none.
+pub fn read_with_limit(
+    path: &Path,
+    namespace: &str,
+    fingerprint: &str,
+    max_bytes: u64,
+) -> Result<Option<LkgContents>, LkgError> {
+    let bytes = match read_capped(path, max_bytes) {
+        Ok(b) => b,
+        Err(CappedError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(CappedError::Io(source)) => {
+            return Err(LkgError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(CappedError::NotRegular) => return Err(LkgError::NotRegular(path.to_path_buf())),
+        Err(CappedError::TooLarge(limit)) => return Err(LkgError::TooLarge(limit)),
     };
-    let len = match fs::metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(e)),
-    };
-    if len > MAX_FILE_BYTES {
-        return Err(LkgError::TooLarge(len));
-    }
-    let bytes = fs::read(path).map_err(io_err)?;
     decode(&bytes, namespace, fingerprint).map(Some)
 }
 
 /// Replaces the file at `path` with `bytes` atomically and durably: temp file in the same
-/// directory, fsync, rename over the target, fsync of the directory.
+/// directory, fsync, rename over the target, fsync of the directory. On Unix the temp file is
+/// created with mode 0600 (and never over an existing file), so the data is readable by its
+/// owner only from the first byte, and the renamed file keeps that mode.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -211,7 +273,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -253,10 +322,10 @@ mod tests {
         assert!(read(&path, "checkout", &key_fingerprint("sdk-key"))
             .unwrap()
             .is_none());
-        write_atomic(&path, &encode(&sample())).unwrap();
+        write_atomic(&path, &encode(&sample()).unwrap()).unwrap();
         let mut second = sample();
         second.revision = 43;
-        write_atomic(&path, &encode(&second)).unwrap();
+        write_atomic(&path, &encode(&second).unwrap()).unwrap();
         let back = read(&path, "checkout", &key_fingerprint("sdk-key"))
             .unwrap()
             .unwrap();
@@ -268,7 +337,7 @@ mod tests {
     #[test]
     fn every_fault_is_refused_with_its_reason() {
         let fp = key_fingerprint("sdk-key");
-        let good = encode(&sample());
+        let good = encode(&sample()).unwrap();
         assert!(decode(&good, "checkout", &fp).is_ok());
 
         // Any single flipped bit in the body breaks the checksum.
@@ -326,6 +395,124 @@ mod tests {
             decode(&odd, "checkout", &fp),
             Err(LkgError::Body(_))
         ));
+    }
+
+    /// A reader that never ends, counting what was taken from it (it fails past 64 MiB, so
+    /// that a reader ignoring the limit fails the test instead of exhausting the memory).
+    struct Endless<'a>(&'a mut u64);
+    impl Read for Endless<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if *self.0 > 64 << 20 {
+                return Err(io::Error::other("read 64 MiB from an endless reader"));
+            }
+            buf.fill(b'x');
+            *self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn reading_stops_one_byte_past_the_limit() {
+        let mut taken = 0;
+        assert!(matches!(
+            read_to_limit(Endless(&mut taken), 10_000),
+            Err(CappedError::TooLarge(10_000))
+        ));
+        assert_eq!(taken, 10_001, "read exactly one byte past the limit");
+        assert_eq!(read_to_limit(&b"12345"[..], 5).unwrap(), b"12345");
+        assert!(matches!(
+            read_to_limit(&b"123456"[..], 5),
+            Err(CappedError::TooLarge(5))
+        ));
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.lkg");
+        // A valid file, then one 1 GiB long (sparse: reading it whole would take a thousand
+        // times the limit in memory, and time).
+        write_atomic(&path, &encode(&sample()).unwrap()).unwrap();
+        let fp = key_fingerprint("sdk-key");
+        assert!(read_with_limit(&path, "checkout", &fp, 1 << 20)
+            .unwrap()
+            .is_some());
+        let len = fs::metadata(&path).unwrap().len();
+        assert!(matches!(
+            read_with_limit(&path, "checkout", &fp, len - 1),
+            Err(LkgError::TooLarge(_))
+        ));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            read_with_limit(&path, "checkout", &fp, 1 << 20),
+            Err(LkgError::TooLarge(l)) if l == 1 << 20
+        ));
+        assert!(matches!(
+            read(&path, "checkout", &fp),
+            Err(LkgError::TooLarge(MAX_FILE_BYTES))
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_fifos_are_refused_without_blocking() {
+        let fp = key_fingerprint("sdk-key");
+        // `/dev/zero` never ends and says it is 0 bytes long.
+        assert!(matches!(
+            read(Path::new("/dev/zero"), "checkout", &fp),
+            Err(LkgError::NotRegular(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A plain `open` of a FIFO blocks until a writer comes: run it on a thread and give
+        // up on it (the test fails) if it does not return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&fifo, "checkout", &key_fingerprint("sdk-key")).map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        assert!(matches!(got, Err(LkgError::NotRegular(_))), "{got:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.lkg");
+        // An older file readable by everyone is replaced by a private one.
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, &encode(&sample()).unwrap()).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        write_atomic(&path, &encode(&sample()).unwrap()).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        // (No mode is set after the rename: the file is the temp file, created 0600.)
+        // A failed write leaves no temp file behind: the target is a non-empty directory,
+        // which the rename cannot replace.
+        let target = dir.path().join("dir-target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("x"), b"x").unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     }
 
     #[test]

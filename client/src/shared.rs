@@ -33,6 +33,7 @@ pub(crate) struct Counters {
     pub lkg_writes: AtomicU64,
     pub lkg_write_errors: AtomicU64,
     pub malformed_responses: AtomicU64,
+    pub limits_exceeded: AtomicU64,
 }
 
 /// What became of an offered snapshot.
@@ -47,6 +48,8 @@ pub(crate) enum Offer {
     },
     /// Wrong namespace: refused.
     Foreign,
+    /// Beyond the configured limits: refused, the data held is kept.
+    Refused(String),
 }
 
 /// What became of a change event.
@@ -56,6 +59,8 @@ pub(crate) enum ChangeOutcome {
     Duplicate,
     /// A change between the held revision and this one was missed: resync.
     Gap,
+    /// The state it leads to is beyond the configured limits: refused, the data held is kept.
+    Refused(String),
 }
 
 pub(crate) struct Shared {
@@ -278,7 +283,11 @@ impl Shared {
         }
         let old_cluster = current.as_ref().and_then(|d| d.cluster_id.clone());
         let new_cluster = snap.cluster_id.clone();
-        let next = DataSet::from_snapshot(snap);
+        let next = match DataSet::from_snapshot(snap, &self.cfg.limits) {
+            Ok(next) => next,
+            Err(e) => return Offer::Refused(e.0),
+        };
+        self.note_oversized(&next);
         if !same_cluster {
             // A fresh start: the old proof says nothing about this cluster's data.
             self.as_of.store(NO_PROOF, Ordering::Release);
@@ -331,7 +340,11 @@ impl Shared {
         if change.prev_revision > held || cur.revision.is_none() {
             return ChangeOutcome::Gap;
         }
-        let next = cur.apply(change);
+        let next = match cur.apply(change, &self.cfg.limits) {
+            Ok(next) => next,
+            Err(e) => return ChangeOutcome::Refused(e.0),
+        };
+        self.note_oversized(&next);
         self.counters
             .changes_applied
             .fetch_add(1, Ordering::Relaxed);
@@ -339,7 +352,25 @@ impl Shared {
         ChangeOutcome::Applied
     }
 
-    /// Swaps `next` in and tells whoever listens: LKG writer, change listeners, events.
+    /// Logs and counts definitions that arrived too large to keep (they evaluate to
+    /// `PARSE_ERROR`; the rest of the data was accepted).
+    pub fn note_oversized(&self, data: &DataSet) {
+        if data.oversized.is_empty() {
+            return;
+        }
+        self.counters
+            .limits_exceeded
+            .fetch_add(data.oversized.len() as u64, Ordering::Relaxed);
+        let message = format!(
+            "{} definition(s) larger than {} bytes not kept; they evaluate to PARSE_ERROR: {}",
+            data.oversized.len(),
+            self.cfg.limits.max_definition_bytes,
+            data.oversized.join(", ")
+        );
+        tracing::warn!("{message}");
+        self.report_error(None, message);
+    }
+
     fn high_water(&self, cluster: &str) -> Option<u64> {
         let map = self.high_water.lock().unwrap_or_else(|p| p.into_inner());
         map.get(cluster).copied()
@@ -353,6 +384,7 @@ impl Shared {
         }
     }
 
+    /// Swaps `next` in and tells whoever listens: LKG writer, change listeners, events.
     fn install(&self, old: Option<Arc<DataSet>>, next: DataSet) {
         let _serial = self.transition_lock();
         self.raise_high_water(&next);

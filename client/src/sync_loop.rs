@@ -18,7 +18,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 use crate::backoff;
 use crate::events::Event;
 use crate::shared::{ChangeOutcome, Offer, Shared};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseError, SseEvent, SseParser};
 use crate::wire::{WireChange, WireHeartbeat, WireSnapshot};
 
 /// Why a session with one endpoint ended.
@@ -34,6 +34,8 @@ pub(crate) enum SessionEnd {
     Auth(u16),
     #[error("malformed response: {0}")]
     Malformed(String),
+    #[error("refused, beyond the client's limits: {0}")]
+    OverLimit(String),
     #[error("node is behind: offered revision {offered}, held {held}")]
     Lagging { held: u64, offered: u64 },
     #[error("missed a change (previous change {prev}, held {held}); resynchronising")]
@@ -102,6 +104,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     .malformed_responses
                     .fetch_add(1, Ordering::Relaxed);
             }
+            SessionEnd::OverLimit(why) => {
+                shared
+                    .counters
+                    .limits_exceeded
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(endpoint = %ep, "flagstaff data refused, beyond the client's limits: {why}");
+            }
             _ => {}
         }
         shared.report_error(Some(ep), end.to_string());
@@ -154,14 +163,26 @@ fn error_code(body: &[u8]) -> Option<String> {
     Some(v.get("error")?.get("code")?.as_str()?.to_string())
 }
 
-/// Reads a body, refusing one larger than the limit.
+/// Largest error body read (for its error code).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads a body as it streams in, abandoning it at the first chunk past `max` bytes (or at
+/// once when its `Content-Length` says it is larger). The caller bounds the time it takes.
 async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, SessionEnd> {
+    let too_large = || SessionEnd::OverLimit(format!("response body larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > max {
-            return Err(SessionEnd::Malformed(format!(
-                "body larger than {max} bytes"
-            )));
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            SessionEnd::Timeout
+        } else {
+            SessionEnd::Http(e)
+        }
+    })? {
+        if body.len().saturating_add(chunk.len()) > max {
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
@@ -239,10 +260,13 @@ async fn pull(shared: &Shared, http: &reqwest::Client, ep: &str) -> Result<Pull,
             shared.confirm(*rev, proof);
             return Ok(Pull::NotModified);
         }
-        let body = read_limited(resp, shared.cfg.max_body_bytes).await?;
         if !status.is_success() {
+            // The error code is in the first bytes, if anywhere: read no more than that.
+            let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
             return Err(status_error(status, &body));
         }
+        // The request's timeout covers the body too.
+        let body = read_limited(resp, shared.cfg.limits.max_snapshot_bytes).await?;
         let snap = WireSnapshot::parse(&body).map_err(|e| SessionEnd::Malformed(e.to_string()))?;
         if let Some(c) = &cluster {
             if *c != snap.cluster_id {
@@ -267,6 +291,7 @@ async fn pull(shared: &Shared, http: &reqwest::Client, ep: &str) -> Result<Pull,
             Offer::Foreign => Err(SessionEnd::Malformed(
                 "snapshot for another namespace".into(),
             )),
+            Offer::Refused(why) => Err(SessionEnd::OverLimit(why)),
         };
     }
 }
@@ -299,7 +324,15 @@ async fn watch(shared: &Shared, http: &reqwest::Client, ep: &str) -> Watch {
         return Watch::Unsupported;
     }
     if !status.is_success() {
-        let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+        // Nothing bounds the time of a stream request's body but this.
+        let body = tokio::time::timeout(
+            shared.cfg.request_timeout,
+            read_limited(resp, MAX_ERROR_BODY),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
         return Watch::Ended(status_error(status, &body));
     }
     let stream_cluster = header(resp.headers(), "flagstaff-cluster").map(str::to_string);
@@ -324,7 +357,7 @@ async fn follow(
     stream_cluster: Option<String>,
 ) -> SessionEnd {
     let silence = shared.cfg.heartbeat_timeout;
-    let mut parser = SseParser::new(shared.cfg.max_body_bytes);
+    let mut parser = SseParser::new(shared.cfg.limits.max_snapshot_bytes);
     let mut events = Vec::new();
     let next_deadline = || {
         Instant::now()
@@ -339,11 +372,17 @@ async fn follow(
             Ok(Ok(None)) => return SessionEnd::Closed,
             Ok(Ok(Some(c))) => c,
         };
-        if let Err(e) = parser.push(&chunk, &mut events) {
-            return SessionEnd::Malformed(e.to_string());
+        match parser.push(&chunk, &mut events) {
+            Ok(()) => {}
+            Err(e @ SseError::TooLarge(_)) => return SessionEnd::OverLimit(e.to_string()),
+            Err(e) => return SessionEnd::Malformed(e.to_string()),
         }
         for ev in events.drain(..) {
-            deadline = next_deadline();
+            // Only what the protocol defines proves the stream alive: a node sending nothing
+            // but unknown events (or comments) is as good as silent.
+            if matches!(ev.event.as_str(), "snapshot" | "change" | "heartbeat") {
+                deadline = next_deadline();
+            }
             if let Err(end) = handle_event(shared, &ev, stream_cluster.as_deref()) {
                 return end;
             }
@@ -372,6 +411,7 @@ fn handle_event(
                 Offer::Foreign => Err(SessionEnd::Malformed(
                     "snapshot event for another namespace".into(),
                 )),
+                Offer::Refused(why) => Err(SessionEnd::OverLimit(why)),
             }
         }
         "change" => {
@@ -397,6 +437,7 @@ fn handle_event(
                     held: held_rev,
                     prev,
                 }),
+                ChangeOutcome::Refused(why) => Err(SessionEnd::OverLimit(why)),
             }
         }
         "heartbeat" => {

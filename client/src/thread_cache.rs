@@ -105,7 +105,10 @@ mod tests {
     fn install(s: &Shared, on: bool) {
         let doc = json!({"flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
                                          "defaultVariant": if on { "on" } else { "off" }}}});
-        s.install_initial(DataSet::from_flagd_document(&doc).unwrap(), None);
+        s.install_initial(
+            DataSet::from_flagd_document(&doc, &crate::config::Limits::default()).unwrap(),
+            None,
+        );
     }
 
     fn eval(s: &Shared) -> Option<bool> {

@@ -5,8 +5,31 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+
+use crate::data_set::RawDef;
+
+/// Flag key → definition, each definition kept as its compact text as soon as it is read, so
+/// a snapshot never stands in memory as one `Value` tree (about 20 times its text).
+fn raw_defs<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, RawDef>, D::Error> {
+    struct Defs;
+    impl<'de> Visitor<'de> for Defs {
+        type Value = BTreeMap<String, RawDef>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of flag definitions")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                out.insert(k, RawDef::new(&v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Defs)
+}
 
 /// A whole namespace at one revision, as `GET …/snapshot` and the `snapshot` event send it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -18,8 +41,8 @@ pub struct WireSnapshot {
     /// The cluster-wide revision the namespace is at.
     pub revision: u64,
     /// Flag key → flagd flag definition.
-    #[serde(default)]
-    pub flags: BTreeMap<String, Value>,
+    #[serde(default, deserialize_with = "raw_defs")]
+    pub(crate) flags: BTreeMap<String, RawDef>,
     /// Segment key → JsonLogic rule.
     #[serde(default)]
     pub segments: BTreeMap<String, Value>,
@@ -29,8 +52,8 @@ pub struct WireSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct WireUpserted {
     /// Flag key → new definition.
-    #[serde(default)]
-    pub flags: BTreeMap<String, Value>,
+    #[serde(default, deserialize_with = "raw_defs")]
+    pub(crate) flags: BTreeMap<String, RawDef>,
     /// Segment key → new rule.
     #[serde(default)]
     pub segments: BTreeMap<String, Value>,

@@ -31,7 +31,7 @@ fn write_lkg(path: &std::path::Path, ns: &str, key: &str, cluster: &str, revisio
         ]),
         segments: BTreeMap::new(),
     };
-    lkg::write_atomic(path, &lkg::encode(&contents)).unwrap();
+    lkg::write_atomic(path, &lkg::encode(&contents).unwrap()).unwrap();
 }
 
 fn bootstrap() -> serde_json::Value {
@@ -275,7 +275,7 @@ async fn an_lkg_file_claiming_a_future_proof_is_taken_as_of_unknown_age() {
         flags: BTreeMap::from([("f".to_string(), bool_flag("on"))]),
         segments: BTreeMap::new(),
     };
-    lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+    lkg::write_atomic(&path, &lkg::encode(&contents).unwrap()).unwrap();
     let client = Client::builder("checkout", "key")
         .lkg_file(&path)
         .build()
@@ -293,7 +293,7 @@ async fn an_lkg_file_claiming_a_future_proof_is_taken_as_of_unknown_age() {
         .unwrap()
         .as_millis() as u64;
     contents.data_as_of_unix_ms = Some(now);
-    lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+    lkg::write_atomic(&path, &lkg::encode(&contents).unwrap()).unwrap();
     let client = Client::builder("checkout", "key")
         .lkg_file(&path)
         .build()

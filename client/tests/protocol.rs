@@ -272,7 +272,7 @@ async fn a_new_cluster_id_is_a_fresh_start() {
         flags: BTreeMap::from([("f".to_string(), bool_flag("off"))]),
         segments: BTreeMap::new(),
     };
-    lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+    lkg::write_atomic(&path, &lkg::encode(&contents).unwrap()).unwrap();
     let node = FakeNode::start(
         "rebuilt-cluster",
         "checkout",
@@ -350,7 +350,7 @@ async fn garbage_from_the_server_never_panics_or_regresses() {
             c.backoff_min = Duration::from_millis(5);
             c.backoff_max = Duration::from_millis(20);
             c.heartbeat_timeout = Duration::from_millis(300);
-            c.max_body_bytes = 64 << 10;
+            c.limits.max_snapshot_bytes = 64 << 10;
             c
         })
         .build()
@@ -494,7 +494,7 @@ mod arbitrary_responses {
                     flags: BTreeMap::from([("f".to_string(), bool_flag("on"))]),
                     segments: BTreeMap::new(),
                 };
-                lkg::write_atomic(&path, &lkg::encode(&contents)).unwrap();
+                lkg::write_atomic(&path, &lkg::encode(&contents).unwrap()).unwrap();
                 let node = FakeNode::start("c1", "checkout", 5, json!({"f": bool_flag("on")})).await;
                 let mut headers = Vec::new();
                 if let Some(c) = cluster_header {

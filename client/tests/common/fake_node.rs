@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -24,6 +25,18 @@ pub enum SnapshotMode {
     Normal,
     /// This status, headers and body, verbatim.
     Raw(u16, Vec<(String, String)>, Vec<u8>),
+    /// 200 with the usual headers and a body that never ends (no `Content-Length`).
+    Endless,
+    /// 200 with the usual headers, one byte of body, then nothing, the connection kept open.
+    Stall,
+}
+
+/// A body that sends `first`, then never another byte nor its end.
+fn stalled(first: &'static [u8]) -> Body {
+    Body::from_stream(
+        futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from_static(first)) })
+            .chain(futures::stream::pending()),
+    )
 }
 
 pub struct FakeState {
@@ -35,6 +48,8 @@ pub struct FakeState {
     pub snapshot: SnapshotMode,
     /// Whether `/watch` exists (404 otherwise).
     pub watch: bool,
+    /// `/watch` answers 500 with an error body that stalls after its first byte.
+    pub watch_stalled_error: bool,
     pub watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     pub snapshot_requests: Vec<Option<u64>>,
     pub watch_requests: Vec<Option<u64>>,
@@ -57,6 +72,7 @@ impl FakeNode {
             staleness_ms: 50,
             snapshot: SnapshotMode::Normal,
             watch: true,
+            watch_stalled_error: false,
             watchers: Vec::new(),
             snapshot_requests: Vec::new(),
             watch_requests: Vec::new(),
@@ -150,6 +166,12 @@ async fn snapshot(
     s.snapshot_requests.push(min);
     match s.snapshot.clone() {
         SnapshotMode::Raw(status, h, body) => respond(status, h, Body::from(body)),
+        SnapshotMode::Endless => {
+            let chunk = Bytes::from(vec![b' '; 16 << 10]);
+            let endless = futures::stream::repeat(chunk).map(Ok::<_, Infallible>);
+            respond(200, headers_for(&s), Body::from_stream(endless))
+        }
+        SnapshotMode::Stall => respond(200, headers_for(&s), stalled(b"{")),
         SnapshotMode::Normal => {
             if min.is_some_and(|m| m > s.revision) {
                 return respond(
@@ -181,6 +203,9 @@ async fn watch(
     s.watch_requests.push(since);
     if !s.watch {
         return respond(404, vec![], Body::from("{}"));
+    }
+    if s.watch_stalled_error {
+        return respond(500, headers_for(&s), stalled(b"{"));
     }
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     if since != Some(s.revision) {
