@@ -1,6 +1,7 @@
 //! A standalone compiled JsonLogic rule, evaluated to a JSON value (segment previews, tests).
 
 use crate::context::Context;
+use crate::evaluation::{ErrorCode, EvaluationError};
 use crate::fault::Fault;
 use crate::rule::compile::{Compiler, RefLookup};
 use crate::rule::eval::{eval_targeting, Env};
@@ -27,15 +28,22 @@ impl CompiledRule {
         }
     }
 
-    /// Evaluates the rule against `ctx`, with `flag_key` as `$flagd.flagKey`. Never fails:
-    /// like JsonLogic, invalid operands produce `null` or `false`. Numbers that are not finite
-    /// become `null`, as in JSON.
-    pub fn evaluate(&self, ctx: &Context, flag_key: &str) -> Value {
-        let env = Env {
-            data: ctx.attributes(),
-            flag_key,
-            timestamp: ctx.timestamp(),
-        };
-        eval_targeting(&self.node, &env).0.into_val().to_json()
+    /// Evaluates the rule against `ctx`, with `flag_key` as `$flagd.flagKey`. Like JsonLogic,
+    /// invalid operands produce `null` or `false`, and numbers that are not finite become
+    /// `null`, as in JSON. Fails only when the evaluation exceeds its budget
+    /// ([`crate::limits`]): `GENERAL`, with what was exceeded.
+    pub fn evaluate(&self, ctx: &Context, flag_key: &str) -> Result<Value, EvaluationError> {
+        let env = Env::new(ctx.attributes(), flag_key, ctx.timestamp());
+        let value = eval_targeting(&self.node, &env)
+            .0
+            .into_val()
+            .to_json(&env.budget);
+        match env.budget.exceeded() {
+            None => Ok(value),
+            Some(why) => Err(EvaluationError::new(
+                ErrorCode::General,
+                format!("the rule's evaluation was stopped: {}", why.describe()),
+            )),
+        }
     }
 }

@@ -4,6 +4,7 @@ use crate::context::Context;
 use crate::evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
 use crate::fault::{Fault, Faults};
 use crate::flag::{compile_flag, CompiledFlag, VariantType};
+use crate::limits::Budget;
 use crate::refs::find_ref_cycle;
 use crate::rule::compile::{short_json, Compiler, RefLookup};
 use crate::rule::eval::{eval_targeting, Env, Outcome};
@@ -289,12 +290,17 @@ impl FlagSet {
                 default(Reason::Default)
             };
         };
-        let env = Env {
-            data: ctx.attributes(),
-            flag_key: &flag.key,
-            timestamp: ctx.timestamp(),
-        };
+        let env = Env::new(ctx.attributes(), &flag.key, ctx.timestamp());
         let (outcome, split) = eval_targeting(targeting, &env);
+        if let Some(why) = env.budget.exceeded() {
+            return self.error(&flag.metadata, ErrorCode::General, || {
+                format!(
+                    "evaluation of flag \"{}\" was stopped: {}",
+                    flag.key,
+                    why.describe()
+                )
+            });
+        }
         let result = match outcome {
             // A constant variant name was resolved to its index when the flag was compiled.
             Outcome::Variant(i, _) => {
@@ -320,13 +326,13 @@ impl FlagSet {
             Val::Bool(true) => "true",
             Val::Bool(false) => "false",
             Val::Str(s) => s,
-            Val::String(s) => s.as_str(),
+            Val::String(s) => s,
             other => {
                 return self.error(&flag.metadata, ErrorCode::General, || {
                     format!(
                         "targeting of flag \"{}\" returned {}, which is not a variant name",
                         flag.key,
-                        short_json(&other.to_json())
+                        describe(other)
                     )
                 })
             }
@@ -462,6 +468,17 @@ impl FlagSet {
         self.typed(key, ctx, default, VariantType::Object, |v| {
             v.is_object().then_some(v)
         })
+    }
+}
+
+/// A computed value shortened for a message, with a small budget of its own: it may be huge.
+fn describe(v: &Val<'_>) -> String {
+    let budget = Budget::with(1_000, 4_096);
+    let json = v.to_json(&budget);
+    if budget.ok() {
+        short_json(&json)
+    } else {
+        "a value too large to show".to_string()
     }
 }
 

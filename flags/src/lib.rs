@@ -30,6 +30,7 @@ mod evaluation;
 mod fault;
 mod flag;
 mod flag_set;
+pub mod limits;
 mod murmur3;
 mod refs;
 mod rule;

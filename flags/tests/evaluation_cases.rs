@@ -51,7 +51,13 @@ fn operator_cases() {
                 continue;
             }
         };
-        let got = rule.evaluate(&context(&case[2], timestamp), flag_key);
+        let got = match rule.evaluate(&context(&case[2], timestamp), flag_key) {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
         if !same(&got, &case[3]) {
             failures.push(format!("{name}: expected {}, got {got}", case[3]));
         }

@@ -7,6 +7,7 @@
 
 use super::value::{write_js_number, Val};
 use super::{Fractional, Node, PathPart, Weight};
+use crate::limits::Budget;
 use crate::murmur3::murmur3_x86_32;
 use crate::semver;
 use serde_json::{Map, Value};
@@ -18,6 +19,19 @@ pub(crate) struct Env<'a> {
     pub(crate) flag_key: &'a str,
     /// Unix seconds, for `$flagd.timestamp`.
     pub(crate) timestamp: i64,
+    /// What the evaluation may still spend; see `crate::limits`.
+    pub(crate) budget: Budget,
+}
+
+impl<'a> Env<'a> {
+    pub(crate) fn new(data: &'a Map<String, Value>, flag_key: &'a str, timestamp: i64) -> Self {
+        Self {
+            data,
+            flag_key,
+            timestamp,
+            budget: Budget::new(),
+        }
+    }
 }
 
 /// The data `var` reads: the context, or an element inside `map`/`filter`/`all`/`some`/`none`,
@@ -62,6 +76,9 @@ pub(crate) fn eval_targeting<'a>(node: &'a Node, env: &Env<'a>) -> (Outcome<'a>,
 }
 
 fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Outcome<'a>, bool) {
+    if !env.budget.step() {
+        return (Outcome::Value(Val::Null), false);
+    }
     match node {
         Node::Variant { index, name } => (Outcome::Variant(*index, name), false),
         Node::If(args) => {
@@ -100,6 +117,9 @@ fn eval_result<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> (Outcom
 /// borrowed, so the usual conditions (`in` a list, `ends_with`, `==` a string) never build a
 /// `Val`. Anything else is evaluated and then tested, with identical meaning.
 fn truthy<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> bool {
+    if !env.budget.step() {
+        return false;
+    }
     match node {
         Node::Bool(b) => *b,
         // `and` returns its first falsy operand or its last: truthy exactly when all are.
@@ -109,8 +129,8 @@ fn truthy<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> bool {
         Node::Not(a) => !truthy(a, env, data),
         Node::Truthy(a) => truthy(a, env, data),
         Node::InStrings(needle, set) => match borrowed_str(needle, env, data) {
-            Some(s) => s.is_some_and(|s| set.iter().any(|x| x.as_ref() == s)),
-            None => in_strings(&eval(needle, env, data), set),
+            Some(s) => s.is_some_and(|s| in_set(s, set, env)),
+            None => in_strings(&eval(needle, env, data), set, env),
         },
         Node::StartsWith(ab) | Node::EndsWith(ab) => {
             let starts = matches!(node, Node::StartsWith(_));
@@ -119,7 +139,7 @@ fn truthy<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> bool {
                 borrowed_str(&ab[1], env, data),
             ) {
                 (Some(a), Some(b)) => match (a, b) {
-                    (Some(a), Some(b)) => affix(starts, a, b),
+                    (Some(a), Some(b)) => affix(starts, a, b, env),
                     _ => false,
                 },
                 _ => eval(node, env, data).truthy(),
@@ -167,7 +187,8 @@ fn attribute<'a>(data: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 const SCAN_ATTRIBUTES: usize = 16;
 
-fn affix(starts: bool, a: &str, b: &str) -> bool {
+fn affix(starts: bool, a: &str, b: &str, env: &Env<'_>) -> bool {
+    env.budget.scan(b.len());
     if starts {
         a.starts_with(b)
     } else {
@@ -175,19 +196,29 @@ fn affix(starts: bool, a: &str, b: &str) -> bool {
     }
 }
 
-fn in_strings(needle: &Val<'_>, set: &[Box<str>]) -> bool {
+fn in_strings(needle: &Val<'_>, set: &[Box<str>], env: &Env<'_>) -> bool {
     match needle.as_str() {
-        Some(s) => set.iter().any(|x| x.as_ref() == s),
+        Some(s) => in_set(s, set, env),
         None => false,
     }
+}
+
+/// Whether `s` is one of a constant list's strings: a step per 16 entries compared.
+#[inline]
+fn in_set(s: &str, set: &[Box<str>], env: &Env<'_>) -> bool {
+    env.budget.work(1 + (set.len() as u64 >> 4)) && set.iter().any(|x| x.as_ref() == s)
 }
 
 fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
     // The common operators stay in this small function; the rest live in `eval_other`, so
     // the recursive hot path keeps a small stack frame.
+    if !env.budget.step() {
+        return Val::Null;
+    }
+    let b = &env.budget;
     match node {
         Node::Null => Val::Null,
-        Node::Bool(b) => Val::Bool(*b),
+        Node::Bool(v) => Val::Bool(*v),
         Node::Num(n) => Val::Num(*n),
         Node::Str(s) | Node::Variant { name: s, .. } => Val::Str(s),
         Node::Json(v) => Val::from_json(v),
@@ -198,17 +229,19 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
         Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
             eval_result(node, env, data).0.into_val()
         }
-        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
+        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data), b)),
         Node::StrictEq(ab) => {
-            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data), b))
         }
         Node::Not(a) => Val::Bool(!truthy(a, env, data)),
         Node::InStrings(..) => Val::Bool(truthy(node, env, data)),
         Node::StartsWith(ab) | Node::EndsWith(ab) => {
-            let a = eval(&ab[0], env, data);
-            let b = eval(&ab[1], env, data);
-            match (a.as_str(), b.as_str()) {
-                (Some(a), Some(b)) => Val::Bool(affix(matches!(node, Node::StartsWith(_)), a, b)),
+            let x = eval(&ab[0], env, data);
+            let y = eval(&ab[1], env, data);
+            match (x.as_str(), y.as_str()) {
+                (Some(x), Some(y)) => {
+                    Val::Bool(affix(matches!(node, Node::StartsWith(_)), x, y, env))
+                }
                 _ => Val::Null,
             }
         }
@@ -219,13 +252,14 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
 
 #[inline(never)]
 fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
+    let b = &env.budget;
     match node {
         Node::Null => Val::Null,
-        Node::Bool(b) => Val::Bool(*b),
+        Node::Bool(v) => Val::Bool(*v),
         Node::Num(n) => Val::Num(*n),
         Node::Str(s) | Node::Variant { name: s, .. } => Val::Str(s),
         Node::Json(v) => Val::from_json(v),
-        Node::Array(items) => Val::List(items.iter().map(|n| eval(n, env, data)).collect()),
+        Node::Array(items) => Val::list(items.iter().map(|n| eval(n, env, data)).collect(), b),
         Node::Var { path, default } => match lookup(env, data, path.parts.iter().map(part)) {
             Some(v) => v,
             None => default.as_ref().map_or(Val::Null, |d| eval(d, env, data)),
@@ -235,11 +269,11 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             let found = match &p {
                 Val::Null => lookup(env, data, std::iter::empty()),
                 Val::Num(_) => {
-                    let text = p.to_js_string();
-                    lookup(env, data, split(&text))
+                    let text = p.to_js_string(b);
+                    lookup(env, data, split(&text, b))
                 }
                 other => match other.as_str() {
-                    Some(text) => lookup(env, data, split(text)),
+                    Some(text) => lookup(env, data, split(text, b)),
                     None => None,
                 },
             };
@@ -252,26 +286,26 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
         Node::Timestamp => Val::Num(env.timestamp as f64),
         Node::Missing(args) => missing(args, env, data),
         Node::MissingSome(need, keys) => {
-            let need = eval(need, env, data).to_number();
+            let need = eval(need, env, data).to_number(b);
             let keys = eval(keys, env, data);
             let total = keys.array_len().unwrap_or(0);
             let absent = missing_keys(&keys, env, data);
             if (total - absent.len()) as f64 >= need {
-                Val::List(Vec::new())
+                Val::empty_list()
             } else {
-                Val::List(absent)
+                Val::list(absent, b)
             }
         }
         Node::If(_) | Node::Or(_) | Node::And(_) | Node::Fractional(_) => {
             eval_result(node, env, data).0.into_val()
         }
-        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
-        Node::Ne(ab) => Val::Bool(!eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data))),
+        Node::Eq(ab) => Val::Bool(eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data), b)),
+        Node::Ne(ab) => Val::Bool(!eval(&ab[0], env, data).loose_eq(&eval(&ab[1], env, data), b)),
         Node::StrictEq(ab) => {
-            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+            Val::Bool(eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data), b))
         }
         Node::StrictNe(ab) => {
-            Val::Bool(!eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data)))
+            Val::Bool(!eval(&ab[0], env, data).strict_eq(&eval(&ab[1], env, data), b))
         }
         Node::Not(a) => Val::Bool(!eval(a, env, data).truthy()),
         Node::Truthy(a) => Val::Bool(eval(a, env, data).truthy()),
@@ -282,23 +316,23 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
                 Some(std::cmp::Ordering::Equal) => !strict,
                 _ => false,
             };
-            let a = eval(&args[0], env, data);
-            let b = eval(&args[1], env, data);
-            let first = holds(a.js_cmp(&b));
+            let x = eval(&args[0], env, data);
+            let y = eval(&args[1], env, data);
+            let first = holds(x.js_cmp(&y, b));
             match args.get(2) {
                 None => Val::Bool(first),
                 Some(c) => {
-                    let c = eval(c, env, data);
-                    Val::Bool(first && holds(b.js_cmp(&c)))
+                    let z = eval(c, env, data);
+                    Val::Bool(first && holds(y.js_cmp(&z, b)))
                 }
             }
         }
         Node::Greater(ab) => {
-            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data));
+            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data), b);
             Val::Bool(o == Some(std::cmp::Ordering::Greater))
         }
         Node::GreaterEq(ab) => {
-            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data));
+            let o = eval(&ab[0], env, data).js_cmp(&eval(&ab[1], env, data), b);
             Val::Bool(matches!(
                 o,
                 Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
@@ -307,35 +341,38 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
         Node::In(ab) => {
             let needle = eval(&ab[0], env, data);
             let hay = eval(&ab[1], env, data);
-            Val::Bool(contains(&hay, &needle))
+            Val::Bool(contains(&hay, &needle, b))
         }
-        Node::InStrings(needle, set) => Val::Bool(in_strings(&eval(needle, env, data), set)),
+        Node::InStrings(needle, set) => Val::Bool(in_strings(&eval(needle, env, data), set, env)),
         Node::Cat(args) => {
             let mut out = String::new();
             for a in args {
-                eval(a, env, data).write_js(&mut out, true);
+                if !eval(a, env, data).write_js(&mut out, true, b) {
+                    return Val::Null;
+                }
             }
-            Val::String(out)
+            // The bytes were charged as they were written.
+            Val::String(out.into())
         }
         Node::Substr(args) => substr(args, env, data),
-        Node::Add(args) => Val::Num(args.iter().map(|a| eval(a, env, data).parse_float()).sum()),
+        Node::Add(args) => Val::Num(args.iter().map(|a| eval(a, env, data).parse_float(b)).sum()),
         Node::Mul(args) => Val::Num(
             args.iter()
-                .map(|a| eval(a, env, data).parse_float())
+                .map(|a| eval(a, env, data).parse_float(b))
                 .product(),
         ),
         Node::Sub(args) => {
-            let a = eval(&args[0], env, data).to_number();
+            let x = eval(&args[0], env, data).to_number(b);
             match args.get(1) {
-                None => Val::Num(-a),
-                Some(b) => Val::Num(a - eval(b, env, data).to_number()),
+                None => Val::Num(-x),
+                Some(y) => Val::Num(x - eval(y, env, data).to_number(b)),
             }
         }
         Node::Div(ab) => {
-            Val::Num(eval(&ab[0], env, data).to_number() / eval(&ab[1], env, data).to_number())
+            Val::Num(eval(&ab[0], env, data).to_number(b) / eval(&ab[1], env, data).to_number(b))
         }
         Node::Mod(ab) => {
-            Val::Num(eval(&ab[0], env, data).to_number() % eval(&ab[1], env, data).to_number())
+            Val::Num(eval(&ab[0], env, data).to_number(b) % eval(&ab[1], env, data).to_number(b))
         }
         Node::Min(args) | Node::Max(args) => {
             let is_min = matches!(node, Node::Min(_));
@@ -345,7 +382,7 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
                 f64::NEG_INFINITY
             };
             for a in args {
-                let x = eval(a, env, data).to_number();
+                let x = eval(a, env, data).to_number(b);
                 if x.is_nan() {
                     return Val::Num(f64::NAN);
                 }
@@ -358,31 +395,42 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             for a in args {
                 let v = eval(a, env, data);
                 match v.array_len() {
-                    Some(n) => out.extend((0..n).filter_map(|i| v.element(i))),
+                    Some(n) => {
+                        if !b.work(n as u64) {
+                            return Val::Null;
+                        }
+                        out.extend((0..n).filter_map(|i| v.element(i)));
+                    }
                     None => out.push(v),
                 }
             }
-            Val::List(out)
+            Val::list(out, b)
         }
         Node::Map(pair) => {
             let list = eval(&pair[0], env, data);
             let n = list.array_len().unwrap_or(0);
-            Val::List(
-                (0..n)
-                    .filter_map(|i| list.element(i))
-                    .map(|item| eval(&pair[1], env, Data::Item(&item)))
-                    .collect(),
-            )
+            let mut out = Vec::new();
+            for item in (0..n).filter_map(|i| list.element(i)) {
+                if !b.ok() {
+                    return Val::Null;
+                }
+                out.push(eval(&pair[1], env, Data::Item(&item)));
+            }
+            Val::list(out, b)
         }
         Node::Filter(pair) => {
             let list = eval(&pair[0], env, data);
             let n = list.array_len().unwrap_or(0);
-            Val::List(
-                (0..n)
-                    .filter_map(|i| list.element(i))
-                    .filter(|item| eval(&pair[1], env, Data::Item(item)).truthy())
-                    .collect(),
-            )
+            let mut out = Vec::new();
+            for item in (0..n).filter_map(|i| list.element(i)) {
+                if !b.ok() {
+                    return Val::Null;
+                }
+                if eval(&pair[1], env, Data::Item(&item)).truthy() {
+                    out.push(item);
+                }
+            }
+            Val::list(out, b)
         }
         Node::All(pair) | Node::Some(pair) | Node::None(pair) => {
             let list = eval(&pair[0], env, data);
@@ -390,6 +438,9 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             let mut any_true = false;
             let mut all_true = true;
             for item in (0..n).filter_map(|i| list.element(i)) {
+                if !b.ok() {
+                    return Val::Null;
+                }
                 if eval(&pair[1], env, Data::Item(&item)).truthy() {
                     any_true = true;
                 } else {
@@ -408,6 +459,9 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             let mut acc = eval(&args[2], env, data);
             let n = list.array_len().unwrap_or(0);
             for item in (0..n).filter_map(|i| list.element(i)) {
+                if !b.ok() {
+                    return Val::Null;
+                }
                 acc = eval(
                     &args[1],
                     env,
@@ -420,14 +474,12 @@ fn eval_other<'a>(node: &'a Node, env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> 
             acc
         }
         Node::StartsWith(ab) | Node::EndsWith(ab) => {
-            let a = eval(&ab[0], env, data);
-            let b = eval(&ab[1], env, data);
-            match (a.as_str(), b.as_str()) {
-                (Some(a), Some(b)) => Val::Bool(if matches!(node, Node::StartsWith(_)) {
-                    a.starts_with(b)
-                } else {
-                    a.ends_with(b)
-                }),
+            let x = eval(&ab[0], env, data);
+            let y = eval(&ab[1], env, data);
+            match (x.as_str(), y.as_str()) {
+                (Some(x), Some(y)) => {
+                    Val::Bool(affix(matches!(node, Node::StartsWith(_)), x, y, env))
+                }
                 _ => Val::Null,
             }
         }
@@ -440,8 +492,9 @@ fn part(p: &PathPart) -> (&str, Option<usize>) {
     (&p.key, p.index)
 }
 
-fn split(text: &str) -> impl Iterator<Item = (&str, Option<usize>)> {
-    let parts = if text.is_empty() {
+/// A computed `var` path split at dots, its scan charged to `b`.
+fn split<'t>(text: &'t str, b: &Budget) -> impl Iterator<Item = (&'t str, Option<usize>)> {
+    let parts = if text.is_empty() || !b.scan(text.len()) {
         None
     } else {
         Some(text.split('.'))
@@ -486,28 +539,33 @@ fn lookup<'a, 'k>(
 
 fn missing<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
     // json-logic-js: when the first argument is an array, it is the list of keys.
+    let b = &env.budget;
     let first = args.first().map(|a| eval(a, env, data));
     if let Some(f) = &first {
         if f.array_len().is_some() {
-            return Val::List(missing_keys(f, env, data));
+            return Val::list(missing_keys(f, env, data), b);
         }
     }
     let keys: Vec<Val<'a>> = first
         .into_iter()
         .chain(args.iter().skip(1).map(|a| eval(a, env, data)))
         .collect();
-    Val::List(missing_keys(&Val::List(keys), env, data))
+    Val::list(missing_keys(&Val::list(keys, b), env, data), b)
 }
 
 fn missing_keys<'a>(keys: &Val<'a>, env: &Env<'a>, data: Data<'a, '_>) -> Vec<Val<'a>> {
+    let b = &env.budget;
     let n = keys.array_len().unwrap_or(0);
     let mut out = Vec::new();
     for key in (0..n).filter_map(|i| keys.element(i)) {
+        if !b.step() {
+            break;
+        }
         let text = match key.as_str() {
             Some(s) => s.to_string(),
-            None => key.to_js_string(),
+            None => key.to_js_string(b),
         };
-        let absent = match lookup(env, data, split(&text)) {
+        let absent = match lookup(env, data, split(&text, b)) {
             None | Some(Val::Null) => true,
             Some(v) => v.as_str() == Some(""),
         };
@@ -518,17 +576,20 @@ fn missing_keys<'a>(keys: &Val<'a>, env: &Env<'a>, data: Data<'a, '_>) -> Vec<Va
     out
 }
 
-fn contains(hay: &Val<'_>, needle: &Val<'_>) -> bool {
+fn contains(hay: &Val<'_>, needle: &Val<'_>, b: &Budget) -> bool {
     if let Some(h) = hay.as_str() {
+        if !b.scan(h.len()) {
+            return false;
+        }
         return match needle.as_str() {
             Some(n) => h.contains(n),
-            None => h.contains(needle.to_js_string().as_str()),
+            None => h.contains(needle.to_js_string(b).as_str()),
         };
     }
     match hay.array_len() {
         Some(n) => (0..n)
             .filter_map(|i| hay.element(i))
-            .any(|x| x.strict_eq(needle)),
+            .any(|x| x.strict_eq(needle, b)),
         None => false,
     }
 }
@@ -536,11 +597,15 @@ fn contains(hay: &Val<'_>, needle: &Val<'_>) -> bool {
 /// json-logic-js `substr(source, start, end)`: JavaScript `String.prototype.substr`, with a
 /// negative `end` dropping that many characters from the end. Counts Unicode scalar values.
 fn substr<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
-    let source = eval(&args[0], env, data).to_js_string();
+    let b = &env.budget;
+    let source = eval(&args[0], env, data).to_js_string(b);
+    if !b.alloc(source.len() as u64 * 4) {
+        return Val::Null;
+    }
     let chars: Vec<char> = source.chars().collect();
     let len = chars.len() as f64;
     let to_int = |x: f64| if x.is_nan() { 0.0 } else { x.trunc() };
-    let start = to_int(eval(&args[1], env, data).to_number());
+    let start = to_int(eval(&args[1], env, data).to_number(b));
     let start = if start < 0.0 {
         (len + start).max(0.0)
     } else {
@@ -549,7 +614,7 @@ fn substr<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
     let end = match args.get(2) {
         None => chars.len(),
         Some(e) => {
-            let e = to_int(eval(e, env, data).to_number());
+            let e = to_int(eval(e, env, data).to_number(b));
             let rest = (chars.len() - start) as f64;
             let take = if e < 0.0 {
                 (rest + e).max(0.0)
@@ -559,23 +624,26 @@ fn substr<'a>(args: &'a [Node], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
             start + take as usize
         }
     };
-    Val::String(chars[start..end].iter().collect())
+    Val::string(chars[start..end].iter().collect(), b)
 }
 
 /// flagd `sem_ver`: `[version, operator, version]`, `null` when any part is invalid.
 fn sem_ver<'a>(args: &'a [Node; 3], env: &Env<'a>, data: Data<'a, '_>) -> Val<'a> {
-    let a = eval(&args[0], env, data);
+    let x = eval(&args[0], env, data);
     let op = eval(&args[1], env, data);
-    let b = eval(&args[2], env, data);
-    let (mut abuf, mut bbuf) = (String::new(), String::new());
-    let (Some(a), Some(b)) = (version_text(&a, &mut abuf), version_text(&b, &mut bbuf)) else {
+    let y = eval(&args[2], env, data);
+    let (mut xbuf, mut ybuf) = (String::new(), String::new());
+    let (Some(x), Some(y)) = (version_text(&x, &mut xbuf), version_text(&y, &mut ybuf)) else {
         return Val::Null;
     };
+    if !env.budget.scan(x.len() + y.len()) {
+        return Val::Null;
+    }
     let Some(op) = op.as_str().and_then(semver::Operator::parse) else {
         return Val::Null;
     };
-    match (semver::parse_lenient(a), semver::parse_lenient(b)) {
-        (Some(a), Some(b)) => Val::Bool(op.holds(&a, &b)),
+    match (semver::parse_lenient(x), semver::parse_lenient(y)) {
+        (Some(x), Some(y)) => Val::Bool(op.holds(&x, &y)),
         _ => Val::Null,
     }
 }
@@ -603,10 +671,13 @@ fn version_text<'v>(v: &'v Val<'_>, buf: &'v mut String) -> Option<&'v str> {
 fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Outcome<'a>, bool) {
     let hash = match f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
         Some(v) if v.as_str().is_some() => {
-            murmur3_x86_32(&[v.as_str().unwrap_or_default().as_bytes()], 0)
+            let text = v.as_str().unwrap_or_default();
+            env.budget.scan(text.len());
+            murmur3_x86_32(&[text.as_bytes()], 0)
         }
         _ => match attribute(env.data, "targetingKey") {
             Some(Value::String(tk)) if !tk.is_empty() => {
+                env.budget.scan(tk.len());
                 murmur3_x86_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0)
             }
             _ => return (Outcome::Value(Val::Null), false),
@@ -679,11 +750,7 @@ mod tests {
             let Some(data) = data.as_object() else {
                 continue;
             };
-            let env = Env {
-                data,
-                flag_key: "flag-key",
-                timestamp: 1_700_000_000,
-            };
+            let env = Env::new(data, "flag-key", 1_700_000_000);
             for wrapped in [
                 rule.clone(),
                 json!({"and": [true, rule]}),

@@ -3,11 +3,19 @@
 //! flagd's providers follow the JsonLogic reference implementation (json-logic-js), whose
 //! operators coerce like JavaScript: truthiness, `==`, `<` and arithmetic below reproduce those
 //! rules for JSON values. Values borrow from the context and the compiled rule, so evaluating a
-//! rule that only compares allocates nothing.
+//! rule that only compares allocates nothing. Built strings and lists are shared (`Rc`), so
+//! passing one around (a `reduce` accumulator, a `map` item) never copies it.
+//!
+//! Every operation whose cost grows with its operands charges the evaluation's [`Budget`]:
+//! one step per element walked, a step per 64 bytes scanned, and the bytes of what it builds.
+//! When the budget is exhausted the operation stops early; the evaluation's result is then
+//! discarded, so what a stopped operation returns does not matter.
 
+use crate::limits::{Budget, LIST_SLOT_BYTES};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::fmt::Write;
+use std::rc::Rc;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Val<'a> {
@@ -15,12 +23,20 @@ pub(crate) enum Val<'a> {
     Bool(bool),
     Num(f64),
     Str(&'a str),
-    String(String),
+    String(Rc<str>),
     /// A JSON array from the context or a constant.
     Arr(&'a [Value]),
     /// An array computed during evaluation.
-    List(Vec<Val<'a>>),
+    List(Rc<List<'a>>),
     Obj(&'a Map<String, Value>),
+}
+
+/// A list built during evaluation, with how deeply built lists nest inside it (1 for a list of
+/// scalars), so that nesting stays bounded and so does every walk over it.
+#[derive(Debug)]
+pub(crate) struct List<'a> {
+    pub(crate) items: Vec<Val<'a>>,
+    pub(crate) depth: u32,
 }
 
 impl<'a> Val<'a> {
@@ -35,6 +51,43 @@ impl<'a> Val<'a> {
         }
     }
 
+    /// A built string, charged to `b`; `Null` when the budget is exhausted.
+    pub(crate) fn string(s: String, b: &Budget) -> Self {
+        if b.alloc(s.len() as u64) {
+            Val::String(Rc::from(s))
+        } else {
+            Val::Null
+        }
+    }
+
+    /// A built list, charged to `b`; `Null` when the budget is exhausted or it would nest too
+    /// deeply.
+    pub(crate) fn list(items: Vec<Val<'a>>, b: &Budget) -> Self {
+        let inner = items
+            .iter()
+            .map(|v| match v {
+                Val::List(l) => l.depth,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if b.alloc(items.len() as u64 * LIST_SLOT_BYTES) && b.depth(inner + 1) {
+            Val::List(Rc::new(List {
+                items,
+                depth: inner + 1,
+            }))
+        } else {
+            Val::Null
+        }
+    }
+
+    pub(crate) fn empty_list() -> Self {
+        Val::List(Rc::new(List {
+            items: Vec::new(),
+            depth: 1,
+        }))
+    }
+
     pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Val::Str(s) => Some(s),
@@ -47,7 +100,7 @@ impl<'a> Val<'a> {
     pub(crate) fn array_len(&self) -> Option<usize> {
         match self {
             Val::Arr(a) => Some(a.len()),
-            Val::List(l) => Some(l.len()),
+            Val::List(l) => Some(l.items.len()),
             _ => None,
         }
     }
@@ -56,7 +109,7 @@ impl<'a> Val<'a> {
     pub(crate) fn element(&self, i: usize) -> Option<Val<'a>> {
         match self {
             Val::Arr(a) => a.get(i).map(Val::from_json),
-            Val::List(l) => l.get(i).cloned(),
+            Val::List(l) => l.items.get(i).cloned(),
             _ => None,
         }
     }
@@ -79,72 +132,79 @@ impl<'a> Val<'a> {
             Val::Str(s) => !s.is_empty(),
             Val::String(s) => !s.is_empty(),
             Val::Arr(a) => !a.is_empty(),
-            Val::List(l) => !l.is_empty(),
+            Val::List(l) => !l.items.is_empty(),
             Val::Obj(_) => true,
         }
     }
 
     /// JavaScript `Number(x)`.
-    pub(crate) fn to_number(&self) -> f64 {
+    pub(crate) fn to_number(&self, b: &Budget) -> f64 {
         match self {
             Val::Null => 0.0,
-            Val::Bool(b) => f64::from(u8::from(*b)),
+            Val::Bool(v) => f64::from(u8::from(*v)),
             Val::Num(n) => *n,
             Val::Str(s) => string_to_number(s),
             Val::String(s) => string_to_number(s),
-            Val::Arr(_) | Val::List(_) => string_to_number(&self.to_js_string()),
+            Val::Arr(_) | Val::List(_) => string_to_number(&self.to_js_string(b)),
             Val::Obj(_) => f64::NAN,
         }
     }
 
     /// JavaScript `parseFloat(x)`, which `+` and `*` use in json-logic-js.
-    pub(crate) fn parse_float(&self) -> f64 {
+    pub(crate) fn parse_float(&self, b: &Budget) -> f64 {
         match self {
             Val::Num(n) => *n,
             Val::Str(s) => parse_float_prefix(s),
             Val::String(s) => parse_float_prefix(s),
             Val::Null | Val::Bool(_) | Val::Obj(_) => f64::NAN,
-            Val::Arr(_) | Val::List(_) => parse_float_prefix(&self.to_js_string()),
+            Val::Arr(_) | Val::List(_) => parse_float_prefix(&self.to_js_string(b)),
         }
     }
 
     /// JavaScript `String(x)`.
-    pub(crate) fn to_js_string(&self) -> String {
+    pub(crate) fn to_js_string(&self, b: &Budget) -> String {
         let mut out = String::new();
-        self.write_js(&mut out, false);
+        self.write_js(&mut out, false, b);
         out
     }
 
-    /// Appends `String(x)`; inside an array (`Array.prototype.join`) null becomes "".
-    pub(crate) fn write_js(&self, out: &mut String, in_array: bool) {
+    /// Appends `String(x)`; inside an array (`Array.prototype.join`) null becomes "". Every
+    /// byte appended is charged to `b`; returns `false` (having stopped early) when it runs out.
+    pub(crate) fn write_js(&self, out: &mut String, in_array: bool, b: &Budget) -> bool {
+        let before = out.len();
         match self {
             Val::Null => {
                 if !in_array {
                     out.push_str("null");
                 }
             }
-            Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Val::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
             Val::Num(n) => write_js_number(*n, out),
-            Val::Str(s) => out.push_str(s),
-            Val::String(s) => out.push_str(s),
+            Val::Str(s) => return b.alloc(s.len() as u64) && push(out, s),
+            Val::String(s) => return b.alloc(s.len() as u64) && push(out, s),
             Val::Arr(a) => {
                 for (i, v) in a.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    Val::from_json(v).write_js(out, true);
+                    if !(b.step() && Val::from_json(v).write_js(out, true, b)) {
+                        return false;
+                    }
                 }
             }
             Val::List(l) => {
-                for (i, v) in l.iter().enumerate() {
+                for (i, v) in l.items.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    v.write_js(out, true);
+                    if !(b.step() && v.write_js(out, true, b)) {
+                        return false;
+                    }
                 }
             }
             Val::Obj(_) => out.push_str("[object Object]"),
         }
+        b.alloc((out.len() - before) as u64)
     }
 
     fn is_compound(&self) -> bool {
@@ -157,32 +217,39 @@ impl<'a> Val<'a> {
 
     /// JavaScript `==`. Two arrays or objects compare by content (JavaScript compares identity,
     /// which JSON values do not have; flagd's Go evaluator compares content).
-    pub(crate) fn loose_eq(&self, other: &Val<'_>) -> bool {
+    pub(crate) fn loose_eq(&self, other: &Val<'_>, b: &Budget) -> bool {
         match (self, other) {
             (Val::Null, Val::Null) => true,
             (Val::Null, _) | (_, Val::Null) => false,
-            (a, b) if a.is_compound() && b.is_compound() => a.strict_eq(b),
-            (Val::Bool(_), _) => Val::Num(self.to_number()).loose_eq(other),
-            (_, Val::Bool(_)) => self.loose_eq(&Val::Num(other.to_number())),
-            (a, b) if a.is_compound() => Val::String(a.to_js_string()).loose_eq(b),
-            (a, b) if b.is_compound() => a.loose_eq(&Val::String(b.to_js_string())),
-            (a, b) if a.is_string() && b.is_string() => a.as_str() == b.as_str(),
-            (a, b) => a.to_number() == b.to_number(),
+            (x, y) if x.is_compound() && y.is_compound() => x.strict_eq(y, b),
+            (Val::Bool(_), _) => Val::Num(self.to_number(b)).loose_eq(other, b),
+            (_, Val::Bool(_)) => self.loose_eq(&Val::Num(other.to_number(b)), b),
+            (x, y) if x.is_compound() => Val::String(x.to_js_string(b).into()).loose_eq(y, b),
+            (x, y) if y.is_compound() => x.loose_eq(&Val::String(y.to_js_string(b).into()), b),
+            (x, y) if x.is_string() && y.is_string() => str_eq(x.as_str(), y.as_str(), b),
+            (x, y) => x.to_number(b) == y.to_number(b),
         }
     }
 
     /// JavaScript `===` (arrays and objects by content, as for [`Val::loose_eq`]).
-    pub(crate) fn strict_eq(&self, other: &Val<'_>) -> bool {
+    pub(crate) fn strict_eq(&self, other: &Val<'_>, b: &Budget) -> bool {
+        if !b.step() {
+            return false;
+        }
         match (self, other) {
             (Val::Null, Val::Null) => true,
-            (Val::Bool(a), Val::Bool(b)) => a == b,
-            (Val::Num(a), Val::Num(b)) => a == b,
-            (a, b) if a.is_string() && b.is_string() => a.as_str() == b.as_str(),
-            (Val::Obj(a), Val::Obj(b)) => a == b,
-            (a, b) => match (a.array_len(), b.array_len()) {
+            (Val::Bool(x), Val::Bool(y)) => x == y,
+            (Val::Num(x), Val::Num(y)) => x == y,
+            (x, y) if x.is_string() && y.is_string() => str_eq(x.as_str(), y.as_str(), b),
+            (Val::Obj(x), Val::Obj(y)) => {
+                // Objects come from the context or the rule, whose size is bounded; charge
+                // their entries once.
+                b.work((x.len() + y.len()) as u64) && x == y
+            }
+            (x, y) => match (x.array_len(), y.array_len()) {
                 (Some(n), Some(m)) if n == m => {
-                    (0..n).all(|i| match (a.element(i), b.element(i)) {
-                        (Some(x), Some(y)) => x.strict_eq(&y),
+                    (0..n).all(|i| match (x.element(i), y.element(i)) {
+                        (Some(p), Some(q)) => p.strict_eq(&q, b),
                         _ => false,
                     })
                 }
@@ -193,7 +260,7 @@ impl<'a> Val<'a> {
 
     /// JavaScript's abstract relational comparison: two strings compare as strings, anything
     /// else as numbers. `None` when either side is NaN (every comparison is then false).
-    pub(crate) fn js_cmp(&self, other: &Val<'_>) -> Option<Ordering> {
+    pub(crate) fn js_cmp(&self, other: &Val<'_>, b: &Budget) -> Option<Ordering> {
         let a_str = if self.is_compound() {
             None
         } else {
@@ -205,39 +272,61 @@ impl<'a> Val<'a> {
             other.as_str()
         };
         match (a_str, b_str) {
-            (Some(a), Some(b)) => Some(cmp_utf16(a, b)),
+            (Some(x), Some(y)) => {
+                b.scan(x.len().min(y.len()));
+                Some(cmp_utf16(x, y))
+            }
             _ => {
                 if self.is_compound() || other.is_compound() {
-                    let a = prim(self);
-                    let b = prim(other);
-                    if let (Some(a), Some(b)) = (a.as_str(), b.as_str()) {
-                        return Some(cmp_utf16(a, b));
+                    let x = prim(self, b);
+                    let y = prim(other, b);
+                    if let (Some(x), Some(y)) = (x.as_str(), y.as_str()) {
+                        b.scan(x.len().min(y.len()));
+                        return Some(cmp_utf16(x, y));
                     }
-                    return a.to_number().partial_cmp(&b.to_number());
+                    return x.to_number(b).partial_cmp(&y.to_number(b));
                 }
-                self.to_number().partial_cmp(&other.to_number())
+                self.to_number(b).partial_cmp(&other.to_number(b))
             }
         }
     }
 
-    /// Converts to JSON (NaN and infinities become null, as `JSON.stringify` does).
-    pub(crate) fn to_json(&self) -> Value {
+    /// Converts to JSON (NaN and infinities become null, as `JSON.stringify` does), charging
+    /// each element and string byte to `b`; `Null` once it runs out.
+    pub(crate) fn to_json(&self, b: &Budget) -> Value {
+        if !b.step() {
+            return Value::Null;
+        }
         match self {
             Val::Null => Value::Null,
-            Val::Bool(b) => Value::Bool(*b),
+            Val::Bool(v) => Value::Bool(*v),
             Val::Num(n) => number_to_json(*n),
-            Val::Str(s) => Value::String((*s).to_string()),
-            Val::String(s) => Value::String(s.clone()),
-            Val::Arr(a) => Value::Array(a.to_vec()),
-            Val::List(l) => Value::Array(l.iter().map(Val::to_json).collect()),
-            Val::Obj(o) => Value::Object((*o).clone()),
+            Val::Str(s) if b.alloc(s.len() as u64) => Value::String((*s).to_string()),
+            Val::String(s) if b.alloc(s.len() as u64) => Value::String(s.to_string()),
+            Val::Str(_) | Val::String(_) => Value::Null,
+            Val::Arr(a) => Value::Array(a.iter().map(|v| Val::from_json(v).to_json(b)).collect()),
+            Val::List(l) => Value::Array(l.items.iter().map(|v| v.to_json(b)).collect()),
+            Val::Obj(o) if b.work(o.len() as u64) => Value::Object((*o).clone()),
+            Val::Obj(_) => Value::Null,
         }
     }
 }
 
-fn prim<'a>(v: &Val<'a>) -> Val<'a> {
+fn push(out: &mut String, s: &str) -> bool {
+    out.push_str(s);
+    true
+}
+
+fn str_eq(x: Option<&str>, y: Option<&str>, b: &Budget) -> bool {
+    match (x, y) {
+        (Some(x), Some(y)) => x.len() == y.len() && b.scan(x.len()) && x == y,
+        _ => false,
+    }
+}
+
+fn prim<'a>(v: &Val<'a>, b: &Budget) -> Val<'a> {
     match v {
-        Val::Arr(_) | Val::List(_) | Val::Obj(_) => Val::String(v.to_js_string()),
+        Val::Arr(_) | Val::List(_) | Val::Obj(_) => Val::String(v.to_js_string(b).into()),
         other => other.clone(),
     }
 }
@@ -379,16 +468,20 @@ mod tests {
         s.push(' ');
         write_js_number(-0.0, &mut s);
         assert_eq!(s, "1 1.5 0");
-        assert!(Val::Num(1.0).loose_eq(&Val::Str("1")));
-        assert!(Val::Bool(true).loose_eq(&Val::Num(1.0)));
-        assert!(!Val::Null.loose_eq(&Val::Num(0.0)));
-        assert!(!Val::Num(1.0).strict_eq(&Val::Str("1")));
-        assert_eq!(Val::Str("10").js_cmp(&Val::Str("9")), Some(Ordering::Less));
+        let b = &Budget::new();
+        assert!(Val::Num(1.0).loose_eq(&Val::Str("1"), b));
+        assert!(Val::Bool(true).loose_eq(&Val::Num(1.0), b));
+        assert!(!Val::Null.loose_eq(&Val::Num(0.0), b));
+        assert!(!Val::Num(1.0).strict_eq(&Val::Str("1"), b));
         assert_eq!(
-            Val::Str("10").js_cmp(&Val::Num(9.0)),
+            Val::Str("10").js_cmp(&Val::Str("9"), b),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            Val::Str("10").js_cmp(&Val::Num(9.0), b),
             Some(Ordering::Greater)
         );
-        assert_eq!(Val::Null.js_cmp(&Val::Num(1.0)), Some(Ordering::Less));
+        assert_eq!(Val::Null.js_cmp(&Val::Num(1.0), b), Some(Ordering::Less));
         assert!(!Val::Arr(&[]).truthy());
         assert!(Val::Str("0").truthy());
     }
