@@ -5,21 +5,17 @@ use crate::evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resoluti
 use crate::fault::{Fault, Faults};
 use crate::flag::{compile_flag, CompiledFlag, VariantType};
 use crate::limits::Budget;
-use crate::refs::find_ref_cycle;
+use crate::limits::MAX_REF_CHAIN;
+use crate::refs::{Graph, Status};
 use crate::rule::compile::{short_json, Compiler, RefLookup};
 use crate::rule::eval::{eval_targeting, Env, Outcome};
 use crate::rule::value::Val;
 use crate::rule::Node;
 use crate::validate::{document_flags, document_segments};
 use serde_json::{Map, Value};
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-
-/// How many segments a `$ref` chain may pass through. flagd itself does not allow segments to
-/// reference segments at all; we allow short chains and bound them so evaluation depth is bounded.
-const MAX_REF_DEPTH: usize = 8;
 
 /// Flags and segments compiled for evaluation.
 ///
@@ -32,63 +28,102 @@ pub struct FlagSet {
     metadata: Map<String, Value>,
 }
 
-struct SegmentLinker<'s> {
-    segments: &'s BTreeMap<String, Value>,
-    cache: RefCell<BTreeMap<String, Result<Arc<Node>, String>>>,
-    faults: RefCell<Vec<Fault>>,
-    depth: Cell<usize>,
-}
-
-impl SegmentLinker<'_> {
-    fn lookup(&self, name: &str) -> RefLookup {
-        if let Some(done) = self.cache.borrow().get(name) {
-            return match done {
-                Ok(node) => RefLookup::Found(Arc::clone(node)),
-                Err(why) => RefLookup::Broken(why.clone()),
-            };
-        }
-        let Some(rule) = self.segments.get(name) else {
-            return RefLookup::Missing;
-        };
-        let result = if let Some(cycle) = find_ref_cycle(self.segments, name) {
-            Err(format!("$ref cycle: {}", cycle.join(" -> ")))
-        } else if self.depth.get() >= MAX_REF_DEPTH {
-            Err(format!("$ref chain deeper than {MAX_REF_DEPTH} segments"))
-        } else {
-            self.depth.set(self.depth.get() + 1);
-            let resolve = |n: &str| self.lookup(n);
-            let mut compiler = Compiler::new(&resolve, None);
-            let node = compiler.compile_root(rule, false);
-            self.depth.set(self.depth.get() - 1);
-            if compiler.faults.list.is_empty() {
-                Ok(Arc::new(node))
-            } else {
-                let prefix = format!("$evaluators.{name}");
-                let faults: Vec<Fault> = compiler
-                    .faults
-                    .list
-                    .into_iter()
-                    .map(|f| f.prefixed(&prefix))
-                    .collect();
-                let why = faults
-                    .iter()
-                    .map(Fault::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                self.faults.borrow_mut().extend(faults);
+/// Compiles a namespace's segments once each, in an order where every segment comes after
+/// those it references (one O(V+E) pass, `crate::refs::Graph`), so that a `$ref` always finds
+/// its target already compiled.
+fn link_segments(
+    segments: &BTreeMap<String, Value>,
+) -> (HashMap<String, Result<Arc<Node>, String>>, Vec<Fault>) {
+    let entries: Vec<(&str, Vec<&str>)> = segments
+        .iter()
+        .map(|(name, rule)| (name.as_str(), rule_refs_borrowed(rule)))
+        .collect();
+    let graph = Graph::new(&entries);
+    let links = graph.analyse(MAX_REF_CHAIN);
+    let mut linked: HashMap<String, Result<Arc<Node>, String>> = HashMap::new();
+    let mut faults = Vec::new();
+    for &i in &links.order {
+        let name = graph.names[i];
+        let result = match links.status[i] {
+            Status::InCycle(c) => {
+                let why = format!("$ref cycle: {}", links.cycle_names(&graph, c).join(" -> "));
+                faults.push(Fault::new(format!("$evaluators.{name}"), why.clone()));
                 Err(why)
             }
-        };
-        if let Err(why) = &result {
-            if why.starts_with("$ref") {
-                self.faults
-                    .borrow_mut()
-                    .push(Fault::new(format!("$evaluators.{name}"), why.clone()));
+            Status::TooDeep(chain) => {
+                let why = format!(
+                    "$ref chain passes through {chain} segments, more than {MAX_REF_CHAIN}"
+                );
+                faults.push(Fault::new(format!("$evaluators.{name}"), why.clone()));
+                Err(why)
             }
-        }
-        self.cache.borrow_mut().insert(name.to_string(), result);
-        self.lookup(name)
+            Status::Linked(_) | Status::Broken => {
+                let resolve = |n: &str| lookup(&linked, segments, n);
+                let mut compiler = Compiler::new(&resolve, None);
+                let node = compiler.compile_root(&segments[name], false);
+                if compiler.faults.list.is_empty() {
+                    Ok(Arc::new(node))
+                } else {
+                    let prefix = format!("$evaluators.{name}");
+                    let fs: Vec<Fault> = compiler
+                        .faults
+                        .list
+                        .into_iter()
+                        .map(|f| f.prefixed(&prefix))
+                        .collect();
+                    let why = fs
+                        .iter()
+                        .map(Fault::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    faults.extend(fs);
+                    Err(why)
+                }
+            }
+        };
+        linked.insert(name.to_string(), result);
     }
+    (linked, faults)
+}
+
+/// What a `$ref` to `name` means once the segments are linked.
+fn lookup(
+    linked: &HashMap<String, Result<Arc<Node>, String>>,
+    segments: &BTreeMap<String, Value>,
+    name: &str,
+) -> RefLookup {
+    match linked.get(name) {
+        Some(Ok(node)) => RefLookup::Found(Arc::clone(node)),
+        Some(Err(why)) => RefLookup::Broken(why.clone()),
+        None if segments.contains_key(name) => {
+            RefLookup::Broken("it is on a $ref cycle".to_string())
+        }
+        None => RefLookup::Missing,
+    }
+}
+
+/// The names a rule references, borrowed from it.
+pub(crate) fn rule_refs_borrowed(rule: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut stack = vec![rule];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                if map.len() == 1 {
+                    if let Some(Value::String(name)) = map.get("$ref") {
+                        out.push(name.as_str());
+                        continue;
+                    }
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 impl FlagSet {
@@ -149,17 +184,9 @@ impl FlagSet {
         segments: &BTreeMap<String, Value>,
         metadata: &Map<String, Value>,
     ) -> (Self, Vec<Fault>) {
-        let linker = SegmentLinker {
-            segments,
-            cache: RefCell::new(BTreeMap::new()),
-            faults: RefCell::new(Vec::new()),
-            depth: Cell::new(0),
-        };
-        // Compile every segment, used or not, so that their faults are reported.
-        for name in segments.keys() {
-            linker.lookup(name);
-        }
-        let resolve = |n: &str| linker.lookup(n);
+        // Every segment is compiled, used or not, so that their faults are reported.
+        let (linked, mut all) = link_segments(segments);
+        let resolve = |n: &str| lookup(&linked, segments, n);
         let mut compiled: HashMap<Box<str>, CompiledFlag, BuildHasherDefault<KeyHasher>> =
             HashMap::default();
         let mut faults = Vec::new();
@@ -186,7 +213,6 @@ impl FlagSet {
             };
             compiled.insert(Box::from(key), flag);
         }
-        let mut all = linker.faults.into_inner();
         all.extend(faults);
         (
             Self {

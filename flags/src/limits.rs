@@ -122,6 +122,14 @@ impl Budget {
         false
     }
 
+    /// Steps spent so far (all of them once exceeded).
+    pub(crate) fn spent(&self) -> u64 {
+        match self.over.get() {
+            Some(_) => EVAL_MAX_STEPS,
+            None => EVAL_MAX_STEPS.saturating_sub(self.steps.get()),
+        }
+    }
+
     #[inline]
     pub(crate) fn ok(&self) -> bool {
         self.over.get().is_none()

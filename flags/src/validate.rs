@@ -2,7 +2,9 @@
 
 use crate::fault::{Fault, Faults};
 use crate::flag::{check_metadata, compile_flag};
-use crate::refs::find_ref_cycle;
+use crate::flag_set::rule_refs_borrowed;
+use crate::limits::MAX_REF_CHAIN;
+use crate::refs::{Graph, Status};
 use crate::rule::compile::{short_json, Compiler, RefLookup};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -93,12 +95,26 @@ pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
                 .into_iter()
                 .map(|f| f.prefixed(&prefix)),
         );
-        if let Some(cycle) = find_ref_cycle(&segments, name) {
-            // Report each cycle once, at its first member in name order.
-            let first = cycle.iter().min().map(String::as_str);
-            if first == Some(name.as_str()) {
+    }
+    // Cycles and chain lengths in one pass; each cycle reported once, at its least member.
+    let entries: Vec<(&str, Vec<&str>)> = segments
+        .iter()
+        .map(|(name, rule)| (name.as_str(), rule_refs_borrowed(rule)))
+        .collect();
+    let graph = Graph::new(&entries);
+    let links = graph.analyse(MAX_REF_CHAIN);
+    for (i, status) in links.status.iter().enumerate() {
+        let prefix = format!("$evaluators.{}", graph.names[i]);
+        match *status {
+            Status::InCycle(c) if links.cycle_head(&graph, c) == i => {
+                let cycle = links.cycle_names(&graph, c);
                 faults.add_at_key_path(&prefix, format!("$ref cycle: {}", cycle.join(" -> ")));
             }
+            Status::TooDeep(chain) => faults.add_at_key_path(
+                &prefix,
+                format!("$ref chain passes through {chain} segments, more than {MAX_REF_CHAIN}"),
+            ),
+            _ => {}
         }
     }
 

@@ -5,8 +5,10 @@
 //! (<https://flagd.dev/schema/v0/targeting.json>) and the JsonLogic operations flagd documents
 //! (<https://flagd.dev/reference/flag-definitions/#targeting-rules>).
 
+use super::eval::{eval_constant, Env};
 use super::{Bucket, Fractional, Node, PathPart, VarPath, Weight};
 use crate::fault::Faults;
+use crate::limits::{EVAL_MAX_STEPS, MAX_RULE_DEPTH};
 use crate::semver;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -45,9 +47,17 @@ pub(crate) struct Compiler<'r> {
     pub(crate) faults: Faults,
     resolve: &'r dyn Fn(&str) -> RefLookup,
     variants: Option<VariantNames<'r>>,
+    /// Reads of the evaluation context (or of anything else an evaluation is given: the flag
+    /// key, the time, a segment) compiled so far.
+    root_reads: usize,
+    /// Reads of a `map`/`filter`/`reduce` item compiled so far, outside the operation that
+    /// binds them.
+    item_reads: usize,
+    /// Steps left for evaluating constant sub-rules while compiling (see `prove_bounded`).
+    proof_steps: u64,
 }
 
-const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = MAX_RULE_DEPTH;
 
 impl<'r> Compiler<'r> {
     pub(crate) fn new(
@@ -58,6 +68,9 @@ impl<'r> Compiler<'r> {
             faults: Faults::new(),
             resolve,
             variants,
+            root_reads: 0,
+            item_reads: 0,
+            proof_steps: 4 * EVAL_MAX_STEPS,
         }
     }
 
@@ -177,12 +190,37 @@ impl<'r> Compiler<'r> {
         };
         let op = op.as_str();
         if op == "$ref" {
+            self.root_reads += 1;
             return self.reference(raw);
         }
         self.faults.push_key(op);
+        let reads = (self.root_reads, self.item_reads);
         let node = self.operation_body(op, raw, scope, pos, depth);
+        if (self.root_reads, self.item_reads) == reads {
+            self.prove_bounded(&node);
+        }
         self.faults.pop();
         node
+    }
+
+    /// An operation that reads nothing from the evaluation evaluates the same way every time:
+    /// evaluate it now, and if it exceeds the evaluation budget, refuse it here rather than let
+    /// every evaluation fail. Constant sub-rules are checked until `proof_steps` run out, so
+    /// compiling stays bounded too.
+    fn prove_bounded(&mut self, node: &Node) {
+        if self.proof_steps == 0 || is_const(node) {
+            return;
+        }
+        let empty = Map::new();
+        let env = Env::new(&empty, "", 0);
+        eval_constant(node, &env);
+        self.proof_steps = self.proof_steps.saturating_sub(env.budget.spent());
+        if let Some(why) = env.budget.exceeded() {
+            self.faults.add(format!(
+                "this expression reads nothing from the context and always exceeds the evaluation budget: {}",
+                why.describe()
+            ));
+        }
     }
 
     fn reference(&mut self, raw: &Value) -> Node {
@@ -270,6 +308,7 @@ impl<'r> Compiler<'r> {
         match op {
             "var" => self.var(raw, scope, depth),
             "missing" => {
+                self.read(scope);
                 let args: Vec<Node> = match raw {
                     Value::Array(items) => self.args(items, scope, Operand, depth),
                     other => vec![self.node(other, scope, Operand, depth + 1)],
@@ -278,6 +317,7 @@ impl<'r> Compiler<'r> {
             }
             "missing_some" => match self.arity(op, raw, 2, Some(2)) {
                 Some(args) => {
+                    self.read(scope);
                     if !matches!(args[0], Value::Number(_) | Value::Object(_)) {
                         self.faults.push_index(0);
                         self.faults
@@ -396,7 +436,7 @@ impl<'r> Compiler<'r> {
             "map" | "filter" | "all" | "some" | "none" => match self.arity(op, raw, 2, Some(2)) {
                 Some(args) => {
                     let list = self.arg(args, 0, scope, Operand, depth);
-                    let body = self.arg(args, 1, Scope::Item, Operand, depth);
+                    let body = self.item_body(args, 1, depth);
                     let pair = Box::new([list, body]);
                     match op {
                         "map" => Node::Map(pair),
@@ -411,7 +451,7 @@ impl<'r> Compiler<'r> {
             "reduce" => match self.arity(op, raw, 3, Some(3)) {
                 Some(args) => {
                     let list = self.arg(args, 0, scope, Operand, depth);
-                    let body = self.arg(args, 1, Scope::Item, Operand, depth);
+                    let body = self.item_body(args, 1, depth);
                     let init = self.arg(args, 2, scope, Operand, depth);
                     Node::Reduce(Box::new([list, body, init]))
                 }
@@ -518,6 +558,7 @@ impl<'r> Compiler<'r> {
             Value::Number(n) => n.to_string(),
             Value::Null => String::new(),
             Value::Object(_) => {
+                self.read(scope);
                 let dynamic = self.node(path, scope, Position::Operand, depth + 1);
                 return Node::VarDyn {
                     path: Box::new(dynamic),
@@ -532,6 +573,7 @@ impl<'r> Compiler<'r> {
                 return Node::Null;
             }
         };
+        self.read(scope);
         if let Some(prop) = text.strip_prefix("$flagd.") {
             match (prop, scope) {
                 ("flagKey", Scope::Root) => return Node::FlagKey,
@@ -551,7 +593,24 @@ impl<'r> Compiler<'r> {
         }
     }
 
+    /// The body of a `map`/`filter`/`all`/`some`/`none`/`reduce`: its item reads are bound by
+    /// the operation, so they do not make the operation read anything.
+    fn item_body(&mut self, args: &[Value], i: usize, depth: usize) -> Node {
+        let item_reads = self.item_reads;
+        let body = self.arg(args, i, Scope::Item, Position::Operand, depth);
+        self.item_reads = item_reads;
+        body
+    }
+
+    fn read(&mut self, scope: Scope) {
+        match scope {
+            Scope::Root => self.root_reads += 1,
+            Scope::Item => self.item_reads += 1,
+        }
+    }
+
     fn fractional(&mut self, raw: &Value, scope: Scope, pos: Position, depth: usize) -> Node {
+        self.root_reads += 1;
         let Some(args) = self.arity("fractional", raw, 1, None) else {
             return Node::Null;
         };

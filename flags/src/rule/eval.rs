@@ -69,6 +69,11 @@ impl<'a> Outcome<'a> {
     }
 }
 
+/// Evaluates a rule that reads nothing from the context (see `Compiler::prove_bounded`).
+pub(crate) fn eval_constant<'a>(node: &'a Node, env: &Env<'a>) {
+    eval(node, env, Data::Root);
+}
+
 /// Evaluates a flag's targeting. The flag tells whether the result came out of a `fractional`
 /// split (reason `SPLIT`) rather than a plain rule.
 pub(crate) fn eval_targeting<'a>(node: &'a Node, env: &Env<'a>) -> (Outcome<'a>, bool) {
