@@ -16,7 +16,8 @@ cargo build --workspace --all-targets --locked
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ui/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/openapi/run.sh
-CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 0
+# 60 s of fuzzing parse → validate → compile → evaluate, with memory and time limits per input.
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 60
 # Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the
 # checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary). The break
 # build resolves features workspace-wide so RocksDB is not compiled a second time; the nextest

@@ -22,5 +22,8 @@ if [ "$SECONDS_TO_RUN" = 0 ]; then
   exit 0
 fi
 mkdir -p corpus artifacts
-cp -n ../tests/cases/*.json corpus/ 2>/dev/null || true
-"$BIN" corpus -max_total_time="$SECONDS_TO_RUN" -max_len=4096 -artifact_prefix=artifacts/
+cp -n ../tests/cases/*.json seeds/* corpus/ 2>/dev/null || true
+# Any input that makes one run take over 10 s or the process exceed 1 GiB is a finding too:
+# every accepted rule must evaluate within the budget of flagstaff_flags::limits.
+"$BIN" corpus -max_total_time="$SECONDS_TO_RUN" -max_len=4096 -rss_limit_mb=1024 -timeout=10 \
+  -artifact_prefix=artifacts/
