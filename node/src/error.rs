@@ -103,6 +103,20 @@ impl From<ApplyError> for ApiError {
                 }],
             },
             ApplyError::SegmentCycle { .. } => ApiError::bad_request(e.to_string()),
+            ApplyError::SegmentChainTooLong {
+                ref path,
+                chain,
+                max,
+                ..
+            } => ApiError::BadRequest {
+                message: e.to_string(),
+                faults: vec![flagstaff_flags::Fault {
+                    path: path.clone(),
+                    message: format!(
+                        "the $ref chain passes through {chain} segments, more than {max}"
+                    ),
+                }],
+            },
             ApplyError::SegmentInUse { .. } => ApiError::Conflict(e.to_string()),
             ApplyError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             ApplyError::AlreadyExists { .. } => ApiError::Conflict(e.to_string()),

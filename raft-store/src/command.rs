@@ -168,4 +168,12 @@ pub enum ApplyError {
     IdempotencyKeyReused,
     #[error("{what} already exists")]
     AlreadyExists { what: String },
+    /// A `$ref` chain through more segments than `flagstaff_flags::limits::MAX_REF_CHAIN`.
+    #[error("{path}: the $ref chain from segment {segment:?} passes through {chain} segments, more than {max}")]
+    SegmentChainTooLong {
+        path: String,
+        segment: String,
+        chain: usize,
+        max: usize,
+    },
 }

@@ -641,21 +641,7 @@ impl State {
                 });
             }
         }
-        for key in rules.keys() {
-            if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
-                return Err(ApplyError::SegmentCycle { cycle });
-            }
-            if let Some(missing) = flagstaff_flags::rule_refs(&rules[key])
-                .into_iter()
-                .find(|r| !rules.contains_key(r))
-            {
-                return Err(ApplyError::UnknownSegment {
-                    ns: ns.to_string(),
-                    path: format!("$evaluators.{key}"),
-                    segment: missing,
-                });
-            }
-        }
+        check_segment_graph(ns, &rules, |segment| format!("$evaluators.{segment}"))?;
         let revision = self.meta.revision + 1;
         let (clock, who) = (self.meta.clock_ms, actor.to_string());
         let space = self.namespaces.entry(ns.to_string()).or_default();
@@ -919,11 +905,44 @@ fn check_references(
             .map(|(k, item)| (k.clone(), parse(&item.definition)))
             .collect();
         rules.insert(key.to_string(), parse(definition));
-        if let Some(cycle) = flagstaff_flags::find_ref_cycle(&rules, key) {
-            return Err(ApplyError::SegmentCycle { cycle });
-        }
+        check_segment_graph(ns, &rules, |_| path.to_string())?;
     }
     Ok(())
+}
+
+/// Every `$ref` among `rules` names one of them, no cycle, no chain longer than
+/// `MAX_REF_CHAIN`: one O(V+E) pass, whatever the segments are named.
+fn check_segment_graph(
+    ns: &str,
+    rules: &BTreeMap<String, serde_json::Value>,
+    path: impl Fn(&str) -> String,
+) -> Result<(), ApplyError> {
+    let refs: Vec<(&str, BTreeSet<String>)> = rules
+        .iter()
+        .map(|(k, rule)| (k.as_str(), flagstaff_flags::rule_refs(rule)))
+        .collect();
+    let graph = refs.iter().map(|(k, r)| (*k, r.iter().map(String::as_str)));
+    match flagstaff_flags::check_segment_graph(graph, flagstaff_flags::limits::MAX_REF_CHAIN) {
+        Ok(()) => Ok(()),
+        Err(flagstaff_flags::RefFault::Missing { segment, missing }) => {
+            Err(ApplyError::UnknownSegment {
+                ns: ns.to_string(),
+                path: path(&segment),
+                segment: missing,
+            })
+        }
+        Err(flagstaff_flags::RefFault::Cycle(cycle)) => Err(ApplyError::SegmentCycle { cycle }),
+        Err(flagstaff_flags::RefFault::TooDeep {
+            segment,
+            chain,
+            max,
+        }) => Err(ApplyError::SegmentChainTooLong {
+            path: path(&segment),
+            segment,
+            chain,
+            max,
+        }),
+    }
 }
 
 /// Flags and segments whose definitions reference `segment`.

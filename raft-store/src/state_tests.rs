@@ -257,3 +257,48 @@ fn retention_is_bounded_fifo_and_rows_round_trip() {
     .unwrap();
     assert_eq!(from_all, s2);
 }
+
+/// Chains are built leaf first; the one-too-long link is refused whichever way the names run.
+#[test]
+fn ref_chains_longer_than_the_limit_are_refused_whatever_the_names() {
+    let max = flagstaff_flags::limits::MAX_REF_CHAIN;
+    for ascending in [true, false] {
+        let mut s = State::default();
+        apply(&mut s, vec![env(ns("prod"))]);
+        let name = |i: usize| {
+            if ascending {
+                format!("s{i:03}")
+            } else {
+                format!("s{:03}", 999 - i)
+            }
+        };
+        apply(&mut s, vec![env(segment(&name(0), r#"{"==":[1,1]}"#))]);
+        for i in 1..=max {
+            let rule = format!(r#"{{"and":[true,{{"$ref":"{}"}}]}}"#, name(i - 1));
+            let r = apply(&mut s, vec![env(segment(&name(i), &rule))]);
+            if i < max {
+                assert!(r[0].is_ok(), "link {i} ascending={ascending}: {r:?}");
+            } else {
+                assert!(
+                    matches!(&r[0], Err(ApplyError::SegmentChainTooLong { chain, .. }) if *chain == max + 1),
+                    "link {i} ascending={ascending}: {r:?}"
+                );
+            }
+        }
+        // Lengthening the chain at its leaf end is refused too.
+        let r = apply(
+            &mut s,
+            vec![env(segment(
+                &name(0),
+                &format!(r#"{{"$ref":"{}"}}"#, "leaf"),
+            ))],
+        );
+        assert!(r[0].is_err());
+        apply(&mut s, vec![env(segment("leaf", r#"{"==":[1,1]}"#))]);
+        let r = apply(&mut s, vec![env(segment(&name(0), r#"{"$ref":"leaf"}"#))]);
+        assert!(
+            matches!(&r[0], Err(ApplyError::SegmentChainTooLong { .. })),
+            "ascending={ascending}: {r:?}"
+        );
+    }
+}
