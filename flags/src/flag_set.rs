@@ -6,7 +6,7 @@ use crate::fault::{Fault, Faults};
 use crate::flag::{compile_flag, CompiledFlag, VariantType};
 use crate::limits::Budget;
 use crate::limits::MAX_REF_CHAIN;
-use crate::refs::{Graph, Status};
+use crate::refs::{segment_entries, Graph, Status};
 use crate::rule::compile::{short_json, Compiler, RefLookup};
 use crate::rule::eval::{eval_targeting, Env, Outcome};
 use crate::rule::value::Val;
@@ -34,10 +34,7 @@ pub struct FlagSet {
 fn link_segments(
     segments: &BTreeMap<String, Value>,
 ) -> (HashMap<String, Result<Arc<Node>, String>>, Vec<Fault>) {
-    let entries: Vec<(&str, Vec<&str>)> = segments
-        .iter()
-        .map(|(name, rule)| (name.as_str(), rule_refs_borrowed(rule)))
-        .collect();
+    let entries = segment_entries(segments);
     let graph = Graph::new(&entries);
     let links = graph.analyse(MAX_REF_CHAIN);
     let mut linked: HashMap<String, Result<Arc<Node>, String>> = HashMap::new();
@@ -100,30 +97,6 @@ fn lookup(
         }
         None => RefLookup::Missing,
     }
-}
-
-/// The names a rule references, borrowed from it.
-pub(crate) fn rule_refs_borrowed(rule: &Value) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut stack = vec![rule];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Object(map) => {
-                if map.len() == 1 {
-                    if let Some(Value::String(name)) = map.get("$ref") {
-                        out.push(name.as_str());
-                        continue;
-                    }
-                }
-                stack.extend(map.values());
-            }
-            Value::Array(items) => stack.extend(items),
-            _ => {}
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 impl FlagSet {

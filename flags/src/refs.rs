@@ -20,14 +20,20 @@ pub fn rule_refs(rule: &Value) -> BTreeSet<String> {
 }
 
 fn collect(v: &Value, out: &mut BTreeSet<String>) {
-    // An explicit stack: rules from outside may be nested arbitrarily deep.
-    let mut stack = vec![v];
+    out.extend(refs_borrowed(v).into_iter().map(str::to_string));
+}
+
+/// The names a rule references, borrowed from it, sorted and deduplicated. An explicit stack:
+/// rules from outside may be nested arbitrarily deep.
+pub(crate) fn refs_borrowed(rule: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut stack = vec![rule];
     while let Some(v) = stack.pop() {
         match v {
             Value::Object(map) => {
                 if map.len() == 1 {
                     if let Some(Value::String(name)) = map.get("$ref") {
-                        out.insert(name.clone());
+                        out.push(name.as_str());
                         continue;
                     }
                 }
@@ -37,6 +43,18 @@ fn collect(v: &Value, out: &mut BTreeSet<String>) {
             _ => {}
         }
     }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Segments (name → rule, in name order) as graph entries: each name with the names it
+/// references.
+pub(crate) fn segment_entries(segments: &BTreeMap<String, Value>) -> Vec<(&str, Vec<&str>)> {
+    segments
+        .iter()
+        .map(|(name, rule)| (name.as_str(), refs_borrowed(rule)))
+        .collect()
 }
 
 /// Follows `$ref`s from segment `start` through `segments` (name → rule). Returns the cycle

@@ -2,9 +2,8 @@
 
 use crate::fault::{Fault, Faults};
 use crate::flag::{check_metadata, compile_flag};
-use crate::flag_set::rule_refs_borrowed;
 use crate::limits::MAX_REF_CHAIN;
-use crate::refs::{Graph, Status};
+use crate::refs::{segment_entries, Graph, Status};
 use crate::rule::compile::{short_json, Compiler, RefLookup};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -97,10 +96,7 @@ pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
         );
     }
     // Cycles and chain lengths in one pass; each cycle reported once, at its least member.
-    let entries: Vec<(&str, Vec<&str>)> = segments
-        .iter()
-        .map(|(name, rule)| (name.as_str(), rule_refs_borrowed(rule)))
-        .collect();
+    let entries = segment_entries(&segments);
     let graph = Graph::new(&entries);
     let links = graph.analyse(MAX_REF_CHAIN);
     for (i, status) in links.status.iter().enumerate() {
