@@ -67,7 +67,7 @@ async fn export(
     let space = state
         .namespace(&ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let (flags, evaluators) = crate::api::sdk::definitions(space);
+    let (flags, evaluators) = crate::api::sdk::definitions(&ns, space);
     Ok(Json(FlagdDocument {
         schema: SCHEMA,
         flags,

@@ -25,6 +25,7 @@ use crate::clock::wall_ms;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
+use flagstaff_raft_store::ChangeKind;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -111,12 +112,12 @@ impl FlagSetCache {
             let flags: Vec<(String, Value)> = space
                 .flags
                 .iter()
-                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Flag, k, &i.definition)))
                 .collect();
             let segments: BTreeMap<String, Value> = space
                 .segments
                 .iter()
-                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Segment, k, &i.definition)))
                 .collect();
             (space.last_change, flags, segments)
         };
