@@ -128,6 +128,53 @@ pub fn parse(ns: &str, kind: ChangeKind, key: &str, definition: &str) -> Value {
     parse_stored(ns, kind, key, definition).unwrap_or(Value::Null)
 }
 
+/// Counts open watch streams per caller, refusing more than `max` at once.
+pub struct StreamSlots {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One open stream; dropping it frees the slot.
+pub struct StreamSlot {
+    caller: String,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for `caller`, or `None` if it already has `max` streams open.
+    pub fn acquire(&self, caller: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(caller.to_string()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            caller: caller.to_string(),
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
+
 /// One Server-Sent Events frame. JSON has no raw newlines, so `data` is one line.
 pub fn sse_frame(event: &str, id: u64, data: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))

@@ -182,6 +182,21 @@ fn api_error(key: Option<&str>, e: ApiError) -> Response {
     resp
 }
 
+/// The evaluation request body (the context) may not exceed `max_context_bytes`.
+fn check_context_size(node: &Node, body: &JsonBody) -> Result<(), (String, String)> {
+    let limit = node.config.max_context_bytes;
+    if body.raw.len() > limit {
+        return Err((
+            "INVALID_CONTEXT".into(),
+            format!(
+                "context: the evaluation request is {} bytes, more than the limit of {limit}",
+                body.raw.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn context_of(body: &Value) -> Result<Context, (String, String)> {
     let now = (wall_ms() / 1000) as i64;
     match body {
@@ -288,7 +303,7 @@ async fn evaluate_one(
     let caller = caller?;
     let body = body?;
     let (_, _, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match context_of(&body.value) {
+    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
             return Ok(ofrep_error(
@@ -388,7 +403,7 @@ async fn evaluate_all(
     let caller = caller?;
     let body = body?;
     let (_, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match context_of(&body.value) {
+    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
             return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details))

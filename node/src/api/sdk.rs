@@ -147,6 +147,16 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
+    let who = match &caller {
+        Caller::Admin(name) => format!("admin:{name}"),
+        Caller::Sdk { hash, .. } => format!("sdk:{hash}"),
+    };
+    let slot = node
+        .watch_streams
+        .acquire(&who)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: 5,
+        })?;
     let params = read_params(q.as_deref(), &node, false)?;
     let mut since = None;
     for (k, v) in &params.rest {
@@ -198,11 +208,15 @@ async fn watch(
         rx,
         tx,
     ));
-    let body = Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    }));
+    // The slot is held as long as the response body lives (until the client goes away).
+    let body = Body::from_stream(futures::stream::unfold(
+        (body_rx, slot),
+        |(mut rx, slot)| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot)))
+        },
+    ));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
