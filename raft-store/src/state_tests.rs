@@ -21,7 +21,6 @@ fn apply(state: &mut State, commands: Vec<Envelope>) -> Vec<crate::CommandResult
         StateLimits {
             history: 3,
             idempotency_keys: 2,
-            ..StateLimits::default()
         },
         &mut rows,
     )
@@ -203,7 +202,6 @@ fn retention_is_bounded_fifo_and_rows_round_trip() {
     let limits = StateLimits {
         history: 3,
         idempotency_keys: 2,
-        ..StateLimits::default()
     };
     let mut rows = Vec::new();
     let mut cmds = vec![env(ns("prod"))];

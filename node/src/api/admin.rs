@@ -117,11 +117,7 @@ pub struct ItemInfo {
     version: u64,
     updated_at_ms: u64,
     updated_by: String,
-    /// `null` if the stored definition does not parse (state corruption; see `error`).
     definition: Value,
-    /// Present only when the stored definition does not parse.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -379,10 +375,6 @@ fn read_answer(
 // ----- flags and segments -----
 
 fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
-    let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition) {
-        Ok(v) => (v, None),
-        Err(e) => (Value::Null, Some(e)),
-    };
     ItemInfo {
         namespace: ns.to_string(),
         kind: kind.as_str().to_string(),
@@ -390,8 +382,7 @@ fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
         version: item.version,
         updated_at_ms: item.updated_at_ms,
         updated_by: item.updated_by.clone(),
-        definition,
-        error,
+        definition: serde_json::from_str(&item.definition).unwrap_or(Value::Null),
     }
 }
 
@@ -733,9 +724,10 @@ async fn patch_flag(
             let item = space.flags.get(&key).ok_or_else(|| {
                 ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
             })?;
-            let current = crate::watch_hub::parse_stored(&ns, ChangeKind::Flag, &key, &item.definition)
-                .map_err(ApiError::Conflict)?;
-            (current, item.version)
+            (
+                serde_json::from_str::<Value>(&item.definition).unwrap_or(Value::Null),
+                item.version,
+            )
         };
         merge_patch(&mut definition, &body.value);
         let text = validate(ChangeKind::Flag, &definition)?;
