@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flagstaff_node::NodeConfig;
+use flagstaff_raft_store::StateLimits;
 
 #[derive(Parser)]
 #[command(
@@ -140,6 +141,33 @@ struct ServeArgs {
     /// proxies tell nodes on one host apart, e.g. 127.0.0.2).
     #[arg(long, env = "FLAGSTAFF_PEER_SOURCE_IP")]
     peer_source_ip: Option<std::net::IpAddr>,
+    /// Flags per namespace; a write over it is refused (400 naming `flags`). Same on every node.
+    #[arg(long, env = "FLAGSTAFF_MAX_FLAGS_PER_NAMESPACE", default_value_t = StateLimits::DEFAULT_MAX_FLAGS)]
+    max_flags_per_namespace: usize,
+    /// Segments per namespace (400 naming `segments` / `$evaluators`). Same on every node.
+    #[arg(long, env = "FLAGSTAFF_MAX_SEGMENTS_PER_NAMESPACE", default_value_t = StateLimits::DEFAULT_MAX_SEGMENTS)]
+    max_segments_per_namespace: usize,
+    /// Bytes of one flag or segment definition (400 naming `definition` / `flags.KEY`). Same on
+    /// every node.
+    #[arg(long, env = "FLAGSTAFF_MAX_DEFINITION_BYTES", default_value_t = StateLimits::DEFAULT_MAX_DEFINITION_BYTES)]
+    max_definition_bytes: usize,
+    /// Bytes of all flag and segment definitions of one namespace (400 naming the path); bounds
+    /// the snapshot every SDK holds. Same on every node.
+    #[arg(long, env = "FLAGSTAFF_MAX_NAMESPACE_BYTES", default_value_t = StateLimits::DEFAULT_MAX_NAMESPACE_BYTES)]
+    max_namespace_bytes: usize,
+    /// Segments one `$ref` chain may pass through (at most the evaluator's limit, 8). Same on
+    /// every node.
+    #[arg(long, env = "FLAGSTAFF_MAX_REF_CHAIN", default_value_t = StateLimits::default().max_ref_chain)]
+    max_ref_chain: usize,
+    /// Request body of a flagd document import, in bytes (over it, 413).
+    #[arg(long, env = "FLAGSTAFF_MAX_IMPORT_BYTES", default_value_t = NodeConfig::DEFAULT_MAX_IMPORT_BYTES)]
+    max_import_bytes: usize,
+    /// OFREP evaluation request (context) size in bytes; over it, 400 INVALID_CONTEXT.
+    #[arg(long, env = "FLAGSTAFF_MAX_CONTEXT_BYTES", default_value_t = NodeConfig::DEFAULT_MAX_CONTEXT_BYTES)]
+    max_context_bytes: usize,
+    /// Concurrent SDK watch streams per SDK key (or admin token); over it, 429.
+    #[arg(long, env = "FLAGSTAFF_MAX_WATCH_STREAMS_PER_KEY", default_value_t = NodeConfig::DEFAULT_MAX_WATCH_STREAMS_PER_KEY)]
+    max_watch_streams_per_key: usize,
 }
 
 impl ServeArgs {
@@ -162,6 +190,14 @@ impl ServeArgs {
         c.evaluation_rate_per_sec = self.evaluation_rate;
         c.logs_behind_snapshot = self.logs_behind_snapshot;
         c.peer_source_ip = self.peer_source_ip;
+        c.state_limits.max_flags = self.max_flags_per_namespace;
+        c.state_limits.max_segments = self.max_segments_per_namespace;
+        c.state_limits.max_definition_bytes = self.max_definition_bytes;
+        c.state_limits.max_namespace_bytes = self.max_namespace_bytes;
+        c.state_limits.max_ref_chain = self.max_ref_chain;
+        c.max_import_bytes = self.max_import_bytes;
+        c.max_context_bytes = self.max_context_bytes;
+        c.max_watch_streams_per_key = self.max_watch_streams_per_key;
         c
     }
 }
@@ -169,6 +205,10 @@ impl ServeArgs {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.cluster_secret.is_empty() || args.admin_token.is_empty() {
         anyhow::bail!("--cluster-secret and --admin-token must not be empty");
+    }
+    let max_chain = StateLimits::default().max_ref_chain;
+    if args.max_ref_chain == 0 || args.max_ref_chain > max_chain {
+        anyhow::bail!("--max-ref-chain must be between 1 and {max_chain} (the evaluator's limit)");
     }
     let client = tokio::net::TcpListener::bind(args.listen_client)
         .await

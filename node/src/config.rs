@@ -42,9 +42,23 @@ pub struct NodeConfig {
     pub peer_source_ip: Option<std::net::IpAddr>,
     /// OFREP evaluations per second per caller (SDK key or admin token); 0 disables the limit.
     pub evaluation_rate_per_sec: u32,
+    /// Write limits and retention enforced inside `apply` (flags and segments per namespace,
+    /// definition bytes, `$ref` chain): must be the same on every node.
+    pub state_limits: flagstaff_raft_store::StateLimits,
+    /// Maximum request body of a flagd document import (`PUT …/flagd`), which may carry a
+    /// whole namespace.
+    pub max_import_bytes: usize,
+    /// Maximum OFREP evaluation request body (the evaluation context), in bytes.
+    pub max_context_bytes: usize,
+    /// Concurrent SDK watch streams per caller (SDK key or admin token); over it, 429.
+    pub max_watch_streams_per_key: usize,
 }
 
 impl NodeConfig {
+    pub const DEFAULT_MAX_IMPORT_BYTES: usize = 64 << 20;
+    pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 64 << 10;
+    pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
+
     /// A config with the documented defaults.
     pub fn new(
         node_id: u64,
@@ -71,6 +85,10 @@ impl NodeConfig {
             max_body_bytes: 1 << 20,
             peer_source_ip: None,
             evaluation_rate_per_sec: 10_000,
+            state_limits: flagstaff_raft_store::StateLimits::default(),
+            max_import_bytes: Self::DEFAULT_MAX_IMPORT_BYTES,
+            max_context_bytes: Self::DEFAULT_MAX_CONTEXT_BYTES,
+            max_watch_streams_per_key: Self::DEFAULT_MAX_WATCH_STREAMS_PER_KEY,
         }
     }
 }

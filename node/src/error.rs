@@ -120,6 +120,28 @@ impl From<ApplyError> for ApiError {
             ApplyError::SegmentInUse { .. } => ApiError::Conflict(e.to_string()),
             ApplyError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             ApplyError::AlreadyExists { .. } => ApiError::Conflict(e.to_string()),
+            ApplyError::LimitExceeded {
+                ref path,
+                ref what,
+                limit,
+                actual,
+            } => ApiError::BadRequest {
+                message: e.to_string(),
+                faults: vec![flagstaff_flags::Fault {
+                    path: path.clone(),
+                    message: format!("{actual} {what}, more than the limit of {limit}"),
+                }],
+            },
+            ApplyError::InvalidDefinition {
+                ref path,
+                ref message,
+            } => ApiError::BadRequest {
+                message: e.to_string(),
+                faults: vec![flagstaff_flags::Fault {
+                    path: path.clone(),
+                    message: message.clone(),
+                }],
+            },
         }
     }
 }

@@ -34,6 +34,7 @@ pub struct Node {
     pub(crate) hub: WatchHub,
     pub(crate) flag_sets: FlagSetCache,
     pub(crate) rate_limits: RateLimiter,
+    pub(crate) watch_streams: crate::watch_hub::StreamSlots,
 }
 
 /// How a read must relate to the cluster.

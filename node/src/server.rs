@@ -96,7 +96,7 @@ pub async fn start(
     // Lets the fault-injection apply delay tell follower applies apart (a no-op otherwise).
     flagstaff_raft_store::fault_injection::set_local_node(config.node_id);
     let (log, sm) =
-        flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), Default::default())?;
+        flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), config.state_limits)?;
     let state = sm.handle();
     let peers = PeerClient::new(
         config.cluster_secret.clone(),
@@ -126,6 +126,7 @@ pub async fn start(
         hub: WatchHub::spawn(state.clone()),
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
+        watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),
         peers,
         raft,
         state,

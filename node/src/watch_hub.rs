@@ -92,10 +92,10 @@ pub fn change_json(c: &Change) -> Value {
     for item in &c.items {
         match (item.kind, &item.after) {
             (ChangeKind::Flag, Some(def)) => {
-                up_flags.insert(item.key.clone(), parse(def));
+                up_flags.insert(item.key.clone(), parse(&c.ns, item.kind, &item.key, def));
             }
             (ChangeKind::Segment, Some(def)) => {
-                up_segments.insert(item.key.clone(), parse(def));
+                up_segments.insert(item.key.clone(), parse(&c.ns, item.kind, &item.key, def));
             }
             (ChangeKind::Flag, None) => del_flags.push(item.key.clone()),
             (ChangeKind::Segment, None) => del_segments.push(item.key.clone()),
@@ -110,8 +110,69 @@ pub fn change_json(c: &Change) -> Value {
     })
 }
 
-pub fn parse(definition: &str) -> Value {
-    serde_json::from_str(definition).unwrap_or(Value::Null)
+/// A stored definition as JSON. The node validated it before proposal, so a failure means the
+/// state is corrupt: it is logged as an error naming the item.
+pub fn parse_stored(ns: &str, kind: ChangeKind, key: &str, definition: &str) -> Result<Value, String> {
+    serde_json::from_str(definition).map_err(|e| {
+        tracing::error!(ns, kind = kind.as_str(), key, error = %e, "stored definition does not parse (state corrupt)");
+        format!(
+            "the stored definition of {} {key:?} in namespace {ns:?} does not parse ({e}); replace it",
+            kind.as_str()
+        )
+    })
+}
+
+/// [`parse_stored`], with `null` for a corrupt definition (logged; readers report `null` as an
+/// invalid flag or segment, never as a value).
+pub fn parse(ns: &str, kind: ChangeKind, key: &str, definition: &str) -> Value {
+    parse_stored(ns, kind, key, definition).unwrap_or(Value::Null)
+}
+
+/// Counts open watch streams per caller, refusing more than `max` at once.
+pub struct StreamSlots {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One open stream; dropping it frees the slot.
+pub struct StreamSlot {
+    caller: String,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for `caller`, or `None` if it already has `max` streams open.
+    pub fn acquire(&self, caller: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(caller.to_string()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            caller: caller.to_string(),
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// One Server-Sent Events frame. JSON has no raw newlines, so `data` is one line.

@@ -176,4 +176,16 @@ pub enum ApplyError {
         chain: usize,
         max: usize,
     },
+    /// A write over one of the limits in `StateLimits`.
+    #[error("{path}: {actual} {what}, more than the limit of {limit}")]
+    LimitExceeded {
+        path: String,
+        what: String,
+        limit: usize,
+        actual: usize,
+    },
+    /// A definition that is not JSON (the node validates before proposing, so only a
+    /// corrupted or hand-made entry gets here).
+    #[error("{path}: the definition is not valid JSON: {message}")]
+    InvalidDefinition { path: String, message: String },
 }

@@ -14,13 +14,59 @@ use crate::codec;
 use crate::command::{Applied, ApplyError, Command, CommandResult, Condition, Envelope, Request};
 use crate::{LogId, StoredMembership};
 
-/// Retention bounds. They must be the same on every node, since eviction is part of `apply`.
+/// Retention bounds and write limits. They must be the same on every node, since eviction and
+/// refusals are part of `apply`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateLimits {
     /// How many changes the history keeps (oldest evicted first).
     pub history: usize,
     /// How many idempotency keys are remembered (oldest evicted first).
     pub idempotency_keys: usize,
+    /// Flags per namespace.
+    pub max_flags: usize,
+    /// Segments per namespace.
+    pub max_segments: usize,
+    /// Bytes of one flag or segment definition (its JSON text).
+    pub max_definition_bytes: usize,
+    /// Bytes of all flag and segment definitions of one namespace together (bounds the
+    /// snapshot every SDK downloads and holds).
+    pub max_namespace_bytes: usize,
+    /// Segments one `$ref` chain may pass through; capped at
+    /// `flagstaff_flags::limits::MAX_REF_CHAIN` (the evaluator's own limit).
+    pub max_ref_chain: usize,
+}
+
+impl StateLimits {
+    pub const DEFAULT_MAX_FLAGS: usize = 10_000;
+    pub const DEFAULT_MAX_SEGMENTS: usize = 10_000;
+    pub const DEFAULT_MAX_DEFINITION_BYTES: usize = 256 * 1024;
+    pub const DEFAULT_MAX_NAMESPACE_BYTES: usize = 32 << 20;
+
+    /// The `$ref` chain limit in force (never above the evaluator's).
+    pub fn ref_chain(&self) -> usize {
+        self.max_ref_chain
+            .min(flagstaff_flags::limits::MAX_REF_CHAIN)
+    }
+
+    /// The limits a command can be checked against without the state (a definition's size; all
+    /// of an import, which replaces the whole namespace), so a node refuses such a write before
+    /// proposing it. `apply` checks them again, with the rest.
+    pub fn check(&self, command: &Command) -> Result<(), ApplyError> {
+        match command {
+            Command::PutFlag { definition, .. } => {
+                check_size(ChangeKind::Flag, "definition", definition, *self)
+            }
+            Command::PutSegment { definition, .. } => {
+                check_size(ChangeKind::Segment, "definition", definition, *self)
+            }
+            Command::ImportFlagd {
+                ns,
+                flags,
+                segments,
+            } => import_refs(ns, flags, segments, *self).map(drop),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for StateLimits {
@@ -28,6 +74,11 @@ impl Default for StateLimits {
         Self {
             history: 100_000,
             idempotency_keys: 100_000,
+            max_flags: Self::DEFAULT_MAX_FLAGS,
+            max_segments: Self::DEFAULT_MAX_SEGMENTS,
+            max_definition_bytes: Self::DEFAULT_MAX_DEFINITION_BYTES,
+            max_namespace_bytes: Self::DEFAULT_MAX_NAMESPACE_BYTES,
+            max_ref_chain: flagstaff_flags::limits::MAX_REF_CHAIN,
         }
     }
 }
@@ -44,6 +95,7 @@ pub struct Item {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "NamespaceWire")]
 pub struct Namespace {
     pub version: u64,
     pub description: String,
@@ -51,9 +103,97 @@ pub struct Namespace {
     pub last_change: u64,
     pub flags: BTreeMap<String, Item>,
     pub segments: BTreeMap<String, Item>,
+    /// The `$ref` names of every flag and segment, computed once when the item is stored (in
+    /// memory only; rebuilt when the state is loaded or a snapshot decoded).
+    #[serde(skip)]
+    refs: RefIndex,
+}
+
+/// What a namespace's items reference: item key → the segment names its definition `$ref`s,
+/// `None` for a stored definition that does not parse (corruption: logged when indexed); and
+/// the bytes of all its definitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RefIndex {
+    flags: BTreeMap<String, Option<BTreeSet<String>>>,
+    segments: BTreeMap<String, Option<BTreeSet<String>>>,
+    bytes: usize,
+}
+
+impl RefIndex {
+    fn of_mut(&mut self, kind: ChangeKind) -> &mut BTreeMap<String, Option<BTreeSet<String>>> {
+        if kind == ChangeKind::Flag {
+            &mut self.flags
+        } else {
+            &mut self.segments
+        }
+    }
+}
+
+/// The serialized form of [`Namespace`] (same fields, same order), so decoding rebuilds the
+/// reference index.
+#[derive(Deserialize)]
+struct NamespaceWire {
+    version: u64,
+    description: String,
+    last_change: u64,
+    flags: BTreeMap<String, Item>,
+    segments: BTreeMap<String, Item>,
+}
+
+impl From<NamespaceWire> for Namespace {
+    fn from(w: NamespaceWire) -> Self {
+        let mut space = Namespace {
+            version: w.version,
+            description: w.description,
+            last_change: w.last_change,
+            flags: w.flags,
+            segments: w.segments,
+            refs: RefIndex::default(),
+        };
+        space.reindex("");
+        space
+    }
 }
 
 impl Namespace {
+    /// Rebuilds the reference index from the stored definitions (after loading).
+    fn reindex(&mut self, ns: &str) {
+        let mut index = RefIndex::default();
+        for kind in [ChangeKind::Flag, ChangeKind::Segment] {
+            for (key, item) in self.items(kind) {
+                let refs = match refs_of(kind, &item.definition) {
+                    Ok(refs) => Some(refs),
+                    Err(e) => {
+                        tracing::error!(
+                            ns, kind = kind.as_str(), key = %key, error = %e,
+                            "stored definition does not parse (state corrupt); it counts as referencing anything"
+                        );
+                        None
+                    }
+                };
+                index.of_mut(kind).insert(key.clone(), refs);
+                index.bytes += item.definition.len();
+            }
+        }
+        self.refs = index;
+    }
+
+    /// Bytes of all flag and segment definitions.
+    pub fn definition_bytes(&self) -> usize {
+        self.refs.bytes
+    }
+
+    /// The segment names a stored flag or segment references (`None`: absent, or its stored
+    /// definition does not parse).
+    pub fn refs(&self, kind: ChangeKind, key: &str) -> Option<&BTreeSet<String>> {
+        let map = if kind == ChangeKind::Flag {
+            &self.refs.flags
+        } else {
+            &self.refs.segments
+        };
+        map.get(key).and_then(Option::as_ref)
+    }
+
     /// The flags for [`ChangeKind::Flag`], the segments otherwise.
     pub fn items(&self, kind: ChangeKind) -> &BTreeMap<String, Item> {
         if kind == ChangeKind::Flag {
@@ -547,8 +687,20 @@ impl State {
     ) -> CommandResult {
         let space = self.existing(ns)?;
         let items = space.items(kind);
-        check(condition, items.get(key).map(|i| i.version))?;
-        check_references(ns, space, kind, key, definition)?;
+        let current = items.get(key).map(|i| i.version);
+        check(condition, current)?;
+        check_size(kind, "definition", definition, limits)?;
+        if current.is_none() {
+            check_count(kind, items.len() + 1, limits, kind_section(kind))?;
+        }
+        let old_len = items.get(key).map_or(0, |i| i.definition.len());
+        let bytes = space.refs.bytes - old_len + definition.len();
+        check_namespace_bytes(kind_section(kind), bytes, limits)?;
+        let refs = refs_of(kind, definition).map_err(|e| ApplyError::InvalidDefinition {
+            path: "definition".into(),
+            message: e.to_string(),
+        })?;
+        check_references(ns, space, kind, key, &refs, limits)?;
 
         let item = Item {
             version: self.meta.revision + 1,
@@ -558,6 +710,8 @@ impl State {
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
         let space = self.existing_mut(ns)?;
+        space.refs.of_mut(kind).insert(key.to_string(), Some(refs));
+        space.refs.bytes = bytes;
         let items = space.items_mut(kind);
         let before = items
             .insert(key.to_string(), item)
@@ -603,8 +757,10 @@ impl State {
             }
         }
         let space = self.existing_mut(ns)?;
+        space.refs.of_mut(kind).remove(key);
         let items = space.items_mut(kind);
         let before = items.remove(key).map(|old| old.definition);
+        space.refs.bytes -= before.as_ref().map_or(0, String::len);
         rows.push((item_key(kind, ns, key), None));
         let change = ChangeItem {
             kind,
@@ -625,29 +781,14 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let rules: BTreeMap<String, serde_json::Value> = segments
-            .iter()
-            .map(|(k, d)| (k.clone(), parse(d)))
-            .collect();
-        for (key, definition) in flags {
-            if let Some(missing) = references(ChangeKind::Flag, definition)
-                .into_iter()
-                .find(|r| !rules.contains_key(r))
-            {
-                return Err(ApplyError::UnknownSegment {
-                    ns: ns.to_string(),
-                    path: format!("flags.{key}.targeting"),
-                    segment: missing,
-                });
-            }
-        }
-        check_segment_graph(ns, &rules, |segment| format!("$evaluators.{segment}"))?;
+        let index = import_refs(ns, flags, segments, limits)?;
         let revision = self.meta.revision + 1;
         let (clock, who) = (self.meta.clock_ms, actor.to_string());
         let space = self.namespaces.entry(ns.to_string()).or_default();
         if space.version == 0 {
             space.version = revision;
         }
+        space.refs = index;
         let mut changes = Vec::new();
         for (kind, wanted) in [(ChangeKind::Flag, flags), (ChangeKind::Segment, segments)] {
             let items = space.items_mut(kind);
@@ -837,6 +978,9 @@ impl State {
         }
         idem.sort();
         state.idempotency_order = idem.into_iter().map(|(_, s)| s).collect();
+        for (name, space) in &mut state.namespaces {
+            space.reindex(name);
+        }
         Ok(state)
     }
 }
@@ -858,36 +1002,95 @@ fn check(condition: Condition, current: Option<u64>) -> Result<(), ApplyError> {
     }
 }
 
-fn parse(definition: &str) -> serde_json::Value {
-    // The node validated the text before proposal; if it still does not parse, treat it as a
-    // rule with no references (deterministic on every node).
-    serde_json::from_str(definition).unwrap_or(serde_json::Value::Null)
-}
-
-fn references(kind: ChangeKind, definition: &str) -> BTreeSet<String> {
-    let value = parse(definition);
-    if kind == ChangeKind::Flag {
+/// The segment names a flag or segment definition `$ref`s; an error if it is not JSON.
+fn refs_of(kind: ChangeKind, definition: &str) -> Result<BTreeSet<String>, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(definition)?;
+    Ok(if kind == ChangeKind::Flag {
         flagstaff_flags::flag_refs(&value)
     } else {
         flagstaff_flags::rule_refs(&value)
+    })
+}
+
+/// Where a kind's items live in API paths of single writes.
+fn kind_section(kind: ChangeKind) -> &'static str {
+    if kind == ChangeKind::Flag {
+        "flags"
+    } else {
+        "segments"
     }
 }
 
-/// `$ref` targets must exist, and a segment must not close a cycle.
+fn check_size(
+    kind: ChangeKind,
+    path: &str,
+    definition: &str,
+    limits: StateLimits,
+) -> Result<(), ApplyError> {
+    if definition.len() > limits.max_definition_bytes {
+        return Err(ApplyError::LimitExceeded {
+            path: path.to_string(),
+            what: format!("bytes in a {} definition", kind.as_str()),
+            limit: limits.max_definition_bytes,
+            actual: definition.len(),
+        });
+    }
+    Ok(())
+}
+
+/// `bytes`: the namespace's definition bytes after the write.
+fn check_namespace_bytes(path: &str, bytes: usize, limits: StateLimits) -> Result<(), ApplyError> {
+    if bytes > limits.max_namespace_bytes {
+        return Err(ApplyError::LimitExceeded {
+            path: path.to_string(),
+            what: "bytes of definitions in a namespace".into(),
+            limit: limits.max_namespace_bytes,
+            actual: bytes,
+        });
+    }
+    Ok(())
+}
+
+/// `count`: how many items of `kind` the namespace would hold.
+fn check_count(
+    kind: ChangeKind,
+    count: usize,
+    limits: StateLimits,
+    path: &str,
+) -> Result<(), ApplyError> {
+    let (limit, what) = if kind == ChangeKind::Flag {
+        (limits.max_flags, "flags in a namespace")
+    } else {
+        (limits.max_segments, "segments in a namespace")
+    };
+    if count > limit {
+        return Err(ApplyError::LimitExceeded {
+            path: path.to_string(),
+            what: what.to_string(),
+            limit,
+            actual: count,
+        });
+    }
+    Ok(())
+}
+
+/// `$ref` targets must exist; a segment must not close a cycle nor make a chain too long.
+/// Uses the stored reference graph with the new segment's references in place: one O(V+E)
+/// pass, no definition parsed.
 fn check_references(
     ns: &str,
     space: &Namespace,
     kind: ChangeKind,
     key: &str,
-    definition: &str,
+    refs: &BTreeSet<String>,
+    limits: StateLimits,
 ) -> Result<(), ApplyError> {
-    let refs = references(kind, definition);
     let path = if kind == ChangeKind::Flag {
         "targeting"
     } else {
         "rule"
     };
-    for name in &refs {
+    for name in refs {
         let exists =
             space.segments.contains_key(name) || (kind == ChangeKind::Segment && name == key);
         if !exists {
@@ -899,30 +1102,79 @@ fn check_references(
         }
     }
     if kind == ChangeKind::Segment && !refs.is_empty() {
-        let mut rules: BTreeMap<String, serde_json::Value> = space
+        let graph = space
+            .refs
             .segments
             .iter()
-            .map(|(k, item)| (k.clone(), parse(&item.definition)))
-            .collect();
-        rules.insert(key.to_string(), parse(definition));
-        check_segment_graph(ns, &rules, |_| path.to_string())?;
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, r)| (k.as_str(), r.as_ref()))
+            .chain(std::iter::once((key, Some(refs))));
+        check_segment_graph(ns, graph, limits, |_| path.to_string())?;
     }
     Ok(())
 }
 
-/// Every `$ref` among `rules` names one of them, no cycle, no chain longer than
-/// `MAX_REF_CHAIN`: one O(V+E) pass, whatever the segments are named.
-fn check_segment_graph(
+/// Checks an import (sizes, counts, parse, references, the segment graph) and returns the
+/// namespace's new reference index.
+fn import_refs(
     ns: &str,
-    rules: &BTreeMap<String, serde_json::Value>,
+    flags: &[(String, String)],
+    segments: &[(String, String)],
+    limits: StateLimits,
+) -> Result<RefIndex, ApplyError> {
+    let mut index = RefIndex::default();
+    for (kind, section, items) in [
+        (ChangeKind::Flag, "flags", flags),
+        (ChangeKind::Segment, "$evaluators", segments),
+    ] {
+        for (key, definition) in items {
+            let path = format!("{section}.{key}");
+            check_size(kind, &path, definition, limits)?;
+            let refs = refs_of(kind, definition).map_err(|e| ApplyError::InvalidDefinition {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            index.of_mut(kind).insert(key.clone(), Some(refs));
+        }
+        check_count(kind, index.of_mut(kind).len(), limits, section)?;
+    }
+    // Duplicate keys keep the last definition, as the import itself does.
+    let last: BTreeMap<(bool, &str), usize> = flags
+        .iter()
+        .map(|(k, d)| ((true, k.as_str()), d.len()))
+        .chain(segments.iter().map(|(k, d)| ((false, k.as_str()), d.len())))
+        .collect();
+    index.bytes = last.values().sum();
+    check_namespace_bytes("flags", index.bytes, limits)?;
+    for (key, refs) in &index.flags {
+        if let Some(missing) = refs
+            .iter()
+            .flatten()
+            .find(|r| !index.segments.contains_key(*r))
+        {
+            return Err(ApplyError::UnknownSegment {
+                ns: ns.to_string(),
+                path: format!("flags.{key}.targeting"),
+                segment: missing.clone(),
+            });
+        }
+    }
+    let graph = index.segments.iter().map(|(k, r)| (k.as_str(), r.as_ref()));
+    check_segment_graph(ns, graph, limits, |segment| format!("$evaluators.{segment}"))?;
+    Ok(index)
+}
+
+/// Every `$ref` of the graph names one of its segments, no cycle, no chain longer than the
+/// limit: one O(V+E) pass, whatever the segments are named. A segment whose stored definition
+/// does not parse (`None`) counts as referencing nothing.
+fn check_segment_graph<'a>(
+    ns: &str,
+    graph: impl Iterator<Item = (&'a str, Option<&'a BTreeSet<String>>)>,
+    limits: StateLimits,
     path: impl Fn(&str) -> String,
 ) -> Result<(), ApplyError> {
-    let refs: Vec<(&str, BTreeSet<String>)> = rules
-        .iter()
-        .map(|(k, rule)| (k.as_str(), flagstaff_flags::rule_refs(rule)))
-        .collect();
-    let graph = refs.iter().map(|(k, r)| (*k, r.iter().map(String::as_str)));
-    match flagstaff_flags::check_segment_graph(graph, flagstaff_flags::limits::MAX_REF_CHAIN) {
+    let graph = graph.map(|(k, r)| (k, r.into_iter().flatten().map(String::as_str)));
+    match flagstaff_flags::check_segment_graph(graph, limits.ref_chain()) {
         Ok(()) => Ok(()),
         Err(flagstaff_flags::RefFault::Missing { segment, missing }) => {
             Err(ApplyError::UnknownSegment {
@@ -945,20 +1197,28 @@ fn check_segment_graph(
     }
 }
 
-/// Flags and segments whose definitions reference `segment`.
+/// Flags and segments whose definitions reference `segment`, from the stored references (an
+/// item whose stored definition does not parse counts as a user: deleting under it is refused).
 fn segment_users(space: &Namespace, segment: &str) -> Vec<String> {
+    let uses = |refs: &Option<BTreeSet<String>>| match refs {
+        Some(refs) => refs.contains(segment),
+        None => true,
+    };
+    let label = |what: &str, key: &str, refs: &Option<BTreeSet<String>>| match refs {
+        Some(_) => format!("{what} {key}"),
+        None => format!("{what} {key} (stored definition unreadable)"),
+    };
     let flags = space
+        .refs
         .flags
         .iter()
-        .filter(|(_, item)| references(ChangeKind::Flag, &item.definition).contains(segment))
-        .map(|(k, _)| format!("flag {k}"));
+        .filter(|(_, r)| uses(r))
+        .map(|(k, r)| label("flag", k, r));
     let segments = space
+        .refs
         .segments
         .iter()
-        .filter(|(k, item)| {
-            k.as_str() != segment
-                && references(ChangeKind::Segment, &item.definition).contains(segment)
-        })
-        .map(|(k, _)| format!("segment {k}"));
+        .filter(|(k, r)| k.as_str() != segment && uses(r))
+        .map(|(k, r)| label("segment", k, r));
     flags.chain(segments).collect()
 }

@@ -21,6 +21,7 @@ fn apply(state: &mut State, commands: Vec<Envelope>) -> Vec<crate::CommandResult
         StateLimits {
             history: 3,
             idempotency_keys: 2,
+            ..StateLimits::default()
         },
         &mut rows,
     )
@@ -202,6 +203,7 @@ fn retention_is_bounded_fifo_and_rows_round_trip() {
     let limits = StateLimits {
         history: 3,
         idempotency_keys: 2,
+        ..StateLimits::default()
     };
     let mut rows = Vec::new();
     let mut cmds = vec![env(ns("prod"))];
@@ -300,5 +302,60 @@ fn ref_chains_longer_than_the_limit_are_refused_whatever_the_names() {
             matches!(&r[0], Err(ApplyError::SegmentChainTooLong { .. })),
             "ascending={ascending}: {r:?}"
         );
+    }
+}
+
+/// The in-memory `$ref` index is rebuilt when the state is loaded from its rows or decoded from
+/// a snapshot, so reference checks decide the same after a restart or a snapshot install.
+#[test]
+fn the_reference_index_survives_loading_and_snapshots() {
+    let mut s = State::default();
+    let targeting = r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off","targeting":{"if":[{"$ref":"b"},"on","off"]}}"#;
+    let r = apply(
+        &mut s,
+        vec![
+            env(ns("prod")),
+            env(segment("a", r#"{"==":[1,1]}"#)),
+            env(segment("b", r#"{"and":[{"$ref":"a"},true]}"#)),
+            env(flag("f", targeting, Condition::None)),
+        ],
+    );
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    s.take_pending();
+
+    let from_rows = State::from_rows(
+        s.all_rows()
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref().unwrap())),
+    )
+    .unwrap();
+    let decoded: State = crate::codec::decode(&crate::codec::encode(&s).unwrap()).unwrap();
+    for (how, mut loaded) in [("rows", from_rows), ("snapshot", decoded)] {
+        assert_eq!(loaded, s, "{how}");
+        let space = loaded.namespace("prod").unwrap();
+        let refs = |kind, key| {
+            space
+                .refs(kind, key)
+                .map(|r| r.iter().cloned().collect::<Vec<_>>())
+        };
+        assert_eq!(refs(crate::ChangeKind::Flag, "f"), Some(vec!["b".into()]), "{how}");
+        assert_eq!(refs(crate::ChangeKind::Segment, "b"), Some(vec!["a".into()]), "{how}");
+        // The loaded index still protects segments in use and refuses cycles.
+        let r = apply(
+            &mut loaded,
+            vec![
+                env(Command::DeleteSegment {
+                    ns: "prod".into(),
+                    key: "a".into(),
+                    condition: Condition::None,
+                }),
+                env(segment("a", r#"{"$ref":"b"}"#)),
+            ],
+        );
+        assert!(
+            matches!(&r[0], Err(ApplyError::SegmentInUse { users, .. }) if users == &vec!["segment b".to_string()]),
+            "{how}: {r:?}"
+        );
+        assert!(matches!(&r[1], Err(ApplyError::SegmentCycle { .. })), "{how}: {r:?}");
     }
 }

@@ -117,7 +117,11 @@ pub struct ItemInfo {
     version: u64,
     updated_at_ms: u64,
     updated_by: String,
+    /// `null` if the stored definition does not parse (state corruption; see `error`).
     definition: Value,
+    /// Present only when the stored definition does not parse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -173,6 +177,7 @@ pub(crate) async fn submit(
     body: &[u8],
     command: Command,
 ) -> Result<Applied> {
+    node.config.state_limits.check(&command)?;
     let ns = command.namespace().to_string();
     let idem = idempotency(headers, actor, &ns, method, uri.path(), body)?;
     let envelope = Envelope {
@@ -375,6 +380,10 @@ fn read_answer(
 // ----- flags and segments -----
 
 fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
+    let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition) {
+        Ok(v) => (v, None),
+        Err(e) => (Value::Null, Some(e)),
+    };
     ItemInfo {
         namespace: ns.to_string(),
         kind: kind.as_str().to_string(),
@@ -382,7 +391,8 @@ fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
         version: item.version,
         updated_at_ms: item.updated_at_ms,
         updated_by: item.updated_by.clone(),
-        definition: serde_json::from_str(&item.definition).unwrap_or(Value::Null),
+        definition,
+        error,
     }
 }
 
@@ -724,10 +734,9 @@ async fn patch_flag(
             let item = space.flags.get(&key).ok_or_else(|| {
                 ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
             })?;
-            (
-                serde_json::from_str::<Value>(&item.definition).unwrap_or(Value::Null),
-                item.version,
-            )
+            let current = crate::watch_hub::parse_stored(&ns, ChangeKind::Flag, &key, &item.definition)
+                .map_err(ApiError::Conflict)?;
+            (current, item.version)
         };
         merge_patch(&mut definition, &body.value);
         let text = validate(ChangeKind::Flag, &definition)?;

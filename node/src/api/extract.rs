@@ -193,7 +193,25 @@ impl FromRequest<Arc<Node>> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let limit = node.config.max_body_bytes;
+        JsonBody::read(req, node.config.max_body_bytes).await
+    }
+}
+
+/// A flagd document import body: a [`JsonBody`] read with `max_import_bytes` (a document may
+/// carry a whole namespace).
+pub struct ImportBody(pub JsonBody);
+
+impl FromRequest<Arc<Node>> for ImportBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let limit = node.config.max_import_bytes.max(node.config.max_body_bytes);
+        JsonBody::read(req, limit).await.map(ImportBody)
+    }
+}
+
+impl JsonBody {
+    async fn read(req: Request<Body>, limit: usize) -> Result<Self, ApiError> {
         let raw = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge { limit })?;

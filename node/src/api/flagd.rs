@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::admin::submit;
-use crate::api::extract::{check_name, read_params, Admin, JsonBody};
+use crate::api::extract::{check_name, read_params, Admin, ImportBody};
 use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -67,7 +67,7 @@ async fn export(
     let space = state
         .namespace(&ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let (flags, evaluators) = crate::api::sdk::definitions(space);
+    let (flags, evaluators) = crate::api::sdk::definitions(&ns, space);
     Ok(Json(FlagdDocument {
         schema: SCHEMA,
         flags,
@@ -88,7 +88,7 @@ async fn import(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: JsonBody,
+    ImportBody(body): ImportBody,
 ) -> Result<Json<Imported>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
     flagstaff_flags::validate_document(&body.value).map_err(ApiError::invalid)?;

@@ -17,6 +17,7 @@ use crate::api::openapi::{NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
+use flagstaff_raft_store::ChangeKind;
 
 const MAX_PAGE: usize = 1000;
 
@@ -122,8 +123,8 @@ async fn history(
             .map(|i| HistoryItem {
                 kind: i.kind.as_str(),
                 key: i.key.clone(),
-                before: i.before.as_deref().map(parse),
-                after: i.after.as_deref().map(parse),
+                before: i.before.as_deref().map(|d| value_of(&c.ns, i.kind, &i.key, d)),
+                after: i.after.as_deref().map(|d| value_of(&c.ns, i.kind, &i.key, d)),
             })
             .collect();
         changes.push(HistoryChange {
@@ -141,4 +142,14 @@ async fn history(
         changes,
         next_before,
     }))
+}
+
+/// A flag or segment definition as JSON (`null`, logged, if it does not parse); a namespace's
+/// description as a string.
+fn value_of(ns: &str, kind: ChangeKind, key: &str, text: &str) -> serde_json::Value {
+    if kind == ChangeKind::Namespace {
+        serde_json::Value::String(text.to_string())
+    } else {
+        parse(ns, kind, key, text)
+    }
 }

@@ -25,6 +25,7 @@ use crate::clock::wall_ms;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::watch_hub::parse;
+use flagstaff_raft_store::ChangeKind;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -111,12 +112,12 @@ impl FlagSetCache {
             let flags: Vec<(String, Value)> = space
                 .flags
                 .iter()
-                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Flag, k, &i.definition)))
                 .collect();
             let segments: BTreeMap<String, Value> = space
                 .segments
                 .iter()
-                .map(|(k, i)| (k.clone(), parse(&i.definition)))
+                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Segment, k, &i.definition)))
                 .collect();
             (space.last_change, flags, segments)
         };
@@ -179,6 +180,21 @@ fn api_error(key: Option<&str>, e: ApiError) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
+}
+
+/// The evaluation request body (the context) may not exceed `max_context_bytes`.
+fn check_context_size(node: &Node, body: &JsonBody) -> Result<(), (String, String)> {
+    let limit = node.config.max_context_bytes;
+    if body.raw.len() > limit {
+        return Err((
+            "INVALID_CONTEXT".into(),
+            format!(
+                "context: the evaluation request is {} bytes, more than the limit of {limit}",
+                body.raw.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn context_of(body: &Value) -> Result<Context, (String, String)> {
@@ -287,7 +303,7 @@ async fn evaluate_one(
     let caller = caller?;
     let body = body?;
     let (_, _, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match context_of(&body.value) {
+    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
             return Ok(ofrep_error(
@@ -387,7 +403,7 @@ async fn evaluate_all(
     let caller = caller?;
     let body = body?;
     let (_, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match context_of(&body.value) {
+    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
             return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details))

@@ -9,7 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flagstaff_raft_store::{Namespace, State as StoreState};
+use flagstaff_raft_store::{ChangeKind, Namespace, State as StoreState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
@@ -45,17 +45,21 @@ pub struct NamespaceSnapshot {
 }
 
 /// A namespace's flags and segments as JSON maps (key → definition).
-pub fn definitions(space: &Namespace) -> (Map<String, Value>, Map<String, Value>) {
-    let parsed = |items: &std::collections::BTreeMap<String, flagstaff_raft_store::Item>| -> Map<String, Value> {
-        items.iter().map(|(k, i)| (k.clone(), parse(&i.definition))).collect()
+pub fn definitions(ns: &str, space: &Namespace) -> (Map<String, Value>, Map<String, Value>) {
+    let parsed = |kind: ChangeKind| -> Map<String, Value> {
+        space
+            .items(kind)
+            .iter()
+            .map(|(k, i)| (k.clone(), parse(ns, kind, k, &i.definition)))
+            .collect()
     };
-    (parsed(&space.flags), parsed(&space.segments))
+    (parsed(ChangeKind::Flag), parsed(ChangeKind::Segment))
 }
 
 /// `{namespace, cluster_id, revision, flags: {key: def}, segments: {key: rule}}`, or `None` if
 /// the namespace does not exist.
 pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<NamespaceSnapshot> {
-    let (flags, segments) = definitions(state.namespace(ns)?);
+    let (flags, segments) = definitions(ns, state.namespace(ns)?);
     Some(NamespaceSnapshot {
         namespace: ns.to_string(),
         cluster_id: cluster_id.to_string(),
@@ -143,6 +147,16 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
+    let who = match &caller {
+        Caller::Admin(name) => format!("admin:{name}"),
+        Caller::Sdk { hash, .. } => format!("sdk:{hash}"),
+    };
+    let slot = node
+        .watch_streams
+        .acquire(&who)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: 5,
+        })?;
     let params = read_params(q.as_deref(), &node, false)?;
     let mut since = None;
     for (k, v) in &params.rest {
@@ -194,11 +208,15 @@ async fn watch(
         rx,
         tx,
     ));
-    let body = Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    }));
+    // The slot is held as long as the response body lives (until the client goes away).
+    let body = Body::from_stream(futures::stream::unfold(
+        (body_rx, slot),
+        |(mut rx, slot)| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot)))
+        },
+    ));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
