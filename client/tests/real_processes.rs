@@ -13,11 +13,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bool_flag, wait_until, Evaluator};
+use common::{bool_flag, flagstaff_bin, wait_until, Evaluator};
 use flagstaff_client::{context, Client, ErrorCode, Event, LoadOutcome, Reason, Source, Status};
 use jepsen_like_tests::cluster::{Cluster, Health, ADMIN_TOKEN};
 use serde_json::{json, Value};
@@ -25,36 +24,6 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(30);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
 const STALE_AFTER: Duration = Duration::from_secs(3);
-
-/// The `flagstaff` binary: `$FLAGSTAFF_BIN`, else next to this test executable
-/// (`target/<profile>/deps/…` → `target/<profile>/flagstaff`), else `$CARGO_TARGET_DIR/debug`.
-fn flagstaff_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLAGSTAFF_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "FLAGSTAFF_BIN={} is not a file; build it with `cargo build -p flagstaff-cluster`",
-            p.display()
-        );
-        return p;
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("flagstaff"));
-        }
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("debug").join("flagstaff"));
-    }
-    match candidates.iter().find(|p| p.is_file()) {
-        Some(p) => p.clone(),
-        None => panic!(
-            "the flagstaff binary was not found (looked at {candidates:?}); run \
-             `cargo build --workspace --all-targets` first, or set FLAGSTAFF_BIN"
-        ),
-    }
-}
 
 /// A running 3-node cluster with namespace `checkout` (flag `f`, off) and an SDK key for it.
 struct Fixture {

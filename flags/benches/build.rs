@@ -6,32 +6,19 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use flagstaff_flags::FlagSet;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
-fn flag(segment: &str) -> Value {
-    json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
-           "targeting": {"if": [{"$ref": segment}, "on", "off"]}})
-}
+#[path = "../tests/support/large_namespace.rs"]
+mod large;
 
-/// `segments` segments (a leaf, a chain link, a diamond, a fan-in onto the first leaf, in
-/// turn) and `flags` flags, each referencing one segment.
+/// The document's flags and segments as the maps `FlagSet::build` takes.
 fn namespace(flags: usize, segments: usize) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
-    let segs: BTreeMap<String, Value> = (0..segments)
-        .map(|i| {
-            let rule = match i % 4 {
-                0 => json!({"ends_with": [{"var": "email"}, format!("@team{i}.example")]}),
-                1 => json!({"and": [{"$ref": format!("seg{}", i - 1)}, {"in": [{"var": "country"}, ["NL", "BE"]]}]}),
-                2 => json!({"or": [{"$ref": format!("seg{}", i - 1)}, {"$ref": format!("seg{}", i - 2)}]}),
-                _ => json!({"and": [{"$ref": "seg0"}, {"$ref": format!("seg{}", i - 1)}]}),
-            };
-            (format!("seg{i}"), rule)
-        })
-        .collect();
-    let flags = (0..flags)
-        .map(|i| (format!("flag{i}"), flag(&format!("seg{}", i % segments))))
-        .collect();
-    (flags, segs)
+    let doc = large::large_namespace(flags, segments);
+    let map = |name: &str| -> BTreeMap<String, Value> {
+        doc[name].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    (map("flags"), map("$evaluators"))
 }
 
 fn build(c: &mut Criterion) {

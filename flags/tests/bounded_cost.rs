@@ -281,40 +281,13 @@ fn segment_graph_faults() {
     );
 }
 
-/// A namespace of `n` segments in chains, diamonds and wide fan-in, and `n` flags over them.
-fn large_namespace(n: usize) -> Value {
-    let mut segments = serde_json::Map::new();
-    for i in 0..n {
-        let rule = match i % 4 {
-            // A leaf.
-            0 => json!({"ends_with": [{"var": "email"}, format!("@team{i}.example")]}),
-            // A short chain onto the previous leaf.
-            1 => {
-                json!({"and": [{"$ref": format!("seg{}", i - 1)}, {"in": [{"var": "country"}, ["NL", "BE"]]}]})
-            }
-            // A diamond over the two before.
-            2 => {
-                json!({"or": [{"$ref": format!("seg{}", i - 1)}, {"$ref": format!("seg{}", i - 2)}]})
-            }
-            // Wide fan-in: everyone references the first leaf.
-            _ => json!({"and": [{"$ref": "seg0"}, {"$ref": format!("seg{}", i - 1)}]}),
-        };
-        segments.insert(format!("seg{i}"), rule);
-    }
-    let flags: serde_json::Map<String, Value> = (0..n)
-        .map(|i| {
-            (
-                format!("flag{i}"),
-                flag(json!({"if": [{"$ref": format!("seg{i}")}, "on", "off"]})),
-            )
-        })
-        .collect();
-    json!({"flags": flags, "$evaluators": segments})
-}
+#[path = "support/large_namespace.rs"]
+mod large;
+use large::large_namespace;
 
 #[test]
 fn a_large_namespace_builds_and_evaluates() {
-    let doc = large_namespace(10_000);
+    let doc = large_namespace(10_000, 10_000);
     let (set, faults) = FlagSet::from_document_lossy(&doc);
     assert!(faults.is_empty(), "{:?}", &faults[..faults.len().min(3)]);
     assert_eq!(set.len(), 10_000);

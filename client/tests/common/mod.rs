@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod fake_node;
 pub mod freeze_proxy;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,4 +113,51 @@ impl Evaluator {
             first,
         )
     }
+}
+
+/// The `flagstaff` binary: `$FLAGSTAFF_BIN`, else next to this test executable
+/// (`target/<profile>/deps/…` → `target/<profile>/flagstaff`), else `$CARGO_TARGET_DIR/debug`.
+pub fn flagstaff_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLAGSTAFF_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "FLAGSTAFF_BIN={} is not a file; build it with `cargo build -p flagstaff-cluster`",
+            p.display()
+        );
+        return p;
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join("flagstaff"));
+        }
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("debug").join("flagstaff"));
+    }
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => p.clone(),
+        None => panic!(
+            "the flagstaff binary was not found (looked at {candidates:?}); run \
+             `cargo build --workspace --all-targets` first, or set FLAGSTAFF_BIN"
+        ),
+    }
+}
+
+/// An example of this package (`cargo build --workspace --all-targets` builds them), next to
+/// this test executable (`target/<profile>/deps/…` → `target/<profile>/examples/NAME`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("examples").join(name))
+        .expect("the test executable is in target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} was not found; run `cargo build --workspace --all-targets` first",
+        path.display()
+    );
+    path
 }
