@@ -18,10 +18,11 @@
 //! Guarantees: no function of this crate panics on any input JSON; evaluation allocates
 //! nothing for boolean and numeric results (checked by `tests/no_alloc.rs`).
 //!
-//! Checking it (see `flags/README.md`): `cargo test -p flagstaff-flags` runs the data-file
-//! tables, property tests and the allocation test; `cargo bench -p flagstaff-flags` compares
-//! against `datalogic-rs` in the same run; `flags/fuzz/run.sh 60` builds the libFuzzer target
-//! on the stable toolchain and fuzzes parse → validate → compile → evaluate for 60 seconds.
+//! Checking it (see `flags/README.md`): `cargo nextest run --workspace -E
+//! 'package(flagstaff-flags)'` runs the data-file tables, property tests and the allocation test;
+//! `cargo bench --workspace --bench evaluate` compares against `datalogic-rs` in the same run;
+//! `flags/fuzz/run.sh 60` builds the libFuzzer target on the stable toolchain and fuzzes parse →
+//! validate → compile → evaluate for 60 seconds.
 
 mod compiled_rule;
 mod context;

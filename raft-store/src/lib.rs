@@ -1,7 +1,7 @@
 //! Flagstaff's replicated store: the openraft type configuration, a RocksDB log store and the
 //! flag state machine.
 //!
-//! Guarantees this crate keeps (see `DESIGN.md`, "How the guarantees are kept"):
+//! Guarantees this crate keeps (see `docs/design.md`, "How they are kept"):
 //! - [`LogStore::append`](openraft::storage::RaftLogStorage::append) reports an append as
 //!   flushed only after a `sync=true` RocksDB write; votes are synced before `save_vote` returns.
 //! - State-machine rows and `last_applied` are written in one `WriteBatch`.

@@ -137,7 +137,9 @@ async fn snapshot(
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this revision")),
     responses((status = 200, description = "Server-Sent Events: `snapshot`, `change` (id = revision), \
         `heartbeat` {revision, staleness_ms}, `stale` (then the stream closes), `error`",
-        content_type = "text/event-stream", body = String)))]
+        content_type = "text/event-stream", body = String),
+        (status = 429, description = "this key already has the most watch streams this node allows \
+        open (`--max-watch-streams-per-key`); see Retry-After", body = crate::error::ErrorBody)))]
 async fn watch(
     State(node): State<Arc<Node>>,
     caller: Caller,
