@@ -5,7 +5,7 @@
 //! applies the same log reaches the same state. Every change it makes is also recorded as a row
 //! operation, which the state machine writes to RocksDB in the same batch as `last_applied`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,8 @@ pub struct Namespace {
 struct RefIndex {
     flags: BTreeMap<String, Option<BTreeSet<String>>>,
     segments: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// Segment → the segments that `$ref` it (the reverse of `segments`).
+    segment_users: BTreeMap<String, BTreeSet<String>>,
     bytes: usize,
 }
 
@@ -126,6 +128,52 @@ impl RefIndex {
         } else {
             &mut self.segments
         }
+    }
+
+    /// Records what item `key` references (replacing what it referenced before).
+    fn set(&mut self, kind: ChangeKind, key: &str, refs: Option<BTreeSet<String>>) {
+        self.unlink(kind, key);
+        if kind == ChangeKind::Segment {
+            for r in refs.iter().flatten() {
+                let users = self.segment_users.entry(r.clone()).or_default();
+                users.insert(key.to_string());
+            }
+        }
+        self.of_mut(kind).insert(key.to_string(), refs);
+    }
+
+    fn remove(&mut self, kind: ChangeKind, key: &str) {
+        self.unlink(kind, key);
+        self.of_mut(kind).remove(key);
+    }
+
+    /// Drops segment `key`'s entries from the reverse index.
+    fn unlink(&mut self, kind: ChangeKind, key: &str) {
+        if kind != ChangeKind::Segment {
+            return;
+        }
+        let Some(Some(old)) = self.segments.get(key) else {
+            return;
+        };
+        for r in old {
+            if let Some(users) = self.segment_users.get_mut(r) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.segment_users.remove(r);
+                }
+            }
+        }
+    }
+
+    /// The stored `$ref`s of segment `s` (none if absent or unreadable).
+    fn segment_refs<'a>(&'a self, s: &str) -> impl Iterator<Item = &'a str> {
+        let refs = self.segments.get(s).and_then(Option::as_ref);
+        refs.into_iter().flatten().map(String::as_str)
+    }
+
+    /// The segments that `$ref` segment `s`.
+    fn users_of<'a>(&'a self, s: &str) -> impl Iterator<Item = &'a str> {
+        self.segment_users.get(s).into_iter().flatten().map(String::as_str)
     }
 }
 
@@ -171,7 +219,7 @@ impl Namespace {
                         None
                     }
                 };
-                index.of_mut(kind).insert(key.clone(), refs);
+                index.set(kind, key, refs);
                 index.bytes += item.definition.len();
             }
         }
@@ -710,7 +758,7 @@ impl State {
         };
         rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
         let space = self.existing_mut(ns)?;
-        space.refs.of_mut(kind).insert(key.to_string(), Some(refs));
+        space.refs.set(kind, key, Some(refs));
         space.refs.bytes = bytes;
         let items = space.items_mut(kind);
         let before = items
@@ -757,7 +805,7 @@ impl State {
             }
         }
         let space = self.existing_mut(ns)?;
-        space.refs.of_mut(kind).remove(key);
+        space.refs.remove(kind, key);
         let items = space.items_mut(kind);
         let before = items.remove(key).map(|old| old.definition);
         space.refs.bytes -= before.as_ref().map_or(0, String::len);
@@ -1102,16 +1150,74 @@ fn check_references(
         }
     }
     if kind == ChangeKind::Segment && !refs.is_empty() {
-        let graph = space
-            .refs
-            .segments
-            .iter()
-            .filter(|(k, _)| k.as_str() != key)
-            .map(|(k, r)| (k.as_str(), r.as_ref()))
-            .chain(std::iter::once((key, Some(refs))));
-        check_segment_graph(ns, graph, limits, |_| path.to_string())?;
+        check_segment_write(&space.refs, key, refs, limits, path)?;
     }
     Ok(())
+}
+
+/// After segment `key` gets `refs`, in a graph that was valid before: only cycles and chains
+/// through `key` can be new, so this walks the segments below `refs` and above `key` (each once,
+/// iteratively), not the whole namespace. A chain through `key` is the longest one of users
+/// ending at it plus the longest one starting at one of `refs`.
+fn check_segment_write(
+    index: &RefIndex,
+    key: &str,
+    refs: &BTreeSet<String>,
+    limits: StateLimits,
+    path: &str,
+) -> Result<(), ApplyError> {
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let below = longest_chain(&refs, Some(key), |s| index.segment_refs(s))?;
+    let above = longest_chain(&[key], None, |s| index.users_of(s).filter(move |u| *u != s))?;
+    let chain = above + below;
+    let max = limits.ref_chain();
+    if chain > max {
+        return Err(ApplyError::SegmentChainTooLong {
+            path: path.to_string(),
+            segment: key.to_string(),
+            chain,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// The most segments on one path from any of `starts` along `next` (0 without `starts`).
+/// Reaching `forbidden`, or any segment already on the path, is a cycle.
+fn longest_chain<'a, I: Iterator<Item = &'a str>>(
+    starts: &[&'a str],
+    forbidden: Option<&str>,
+    next: impl Fn(&'a str) -> I,
+) -> Result<usize, ApplyError> {
+    let mut done: HashMap<&str, usize> = HashMap::new();
+    let mut on_path: Vec<&str> = Vec::new();
+    let mut longest = 0;
+    for &start in starts {
+        // (segment, whether its successors were pushed already)
+        let mut stack = vec![(start, false)];
+        while let Some((s, expanded)) = stack.pop() {
+            if expanded {
+                let depth = 1 + next(s).filter_map(|c| done.get(c)).max().copied().unwrap_or(0);
+                done.insert(s, depth);
+                on_path.pop();
+                continue;
+            }
+            if done.contains_key(s) {
+                continue;
+            }
+            if Some(s) == forbidden || on_path.contains(&s) {
+                let mut cycle: Vec<String> = forbidden.into_iter().map(str::to_string).collect();
+                cycle.extend(on_path.iter().map(|p| p.to_string()));
+                cycle.push(s.to_string());
+                return Err(ApplyError::SegmentCycle { cycle });
+            }
+            on_path.push(s);
+            stack.push((s, true));
+            stack.extend(next(s).filter(|c| !done.contains_key(c)).map(|c| (c, false)));
+        }
+        longest = longest.max(done.get(start).copied().unwrap_or(0));
+    }
+    Ok(longest)
 }
 
 /// Checks an import (sizes, counts, parse, references, the segment graph) and returns the
@@ -1134,7 +1240,7 @@ fn import_refs(
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            index.of_mut(kind).insert(key.clone(), Some(refs));
+            index.set(kind, key, Some(refs));
         }
         check_count(kind, index.of_mut(kind).len(), limits, section)?;
     }

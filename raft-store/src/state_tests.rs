@@ -359,3 +359,73 @@ fn the_reference_index_survives_loading_and_snapshots() {
         assert!(matches!(&r[1], Err(ApplyError::SegmentCycle { .. })), "{how}: {r:?}");
     }
 }
+
+/// The incremental check of a segment write (only what lies below its references and above
+/// it) decides exactly as one pass over the whole graph would: thousands of random writes over
+/// twelve names, a short chain limit so that every outcome occurs.
+#[test]
+fn segment_writes_are_checked_as_the_whole_graph_would_be() {
+    let limits = StateLimits {
+        max_ref_chain: 3,
+        ..StateLimits::default()
+    };
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let name = |i: u64| format!("s{i}");
+    let mut s = State::default();
+    apply(&mut s, vec![env(ns("prod"))]);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for _ in 0..4000 {
+        let key = name(next(12));
+        let refs: std::collections::BTreeSet<String> = (0..next(4)).map(|_| name(next(12))).collect();
+        let rule = if refs.is_empty() {
+            r#"{"==":[1,1]}"#.to_string()
+        } else {
+            let parts: Vec<String> = refs.iter().map(|r| format!(r#"{{"$ref":"{r}"}}"#)).collect();
+            format!(r#"{{"or":[{}]}}"#, parts.join(","))
+        };
+        // What one pass over the graph with this write in place says.
+        let space = s.namespace("prod").unwrap();
+        let mut graph: Vec<(String, Vec<String>)> = space
+            .segments
+            .keys()
+            .filter(|k| **k != key)
+            .map(|k| {
+                let r = space.refs(crate::ChangeKind::Segment, k).cloned().unwrap_or_default();
+                (k.clone(), r.into_iter().collect())
+            })
+            .collect();
+        graph.push((key.clone(), refs.iter().cloned().collect()));
+        let whole = flagstaff_flags::check_segment_graph(
+            graph.iter().map(|(k, r)| (k.as_str(), r.iter().map(String::as_str))),
+            limits.ref_chain(),
+        );
+        let mut rows = Vec::new();
+        let got = s.apply_request(
+            &Request {
+                proposed_at_ms: 1,
+                commands: vec![env(segment(&key, &rule))],
+            },
+            limits,
+            &mut rows,
+        );
+        let kind = match (&whole, &got[0]) {
+            (Ok(()), Ok(_)) => "ok",
+            (Err(flagstaff_flags::RefFault::Missing { .. }), Err(ApplyError::UnknownSegment { .. })) => "missing",
+            (Err(flagstaff_flags::RefFault::Cycle(_)), Err(ApplyError::SegmentCycle { .. })) => "cycle",
+            // The pass names the first chain it finds too long, the write its longest one.
+            (
+                Err(flagstaff_flags::RefFault::TooDeep { .. }),
+                Err(ApplyError::SegmentChainTooLong { chain, max, .. }),
+            ) if chain > max => "too long",
+            (w, g) => panic!("{key} -> {refs:?}: the whole graph says {w:?}, the write got {g:?}"),
+        };
+        *outcomes.entry(kind).or_insert(0) += 1;
+    }
+    for kind in ["ok", "missing", "cycle", "too long"] {
+        assert!(outcomes.get(kind).is_some_and(|n| *n > 20), "{outcomes:?}");
+    }
+}
