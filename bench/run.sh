@@ -64,4 +64,13 @@ if [ -n "$quick" ]; then snap=(--writes 50000 --snapshot-every 100 --logs-behind
     "${snap[@]}" --command "bash bench/run.sh${quick:+ $quick}"
   echo
 } >>"$out/$date.md"
+phase "segment writes in a namespace of 10,000 segments beside one of 10 (own cluster)"
+if [ -n "$quick" ]; then segw=(--writes 50); else segw=(--writes 300); fi
+{
+  echo
+  echo "## Segment writes: 10,000 segments beside 10"
+  echo
+  "$target_dir/release/segment_writes" --flagstaff-bin "$target_dir/release/flagstaff" "${segw[@]}"
+  echo
+} >>"$out/$date.md"
 phase "done: $out/$date.md"
