@@ -59,7 +59,9 @@ fn hostile() -> Vec<(&'static str, Value)> {
         ),
         (
             "quadratic-merge",
-            when(json!({"==": [{"reduce": [items, {"merge": [acc, [{"var": "current"}]]}, []]}, 0]})),
+            when(
+                json!({"==": [{"reduce": [items, {"merge": [acc, [{"var": "current"}]]}, []]}, 0]}),
+            ),
         ),
     ]
 }
@@ -185,7 +187,11 @@ async fn an_application_keeps_its_values_and_its_memory_while_hostile_rules_are_
     put("/v1/namespaces/app".into(), json!({})).await;
     for i in 0..GOOD {
         let targeting = when(json!({"==": [{"var": "targetingKey"}, "user-1"]}));
-        put(format!("/v1/namespaces/app/flags/good-{i}"), object_flag(0, Some(targeting))).await;
+        put(
+            format!("/v1/namespaces/app/flags/good-{i}"),
+            object_flag(0, Some(targeting)),
+        )
+        .await;
     }
     let key = admin(
         reqwest::Method::POST,
@@ -208,17 +214,30 @@ async fn an_application_keeps_its_values_and_its_memory_while_hostile_rules_are_
 
     // Hostile definitions, each accepted by the service.
     for (name, targeting) in hostile() {
-        put(format!("/v1/namespaces/app/flags/{name}"), object_flag(3, Some(targeting))).await;
+        put(
+            format!("/v1/namespaces/app/flags/{name}"),
+            object_flag(3, Some(targeting)),
+        )
+        .await;
     }
     // At the limits: a chain of CHAIN segments, a rule nested to the depth limit, a definition
     // near the size limit.
-    put("/v1/namespaces/app/segments/s0".into(), json!({"in": ["item-999", {"var": "items"}]})).await;
+    put(
+        "/v1/namespaces/app/segments/s0".into(),
+        json!({"in": ["item-999", {"var": "items"}]}),
+    )
+    .await;
     for i in 1..CHAIN {
-        let rule = json!({"and": [{"$ref": format!("s{}", i - 1)}, {"in": ["x", {"var": "name"}]}]});
+        let rule =
+            json!({"and": [{"$ref": format!("s{}", i - 1)}, {"in": ["x", {"var": "name"}]}]});
         put(format!("/v1/namespaces/app/segments/s{i}"), rule).await;
     }
     let top = format!("s{}", CHAIN - 1);
-    put("/v1/namespaces/app/flags/chained".into(), object_flag(0, Some(when(json!({"$ref": top}))))).await;
+    put(
+        "/v1/namespaces/app/flags/chained".into(),
+        object_flag(0, Some(when(json!({"$ref": top})))),
+    )
+    .await;
     // `{"if": [{"!": {"!": … {"var": …}}}, …]}`: the `var` sits just inside the depth limit. (The
     // unary form without an array: with one, JSON text nests twice per level, and request
     // bodies are parsed at most 128 levels deep.)
@@ -227,7 +246,11 @@ async fn an_application_keeps_its_values_and_its_memory_while_hostile_rules_are_
     for _ in 0..negations {
         nested = json!({"!": nested});
     }
-    put("/v1/namespaces/app/flags/deep".into(), object_flag(0, Some(when(nested)))).await;
+    put(
+        "/v1/namespaces/app/flags/deep".into(),
+        object_flag(0, Some(when(nested))),
+    )
+    .await;
     let mut big = object_flag(2, None);
     big["variants"]["v2"] = json!({"n": 2, "pad": "x".repeat(200 * 1024)});
     put("/v1/namespaces/app/flags/big".into(), big).await;
@@ -235,12 +258,18 @@ async fn an_application_keeps_its_values_and_its_memory_while_hostile_rules_are_
     // Then ordinary changes to the good flags: the application must see them.
     for i in 0..GOOD {
         let targeting = when(json!({"==": [{"var": "targetingKey"}, "someone-else"]}));
-        put(format!("/v1/namespaces/app/flags/good-{i}"), object_flag(0, Some(targeting))).await;
+        put(
+            format!("/v1/namespaces/app/flags/good-{i}"),
+            object_flag(0, Some(targeting)),
+        )
+        .await;
     }
     let round = app.wait_for("the good flags' new values and every hostile flag", |r| {
         (0..GOOD).all(|i| good_n(r, i) == Some(2))
             && r["flags"]["big"]["value"]["n"] == 2
-            && hostile().iter().all(|(k, _)| r["flags"][*k]["reason"] != Value::Null)
+            && hostile()
+                .iter()
+                .all(|(k, _)| r["flags"][*k]["reason"] != Value::Null)
     });
     for (name, _) in hostile() {
         let f = &round["flags"][name];
@@ -257,12 +286,17 @@ async fn an_application_keeps_its_values_and_its_memory_while_hostile_rules_are_
 
     // And it keeps evaluating: many more rounds, all within budget, all with the same values.
     let first = round["round"].as_u64().unwrap();
-    let later = app.wait_for("fifty more rounds", |r| r["round"].as_u64().unwrap() >= first + 50);
-    assert!((0..GOOD).all(|i| good_n(&later, i) == Some(2)), "{}", brief(&later));
+    let later = app.wait_for("fifty more rounds", |r| {
+        r["round"].as_u64().unwrap() >= first + 50
+    });
+    assert!(
+        (0..GOOD).all(|i| good_n(&later, i) == Some(2)),
+        "{}",
+        brief(&later)
+    );
     eprintln!(
         "application peak memory {} KiB (budget {MEMORY_BUDGET_KIB} KiB), {} rounds",
-        app.peak_kib,
-        later["round"]
+        app.peak_kib, later["round"]
     );
     drop(app);
     drop(c);

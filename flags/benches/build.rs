@@ -16,7 +16,12 @@ mod large;
 fn namespace(flags: usize, segments: usize) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
     let doc = large::large_namespace(flags, segments);
     let map = |name: &str| -> BTreeMap<String, Value> {
-        doc[name].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        doc[name]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     (map("flags"), map("$evaluators"))
 }

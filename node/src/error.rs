@@ -95,28 +95,18 @@ impl From<ApplyError> for ApiError {
                 ref path,
                 ref segment,
                 ..
-            } => ApiError::BadRequest {
-                message: e.to_string(),
-                faults: vec![flagstaff_flags::Fault {
-                    path: path.clone(),
-                    message: format!("segment {segment:?} does not exist"),
-                }],
-            },
+            } => fault(&e, path, format!("segment {segment:?} does not exist")),
             ApplyError::SegmentCycle { .. } => ApiError::bad_request(e.to_string()),
             ApplyError::SegmentChainTooLong {
                 ref path,
                 chain,
                 max,
                 ..
-            } => ApiError::BadRequest {
-                message: e.to_string(),
-                faults: vec![flagstaff_flags::Fault {
-                    path: path.clone(),
-                    message: format!(
-                        "the $ref chain passes through {chain} segments, more than {max}"
-                    ),
-                }],
-            },
+            } => fault(
+                &e,
+                path,
+                format!("the $ref chain passes through {chain} segments, more than {max}"),
+            ),
             ApplyError::SegmentInUse { .. } => ApiError::Conflict(e.to_string()),
             ApplyError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             ApplyError::AlreadyExists { .. } => ApiError::Conflict(e.to_string()),
@@ -125,24 +115,27 @@ impl From<ApplyError> for ApiError {
                 ref what,
                 limit,
                 actual,
-            } => ApiError::BadRequest {
-                message: e.to_string(),
-                faults: vec![flagstaff_flags::Fault {
-                    path: path.clone(),
-                    message: format!("{actual} {what}, more than the limit of {limit}"),
-                }],
-            },
+            } => fault(
+                &e,
+                path,
+                format!("{actual} {what}, more than the limit of {limit}"),
+            ),
             ApplyError::InvalidDefinition {
                 ref path,
                 ref message,
-            } => ApiError::BadRequest {
-                message: e.to_string(),
-                faults: vec![flagstaff_flags::Fault {
-                    path: path.clone(),
-                    message: message.clone(),
-                }],
-            },
+            } => fault(&e, path, message.clone()),
         }
+    }
+}
+
+/// A 400 whose one fault is at `path`.
+fn fault(e: &ApplyError, path: &str, message: String) -> ApiError {
+    ApiError::BadRequest {
+        message: e.to_string(),
+        faults: vec![flagstaff_flags::Fault {
+            path: path.to_string(),
+            message,
+        }],
     }
 }
 

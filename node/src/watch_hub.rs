@@ -112,7 +112,12 @@ pub fn change_json(c: &Change) -> Value {
 
 /// A stored definition as JSON. The node validated it before proposal, so a failure means the
 /// state is corrupt: it is logged as an error naming the item.
-pub fn parse_stored(ns: &str, kind: ChangeKind, key: &str, definition: &str) -> Result<Value, String> {
+pub fn parse_stored(
+    ns: &str,
+    kind: ChangeKind,
+    key: &str,
+    definition: &str,
+) -> Result<Value, String> {
     serde_json::from_str(definition).map_err(|e| {
         tracing::error!(ns, kind = kind.as_str(), key, error = %e, "stored definition does not parse (state corrupt)");
         format!(

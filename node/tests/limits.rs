@@ -27,9 +27,7 @@ fn negations(n: usize) -> Value {
 
 /// A flag whose stored JSON text is exactly `bytes` long (a padded string variant).
 fn flag_of_size(bytes: usize) -> Value {
-    let with = |pad: usize| {
-        json!({"state": "ENABLED", "variants": {"on": "x".repeat(pad), "off": ""}, "defaultVariant": "on"})
-    };
+    let with = |pad: usize| json!({"state": "ENABLED", "variants": {"on": "x".repeat(pad), "off": ""}, "defaultVariant": "on"});
     let base = serde_json::to_string(&with(0)).unwrap().len();
     let flag = with(bytes - base);
     assert_eq!(serde_json::to_string(&flag).unwrap().len(), bytes);
@@ -43,14 +41,20 @@ fn assert_refused(status: u16, body: &Value, path: &str) {
         .as_array()
         .unwrap_or_else(|| panic!("no faults: {body}"));
     assert!(
-        faults.iter().any(|f| f["path"].as_str().is_some_and(|p| p.starts_with(path))),
+        faults
+            .iter()
+            .any(|f| f["path"].as_str().is_some_and(|p| p.starts_with(path))),
         "no fault at {path}: {body}"
     );
 }
 
 async fn sdk_key(c: &TestCluster, via: u64, ns: &str) -> String {
     let (s, b) = c
-        .post(via, &format!("/v1/namespaces/{ns}/sdk-keys"), json!({"name": "app"}))
+        .post(
+            via,
+            &format!("/v1/namespaces/{ns}/sdk-keys"),
+            json!({"name": "app"}),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     b["secret"].as_str().unwrap().to_string()
@@ -59,7 +63,10 @@ async fn sdk_key(c: &TestCluster, via: u64, ns: &str) -> String {
 async fn evaluate(c: &TestCluster, via: u64, key: &str, flag: &str, body: String) -> (u16, Value) {
     let r = c
         .http
-        .post(format!("{}/ofrep/v1/evaluate/flags/{flag}", c.node(via).api))
+        .post(format!(
+            "{}/ofrep/v1/evaluate/flags/{flag}",
+            c.node(via).api
+        ))
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
@@ -93,7 +100,10 @@ async fn a_document_at_the_default_limits_imports_and_evaluates_and_one_more_is_
     }
     let mut flags = Map::new();
     for i in 0..limits.max_flags - 2 {
-        flags.insert(format!("f{i}"), bool_flag(if i % 2 == 0 { "on" } else { "off" }));
+        flags.insert(
+            format!("f{i}"),
+            bool_flag(if i % 2 == 0 { "on" } else { "off" }),
+        );
     }
     let top = format!("c0-{}", CHAIN - 1);
     flags.insert(
@@ -110,7 +120,11 @@ async fn a_document_at_the_default_limits_imports_and_evaluates_and_one_more_is_
 
     let key = sdk_key(&c, leader, "full").await;
     let ctx = r#"{"context": {"targetingKey": "u1"}}"#.to_string();
-    for (flag, want) in [("deep", json!(true)), ("f0", json!(true)), ("f1", json!(false))] {
+    for (flag, want) in [
+        ("deep", json!(true)),
+        ("f0", json!(true)),
+        ("f1", json!(false)),
+    ] {
         let (s, b) = evaluate(&c, leader, &key, flag, ctx.clone()).await;
         assert_eq!(s, 200, "{flag}: {b}");
         assert_eq!(b["value"], want, "{flag}: {b}");
@@ -121,11 +135,19 @@ async fn a_document_at_the_default_limits_imports_and_evaluates_and_one_more_is_
 
     // One step over each limit.
     let (s, b) = c
-        .put(leader, "/v1/namespaces/full/flags/one-more", bool_flag("on"))
+        .put(
+            leader,
+            "/v1/namespaces/full/flags/one-more",
+            bool_flag("on"),
+        )
         .await;
     assert_refused(s, &b, "flags");
     let (s, b) = c
-        .put(leader, "/v1/namespaces/full/segments/one-more", json!({"==": [1, 1]}))
+        .put(
+            leader,
+            "/v1/namespaces/full/segments/one-more",
+            json!({"==": [1, 1]}),
+        )
         .await;
     assert_refused(s, &b, "segments");
     let (s, b) = c
@@ -137,7 +159,11 @@ async fn a_document_at_the_default_limits_imports_and_evaluates_and_one_more_is_
         .await;
     assert_refused(s, &b, "definition");
     let (s, b) = c
-        .put(leader, "/v1/namespaces/full/segments/c0-0", negations(DEPTH + 1))
+        .put(
+            leader,
+            "/v1/namespaces/full/segments/c0-0",
+            negations(DEPTH + 1),
+        )
         .await;
     assert_refused(s, &b, "");
     assert!(b.to_string().contains("nested deeper"), "{b}");
@@ -194,7 +220,11 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
 
     // Namespace bytes: one flag of exactly the total fits; anything more is refused.
     let (s, b) = c
-        .put(leader, "/v1/namespaces/small/flags/a", flag_of_size(NS_BYTES))
+        .put(
+            leader,
+            "/v1/namespaces/small/flags/a",
+            flag_of_size(NS_BYTES),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, b) = c
@@ -204,7 +234,11 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
     assert!(b.to_string().contains("bytes of definitions"), "{b}");
     // Shrinking `a` makes room again.
     let (s, b) = c
-        .put(leader, "/v1/namespaces/small/flags/a", flag_of_size(NS_BYTES - 200))
+        .put(
+            leader,
+            "/v1/namespaces/small/flags/a",
+            flag_of_size(NS_BYTES - 200),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, b) = c
@@ -216,7 +250,10 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
     let key = sdk_key(&c, leader, "small").await;
     let body = |len: usize| {
         let base = r#"{"context":{"targetingKey":"u","pad":""}}"#.len();
-        format!(r#"{{"context":{{"targetingKey":"u","pad":"{}"}}}}"#, "x".repeat(len - base))
+        format!(
+            r#"{{"context":{{"targetingKey":"u","pad":"{}"}}}}"#,
+            "x".repeat(len - base)
+        )
     };
     assert_eq!(body(CONTEXT_BYTES).len(), CONTEXT_BYTES);
     let (s, b) = evaluate(&c, leader, &key, "b", body(CONTEXT_BYTES)).await;
@@ -224,7 +261,10 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
     let (s, b) = evaluate(&c, leader, &key, "b", body(CONTEXT_BYTES + 1)).await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["errorCode"], "INVALID_CONTEXT", "{b}");
-    assert!(b["errorDetails"].as_str().unwrap().starts_with("context:"), "{b}");
+    assert!(
+        b["errorDetails"].as_str().unwrap().starts_with("context:"),
+        "{b}"
+    );
 
     // Watch streams per key: STREAMS open at once, the next is 429 until one closes.
     let watch = || {
@@ -252,7 +292,10 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
             break;
         }
         assert_eq!(r.status(), 429);
-        assert!(tokio::time::Instant::now() < deadline, "the closed stream's slot was never freed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's slot was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.shutdown().await;

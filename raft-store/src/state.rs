@@ -173,7 +173,11 @@ impl RefIndex {
 
     /// The segments that `$ref` segment `s`.
     fn users_of<'a>(&'a self, s: &str) -> impl Iterator<Item = &'a str> {
-        self.segment_users.get(s).into_iter().flatten().map(String::as_str)
+        self.segment_users
+            .get(s)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 }
 
@@ -1197,7 +1201,11 @@ fn longest_chain<'a, I: Iterator<Item = &'a str>>(
         let mut stack = vec![(start, false)];
         while let Some((s, expanded)) = stack.pop() {
             if expanded {
-                let depth = 1 + next(s).filter_map(|c| done.get(c)).max().copied().unwrap_or(0);
+                let depth = 1 + next(s)
+                    .filter_map(|c| done.get(c))
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
                 done.insert(s, depth);
                 on_path.pop();
                 continue;
@@ -1213,7 +1221,11 @@ fn longest_chain<'a, I: Iterator<Item = &'a str>>(
             }
             on_path.push(s);
             stack.push((s, true));
-            stack.extend(next(s).filter(|c| !done.contains_key(c)).map(|c| (c, false)));
+            stack.extend(
+                next(s)
+                    .filter(|c| !done.contains_key(c))
+                    .map(|c| (c, false)),
+            );
         }
         longest = longest.max(done.get(start).copied().unwrap_or(0));
     }
@@ -1266,7 +1278,9 @@ fn import_refs(
         }
     }
     let graph = index.segments.iter().map(|(k, r)| (k.as_str(), r.as_ref()));
-    check_segment_graph(ns, graph, limits, |segment| format!("$evaluators.{segment}"))?;
+    check_segment_graph(ns, graph, limits, |segment| {
+        format!("$evaluators.{segment}")
+    })?;
     Ok(index)
 }
 

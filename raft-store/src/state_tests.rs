@@ -338,8 +338,16 @@ fn the_reference_index_survives_loading_and_snapshots() {
                 .refs(kind, key)
                 .map(|r| r.iter().cloned().collect::<Vec<_>>())
         };
-        assert_eq!(refs(crate::ChangeKind::Flag, "f"), Some(vec!["b".into()]), "{how}");
-        assert_eq!(refs(crate::ChangeKind::Segment, "b"), Some(vec!["a".into()]), "{how}");
+        assert_eq!(
+            refs(crate::ChangeKind::Flag, "f"),
+            Some(vec!["b".into()]),
+            "{how}"
+        );
+        assert_eq!(
+            refs(crate::ChangeKind::Segment, "b"),
+            Some(vec!["a".into()]),
+            "{how}"
+        );
         // The loaded index still protects segments in use and refuses cycles.
         let r = apply(
             &mut loaded,
@@ -356,7 +364,10 @@ fn the_reference_index_survives_loading_and_snapshots() {
             matches!(&r[0], Err(ApplyError::SegmentInUse { users, .. }) if users == &vec!["segment b".to_string()]),
             "{how}: {r:?}"
         );
-        assert!(matches!(&r[1], Err(ApplyError::SegmentCycle { .. })), "{how}: {r:?}");
+        assert!(
+            matches!(&r[1], Err(ApplyError::SegmentCycle { .. })),
+            "{how}: {r:?}"
+        );
     }
 }
 
@@ -371,7 +382,9 @@ fn segment_writes_are_checked_as_the_whole_graph_would_be() {
     };
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     let name = |i: u64| format!("s{i}");
@@ -380,11 +393,15 @@ fn segment_writes_are_checked_as_the_whole_graph_would_be() {
     let mut outcomes = std::collections::BTreeMap::new();
     for _ in 0..4000 {
         let key = name(next(12));
-        let refs: std::collections::BTreeSet<String> = (0..next(4)).map(|_| name(next(12))).collect();
+        let refs: std::collections::BTreeSet<String> =
+            (0..next(4)).map(|_| name(next(12))).collect();
         let rule = if refs.is_empty() {
             r#"{"==":[1,1]}"#.to_string()
         } else {
-            let parts: Vec<String> = refs.iter().map(|r| format!(r#"{{"$ref":"{r}"}}"#)).collect();
+            let parts: Vec<String> = refs
+                .iter()
+                .map(|r| format!(r#"{{"$ref":"{r}"}}"#))
+                .collect();
             format!(r#"{{"or":[{}]}}"#, parts.join(","))
         };
         // What one pass over the graph with this write in place says.
@@ -394,13 +411,18 @@ fn segment_writes_are_checked_as_the_whole_graph_would_be() {
             .keys()
             .filter(|k| **k != key)
             .map(|k| {
-                let r = space.refs(crate::ChangeKind::Segment, k).cloned().unwrap_or_default();
+                let r = space
+                    .refs(crate::ChangeKind::Segment, k)
+                    .cloned()
+                    .unwrap_or_default();
                 (k.clone(), r.into_iter().collect())
             })
             .collect();
         graph.push((key.clone(), refs.iter().cloned().collect()));
         let whole = flagstaff_flags::check_segment_graph(
-            graph.iter().map(|(k, r)| (k.as_str(), r.iter().map(String::as_str))),
+            graph
+                .iter()
+                .map(|(k, r)| (k.as_str(), r.iter().map(String::as_str))),
             limits.ref_chain(),
         );
         let mut rows = Vec::new();
@@ -414,8 +436,13 @@ fn segment_writes_are_checked_as_the_whole_graph_would_be() {
         );
         let kind = match (&whole, &got[0]) {
             (Ok(()), Ok(_)) => "ok",
-            (Err(flagstaff_flags::RefFault::Missing { .. }), Err(ApplyError::UnknownSegment { .. })) => "missing",
-            (Err(flagstaff_flags::RefFault::Cycle(_)), Err(ApplyError::SegmentCycle { .. })) => "cycle",
+            (
+                Err(flagstaff_flags::RefFault::Missing { .. }),
+                Err(ApplyError::UnknownSegment { .. }),
+            ) => "missing",
+            (Err(flagstaff_flags::RefFault::Cycle(_)), Err(ApplyError::SegmentCycle { .. })) => {
+                "cycle"
+            }
             // The pass names the first chain it finds too long, the write its longest one.
             (
                 Err(flagstaff_flags::RefFault::TooDeep { .. }),

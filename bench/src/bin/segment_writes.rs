@@ -46,9 +46,16 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("flagstaff-segments.")
         .tempdir()?;
-    let mut c = Cluster::start_with(&a.flagstaff_bin, work.path(), 3, 0, NodeOptions::default(), true)
-        .await
-        .context("starting Flagstaff")?;
+    let mut c = Cluster::start_with(
+        &a.flagstaff_bin,
+        work.path(),
+        3,
+        0,
+        NodeOptions::default(),
+        true,
+    )
+    .await
+    .context("starting Flagstaff")?;
     let leader = c.wait_leader(&c.ids(), Duration::from_secs(30)).await?;
     let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
     let api = |id: u64| c.node(id).api.clone();
@@ -59,7 +66,12 @@ async fn main() -> anyhow::Result<()> {
     let mut keys = Vec::new();
     for (ns, segments) in [("wide", 10_000), ("small", 10)] {
         let (s, b) = c
-            .call(leader, reqwest::Method::PUT, &format!("/v1/namespaces/{ns}"), Some(json!({})))
+            .call(
+                leader,
+                reqwest::Method::PUT,
+                &format!("/v1/namespaces/{ns}"),
+                Some(json!({})),
+            )
             .await?;
         anyhow::ensure!(s == 200, "create {ns}: {s} {b}");
         let doc = large::large_namespace(FLAGS, segments);
@@ -71,9 +83,17 @@ async fn main() -> anyhow::Result<()> {
             .send()
             .await?;
         anyhow::ensure!(r.status() == 200, "import {ns}: {}", r.text().await?);
-        eprintln!("imported {ns} ({FLAGS} flags, {segments} segments) in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "imported {ns} ({FLAGS} flags, {segments} segments) in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         let (s, b) = c
-            .call(leader, reqwest::Method::POST, &format!("/v1/namespaces/{ns}/sdk-keys"), Some(json!({"name": "bench"})))
+            .call(
+                leader,
+                reqwest::Method::POST,
+                &format!("/v1/namespaces/{ns}/sdk-keys"),
+                Some(json!({"name": "bench"})),
+            )
             .await?;
         anyhow::ensure!(s == 200, "sdk key {ns}: {s} {b}");
         keys.push(b["secret"].as_str().unwrap_or_default().to_string());
@@ -88,7 +108,10 @@ async fn main() -> anyhow::Result<()> {
         let rule = json!({"and": [{"$ref": "seg0"}, {"$ref": format!("seg{}", k - 1)}, {"!=": [{"var": "n"}, i]}]});
         let t = Instant::now();
         let r = http
-            .put(format!("{}/v1/namespaces/{ns}/segments/seg{k}", api(leader)))
+            .put(format!(
+                "{}/v1/namespaces/{ns}/segments/seg{k}",
+                api(leader)
+            ))
             .bearer_auth(ADMIN_TOKEN)
             .json(&rule)
             .send()
@@ -110,7 +133,11 @@ async fn main() -> anyhow::Result<()> {
             .send()
             .await?;
         let elapsed = t.elapsed();
-        anyhow::ensure!(r.status() == 200, "evaluate {ns}/flag{k}: {}", r.text().await?);
+        anyhow::ensure!(
+            r.status() == 200,
+            "evaluate {ns}/flag{k}: {}",
+            r.text().await?
+        );
         results[which].first_evaluation.push(elapsed);
     }
 
@@ -143,7 +170,10 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     if let Some(out) = a.out {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)?;
         writeln!(f, "{report}")?;
     }
     Ok(())

@@ -11,8 +11,12 @@ pub fn large_namespace(flags: usize, segments: usize) -> Value {
     for i in 0..segments {
         let rule = match i % 4 {
             0 => json!({"ends_with": [{"var": "email"}, format!("@team{i}.example")]}),
-            1 => json!({"and": [{"$ref": format!("seg{}", i - 1)}, {"in": [{"var": "country"}, ["NL", "BE"]]}]}),
-            2 => json!({"or": [{"$ref": format!("seg{}", i - 1)}, {"$ref": format!("seg{}", i - 2)}]}),
+            1 => {
+                json!({"and": [{"$ref": format!("seg{}", i - 1)}, {"in": [{"var": "country"}, ["NL", "BE"]]}]})
+            }
+            2 => {
+                json!({"or": [{"$ref": format!("seg{}", i - 1)}, {"$ref": format!("seg{}", i - 2)}]})
+            }
             _ => json!({"and": [{"$ref": "seg0"}, {"$ref": format!("seg{}", i - 1)}]}),
         };
         evaluators.insert(format!("seg{i}"), rule);

@@ -380,7 +380,8 @@ fn read_answer(
 // ----- flags and segments -----
 
 fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
-    let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition) {
+    let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition)
+    {
         Ok(v) => (v, None),
         Err(e) => (Value::Null, Some(e)),
     };
@@ -734,8 +735,9 @@ async fn patch_flag(
             let item = space.flags.get(&key).ok_or_else(|| {
                 ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
             })?;
-            let current = crate::watch_hub::parse_stored(&ns, ChangeKind::Flag, &key, &item.definition)
-                .map_err(ApiError::Conflict)?;
+            let current =
+                crate::watch_hub::parse_stored(&ns, ChangeKind::Flag, &key, &item.definition)
+                    .map_err(ApiError::Conflict)?;
             (current, item.version)
         };
         merge_patch(&mut definition, &body.value);

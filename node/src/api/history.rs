@@ -123,8 +123,14 @@ async fn history(
             .map(|i| HistoryItem {
                 kind: i.kind.as_str(),
                 key: i.key.clone(),
-                before: i.before.as_deref().map(|d| value_of(&c.ns, i.kind, &i.key, d)),
-                after: i.after.as_deref().map(|d| value_of(&c.ns, i.kind, &i.key, d)),
+                before: i
+                    .before
+                    .as_deref()
+                    .map(|d| value_of(&c.ns, i.kind, &i.key, d)),
+                after: i
+                    .after
+                    .as_deref()
+                    .map(|d| value_of(&c.ns, i.kind, &i.key, d)),
             })
             .collect();
         changes.push(HistoryChange {
