@@ -678,7 +678,23 @@ impl Client {
         let _ = self.inner.stop.send(true);
     }
 
-    fn run<T>(&self, default: T, eval: impl FnOnce(&FlagSet) -> T) -> T {
+    /// `INVALID_CONTEXT` when `ctx` is larger than `Limits::max_context_bytes`.
+    fn context_fault(&self, ctx: &Context) -> Option<EvaluationError> {
+        let limit = self.inner.shared.cfg.limits.max_context_bytes;
+        ctx.exceeds_bytes(limit).then(|| {
+            EvaluationError::new(
+                ErrorCode::InvalidContext,
+                format!(
+                    "context: the evaluation context is larger than the limit of {limit} bytes"
+                ),
+            )
+        })
+    }
+
+    fn run<T>(&self, ctx: &Context, default: T, eval: impl FnOnce(&FlagSet) -> T) -> T {
+        if self.context_fault(ctx).is_some() {
+            return default;
+        }
         with_data(&self.inner.shared, |data| match data {
             None => default,
             // FlagSet evaluation does not panic; this is a second line of defence.
@@ -686,8 +702,26 @@ impl Client {
         })
     }
 
-    fn details<T: Clone>(&self, default: T, eval: impl FnOnce(&FlagSet) -> Owned<T>) -> Details<T> {
+    fn details<T: Clone>(
+        &self,
+        ctx: &Context,
+        default: T,
+        eval: impl FnOnce(&FlagSet) -> Owned<T>,
+    ) -> Details<T> {
         let shared = &self.inner.shared;
+        if let Some(error) = self.context_fault(ctx) {
+            return Details {
+                value: default,
+                variant: None,
+                reason: Reason::Error,
+                error: Some(error),
+                metadata: Map::new(),
+                source: Source::Default,
+                revision: None,
+                age: None,
+                stale: false,
+            };
+        }
         with_data(shared, |data| {
             let Some(d) = data else {
                 return Details {
@@ -739,11 +773,14 @@ impl Client {
 
     /// The boolean value of flag `key` for `ctx`, or `default`.
     pub fn bool(&self, key: &str, ctx: &Context, default: bool) -> bool {
-        self.run(default, |f| f.boolean(key, ctx, default).value)
+        self.run(ctx, default, |f| f.boolean(key, ctx, default).value)
     }
 
     /// The string value of flag `key` for `ctx`, or `default`.
     pub fn string(&self, key: &str, ctx: &Context, default: &str) -> String {
+        if self.context_fault(ctx).is_some() {
+            return default.to_string();
+        }
         with_data(&self.inner.shared, |data| match data {
             None => default.to_string(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
@@ -755,16 +792,19 @@ impl Client {
 
     /// The integer value of flag `key` for `ctx`, or `default`.
     pub fn i64(&self, key: &str, ctx: &Context, default: i64) -> i64 {
-        self.run(default, |f| f.integer(key, ctx, default).value)
+        self.run(ctx, default, |f| f.integer(key, ctx, default).value)
     }
 
     /// The float value of flag `key` for `ctx`, or `default`.
     pub fn f64(&self, key: &str, ctx: &Context, default: f64) -> f64 {
-        self.run(default, |f| f.float(key, ctx, default).value)
+        self.run(ctx, default, |f| f.float(key, ctx, default).value)
     }
 
     /// The object value of flag `key` for `ctx`, or `default`.
     pub fn object(&self, key: &str, ctx: &Context, default: &Value) -> Value {
+        if self.context_fault(ctx).is_some() {
+            return default.clone();
+        }
         with_data(&self.inner.shared, |data| match data {
             None => default.clone(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
@@ -776,29 +816,29 @@ impl Client {
 
     /// [`Client::bool`] with details.
     pub fn bool_details(&self, key: &str, ctx: &Context, default: bool) -> Details<bool> {
-        self.details(default, |f| owned(f.boolean(key, ctx, default), |v| v))
+        self.details(ctx, default, |f| owned(f.boolean(key, ctx, default), |v| v))
     }
 
     /// [`Client::string`] with details.
     pub fn string_details(&self, key: &str, ctx: &Context, default: &str) -> Details<String> {
-        self.details(default.to_string(), |f| {
+        self.details(ctx, default.to_string(), |f| {
             owned(f.string(key, ctx, default), str::to_string)
         })
     }
 
     /// [`Client::i64`] with details.
     pub fn i64_details(&self, key: &str, ctx: &Context, default: i64) -> Details<i64> {
-        self.details(default, |f| owned(f.integer(key, ctx, default), |v| v))
+        self.details(ctx, default, |f| owned(f.integer(key, ctx, default), |v| v))
     }
 
     /// [`Client::f64`] with details.
     pub fn f64_details(&self, key: &str, ctx: &Context, default: f64) -> Details<f64> {
-        self.details(default, |f| owned(f.float(key, ctx, default), |v| v))
+        self.details(ctx, default, |f| owned(f.float(key, ctx, default), |v| v))
     }
 
     /// [`Client::object`] with details.
     pub fn object_details(&self, key: &str, ctx: &Context, default: &Value) -> Details<Value> {
-        self.details(default.clone(), |f| {
+        self.details(ctx, default.clone(), |f| {
             owned(f.object(key, ctx, default), Value::clone)
         })
     }

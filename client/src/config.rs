@@ -69,6 +69,11 @@ pub struct Limits {
     /// of the update is accepted. Default 1 MiB (the nodes' default request body limit, so no
     /// definition a default node accepted is larger).
     pub max_definition_bytes: usize,
+    /// Largest evaluation context, as compact JSON (an estimate: see
+    /// [`flagstaff_flags::Context::exceeds_bytes`]). An evaluation with a larger one answers
+    /// the caller's default with `INVALID_CONTEXT`, as a node's OFREP endpoint does. Default
+    /// 64 KiB (the nodes' default `--max-context-bytes`).
+    pub max_context_bytes: usize,
 }
 
 impl Limits {
@@ -88,6 +93,7 @@ impl Default for Limits {
             max_flags: 10_000,
             max_segments: 10_000,
             max_definition_bytes: 1 << 20,
+            max_context_bytes: 64 << 10,
         }
     }
 }
@@ -140,9 +146,10 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.max_snapshot_bytes == 0 || l.max_definition_bytes == 0 {
+        if l.max_snapshot_bytes == 0 || l.max_definition_bytes == 0 || l.max_context_bytes == 0 {
             return Err(ConfigError(
-                "limits.max_snapshot_bytes and limits.max_definition_bytes must be > 0".into(),
+                "limits.max_snapshot_bytes, max_definition_bytes and max_context_bytes must be > 0"
+                    .into(),
             ));
         }
         Ok(())

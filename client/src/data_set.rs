@@ -469,6 +469,7 @@ mod tests {
             max_flags: flags,
             max_segments: segments,
             max_definition_bytes: def,
+            ..Limits::default()
         }
     }
 

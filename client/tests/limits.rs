@@ -516,3 +516,37 @@ fn limits_are_checked_by_the_builder() {
         (64 << 20, 10_000, 10_000, 1 << 20)
     );
 }
+
+#[test]
+fn an_evaluation_context_over_the_limit_answers_invalid_context() {
+    let client = Client::builder("checkout", "key")
+        .bootstrap_document(json!({"flags": {"f": bool_flag("on")}}))
+        .limits(Limits {
+            max_context_bytes: 1024,
+            ..Limits::default()
+        })
+        .build()
+        .unwrap();
+    let small = context()
+        .with_targeting_key("u")
+        .with_attribute("pad", "x".repeat(900));
+    let d = client.bool_details("f", &small, false);
+    assert_eq!((d.value, d.reason), (true, Reason::Static), "{d:?}");
+    let large = context()
+        .with_targeting_key("u")
+        .with_attribute("pad", "x".repeat(1100));
+    let d = client.bool_details("f", &large, false);
+    assert_eq!((d.value, d.reason), (false, Reason::Error), "{d:?}");
+    let error = d.error.unwrap();
+    assert_eq!(error.code, ErrorCode::InvalidContext);
+    assert!(error.message.starts_with("context:"), "{error:?}");
+    assert!(!client.bool("f", &large, false));
+    assert_eq!(client.string("f", &large, "d"), "d");
+    assert_eq!(client.object("f", &large, &json!(1)), json!(1));
+    // Under the default limit (64 KiB) both evaluate.
+    let client = Client::builder("checkout", "key")
+        .bootstrap_document(json!({"flags": {"f": bool_flag("on")}}))
+        .build()
+        .unwrap();
+    assert!(client.bool("f", &large, false));
+}

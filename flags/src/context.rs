@@ -91,4 +91,82 @@ impl Context {
     pub fn attributes_mut(&mut self) -> &mut Map<String, Value> {
         &mut self.attributes
     }
+
+    /// Whether this context, as compact JSON, would take more than `limit` bytes. An estimate
+    /// (a number counts 8 bytes, escapes are not counted) that stops as soon as it passes
+    /// `limit`, so it costs at most about `limit` bytes' worth of values; a context nested deeper
+    /// than [`MAX_CONTEXT_DEPTH`] counts as too large. Allocates nothing.
+    pub fn exceeds_bytes(&self, limit: usize) -> bool {
+        let mut left = limit;
+        !object_fits(&self.attributes, 0, &mut left)
+    }
+}
+
+/// How deeply a context's values may nest for [`Context::exceeds_bytes`].
+pub const MAX_CONTEXT_DEPTH: usize = 64;
+
+/// Takes the object's size from `left`; false once it runs out or nests too deep.
+fn object_fits(map: &Map<String, Value>, depth: usize, left: &mut usize) -> bool {
+    take(left, 2)
+        && map
+            .iter()
+            .all(|(k, v)| take(left, k.len() + 4) && value_fits(v, depth + 1, left))
+}
+
+fn value_fits(value: &Value, depth: usize, left: &mut usize) -> bool {
+    if depth > MAX_CONTEXT_DEPTH {
+        return false;
+    }
+    match value {
+        Value::Null | Value::Bool(_) => take(left, 5),
+        Value::Number(_) => take(left, 8),
+        Value::String(s) => take(left, s.len() + 2),
+        Value::Array(items) => {
+            take(left, 2)
+                && items
+                    .iter()
+                    .all(|v| take(left, 1) && value_fits(v, depth + 1, left))
+        }
+        Value::Object(map) => object_fits(map, depth, left),
+    }
+}
+
+fn take(left: &mut usize, n: usize) -> bool {
+    match left.checked_sub(n) {
+        Some(rest) => {
+            *left = rest;
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: Value) -> Context {
+        Context::from_json(&v, 0).unwrap()
+    }
+
+    #[test]
+    fn size_estimates_follow_the_json_text() {
+        // {"a":"xyz"} is 11 bytes: the estimate counts 2 + (1 + 4) + (3 + 2) = 12.
+        let c = ctx(json!({"a": "xyz"}));
+        assert!(!c.exceeds_bytes(12));
+        assert!(c.exceeds_bytes(11));
+        let big = ctx(json!({"items": vec!["x".repeat(10); 1000]}));
+        let text = serde_json::to_string(big.attributes()).unwrap().len();
+        assert!(!big.exceeds_bytes(text + 100));
+        assert!(big.exceeds_bytes(text - 100));
+    }
+
+    #[test]
+    fn deep_contexts_count_as_too_large() {
+        let deep = (0..MAX_CONTEXT_DEPTH + 1).fold(json!(1), |v, _| json!([v]));
+        assert!(ctx(json!({"d": deep})).exceeds_bytes(usize::MAX));
+        let ok = (0..MAX_CONTEXT_DEPTH - 2).fold(json!(1), |v, _| json!([v]));
+        assert!(!ctx(json!({"d": ok})).exceeds_bytes(usize::MAX));
+    }
 }
