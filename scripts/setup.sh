@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need and the machine lacks: libclang (RocksDB's bindings),
-# a C++ compiler, python3 with venv, Node.js with npm (the OFREP provider and console tests) and
-# Debian's Chromium (the console's browser tests).
+# Installs, with apt, what the machine lacks of one of two sets (nothing when it lacks nothing):
+#   bash scripts/setup.sh build   what compiling Flagstaff needs, which is RocksDB's C/C++ build:
+#                                 libclang-dev (bindgen loads libclang at build time for the
+#                                 RocksDB bindings, with clang's own headers) and g++ (the cc crate
+#                                 compiles RocksDB's C++; gcc, binutils and the libc headers come
+#                                 with it, and are all that ring's C needs). Without recommended
+#                                 packages: they add only clang's sanitizer runtimes.
+#                                 scripts/cluster-up.sh uses this set.
+#   bash scripts/setup.sh [test]  the build set plus what the tests outside cargo need (the
+#                                 default): curl, python3 with venv (OFREP providers,
+#                                 schemathesis), Node.js with npm (the OFREP providers) and
+#                                 Debian's Chromium (the console's browser tests).
+#                                 scripts/test.sh uses this set.
 set -euo pipefail
-need=()
-dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
-command -v g++ >/dev/null 2>&1 || need+=(g++)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
-[ -x /usr/bin/chromium ] || need+=(chromium)
-if [ ${#need[@]} -gt 0 ]; then
+set_name="${1:-test}"
+case "$set_name" in
+  build | test) ;;
+  *) echo "usage: bash scripts/setup.sh [build|test]" >&2; exit 2 ;;
+esac
+build_need=()
+dpkg -s libclang-dev >/dev/null 2>&1 || build_need+=(libclang-dev)
+command -v g++ >/dev/null 2>&1 || build_need+=(g++)
+test_need=()
+if [ "$set_name" = test ]; then
+  command -v curl >/dev/null 2>&1 || test_need+=(curl)
+  command -v python3 >/dev/null 2>&1 || test_need+=(python3)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || test_need+=(python3-venv)
+  command -v node >/dev/null 2>&1 || test_need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || test_need+=(npm)
+  [ -x /usr/bin/chromium ] || test_need+=(chromium)
+fi
+if [ $((${#build_need[@]} + ${#test_need[@]})) -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need[@]}"
+  if [ ${#build_need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${build_need[@]}"
+  fi
+  if [ ${#test_need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${test_need[@]}"
+  fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (install Rust with rustup)" >&2
