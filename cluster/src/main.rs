@@ -168,6 +168,19 @@ struct ServeArgs {
     /// Concurrent SDK watch streams per SDK key (or admin token); over it, 429.
     #[arg(long, env = "FLAGSTAFF_MAX_WATCH_STREAMS_PER_KEY", default_value_t = NodeConfig::DEFAULT_MAX_WATCH_STREAMS_PER_KEY)]
     max_watch_streams_per_key: usize,
+    /// Client listener: a connection must send a request's headers within this many ms of
+    /// opening or of its last response (idle keep-alive connections are closed after it too).
+    #[arg(long, env = "FLAGSTAFF_HEADER_READ_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_CLIENT_LISTENER.header_read_timeout.as_millis() as u64)]
+    header_read_timeout_ms: u64,
+    /// Client listener: a request body must arrive whole within this many ms (else 408).
+    #[arg(long, env = "FLAGSTAFF_BODY_READ_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_CLIENT_LISTENER.body_read_timeout.as_millis() as u64)]
+    body_read_timeout_ms: u64,
+    /// Client listener: connections open at once; while full, new ones wait to be accepted.
+    #[arg(long, env = "FLAGSTAFF_MAX_CLIENT_CONNECTIONS", default_value_t = NodeConfig::DEFAULT_CLIENT_LISTENER.max_connections)]
+    max_client_connections: usize,
+    /// Peer listener: connections open at once (the peer listener's timeouts are fixed).
+    #[arg(long, env = "FLAGSTAFF_MAX_PEER_CONNECTIONS", default_value_t = NodeConfig::DEFAULT_PEER_LISTENER.max_connections)]
+    max_peer_connections: usize,
 }
 
 impl ServeArgs {
@@ -198,6 +211,12 @@ impl ServeArgs {
         c.max_import_bytes = self.max_import_bytes;
         c.max_context_bytes = self.max_context_bytes;
         c.max_watch_streams_per_key = self.max_watch_streams_per_key;
+        c.client_listener = flagstaff_node::config::ListenerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+            max_connections: self.max_client_connections.max(1),
+        };
+        c.peer_listener.max_connections = self.max_peer_connections.max(1);
         c
     }
 }

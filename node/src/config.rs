@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::listener::ListenerLimits;
+
 /// Everything a node needs to run. Built by `flagstaff serve` from flags and `FLAGSTAFF_*`
 /// environment variables, or directly by tests.
 #[derive(Debug, Clone)]
@@ -52,12 +54,26 @@ pub struct NodeConfig {
     pub max_context_bytes: usize,
     /// Concurrent SDK watch streams per caller (SDK key or admin token); over it, 429.
     pub max_watch_streams_per_key: usize,
+    /// Timeouts and the connection cap of the client listener.
+    pub client_listener: ListenerLimits,
+    /// Timeouts and the connection cap of the peer listener.
+    pub peer_listener: ListenerLimits,
 }
 
 impl NodeConfig {
     pub const DEFAULT_MAX_IMPORT_BYTES: usize = 64 << 20;
     pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 64 << 10;
     pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
+    pub const DEFAULT_CLIENT_LISTENER: ListenerLimits = ListenerLimits {
+        header_read_timeout: Duration::from_secs(30),
+        body_read_timeout: Duration::from_secs(60),
+        max_connections: 16_384,
+    };
+    pub const DEFAULT_PEER_LISTENER: ListenerLimits = ListenerLimits {
+        header_read_timeout: Duration::from_secs(30),
+        body_read_timeout: Duration::from_secs(30),
+        max_connections: 1_024,
+    };
 
     /// A config with the documented defaults.
     pub fn new(
@@ -89,6 +105,8 @@ impl NodeConfig {
             max_import_bytes: Self::DEFAULT_MAX_IMPORT_BYTES,
             max_context_bytes: Self::DEFAULT_MAX_CONTEXT_BYTES,
             max_watch_streams_per_key: Self::DEFAULT_MAX_WATCH_STREAMS_PER_KEY,
+            client_listener: Self::DEFAULT_CLIENT_LISTENER,
+            peer_listener: Self::DEFAULT_PEER_LISTENER,
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum ApiError {
     PreconditionFailed { current: Option<u64> },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("idempotency key was already used for a different request")]
     IdempotencyKeyReused,
     #[error("no leader is known; the write was not sent")]
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             ApiError::IdempotencyKeyReused => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED")
             }

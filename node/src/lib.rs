@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fault_injection;
+pub mod listener;
 pub mod network;
 pub mod node;
 pub mod peer;

@@ -139,25 +139,21 @@ pub async fn start(
     };
     let mut tasks = Vec::new();
     let app = client_router(node.clone());
-    let stop_client = until_stop(stop_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(client, app)
-            .with_graceful_shutdown(stop_client)
-            .await
-        {
-            tracing::error!(error = %e, "client listener failed");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::listener::serve(
+        client,
+        app,
+        node.config.client_listener,
+        until_stop(stop_rx.clone()),
+        "client",
+    )));
     let peer_app = peer_router(node.clone());
-    let stop_peer = until_stop(stop_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(peer, peer_app)
-            .with_graceful_shutdown(stop_peer)
-            .await
-        {
-            tracing::error!(error = %e, "peer listener failed");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::listener::serve(
+        peer,
+        peer_app,
+        node.config.peer_listener,
+        until_stop(stop_rx.clone()),
+        "peer",
+    )));
     let rounds_node = node.clone();
     let period = node.config.max_staleness / 2;
     tasks.push(tokio::spawn(run_rounds(

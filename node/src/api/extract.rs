@@ -211,10 +211,14 @@ impl FromRequest<Arc<Node>> for ImportBody {
 }
 
 impl JsonBody {
-    async fn read(req: Request<Body>, limit: usize) -> Result<Self, ApiError> {
+    /// Reads and parses `req`'s body, at most `limit` bytes.
+    pub(crate) async fn read(req: Request<Body>, limit: usize) -> Result<Self, ApiError> {
         let raw = axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+            .map_err(|e| match crate::listener::body_deadline(&e) {
+                Some(deadline) => ApiError::RequestTimeout(deadline.to_string()),
+                None => ApiError::PayloadTooLarge { limit },
+            })?;
         let value = if raw.iter().all(|b| b.is_ascii_whitespace()) {
             Value::Null
         } else {

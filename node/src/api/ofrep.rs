@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -280,7 +280,7 @@ async fn single(
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: Result<JsonBody, ApiError>,
+    body: Request,
 ) -> Response {
     let key = match p {
         Ok(Path(key)) => key,
@@ -298,10 +298,11 @@ async fn evaluate_one(
     key: &str,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: Result<JsonBody, ApiError>,
+    body: Request,
 ) -> Result<Response, ApiError> {
     let caller = caller?;
-    let body = body?;
+    // The body is read only for an authenticated caller.
+    let body = JsonBody::read(body, node.config.max_body_bytes).await?;
     let (_, _, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
@@ -386,7 +387,7 @@ async fn bulk(
     caller: Result<Caller, ApiError>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: Result<JsonBody, ApiError>,
+    body: Request,
 ) -> Response {
     evaluate_all(&node, caller, &headers, q.as_deref(), body)
         .await
@@ -398,10 +399,10 @@ async fn evaluate_all(
     caller: Result<Caller, ApiError>,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: Result<JsonBody, ApiError>,
+    body: Request,
 ) -> Result<Response, ApiError> {
     let caller = caller?;
-    let body = body?;
+    let body = JsonBody::read(body, node.config.max_body_bytes).await?;
     let (_, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
