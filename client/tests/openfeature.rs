@@ -14,6 +14,15 @@ use open_feature::{
 };
 use serde_json::json;
 
+/// An OpenFeature API of this test's own. The global `OpenFeature::singleton_mut()` is one per
+/// process, and a client made from it resolves with whatever provider was set last, so tests
+/// that run in parallel threads (plain `cargo test`) would evaluate through each other's
+/// providers. The crate's `OpenFeature` is a plain struct with `Default` (its own tests use it
+/// so); an application sets its provider on the singleton in exactly the same way.
+fn own_api() -> OpenFeature {
+    OpenFeature::default()
+}
+
 #[tokio::test]
 async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
     let client = Client::builder("checkout", "key")
@@ -37,10 +46,9 @@ async fn reasons_variants_errors_and_metadata_map_through_openfeature() {
         "bootstrap data has no proven age"
     );
 
-    let mut api = OpenFeature::singleton_mut().await;
+    let mut api = own_api();
     api.set_provider(provider).await;
     let of = api.create_client();
-    drop(api);
 
     let alice = EvaluationContext::default()
         .with_targeting_key("alice")
@@ -123,10 +131,9 @@ async fn the_provider_follows_a_real_node_with_status_and_events() {
     let ev = events.clone();
     provider.on_provider_event(move |e, flags| ev.lock().unwrap().push((e, flags.to_vec())));
 
-    let mut api = OpenFeature::singleton_mut().await;
+    let mut api = own_api();
     api.set_provider(provider).await; // waits for fresh data, as asked
     let of = api.create_client();
-    drop(api);
     assert_eq!(client.status(), flagstaff_client::Status::Ready);
     let d = of.get_bool_details("f", None, None).await.unwrap();
     assert!(!d.value);

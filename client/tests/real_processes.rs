@@ -7,8 +7,8 @@
 //!
 //! Harness: `jepsen_like_tests::cluster` (node N on 127.0.0.(40+N), a TCP proxy the test owns
 //! in front of every peer listener, so a partition really drops peer traffic). The binary is
-//! `$FLAGSTAFF_BIN`, or `flagstaff` in the target dir of this test executable; `cargo build
-//! --workspace` builds it.
+//! `$FLAGSTAFF_BIN`, or `flagstaff` in the target dir of this test executable, built there by
+//! the test when it is missing (`common::flagstaff_bin`).
 
 mod common;
 

@@ -4,9 +4,11 @@ pub mod cluster;
 pub mod fake_node;
 pub mod freeze_proxy;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use flagstaff_client::{context, Client, Event, Reason, Source};
@@ -116,7 +118,8 @@ impl Evaluator {
 }
 
 /// The `flagstaff` binary: `$FLAGSTAFF_BIN`, else next to this test executable
-/// (`target/<profile>/deps/…` → `target/<profile>/flagstaff`), else `$CARGO_TARGET_DIR/debug`.
+/// (`target/<profile>/deps/…` → `target/<profile>/flagstaff`), else `$CARGO_TARGET_DIR/debug`,
+/// else built now (`built`).
 pub fn flagstaff_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FLAGSTAFF_BIN") {
         let p = PathBuf::from(p);
@@ -128,36 +131,118 @@ pub fn flagstaff_bin() -> PathBuf {
         return p;
     }
     let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("flagstaff"));
-        }
+    if let Some(profile_dir) = profile_dir() {
+        candidates.push(profile_dir.join("flagstaff"));
     }
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         candidates.push(PathBuf::from(t).join("debug").join("flagstaff"));
     }
     match candidates.iter().find(|p| p.is_file()) {
         Some(p) => p.clone(),
-        None => panic!(
-            "the flagstaff binary was not found (looked at {candidates:?}); run \
-             `cargo build --workspace --all-targets` first, or set FLAGSTAFF_BIN"
-        ),
+        None => built("bin", "flagstaff"),
     }
 }
 
-/// An example of this package (`cargo build --workspace --all-targets` builds them), next to
-/// this test executable (`target/<profile>/deps/…` → `target/<profile>/examples/NAME`).
+/// An example of this package, next to this test executable (`target/<profile>/deps/…` →
+/// `target/<profile>/examples/NAME`), else built now (`built`).
 pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let path = exe
+    match profile_dir().map(|profile| profile.join("examples").join(name)) {
+        Some(path) if path.is_file() => path,
+        _ => built("example", name),
+    }
+}
+
+/// `target/<profile>`, the directory of this test executable's `deps/`.
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf)
+}
+
+/// The executable of target `name` of kind `kind` ("bin", "example") in the workspace, after
+/// `cargo build --workspace --bins --examples --locked`, run once per test process.
+///
+/// Cargo builds for an integration test only its own package's binaries. `cargo test
+/// --workspace` and `cargo nextest run --workspace` build `flagstaff` anyway (flagstaff-cluster
+/// has integration tests of its own) and every example, but `cargo test -p flagstaff-client`
+/// does not, nor does a setup that puts test executables away from the binaries (`build-dir`).
+/// So a missing one is built here: with the cargo that compiled this test (`env!("CARGO")`),
+/// in the workspace root, with this process's environment (so the same `CARGO_TARGET_DIR` and
+/// configuration), for the profile of this test executable. Workspace-wide bins and examples
+/// resolve features as the workspace's test builds do, so RocksDB and the other dependencies
+/// are reused, not compiled again. Cargo's own lock orders concurrent test processes; the ones
+/// after the first find everything fresh. Where cargo put each executable is read from its
+/// JSON messages, not guessed.
+fn built(kind: &str, name: &str) -> PathBuf {
+    type Built = Result<HashMap<(String, String), PathBuf>, String>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    let built = BUILT.get_or_init(build_bins_and_examples);
+    match built {
+        Ok(artifacts) => match artifacts.get(&(kind.to_string(), name.to_string())) {
+            Some(path) if path.is_file() => path.clone(),
+            _ => panic!(
+                "cargo built no {kind} `{name}` (it built {:?})",
+                artifacts.keys().collect::<Vec<_>>()
+            ),
+        },
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_bins_and_examples() -> Result<HashMap<(String, String), PathBuf>, String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("examples").join(name))
-        .expect("the test executable is in target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} was not found; run `cargo build --workspace --all-targets` first",
-        path.display()
-    );
-    path
+        .expect("client/ is in the workspace root");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace).args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--examples",
+        "--locked",
+        "--message-format=json-render-diagnostics",
+    ]);
+    // `debug` is the dev (and test) profile's directory, `release` the release (and bench) one's.
+    match profile_dir()
+        .as_deref()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+    {
+        None | Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
+    }
+    eprintln!("a binary or example these tests run is missing; building them: {cmd:?}");
+    // Cargo's progress and errors go to this test's stderr as they come; its messages are read.
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed ({}); its errors are above", out.status));
+    }
+    let mut artifacts = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let (Some("compiler-artifact"), Some(exe), Some(target)) = (
+            msg["reason"].as_str(),
+            msg["executable"].as_str(),
+            msg["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        for kind in msg["target"]["kind"].as_array().into_iter().flatten() {
+            if let Some(kind) = kind.as_str() {
+                artifacts.insert((kind.to_string(), target.to_string()), PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(artifacts)
 }
