@@ -19,6 +19,7 @@ pub mod proposer;
 pub mod rate_limit;
 pub mod read_index;
 pub mod server;
+pub mod snapshot_cache;
 pub mod ui;
 pub mod watch_hub;
 

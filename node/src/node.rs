@@ -35,6 +35,7 @@ pub struct Node {
     pub(crate) flag_sets: FlagSetCache,
     pub(crate) rate_limits: RateLimiter,
     pub(crate) watch_streams: crate::watch_hub::StreamSlots,
+    pub(crate) snapshots: crate::snapshot_cache::SnapshotCache,
 }
 
 /// How a read must relate to the cluster.

@@ -45,6 +45,37 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    _raft_runtime: RaftRuntime,
+}
+
+/// The Raft core's own threads. openraft spawns its tasks (the core with its heartbeats and
+/// votes, replication, log appends, applies) on the runtime that creates it, so creating it
+/// here keeps them off the workers that serve clients: no amount of API work delays a
+/// heartbeat. Two threads, so an fsync in the log store never stalls the core.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn new(node_id: u64) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("raft-{node_id}"))
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle())
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which is not allowed inside another runtime.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl RunningNode {
@@ -107,15 +138,18 @@ pub async fn start(
         node_id: config.node_id,
         client: peers.clone(),
     };
-    let raft = flagstaff_raft_store::Raft::new(
-        config.node_id,
-        Arc::new(raft_config(&config)?),
-        network,
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let raft_runtime = RaftRuntime::new(config.node_id)?;
+    let raft_config = Arc::new(raft_config(&config)?);
+    let node_id = config.node_id;
+    let raft = raft_runtime
+        .handle()
+        .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?
+        .spawn(async move {
+            flagstaff_raft_store::Raft::new(node_id, raft_config, network, log, sm).await
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
     let node = Arc::new(Node {
         id: config.node_id,
@@ -127,6 +161,7 @@ pub async fn start(
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),
+        snapshots: Default::default(),
         peers,
         raft,
         state,
@@ -164,7 +199,12 @@ pub async fn start(
 
     tracing::info!(node = node.id, cluster = %node.cluster_id, api = %node.config.advertise_api,
         peer = %node.config.advertise_peer, "node started");
-    Ok(RunningNode { node, stop, tasks })
+    Ok(RunningNode {
+        node,
+        stop,
+        tasks,
+        _raft_runtime: raft_runtime,
+    })
 }
 
 /// Runs a node until `shutdown` resolves.

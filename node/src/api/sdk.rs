@@ -106,18 +106,35 @@ async fn snapshot(
     let min = params.min_revision.max(held);
     let proof = node.read_barrier(params.consistency, min).await?;
     caller.check_still_valid(&node)?;
-    let state = node.state.read();
-    let space = state.namespace(&ns).ok_or_else(|| not_found(&ns))?;
-    let revision = state.revision();
-    let mut resp = match held {
-        Some(r) if space.last_change <= r => StatusCode::NOT_MODIFIED.into_response(),
-        _ => {
-            let body =
-                snapshot_json(&state, &ns, &node.cluster_id).ok_or_else(|| not_found(&ns))?;
-            axum::Json(body).into_response()
+    let (revision, snapshot) = {
+        let state = node.state.read();
+        let space = state.namespace(&ns).ok_or_else(|| not_found(&ns))?;
+        match held {
+            Some(r) if space.last_change <= r => (state.revision(), None),
+            _ => {
+                let snap = node
+                    .snapshots
+                    .get(&state, &ns)
+                    .ok_or_else(|| not_found(&ns))?;
+                (snap.revision, Some(snap))
+            }
         }
     };
-    drop(state);
+    let mut resp = match snapshot {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(snap) => {
+            let chunks = snap
+                .json_chunks(&ns, &node.cluster_id)
+                .await
+                .ok_or_else(|| ApiError::Unavailable("the snapshot could not be built".into()))?;
+            let mut resp = Response::new(crate::snapshot_cache::body_of(chunks));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+    };
     let etag = HeaderValue::from_str(&format!("\"{revision}\""))
         .unwrap_or(HeaderValue::from_static("\"0\""));
     resp.headers_mut().insert(header::ETAG, etag);
@@ -183,20 +200,24 @@ async fn watch(
     node.read_barrier(params.consistency, params.min_revision.max(since))
         .await?;
     caller.check_still_valid(&node)?;
-    let (initial, last) = {
+    let (replay, snapshot, last) = {
         let state = node.state.read();
         if state.namespace(&ns).is_none() {
             return Err(not_found(&ns));
         }
         let revision = state.revision();
-        let replay = since.and_then(|s| replay_since(&state, &ns, s));
-        match replay {
-            Some(frames) => (frames, revision),
-            None => (
-                vec![snapshot_frame(&state, &ns, &node.cluster_id)],
-                revision,
-            ),
+        match since.and_then(|s| replay_since(&state, &ns, s)) {
+            Some(frames) => (frames, None, revision),
+            None => (Vec::new(), node.snapshots.get(&state, &ns), revision),
         }
+    };
+    let initial = match snapshot {
+        Some(snap) => snap
+            .sse_chunks(&ns, &node.cluster_id)
+            .await
+            .ok_or_else(|| ApiError::Unavailable("the snapshot could not be built".into()))?
+            .to_vec(),
+        None => replay,
     };
 
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
@@ -295,12 +316,25 @@ async fn stream_changes(
             batch = rx.recv() => match batch {
                 Ok(batch) => {
                     if batch.reset {
-                        let (frame, revision) = {
+                        let (snapshot, empty, revision) = {
                             let state = node.state.read();
-                            (snapshot_frame(&state, &ns, &node.cluster_id), state.revision())
+                            match node.snapshots.get(&state, &ns) {
+                                Some(snap) => (Some(snap), None, state.revision()),
+                                // Deleted: an empty snapshot says so without a gap.
+                                None => (None, Some(snapshot_frame(&state, &ns, &node.cluster_id)), state.revision()),
+                            }
                         };
-                        if !send(frame).await {
-                            return;
+                        let frames = match (snapshot, empty) {
+                            (Some(snap), _) => match snap.sse_chunks(&ns, &node.cluster_id).await {
+                                Some(chunks) => chunks.to_vec(),
+                                None => return,
+                            },
+                            (None, frame) => frame.into_iter().collect(),
+                        };
+                        for frame in frames {
+                            if !send(frame).await {
+                                return;
+                            }
                         }
                         last = last.max(revision);
                         continue;
