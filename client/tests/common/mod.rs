@@ -224,7 +224,10 @@ fn build_bins_and_examples() -> Result<HashMap<(String, String), PathBuf>, Strin
         .output()
         .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed ({}); its errors are above", out.status));
+        return Err(format!(
+            "{cmd:?} failed ({}); its errors are above",
+            out.status
+        ));
     }
     let mut artifacts = HashMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
