@@ -427,6 +427,16 @@ impl State {
         &self.admin_tokens
     }
 
+    /// The outcome recorded for idempotency scope `scope`, with the fingerprint of the request
+    /// that produced it, while the scope is remembered. Read-only: a node answering a request
+    /// whose earlier try may already have been applied (the `PATCH` retry loop) looks here
+    /// before computing anything new; `apply` still decides every replay itself.
+    pub fn idempotency_outcome(&self, scope: &str) -> Option<(&str, &CommandResult)> {
+        self.idempotency
+            .get(scope)
+            .map(|rec| (rec.fingerprint.as_str(), &rec.result))
+    }
+
     /// Takes the changes applied since the last call, in revision order.
     pub(crate) fn take_pending(&mut self) -> Vec<Arc<Change>> {
         std::mem::take(&mut self.pending)

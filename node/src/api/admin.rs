@@ -7,9 +7,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use flagstaff_raft_store::IdempotencyKey as StoredKey;
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -177,9 +179,20 @@ pub(crate) async fn submit(
     body: &[u8],
     command: Command,
 ) -> Result<Applied> {
-    node.config.state_limits.check(&command)?;
     let ns = command.namespace().to_string();
     let idem = idempotency(headers, actor, &ns, method, uri.path(), body)?;
+    submit_keyed(node, actor, idem, command).await
+}
+
+/// Checks the stateless write limits, then proposes one command under the given idempotency
+/// key and answers with what it produced.
+async fn submit_keyed(
+    node: &Node,
+    actor: &str,
+    idem: StoredKey,
+    command: Command,
+) -> Result<Applied> {
+    node.config.state_limits.check(&command)?;
     let envelope = Envelope {
         actor: actor.to_string(),
         idempotency: Some(idem),
@@ -696,6 +709,54 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// How many times a `PATCH` without `If-Match` recomputes itself on a concurrent change.
+const PATCH_ATTEMPTS: u32 = 5;
+
+/// The idempotency key of one attempt of a `PATCH`.
+///
+/// Without `If-Match`, a `PATCH` is a loop: read the flag at version `V`, merge, propose with
+/// `If-Match: V`; on 412 (someone wrote in between) read again and propose again. Each attempt
+/// is a different command, and `apply` records one outcome per idempotency scope, so the
+/// attempts cannot share the client's scope (the second attempt would be answered with the
+/// first one's 412, and so would every retry of the client). Attempt 0 uses the request's own
+/// scope (so the client's key still collides with a PUT or DELETE that used it: 422), attempt
+/// `n > 0` the scope plus `"\n#patch-attempt-n"`. A header value cannot hold a newline, so no
+/// client key can name another request's attempt.
+///
+/// Why this keeps "applied at most once" for the client's key: every attempt's outcome is
+/// recorded under its own scope by `apply`, and a handler moves on to attempt `n + 1` only
+/// after attempt `n` was recorded as a 412 (a recorded outcome never changes). So at most one
+/// attempt of the chain can succeed, whichever handler (the first try, a client retry, or both
+/// at once after a lost answer) proposes it: proposals of the same attempt are deduplicated in
+/// `apply`. A retry walks the chain from attempt 0 and is answered, attempt by attempt, with
+/// what was recorded, before recomputing anything: a success comes back as it was (same
+/// revision, nothing applied again) even if the flag has changed or gone since, and an attempt
+/// whose proposal is still in flight (504 before) is proposed again under the same scope, so
+/// it applies once. The cost: one `PATCH` may hold up to 5 of the remembered keys.
+fn patch_attempt_key(base: &StoredKey, attempt: u32) -> StoredKey {
+    StoredKey {
+        scope: if attempt == 0 {
+            base.scope.clone()
+        } else {
+            format!("{}\n#patch-attempt-{attempt}", base.scope)
+        },
+        fingerprint: base.fingerprint.clone(),
+    }
+}
+
+/// The fingerprint of a `PATCH` also covers its precondition: a retried attempt's recorded
+/// 412 must come from the same request, not from one with another `If-Match`.
+fn patch_fingerprint(fingerprint: &str, wanted: Condition) -> String {
+    let mut h = Sha256::new();
+    h.update(fingerprint.as_bytes());
+    h.update([0]);
+    match wanted {
+        Condition::IfMatch(v) => h.update(format!("if-match {v}").as_bytes()),
+        _ => h.update(b"retry"),
+    }
+    hex::encode(h.finalize())
+}
+
 /// `PATCH` applies a merge patch to the current definition. Without `If-Match`, the patch is
 /// applied against the version it was computed from and recomputed if someone else wrote in
 /// between, so a concurrent write is never silently overwritten.
@@ -724,36 +785,27 @@ async fn patch_flag(
             "If-None-Match: * makes no sense on PATCH",
         ));
     }
-    for _attempt in 0..5 {
+    let mut base = idempotency(&headers, &actor, &ns, &method, uri.path(), &body.raw)?;
+    base.fingerprint = patch_fingerprint(&base.fingerprint, wanted);
+    let attempts = if wanted == Condition::None {
+        PATCH_ATTEMPTS
+    } else {
+        1
+    };
+    for attempt in 0..attempts {
+        let idem = patch_attempt_key(&base, attempt);
         node.read_barrier(crate::node::Consistency::Linearizable, None)
             .await?;
-        let (mut definition, version) = {
-            let state = node.state.read();
-            let space = state
-                .namespace(&ns)
-                .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-            let item = space.flags.get(&key).ok_or_else(|| {
-                ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
-            })?;
-            let current =
-                crate::watch_hub::parse_stored(&ns, ChangeKind::Flag, &key, &item.definition)
-                    .map_err(ApiError::Conflict)?;
-            (current, item.version)
+        let outcome = match recorded_outcome(&node, &idem)? {
+            // This attempt was already decided (by an earlier try of this request).
+            Some(recorded) => recorded,
+            None => patch_attempt(&node, &actor, &ns, &key, &body.value, wanted, idem).await,
         };
-        merge_patch(&mut definition, &body.value);
-        let text = validate(ChangeKind::Flag, &definition)?;
-        let cond = match wanted {
-            Condition::IfMatch(v) => Condition::IfMatch(v),
-            _ => Condition::IfMatch(version),
-        };
-        let command = put_command(ChangeKind::Flag, ns.clone(), key.clone(), text, cond);
-        match submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
-            .await
-            .map(|a| a.revision)
-        {
+        match outcome {
             Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
             Err(e) => return Err(e),
-            Ok(revision) => {
+            Ok(applied) => {
+                let revision = applied.revision;
                 let body = ItemWritten {
                     namespace: ns,
                     key,
@@ -769,10 +821,83 @@ async fn patch_flag(
     ))
 }
 
+/// The outcome this node has applied for `idem`, if any (422 if another request used it).
+fn recorded_outcome(node: &Node, idem: &StoredKey) -> Result<Option<Result<Applied>>> {
+    let state = node.state.read();
+    match state.idempotency_outcome(&idem.scope) {
+        None => Ok(None),
+        Some((fingerprint, _)) if fingerprint != idem.fingerprint => {
+            Err(ApiError::IdempotencyKeyReused)
+        }
+        Some((_, result)) => Ok(Some(result.clone().map_err(ApiError::from))),
+    }
+}
+
+/// One attempt of a `PATCH`: read the flag, merge, validate, propose against the version read.
+async fn patch_attempt(
+    node: &Node,
+    actor: &str,
+    ns: &str,
+    key: &str,
+    patch: &Value,
+    wanted: Condition,
+    idem: StoredKey,
+) -> Result<Applied> {
+    let (mut definition, version) = {
+        let state = node.state.read();
+        let space = state
+            .namespace(ns)
+            .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+        let item = space.flags.get(key).ok_or_else(|| {
+            ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
+        })?;
+        let current = crate::watch_hub::parse_stored(ns, ChangeKind::Flag, key, &item.definition)
+            .map_err(ApiError::Conflict)?;
+        (current, item.version)
+    };
+    merge_patch(&mut definition, patch);
+    let text = validate(ChangeKind::Flag, &definition)?;
+    let cond = match wanted {
+        Condition::IfMatch(v) => Condition::IfMatch(v),
+        _ => Condition::IfMatch(version),
+    };
+    let command = put_command(
+        ChangeKind::Flag,
+        ns.to_string(),
+        key.to_string(),
+        text,
+        cond,
+    );
+    submit_keyed(node, actor, idem, command).await
+}
+
 #[cfg(test)]
 mod tests {
-    use super::merge_patch;
+    use super::{merge_patch, patch_attempt_key, patch_fingerprint, StoredKey};
+    use flagstaff_raft_store::Condition;
     use serde_json::json;
+
+    #[test]
+    fn each_patch_attempt_has_its_own_scope_and_the_requests_fingerprint() {
+        let base = StoredKey {
+            scope: "admin/prod/client:k".into(),
+            fingerprint: "f".into(),
+        };
+        assert_eq!(patch_attempt_key(&base, 0), base);
+        let scopes: std::collections::BTreeSet<String> =
+            (0..5).map(|a| patch_attempt_key(&base, a).scope).collect();
+        assert_eq!(scopes.len(), 5);
+        assert!((1..5).all(|a| patch_attempt_key(&base, a).fingerprint == "f"));
+        // No client key (a header value, so no newline) names another key's attempt.
+        assert!(scopes.iter().skip(1).all(|s| s.contains('\n')));
+        let retry = patch_fingerprint("f", Condition::None);
+        assert_ne!(retry, patch_fingerprint("f", Condition::IfMatch(3)));
+        assert_ne!(
+            patch_fingerprint("f", Condition::IfMatch(3)),
+            patch_fingerprint("f", Condition::IfMatch(4))
+        );
+        assert_eq!(retry, patch_fingerprint("f", Condition::None));
+    }
 
     #[test]
     fn merge_patch_follows_rfc7386() {
