@@ -15,6 +15,9 @@ pub const PATH_READ_INDEX: &str = "/raft/read-index";
 pub const PATH_FORWARD: &str = "/raft/forward";
 /// A member's own view of itself, for the console's cluster page.
 pub const PATH_STATUS: &str = "/raft/status";
+/// The one peer route served without the cluster secret: a node proves that it holds the
+/// secret without sending it ([`identity_proof`]), before a leader adds it as a learner.
+pub const PATH_IDENTIFY: &str = "/raft/identify";
 
 /// Header carrying the cluster id on every peer request; a node from another cluster is refused.
 pub const CLUSTER_HEADER: &str = "flagstaff-cluster";
@@ -37,6 +40,115 @@ pub struct MemberView {
     pub revision: u64,
     /// What `/readyz` would answer: a leader is known and this member has caught up.
     pub ready: bool,
+}
+
+/// `POST /raft/identify`: a fresh random challenge from a leader about to add this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentifyRequest {
+    /// [`IDENTIFY_NONCE_BYTES`] random bytes, never reused.
+    pub nonce: Vec<u8>,
+}
+
+/// Length of an [`IdentifyRequest`] nonce.
+pub const IDENTIFY_NONCE_BYTES: usize = 32;
+
+/// Answer to `POST /raft/identify`: who the node is, from its own configuration, and the proof
+/// that it holds the cluster secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentifyReply {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    /// The node's advertised client listener URL.
+    pub api_addr: String,
+    /// The node's advertised peer listener URL.
+    pub peer_addr: String,
+    /// [`identity_proof`] of the fields above and the request's nonce.
+    pub proof: Vec<u8>,
+}
+
+/// HMAC-SHA256, keyed by the cluster secret, of a node's cluster id, node id, advertised
+/// addresses and a challenge's nonce.
+///
+/// Only a holder of the secret can make it, and the secret never travels: the challenger
+/// computes the same value and compares. The fresh nonce defeats a replay of an old answer;
+/// covering the node's own id and addresses defeats a relay, since a genuine node asked
+/// through an impostor's address answers with its own address, which is not the one the
+/// challenger was given. Every field is length-prefixed, so no two inputs read alike.
+pub fn identity_proof(
+    secret: &str,
+    cluster_id: &str,
+    node_id: NodeId,
+    api_addr: &str,
+    peer_addr: &str,
+    nonce: &[u8],
+) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"flagstaff identify v1\0");
+    for field in [
+        cluster_id.as_bytes(),
+        &node_id.to_be_bytes(),
+        api_addr.as_bytes(),
+        peer_addr.as_bytes(),
+        nonce,
+    ] {
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Largest [`IdentifyReply`] read from an unproven address.
+const IDENTIFY_REPLY_LIMIT: usize = 64 << 10;
+
+/// Asks the peer listener at `base` to prove who it is. The request carries no credential
+/// and no cluster id: it goes to an address nobody has vouched for yet.
+pub async fn identify(
+    base: &str,
+    nonce: &[u8],
+    source_ip: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<IdentifyReply, PeerCallError> {
+    let url = format!("{}{}", base.trim_end_matches('/'), PATH_IDENTIFY);
+    let http = reqwest::Client::builder()
+        .local_address(source_ip)
+        .connect_timeout(Duration::from_millis(500))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+    let body = codec::encode(&IdentifyRequest {
+        nonce: nonce.to_vec(),
+    })
+    .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+    let exchange = async {
+        let mut resp = http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(&url, e, timeout))?;
+        let status = resp.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&url, e, timeout))? {
+            if bytes.len() + chunk.len() > IDENTIFY_REPLY_LIMIT {
+                return Err(PeerCallError::Decode(format!(
+                    "answer longer than {IDENTIFY_REPLY_LIMIT} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Err(PeerCallError::Status(status.as_u16(), text));
+        }
+        codec::decode(&bytes).map_err(|e| PeerCallError::Decode(e.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| PeerCallError::Timeout(timeout))?
 }
 
 /// Writes forwarded from a follower to the leader.

@@ -1,5 +1,6 @@
 //! The peer listener: raft RPC, read index and write forwarding. Only nodes that present the
-//! cluster secret and the same cluster id are served.
+//! cluster secret and the same cluster id are served, except `POST /raft/identify`, where a
+//! node proves to anyone asking that it holds the secret, without revealing it.
 
 use std::sync::Arc;
 
@@ -22,12 +23,16 @@ use flagstaff_raft_store::{NodeId, TypeConfig};
 use crate::api::extract::bearer;
 use crate::node::Node;
 use crate::peer::{
-    ForwardReply, ForwardRequest, PeerRefusal, ReadIndexReply, ReadIndexResult, CLUSTER_HEADER,
-    PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_STATUS, PATH_VOTE,
+    identity_proof, ForwardReply, ForwardRequest, IdentifyReply, IdentifyRequest, PeerRefusal,
+    ReadIndexReply, ReadIndexResult, CLUSTER_HEADER, IDENTIFY_NONCE_BYTES, PATH_APPEND,
+    PATH_FORWARD, PATH_IDENTIFY, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_STATUS, PATH_VOTE,
 };
 
 /// Largest peer request body accepted (an append of many batched entries or a snapshot chunk).
 pub const PEER_BODY_LIMIT: usize = 256 << 20;
+
+/// Largest `POST /raft/identify` body, the only one accepted without the cluster secret.
+const IDENTIFY_BODY_LIMIT: usize = 1024;
 
 pub fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
@@ -42,6 +47,12 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         // so that follower could never catch up.
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        // Added after the authentication layer, so served to anyone: it reveals nothing but
+        // an HMAC (`identity_proof`), and takes only a nonce.
+        .route(
+            PATH_IDENTIFY,
+            post(identify).layer(DefaultBodyLimit::max(IDENTIFY_BODY_LIMIT)),
+        )
         .with_state(node)
 }
 
@@ -115,6 +126,38 @@ async fn read_index(State(node): State<Arc<Node>>) -> Response {
         .await
         .map(|index| ReadIndexReply { index });
     encode(&result)
+}
+
+/// `POST /raft/identify`: proves to a leader about to add this node that it holds the cluster
+/// secret, and says which cluster, id and addresses it has, without the secret travelling
+/// either way (`crate::peer::identity_proof`).
+async fn identify(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let req: IdentifyRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    if req.nonce.len() != IDENTIFY_NONCE_BYTES {
+        return refuse(format!(
+            "nonce: must be {IDENTIFY_NONCE_BYTES} bytes, got {}",
+            req.nonce.len()
+        ));
+    }
+    let (api_addr, peer_addr) = (&node.config.advertise_api, &node.config.advertise_peer);
+    let proof = identity_proof(
+        &node.config.cluster_secret,
+        &node.cluster_id,
+        node.id,
+        api_addr,
+        peer_addr,
+        &req.nonce,
+    );
+    encode(&IdentifyReply {
+        cluster_id: node.cluster_id.clone(),
+        node_id: node.id,
+        api_addr: api_addr.clone(),
+        peer_addr: peer_addr.clone(),
+        proof: proof.to_vec(),
+    })
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {

@@ -3,15 +3,23 @@
 //! 1. A keyed `PATCH` without `If-Match` that meets a concurrent change retries under its own
 //!    idempotency scope per attempt, so the retry is not answered with the first attempt's
 //!    412; the client's key still means "applied at most once".
+//! 2. `POST /v1/cluster/learners` first makes the new member prove, without the cluster secret
+//!    travelling, that it is a node of this cluster at the addresses given; nothing carrying
+//!    the secret is sent to anything else.
 
 mod common;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::{bool_flag, TestCluster, TOKEN};
+use common::{bool_flag, TestCluster, SECRET, TOKEN};
 use flagstaff_node::NodeConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
 
 fn defaults(_: &mut NodeConfig) {}
 
@@ -215,4 +223,295 @@ async fn one_key_on_patches_with_different_preconditions_is_refused() {
     assert_eq!(got["version"].as_u64(), Some(current));
     assert_eq!(got["definition"]["state"], "ENABLED");
     c.shutdown().await;
+}
+
+// ----- 2. a new learner proves it belongs before it gets the secret -----
+
+/// A fake HTTP/1.1 server on 127.0.0.1 that records every request (head and body) and answers
+/// each with `answer(request)`.
+struct Recorder {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    accept: AbortHandle,
+}
+
+impl Recorder {
+    async fn start(answer: fn(&[u8]) -> (u16, Vec<u8>)) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let log = requests.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: the head, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let request: Vec<u8> = buf.drain(..head_end + len).collect();
+                        let (status, body) = answer(&request);
+                        log.lock().unwrap().push(request);
+                        let resp = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let mut out = resp.into_bytes();
+                        out.extend_from_slice(&body);
+                        if conn.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+        .abort_handle();
+        Recorder {
+            addr,
+            requests,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Nothing this recorder received carries the cluster secret, in any header or the body.
+fn assert_never_saw_the_secret(r: &Recorder) {
+    let requests = r.requests();
+    for req in &requests {
+        let text = String::from_utf8_lossy(req);
+        assert!(
+            !contains(req, SECRET.as_bytes()),
+            "a request carried the cluster secret: {text}"
+        );
+        assert!(
+            !text.to_lowercase().contains("\r\nauthorization:"),
+            "a request carried credentials: {text}"
+        );
+    }
+}
+
+fn members(status: &Value) -> Vec<u64> {
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// `POST /v1/cluster/learners` with `spec` is refused with 400 naming `field`, saying `why`.
+async fn assert_refused_naming(c: &TestCluster, via: u64, spec: Value, field: &str, why: &str) {
+    let (s, b) = c.post(via, "/v1/cluster/learners", spec.clone()).await;
+    assert_eq!(s, 400, "{spec} -> {b}");
+    assert_eq!(b["error"]["code"], "INVALID_ARGUMENT", "{b}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("{field}:")), "{message}");
+    assert!(message.contains(why), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_address_that_is_not_a_node_of_this_cluster_never_gets_the_secret() {
+    let c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    let f = c.follower_of(leader);
+    // Answers everything with 200 and a body that is no peer answer.
+    let plain = Recorder::start(|_| (200, b"ok".to_vec())).await;
+    // Answers everything 401 like a peer listener refusing a wrong secret would.
+    let refusing = Recorder::start(|_| (401, b"cluster secret missing or wrong".to_vec())).await;
+    for (fake, via, why) in [
+        (&plain, leader, "did not prove it is a node of this cluster"),
+        (&plain, f, "did not prove it is a node of this cluster"),
+        (&refusing, leader, "answered 401"),
+    ] {
+        let spec = json!({"id": 9, "api_addr": fake.url(), "peer_addr": fake.url()});
+        assert_refused_naming(&c, via, spec, "peer_addr", why).await;
+    }
+    // An address where nothing listens.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let spec = json!({"id": 9, "api_addr": format!("http://{closed}"), "peer_addr": format!("http://{closed}")});
+    assert_refused_naming(&c, leader, spec, "peer_addr", "did not prove").await;
+    let spec = json!({"id": 9, "api_addr": "http://127.0.0.1:1", "peer_addr": "not a url"});
+    assert_refused_naming(&c, leader, spec, "peer_addr", "did not prove").await;
+
+    // Nothing changed, and the fakes were asked (so they would have seen a secret) but never
+    // given it.
+    let (_, status) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(members(&status), vec![1, 2, 3], "{status}");
+    assert!(!plain.requests().is_empty() && !refusing.requests().is_empty());
+    assert_never_saw_the_secret(&plain);
+    assert_never_saw_the_secret(&refusing);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_impostor_echoing_this_clusters_identity_is_refused() {
+    use flagstaff_node::peer::{IdentifyReply, IdentifyRequest};
+    use flagstaff_raft_store::codec;
+
+    let c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    // Knows the public facts (cluster id, the id and addresses it is added under) but not the
+    // secret: its proof is made with a guess.
+    let impostor = Recorder::start(|req| {
+        let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let Ok(ask) = codec::decode::<IdentifyRequest>(&req[head_end..]) else {
+            return (404, Vec::new());
+        };
+        let host = String::from_utf8_lossy(req)
+            .lines()
+            .find_map(|l| {
+                l.to_lowercase()
+                    .strip_prefix("host:")
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap();
+        let addr = format!("http://{host}");
+        let reply = IdentifyReply {
+            cluster_id: "test-cluster".into(),
+            node_id: 9,
+            api_addr: addr.clone(),
+            peer_addr: addr.clone(),
+            proof: flagstaff_node::peer::identity_proof(
+                "a guessed secret",
+                "test-cluster",
+                9,
+                &addr,
+                &addr,
+                &ask.nonce,
+            )
+            .to_vec(),
+        };
+        (200, codec::encode(&reply).unwrap())
+    })
+    .await;
+    let spec = json!({"id": 9, "api_addr": impostor.url(), "peer_addr": impostor.url()});
+    assert_refused_naming(&c, leader, spec, "peer_addr", "could not prove it holds").await;
+    assert!(!impostor.requests().is_empty());
+    assert_never_saw_the_secret(&impostor);
+    let (_, status) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(members(&status), vec![1, 2, 3], "{status}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_new_node_is_added_only_under_its_own_id_and_addresses() {
+    let mut c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    c.add_node(4).await;
+    let genuine = c.member_json(4);
+    let api = genuine["api_addr"].as_str().unwrap().to_string();
+    let peer = genuine["peer_addr"].as_str().unwrap().to_string();
+
+    // Another id than the node's own.
+    assert_refused_naming(
+        &c,
+        leader,
+        json!({"id": 5, "api_addr": api, "peer_addr": peer}),
+        "peer_addr",
+        "says it is node 4, not 5",
+    )
+    .await;
+    // A relay at another address in front of the real node: the node's proof names its own
+    // address, so the relay (which would receive the secret once added) is refused.
+    let relay_target: SocketAddr = peer.trim_start_matches("http://").parse().unwrap();
+    let relay = common::Proxy::start("127.0.0.1".parse().unwrap(), relay_target).await;
+    assert_refused_naming(
+        &c,
+        leader,
+        json!({"id": 4, "api_addr": api, "peer_addr": format!("http://{}", relay.listen)}),
+        "peer_addr",
+        "advertises its peer listener as",
+    )
+    .await;
+    // The right peer address with someone else's client address.
+    let fake_api = Recorder::start(|_| (200, b"ok".to_vec())).await;
+    assert_refused_naming(
+        &c,
+        leader,
+        json!({"id": 4, "api_addr": fake_api.url(), "peer_addr": peer}),
+        "api_addr",
+        "advertises its client listener as",
+    )
+    .await;
+    assert!(
+        fake_api.requests().is_empty(),
+        "the client address is not probed"
+    );
+    let (_, status) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(members(&status), vec![1, 2, 3], "{status}");
+
+    // The node as it is: added, through a follower too (relayed to the leader).
+    let (s, b) = c
+        .post(
+            c.follower_of(leader),
+            "/v1/cluster/learners",
+            genuine.clone(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = c.post(leader, "/v1/cluster/learners", genuine).await;
+    assert_eq!(s, 409, "{b}");
+    let (_, status) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(members(&status), vec![1, 2, 3, 4], "{status}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_recorder_sees_a_secret_when_one_is_sent() {
+    // The check above can fail: a request with the secret is caught.
+    let r = Recorder::start(|_| (200, Vec::new())).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/raft/append", r.url()))
+        .bearer_auth(SECRET)
+        .body("x")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let caught = std::panic::catch_unwind(|| assert_never_saw_the_secret(&r));
+    assert!(caught.is_err());
 }

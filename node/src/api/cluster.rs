@@ -283,7 +283,91 @@ async fn relay(
     }
 }
 
-/// Add a non-voting learner; it catches up and serves bounded reads.
+/// How long a new member has to answer `POST /raft/identify`.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Two advertised URLs name the same listener (a trailing `/` and the case of the scheme and
+/// host aside).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// Checks that `member` is a node of this cluster with id `id`, listening where it is said to,
+/// before anything carrying the cluster secret is sent to it.
+///
+/// The leader sends a fresh random nonce to `POST /raft/identify` at `peer_addr`, with no
+/// credential, and the node answers with its cluster id, node id and advertised addresses and
+/// an HMAC of them and the nonce keyed by the cluster secret
+/// (`crate::peer::identity_proof`). A node of this cluster knows the secret, so it can answer;
+/// a stranger cannot, and never sees the secret, since it does not travel. An identity
+/// endpoint returning only the node and cluster id would not do: both are public (every
+/// client-listener answer carries them), so an impostor could echo them, be added, and then
+/// receive the secret with the first append. A genuine node reached through an impostor's
+/// address (a relay) answers with its own addresses, which then do not match.
+async fn verify_new_member(node: &Node, id: NodeId, member: &Member) -> Result<(), ApiError> {
+    use rand::RngCore;
+    let peer = member.peer_addr.as_str();
+    let mut nonce = [0u8; crate::peer::IDENTIFY_NONCE_BYTES];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let reply = crate::peer::identify(peer, &nonce, node.config.peer_source_ip, IDENTIFY_TIMEOUT)
+        .await
+        .map_err(|e| {
+            let why = match e {
+                crate::peer::PeerCallError::Status(404, _) => {
+                    "answered 404: not a Flagstaff peer listener of this version".to_string()
+                }
+                crate::peer::PeerCallError::Status(s, body) => format!("answered {s}: {body}"),
+                other => other.to_string(),
+            };
+            ApiError::bad_request(format!(
+                "peer_addr: {peer:?} did not prove it is a node of this cluster ({why});                  start the new node with this cluster's id and secret, then add it"
+            ))
+        })?;
+    if reply.cluster_id != node.cluster_id {
+        return Err(ApiError::bad_request(format!(
+            "peer_addr: the node at {peer:?} says it belongs to cluster {:?}, not {:?}",
+            reply.cluster_id, node.cluster_id
+        )));
+    }
+    if reply.node_id != id {
+        return Err(ApiError::bad_request(format!(
+            "peer_addr: the node at {peer:?} says it is node {}, not {id}",
+            reply.node_id
+        )));
+    }
+    if !same_url(&reply.peer_addr, peer) {
+        return Err(ApiError::bad_request(format!(
+            "peer_addr: the node answering at {peer:?} advertises its peer listener as {:?};              give the address it advertises (--advertise-peer)",
+            reply.peer_addr
+        )));
+    }
+    if !same_url(&reply.api_addr, &member.api_addr) {
+        return Err(ApiError::bad_request(format!(
+            "api_addr: node {id} advertises its client listener as {:?}, not {:?}              (--advertise-client)",
+            reply.api_addr, member.api_addr
+        )));
+    }
+    let expected = crate::peer::identity_proof(
+        &node.config.cluster_secret,
+        &node.cluster_id,
+        id,
+        &reply.api_addr,
+        &reply.peer_addr,
+        &nonce,
+    );
+    use subtle::ConstantTimeEq;
+    if !bool::from(expected.as_slice().ct_eq(&reply.proof)) {
+        return Err(ApiError::bad_request(format!(
+            "peer_addr: the node at {peer:?} could not prove it holds this cluster's secret"
+        )));
+    }
+    Ok(())
+}
+
+/// Add a non-voting learner; it catches up and serves bounded reads. The new node must be
+/// running: it first proves, without the cluster secret travelling, that it is node `id` of
+/// this cluster at `api_addr` and `peer_addr` (else 400 naming the field).
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", security(("bearer" = [])),
     request_body = MemberSpec,
     responses((status = 200, description = "added", body = MembershipChanged)))]
@@ -316,6 +400,8 @@ async fn add_learner(
                     spec.id
                 )));
             }
+            // Before the leader sends it anything carrying the cluster secret.
+            verify_new_member(&n, spec.id, &member).await?;
             let resp = n
                 .raft
                 .add_learner(spec.id, member, false)
