@@ -6,6 +6,7 @@
 //! 2. `POST /v1/cluster/learners` first makes the new member prove, without the cluster secret
 //!    travelling, that it is a node of this cluster at the addresses given; nothing carrying
 //!    the secret is sent to anything else.
+//! 3. An admin token created through the API cannot take the name of a configured one.
 
 mod common;
 
@@ -514,4 +515,46 @@ async fn the_recorder_sees_a_secret_when_one_is_sent() {
     assert_eq!(resp.status(), 200);
     let caught = std::panic::catch_unwind(|| assert_never_saw_the_secret(&r));
     assert!(caught.is_err());
+}
+
+// ----- 3. API admin tokens and configured names -----
+
+fn with_deploy_token(c: &mut NodeConfig) {
+    c.admin_tokens
+        .push(("deploy".into(), "deploy-token".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_admin_token_cannot_take_a_configured_name() {
+    let c = TestCluster::start(1, with_deploy_token).await;
+    let revision = c.revision(1);
+    for name in ["admin", "deploy", "Admin", "DEPLOY"] {
+        let (s, b) = c.post(1, "/v1/admin-tokens", json!({ "name": name })).await;
+        assert_eq!(s, 400, "{name}: {b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("name:"), "{message}");
+        assert!(b.get("secret").is_none());
+    }
+    assert_eq!(c.revision(1), revision, "a refused name reached the log");
+    let (s, list) = c.get(1, "/v1/admin-tokens").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["admin_tokens"], json!([]), "{list}");
+
+    // Another name works, and its changes are told apart from the configured tokens'.
+    let (s, b) = c.post(1, "/v1/admin-tokens", json!({"name": "ops"})).await;
+    assert_eq!(s, 200, "{b}");
+    let ops = b["secret"].as_str().unwrap().to_string();
+    let r = c
+        .http
+        .put(format!("{}/v1/namespaces/prod", c.node(1).api))
+        .bearer_auth(&ops)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, h) = c.get(1, "/v1/namespaces/prod/history").await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["changes"][0]["actor"], "ops", "{h}");
+    c.shutdown().await;
 }

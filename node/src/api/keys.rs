@@ -246,7 +246,29 @@ async fn revoke_sdk_key(
     }))
 }
 
-/// Create another admin token; the secret is in this answer only.
+/// The name of the configured admin token (`flagstaff serve --admin-token`).
+const CONFIGURED_ADMIN: &str = "admin";
+
+/// An admin token's name is its actor in history and the scope of its idempotency keys, so an
+/// API token may not take the name of a configured one (`admin`, and any other this node is
+/// configured with): the two would be one actor in the audit and could replay each other's
+/// idempotent writes. Refused before proposal, ignoring case, so that no audit reader has to
+/// tell `Admin` from `admin`. Refusing keeps the names people chose as the actors (the history
+/// and the documented `admin` stay as they are), where prefixing one kind would rename them.
+fn check_not_configured(node: &Node, name: &str) -> Result<(), ApiError> {
+    let configured = std::iter::once(CONFIGURED_ADMIN)
+        .chain(node.config.admin_tokens.iter().map(|(n, _)| n.as_str()))
+        .find(|c| c.eq_ignore_ascii_case(name));
+    match configured {
+        Some(c) => Err(ApiError::bad_request(format!(
+            "name: {name:?} is taken by the configured admin token {c:?}; choose another name"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Create another admin token; the secret is in this answer only. Its name may not be that of
+/// a configured admin token (`admin`), whatever the case (400 naming `name`).
 #[utoipa::path(post, path = "/v1/admin-tokens", tag = "keys", security(("bearer" = [])),
     params(IdempotencyKey), request_body = NameSpec,
     responses((status = 200, description = "created", body = SecretCreated)))]
@@ -259,6 +281,7 @@ async fn create_admin_token(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let name = name_from(&body.value)?;
+    check_not_configured(&node, &name)?;
     let secret = secret("fsa_");
     let command = Command::CreateAdminToken {
         name: name.clone(),
