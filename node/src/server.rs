@@ -59,6 +59,7 @@ impl RaftRuntime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("raft-{node_id}"))
+            .on_thread_start(raise_priority)
             .enable_all()
             .build()?;
         Ok(Self(Some(rt)))
@@ -66,6 +67,21 @@ impl RaftRuntime {
 
     fn handle(&self) -> Option<&tokio::runtime::Handle> {
         self.0.as_ref().map(|rt| rt.handle())
+    }
+}
+
+/// Gives the calling thread a higher CPU priority than the client workers (nice -10), where
+/// the process may (root or `CAP_SYS_NICE`): on a machine whose CPUs are saturated, heartbeats
+/// then still go out and are answered on time. Without the privilege the thread keeps the
+/// normal priority; the election timeouts are sized for that too.
+fn raise_priority() {
+    // SAFETY: plain system calls on the calling thread; failure changes nothing.
+    let raised = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10) == 0
+    };
+    if !raised {
+        tracing::debug!("the Raft threads keep the normal CPU priority (no CAP_SYS_NICE)");
     }
 }
 
@@ -181,14 +197,24 @@ pub async fn start(
         until_stop(stop_rx.clone()),
         "client",
     )));
+    // Raft traffic from the other nodes is served on the Raft runtime too, so a node busy
+    // with clients still answers votes and appends on time.
     let peer_app = peer_router(node.clone());
-    tasks.push(tokio::spawn(crate::listener::serve(
-        peer,
-        peer_app,
-        node.config.peer_listener,
-        until_stop(stop_rx.clone()),
-        "peer",
-    )));
+    let raft_handle = raft_runtime
+        .handle()
+        .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?;
+    // Re-registered with the Raft runtime's reactor, so its readiness does not wait on the
+    // client runtime either.
+    let peer = peer.into_std()?;
+    let (peer_limits, stop_peer) = (node.config.peer_listener, until_stop(stop_rx.clone()));
+    tasks.push(raft_handle.spawn(async move {
+        match TcpListener::from_std(peer) {
+            Ok(peer) => {
+                crate::listener::serve(peer, peer_app, peer_limits, stop_peer, "peer").await
+            }
+            Err(e) => tracing::error!(error = %e, "peer listener failed"),
+        }
+    }));
     let rounds_node = node.clone();
     let period = node.config.max_staleness / 2;
     tasks.push(tokio::spawn(run_rounds(
