@@ -348,6 +348,7 @@ async fn assert_refused_naming(c: &TestCluster, via: u64, spec: Value, field: &s
     let message = b["error"]["message"].as_str().unwrap();
     assert!(message.starts_with(&format!("{field}:")), "{message}");
     assert!(message.contains(why), "{message}");
+    assert!(!message.contains("  "), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -321,7 +321,8 @@ async fn verify_new_member(node: &Node, id: NodeId, member: &Member) -> Result<(
                 other => other.to_string(),
             };
             ApiError::bad_request(format!(
-                "peer_addr: {peer:?} did not prove it is a node of this cluster ({why});                  start the new node with this cluster's id and secret, then add it"
+                "peer_addr: {peer:?} did not prove it is a node of this cluster ({why}); \
+                 start the new node with this cluster's id and secret, then add it"
             ))
         })?;
     if reply.cluster_id != node.cluster_id {
@@ -338,13 +339,15 @@ async fn verify_new_member(node: &Node, id: NodeId, member: &Member) -> Result<(
     }
     if !same_url(&reply.peer_addr, peer) {
         return Err(ApiError::bad_request(format!(
-            "peer_addr: the node answering at {peer:?} advertises its peer listener as {:?};              give the address it advertises (--advertise-peer)",
+            "peer_addr: the node answering at {peer:?} advertises its peer listener as {:?}; \
+             give the address it advertises (--advertise-peer)",
             reply.peer_addr
         )));
     }
     if !same_url(&reply.api_addr, &member.api_addr) {
         return Err(ApiError::bad_request(format!(
-            "api_addr: node {id} advertises its client listener as {:?}, not {:?}              (--advertise-client)",
+            "api_addr: node {id} advertises its client listener as {:?}, not {:?} \
+             (--advertise-client)",
             reply.api_addr, member.api_addr
         )));
     }
