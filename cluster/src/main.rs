@@ -58,14 +58,18 @@ enum ClusterCmd {
         #[command(flatten)]
         conn: client::Conn,
     },
-    /// Add a non-voting learner (it catches up and serves bounded reads).
+    /// Add a non-voting learner (it catches up and serves bounded reads). Start the new node
+    /// first: the leader asks it to prove, without the cluster secret being sent, that it is
+    /// node ID of this cluster at these addresses.
     AddLearner {
         #[command(flatten)]
         conn: client::Conn,
         #[arg(long)]
         id: u64,
+        /// The client listener URL the new node advertises (its --advertise-client).
         #[arg(long)]
         api_addr: String,
+        /// The peer listener URL the new node advertises (its --advertise-peer).
         #[arg(long)]
         peer_addr: String,
     },
