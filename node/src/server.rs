@@ -45,7 +45,7 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    _raft_runtime: RaftRuntime,
+    raft_runtime: RaftRuntime,
 }
 
 /// The Raft core's own threads. openraft spawns its tasks (the core with its heartbeats and
@@ -96,14 +96,22 @@ impl Drop for RaftRuntime {
 
 impl RunningNode {
     /// Stops serving, shuts Raft down and waits for the servers to finish.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.abort();
             let _ = t.await;
         }
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+        // Waits for the Raft threads to end, so the store they hold is closed before this
+        // returns (a process that exits right after must not race their destructors).
+        if let Some(rt) = self.raft_runtime.0.take() {
+            let stopped = tokio::task::spawn_blocking(move || {
+                rt.shutdown_timeout(std::time::Duration::from_secs(10))
+            });
+            let _ = stopped.await;
         }
     }
 }
@@ -167,11 +175,23 @@ pub async fn start(
         .map_err(|e| NodeError::Raft(e.to_string()))?
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+    // The write batcher and the read-index coalescer talk only to Raft: they run on its
+    // runtime too, so writes and proofs progress while the client workers are saturated.
+    let (proposer, read_index) = {
+        let raft_handle = raft_runtime
+            .handle()
+            .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?;
+        let _on_raft_runtime = raft_handle.enter();
+        (
+            Proposer::spawn(raft.clone()),
+            ReadIndexCoalescer::spawn(raft.clone(), config.read_timeout),
+        )
+    };
     let node = Arc::new(Node {
         id: config.node_id,
         cluster_id,
-        proposer: Proposer::spawn(raft.clone()),
-        read_index: ReadIndexCoalescer::spawn(raft.clone(), config.read_timeout),
+        proposer,
+        read_index,
         proofs: Arc::new(Proofs::default()),
         hub: WatchHub::spawn(state.clone()),
         flag_sets: FlagSetCache::default(),
@@ -217,11 +237,12 @@ pub async fn start(
     }));
     let rounds_node = node.clone();
     let period = node.config.max_staleness / 2;
-    tasks.push(tokio::spawn(run_rounds(
-        node.proofs.clone(),
-        period,
-        move || rounds_node.clone().proof_round(),
-    )));
+    // Staleness proofs are Raft traffic as well.
+    tasks.push(
+        raft_handle.spawn(run_rounds(node.proofs.clone(), period, move || {
+            rounds_node.clone().proof_round()
+        })),
+    );
 
     tracing::info!(node = node.id, cluster = %node.cluster_id, api = %node.config.advertise_api,
         peer = %node.config.advertise_peer, "node started");
@@ -229,7 +250,7 @@ pub async fn start(
         node,
         stop,
         tasks,
-        _raft_runtime: raft_runtime,
+        raft_runtime,
     })
 }
 
