@@ -26,4 +26,6 @@ runs="$CARGO_TARGET_DIR/jepsen-runs"
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" run --profile ci --seed 1 --out "$runs"
 cargo build --workspace --bins --locked --features jepsen-like-tests/fault-injection
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" breaks --seed 1 --out "$runs"
+# A failing disk: the node must fail /healthz and exit non-zero, the others keep the data.
+"$CARGO_TARGET_DIR/debug/jepsen-like-tests" disk-fault --out "$runs"
 cargo nextest run --workspace --locked --no-fail-fast

@@ -386,6 +386,15 @@ impl Cluster {
             .map(|p| p as i32)
     }
 
+    /// The exit status of node `id` if its process has ended by itself (it stays reaped).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let n = &mut self.nodes[(id - 1) as usize];
+        let status = n.child.as_mut()?.try_wait().ok()??;
+        n.child = None;
+        n.health = Health::Killed;
+        Some(status)
+    }
+
     /// `kill -9` of node `id` (by its PID); waits until it is gone.
     pub async fn kill(&mut self, id: u64) {
         let n = &mut self.nodes[(id - 1) as usize];

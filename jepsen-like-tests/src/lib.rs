@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod disk_fault;
 pub mod history;
 pub mod nemesis;
 pub mod profiles;

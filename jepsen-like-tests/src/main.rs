@@ -53,6 +53,15 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Fail a follower's and then the leader's disk (needs `--features fault-injection`): each
+    /// must fail `/healthz` and exit non-zero while the others keep the data.
+    DiskFault {
+        #[arg(long, default_value = "jepsen-runs")]
+        out: PathBuf,
+        /// The fault-injection build of the node (default: `flagstaff-faulty` next to this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -204,6 +213,22 @@ async fn main() -> ExitCode {
             bin,
             only,
         } => cmd_breaks(seed, out, bin, only).await,
+        Cmd::DiskFault { out, bin } => {
+            let bin = match bin {
+                Some(b) => Ok(b),
+                None => sibling("flagstaff-faulty"),
+            };
+            match bin {
+                Ok(bin) => {
+                    jepsen_like_tests::disk_fault::run(
+                        &bin,
+                        &out.join(format!("disk-fault-{}", stamp())),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

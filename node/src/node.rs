@@ -243,6 +243,12 @@ impl Node {
         }
     }
 
+    /// The error the Raft core stopped on (a failed disk, say), if it stopped on one: the node
+    /// can then neither accept nor apply anything.
+    pub fn fatal_error(&self) -> Option<String> {
+        fatal_of(&self.raft.metrics().borrow())
+    }
+
     /// A leader is known and this node has caught up (what `/readyz` answers).
     pub fn ready(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some() && self.caught_up()
@@ -280,5 +286,13 @@ pub fn state_name(state: openraft::ServerState) -> &'static str {
         openraft::ServerState::Candidate => "candidate",
         openraft::ServerState::Learner => "learner",
         openraft::ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// The fatal error in `m`, if the core stopped on one (not on a requested shutdown).
+pub(crate) fn fatal_of(m: &openraft::RaftMetrics<NodeId, Member>) -> Option<String> {
+    match &m.running_state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(e) => Some(e.to_string()),
     }
 }

@@ -23,6 +23,8 @@ use crate::watch_hub::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("the node stopped on a fatal error: {0}")]
+    Fatal(String),
     #[error(transparent)]
     Marker(#[from] marker::MarkerError),
     #[error(
@@ -94,7 +96,23 @@ impl Drop for RaftRuntime {
     }
 }
 
+/// How long a node that stopped on a fatal error keeps answering 503 before it exits.
+const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl RunningNode {
+    /// Resolves with the error if the Raft core stops on a fatal one (a failed disk, say).
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            if let Some(e) = crate::node::fatal_of(&metrics.borrow_and_update()) {
+                return e;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops serving, shuts Raft down and waits for the servers to finish.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -262,8 +280,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let running = start(config, client, peer).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    running.shutdown().await;
-    Ok(())
+    let fatal = tokio::select! {
+        _ = shutdown => None,
+        e = running.fatal() => Some(e),
+    };
+    match fatal {
+        None => {
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            Ok(())
+        }
+        Some(e) => {
+            tracing::error!(error = %e, "fatal storage error: this node can no longer write its \
+                data and stops (non-zero exit) so that a supervisor restarts or replaces it");
+            // `/healthz` answers 503 meanwhile, so load balancers take the node out first.
+            tokio::time::sleep(FATAL_GRACE).await;
+            running.shutdown().await;
+            Err(NodeError::Fatal(e))
+        }
+    }
 }

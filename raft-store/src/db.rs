@@ -19,6 +19,8 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
+    #[error("{0}")]
+    Io(std::io::Error),
 }
 
 pub(crate) fn open_db(dir: &Path) -> Result<DB, StoreError> {

@@ -76,3 +76,28 @@ pub fn switch_on(name: &str) -> bool {
     }
     on
 }
+
+/// `FLAGSTAFF_FAULT_STORAGE_FAIL_FILE=NAME`: while a file `NAME` exists in the node's data dir
+/// (beside the store at `db_dir`), every write to the store (log appends, votes, state-machine
+/// rows) fails with an I/O error, as on a full or failing disk. The fault suite creates the
+/// file to fail one node's disk.
+#[cfg(feature = "fault-injection")]
+pub fn storage_fault(db_dir: &std::path::Path) -> Option<std::io::Error> {
+    static NAME: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(|| std::env::var_os("FLAGSTAFF_FAULT_STORAGE_FAIL_FILE"));
+    let failing = name
+        .as_ref()
+        .is_some_and(|n| db_dir.parent().unwrap_or(db_dir).join(n).exists());
+    failing.then(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "no space left on device (FLAGSTAFF_FAULT_STORAGE_FAIL_FILE)",
+        )
+    })
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn storage_fault(_db_dir: &std::path::Path) -> Option<std::io::Error> {
+    None
+}

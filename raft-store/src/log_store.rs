@@ -70,6 +70,9 @@ impl LogStore {
 
     /// Runs a RocksDB batch on the blocking pool with `sync=true`.
     async fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if let Some(e) = crate::fault_injection::storage_fault(self.db.path()) {
+            return Err(write_err(e));
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()))
             .await

@@ -150,6 +150,9 @@ impl StateMachine {
                 None => batch.delete_cf(sm, key),
             }
         }
+        if let Some(e) = crate::fault_injection::storage_fault(self.db.path()) {
+            return Err(StoreError::Io(e));
+        }
         if sync {
             self.db.write_opt(batch, &synced())?;
         } else {

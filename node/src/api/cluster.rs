@@ -40,11 +40,16 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(remove_member))
 }
 
-/// Process alive.
+/// Process alive and its store usable.
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, description = "the process is alive", body = String, content_type = "text/plain")))]
-async fn healthz() -> &'static str {
-    "ok"
+    responses((status = 200, description = "the process is alive", body = String, content_type = "text/plain"),
+        (status = 503, description = "the Raft core stopped on a fatal error (a failed disk): the process exits", body = ErrorBody)))]
+async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    match node.fatal_error() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(e) => ApiError::Unavailable(format!("this node stopped on a fatal error: {e}"))
+            .into_response(),
+    }
 }
 
 /// In a cluster with a known leader, and caught up.
