@@ -67,12 +67,14 @@ async fn idle_and_trickling_connections_are_closed_while_others_are_served() {
     // Trickling headers: one byte every 50 ms, never finishing the header block.
     let mut trickling = Vec::new();
     for _ in 0..20 {
+        // The server's timer starts at accept, after this: it cannot close sooner than this
+        // plus the timeout, however late the task below first runs.
+        let started = Instant::now();
         let mut s = TcpStream::connect(addr(&c)).await.unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             .await
             .unwrap();
         trickling.push(tokio::spawn(async move {
-            let started = Instant::now();
             loop {
                 if s.write_all(b"X").await.is_err() {
                     break;
