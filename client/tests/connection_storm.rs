@@ -179,21 +179,20 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     let t0 = Instant::now();
     let snapshotted = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(tokio::sync::Semaphore::new(0));
+    // A GET of the namespace's `route` with the SDK key, on a connection of its own.
+    let get = |route: &str| {
+        let request = http
+            .get(format!("{api}/v1/namespaces/storm/{route}"))
+            .bearer_auth(&key)
+            .send();
+        async move { request.await.map_err(|e| e.to_string()) }
+    };
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
-        let (http, url, key) = (
-            http.clone(),
-            format!("{api}/v1/namespaces/storm/watch"),
-            key.clone(),
-        );
         let (done, release) = (snapshotted.clone(), release.clone());
+        let request = get("watch");
         streams.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let r = request.await?;
             if r.status() != 200 {
                 return Err(format!("watch: {}", r.status()));
             }
@@ -208,18 +207,9 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     }
     let mut snapshots = Vec::new();
     for _ in 0..SNAPSHOTS {
-        let (http, url, key) = (
-            http.clone(),
-            format!("{api}/v1/namespaces/storm/snapshot"),
-            key.clone(),
-        );
+        let request = get("snapshot");
         snapshots.push(tokio::spawn(async move {
-            let mut r = http
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut r = request.await?;
             if r.status() != 200 {
                 let status = r.status();
                 return Err(format!(
