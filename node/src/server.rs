@@ -168,8 +168,9 @@ pub async fn start(
     .ok_or_else(|| NodeError::Pristine(config.data_dir.display().to_string()))?;
     // Lets the fault-injection apply delay tell follower applies apart (a no-op otherwise).
     flagstaff_raft_store::fault_injection::set_local_node(config.node_id);
-    let (log, sm) =
+    let (mut log, sm) =
         flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), config.state_limits)?;
+    log.follow(sm.handle().subscribe());
     let state = sm.handle();
     let peers = PeerClient::new(
         config.cluster_secret.clone(),

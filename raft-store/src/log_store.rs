@@ -25,6 +25,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// What the state machine has applied or installed (see `purge`).
+    applied: Option<tokio::sync::watch::Receiver<crate::state_machine::AppliedView>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -42,7 +44,17 @@ impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
         cf(&db, CF_LOGS)?;
         cf(&db, CF_META)?;
-        Ok(Self { db })
+        Ok(Self { db, applied: None })
+    }
+
+    /// Lets `purge` wait for the state machine (see there). A node calls it with its state
+    /// machine's applied position; openraft's conformance suite purges entries that no state
+    /// machine ever applied, so `open` does not.
+    pub fn follow(
+        &mut self,
+        applied: tokio::sync::watch::Receiver<crate::state_machine::AppliedView>,
+    ) {
+        self.applied = Some(applied);
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -194,6 +206,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft 0.9 asks for the purge up to a snapshot it is installing at the same time as
+        // it asks the state machine to install it. Purging first would leave, after a crash in
+        // between, a log purged past the stored state (and a node that cannot start). So the
+        // purge waits until the state machine holds `log_id` (installs are synced before they
+        // are published; after a snapshot build it already does), for at most 60 s.
+        if let Some(applied) = &self.applied {
+            let mut applied = applied.clone();
+            let covered = applied.wait_for(|v| v.log_index >= log_id.index);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), covered).await;
+        }
         let logs = cf(&self.db, CF_LOGS).map_err(write_err)?;
         let meta = cf(&self.db, CF_META).map_err(write_err)?;
         let mut batch = WriteBatch::default();
