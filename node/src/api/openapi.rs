@@ -147,7 +147,10 @@ pub fn document_errors(api: &mut OpenApi) {
             "conflicts with the current state (exists already, still referenced, membership)",
         ),
         (412, "If-Match names another version than the current one"),
-        (408, "the request body was not received within the body-read timeout"),
+        (
+            408,
+            "the request body was not received within the body-read timeout",
+        ),
         (413, "request body too large"),
         (422, "Idempotency-Key reused for a different request"),
         (
@@ -160,7 +163,10 @@ pub fn document_errors(api: &mut OpenApi) {
         (401, "missing or unknown SDK key"),
         (403, "the key may not read this namespace"),
         (404, "flag (or namespace) not found"),
-        (408, "the request body was not received within the body-read timeout"),
+        (
+            408,
+            "the request body was not received within the body-read timeout",
+        ),
         (413, "request body too large"),
         (429, "rate limited: see Retry-After"),
         (503, "this node cannot answer now; see Retry-After"),
