@@ -67,8 +67,10 @@ impl RaftRuntime {
         Ok(Self(Some(rt)))
     }
 
-    fn handle(&self) -> Option<&tokio::runtime::Handle> {
-        self.0.as_ref().map(|rt| rt.handle())
+    fn handle(&self) -> Result<tokio::runtime::Handle, NodeError> {
+        let rt = self.0.as_ref();
+        rt.map(|rt| rt.handle().clone())
+            .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))
     }
 }
 
@@ -182,11 +184,10 @@ pub async fn start(
         client: peers.clone(),
     };
     let raft_runtime = RaftRuntime::new(config.node_id)?;
+    let raft_handle = raft_runtime.handle()?;
     let raft_config = Arc::new(raft_config(&config)?);
     let node_id = config.node_id;
-    let raft = raft_runtime
-        .handle()
-        .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?
+    let raft = raft_handle
         .spawn(async move {
             flagstaff_raft_store::Raft::new(node_id, raft_config, network, log, sm).await
         })
@@ -197,9 +198,6 @@ pub async fn start(
     // The write batcher and the read-index coalescer talk only to Raft: they run on its
     // runtime too, so writes and proofs progress while the client workers are saturated.
     let (proposer, read_index) = {
-        let raft_handle = raft_runtime
-            .handle()
-            .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?;
         let _on_raft_runtime = raft_handle.enter();
         (
             Proposer::spawn(raft.clone()),
@@ -239,9 +237,6 @@ pub async fn start(
     // Raft traffic from the other nodes is served on the Raft runtime too, so a node busy
     // with clients still answers votes and appends on time.
     let peer_app = peer_router(node.clone());
-    let raft_handle = raft_runtime
-        .handle()
-        .ok_or_else(|| NodeError::Raft("no Raft runtime".into()))?;
     // Re-registered with the Raft runtime's reactor, so its readiness does not wait on the
     // client runtime either.
     let peer = peer.into_std()?;

@@ -122,6 +122,14 @@ struct RefIndex {
 }
 
 impl RefIndex {
+    fn of(&self, kind: ChangeKind) -> &BTreeMap<String, Option<BTreeSet<String>>> {
+        if kind == ChangeKind::Flag {
+            &self.flags
+        } else {
+            &self.segments
+        }
+    }
+
     fn of_mut(&mut self, kind: ChangeKind) -> &mut BTreeMap<String, Option<BTreeSet<String>>> {
         if kind == ChangeKind::Flag {
             &mut self.flags
@@ -230,20 +238,10 @@ impl Namespace {
         self.refs = index;
     }
 
-    /// Bytes of all flag and segment definitions.
-    pub fn definition_bytes(&self) -> usize {
-        self.refs.bytes
-    }
-
     /// The segment names a stored flag or segment references (`None`: absent, or its stored
     /// definition does not parse).
     pub fn refs(&self, kind: ChangeKind, key: &str) -> Option<&BTreeSet<String>> {
-        let map = if kind == ChangeKind::Flag {
-            &self.refs.flags
-        } else {
-            &self.refs.segments
-        };
-        map.get(key).and_then(Option::as_ref)
+        self.refs.of(kind).get(key).and_then(Option::as_ref)
     }
 
     /// The flags for [`ChangeKind::Flag`], the segments otherwise.
@@ -749,13 +747,13 @@ impl State {
     ) -> CommandResult {
         let space = self.existing(ns)?;
         let items = space.items(kind);
-        let current = items.get(key).map(|i| i.version);
-        check(condition, current)?;
+        let existing = items.get(key);
+        check(condition, existing.map(|i| i.version))?;
         check_size(kind, "definition", definition, limits)?;
-        if current.is_none() {
+        if existing.is_none() {
             check_count(kind, items.len() + 1, limits, kind_section(kind))?;
         }
-        let old_len = items.get(key).map_or(0, |i| i.definition.len());
+        let old_len = existing.map_or(0, |i| i.definition.len());
         let bytes = space.refs.bytes - old_len + definition.len();
         check_namespace_bytes(kind_section(kind), bytes, limits)?;
         let refs = refs_of(kind, definition).map_err(|e| ApplyError::InvalidDefinition {

@@ -56,19 +56,6 @@ pub fn definitions(ns: &str, space: &Namespace) -> (Map<String, Value>, Map<Stri
     (parsed(ChangeKind::Flag), parsed(ChangeKind::Segment))
 }
 
-/// `{namespace, cluster_id, revision, flags: {key: def}, segments: {key: rule}}`, or `None` if
-/// the namespace does not exist.
-pub fn snapshot_json(state: &StoreState, ns: &str, cluster_id: &str) -> Option<NamespaceSnapshot> {
-    let (flags, segments) = definitions(ns, state.namespace(ns)?);
-    Some(NamespaceSnapshot {
-        namespace: ns.to_string(),
-        cluster_id: cluster_id.to_string(),
-        revision: state.revision(),
-        flags,
-        segments,
-    })
-}
-
 fn not_found(ns: &str) -> ApiError {
     ApiError::NotFound(format!("namespace {ns:?} does not exist"))
 }
@@ -252,19 +239,17 @@ async fn watch(
     Ok(resp)
 }
 
-fn snapshot_frame(state: &StoreState, ns: &str, cluster_id: &str) -> Bytes {
-    let body = snapshot_json(state, ns, cluster_id).unwrap_or_else(|| {
-        // The namespace was deleted: an empty snapshot says so without a gap.
-        NamespaceSnapshot {
-            namespace: ns.to_string(),
-            cluster_id: cluster_id.to_string(),
-            revision: state.revision(),
-            flags: Map::new(),
-            segments: Map::new(),
-        }
-    });
+/// The `snapshot` event of a namespace that no longer exists: empty, at `revision`.
+fn deleted_snapshot_frame(ns: &str, cluster_id: &str, revision: u64) -> Bytes {
+    let body = NamespaceSnapshot {
+        namespace: ns.to_string(),
+        cluster_id: cluster_id.to_string(),
+        revision,
+        flags: Map::new(),
+        segments: Map::new(),
+    };
     let body = serde_json::to_value(body).unwrap_or(Value::Null);
-    sse_frame("snapshot", state.revision(), &body)
+    sse_frame("snapshot", revision, &body)
 }
 
 /// The namespace's changes after `since`, if the retained history still covers them all.
@@ -316,20 +301,17 @@ async fn stream_changes(
             batch = rx.recv() => match batch {
                 Ok(batch) => {
                     if batch.reset {
-                        let (snapshot, empty, revision) = {
+                        let (snapshot, revision) = {
                             let state = node.state.read();
-                            match node.snapshots.get(&state, &ns) {
-                                Some(snap) => (Some(snap), None, state.revision()),
-                                // Deleted: an empty snapshot says so without a gap.
-                                None => (None, Some(snapshot_frame(&state, &ns, &node.cluster_id)), state.revision()),
-                            }
+                            (node.snapshots.get(&state, &ns), state.revision())
                         };
-                        let frames = match (snapshot, empty) {
-                            (Some(snap), _) => match snap.sse_chunks(&ns, &node.cluster_id).await {
+                        let frames = match snapshot {
+                            Some(snap) => match snap.sse_chunks(&ns, &node.cluster_id).await {
                                 Some(chunks) => chunks.to_vec(),
                                 None => return,
                             },
-                            (None, frame) => frame.into_iter().collect(),
+                            // Deleted: an empty snapshot says so without a gap.
+                            None => vec![deleted_snapshot_frame(&ns, &node.cluster_id, revision)],
                         };
                         for frame in frames {
                             if !send(frame).await {
