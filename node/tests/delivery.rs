@@ -770,3 +770,122 @@ async fn a_stream_on_a_node_that_installs_a_raft_snapshot_gets_a_fresh_snapshot_
     assert_eq!(flags.len(), 60);
     c.shutdown().await;
 }
+
+const HISTORY: usize = 400;
+
+fn short_history(c: &mut NodeConfig) {
+    c.state_limits.history = HISTORY;
+}
+
+/// Many streams resuming at once from the oldest retained revision each get every change of
+/// their namespace since, gap-free and in order, while another client's writes keep landing;
+/// a resume from before the retained history gets a snapshot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_streams_resume_from_the_oldest_retained_revision_at_once() {
+    const STREAMS: usize = 1_000;
+    const LIVE_WRITES: usize = 50;
+    let c = TestCluster::start(1, short_history).await;
+    c.wait_leader().await;
+    c.create_namespace(1, "prod").await;
+    c.put(1, "/v1/namespaces/other", json!({})).await;
+    // More changes than the history keeps, a quarter of them in another namespace.
+    let mut prod = Vec::new();
+    let mut last = 0;
+    for i in 0..HISTORY + 80 {
+        let path = if i % 4 == 3 {
+            format!("/v1/namespaces/other/flags/g{}", i % 20)
+        } else {
+            format!("/v1/namespaces/prod/flags/f{}", i % 50)
+        };
+        let (s, b) = c.put(1, &path, bool_flag(["on", "off"][i % 2])).await;
+        assert_eq!(s, 200, "{b}");
+        last = b["revision"].as_u64().unwrap();
+        if i % 4 != 3 {
+            prod.push(last);
+        }
+    }
+    // Every write is one revision and one retained change, so the history's oldest change is
+    // `last - HISTORY + 1` now and moves up one per live write below. The streams resume from
+    // where it will be after the last live write; the too-old ones from before where it is now.
+    let since = last - HISTORY as u64 + LIVE_WRITES as u64;
+    let before_history = last - HISTORY as u64 - 1;
+
+    let streams = reqwest::Client::new();
+    let url = format!("{}/v1/namespaces/prod/watch", c.node(1).api);
+    let open = |from: u64| {
+        let (streams, url) = (streams.clone(), url.clone());
+        tokio::spawn(async move {
+            let resp = streams
+                .get(&url)
+                .bearer_auth(TOKEN)
+                .header("Last-Event-ID", from.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            Sse {
+                resp,
+                buf: String::new(),
+            }
+        })
+    };
+    let opening: Vec<_> = (0..STREAMS).map(|_| open(since)).collect();
+    let too_old: Vec<_> = (0..10).map(|_| open(before_history)).collect();
+    // Writes while the streams open: each must succeed, and reach every stream in order.
+    let mut live = Vec::new();
+    for i in 0..LIVE_WRITES {
+        let (s, b) = c
+            .put(
+                1,
+                &format!("/v1/namespaces/prod/flags/live{i}"),
+                bool_flag("on"),
+            )
+            .await;
+        assert_eq!(s, 200, "a write during the resumes failed: {b}");
+        live.push(b["revision"].as_u64().unwrap());
+    }
+    let (s, _) = c.get(1, "/v1/namespaces/prod/flags/live0").await;
+    assert_eq!(s, 200, "a read during the resumes failed");
+
+    let expected: Vec<u64> = prod
+        .iter()
+        .copied()
+        .filter(|r| *r > since)
+        .chain(live.iter().copied())
+        .collect();
+    let end = *expected.last().unwrap();
+    let mut readers = Vec::new();
+    for task in opening {
+        let expected = expected.clone();
+        readers.push(tokio::spawn(async move {
+            let mut sse = task.await.unwrap();
+            let mut got = Vec::new();
+            while got.last().is_none_or(|r| *r < end) {
+                let e = sse
+                    .next_change(Duration::from_secs(60))
+                    .await
+                    .expect("the stream ended before the last write reached it");
+                assert_eq!(
+                    e.event, "change",
+                    "a resume inside the history replays: {e:?}"
+                );
+                got.push(e.id.unwrap());
+            }
+            assert_eq!(
+                got, expected,
+                "a resumed stream skipped or repeated a change"
+            );
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    for task in too_old {
+        let mut sse = task.await.unwrap();
+        let e = sse.next_change(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            e.event, "snapshot",
+            "a resume from before the history gets a snapshot"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flagstaff_raft_store::{ChangeKind, Namespace, State as StoreState};
+use flagstaff_raft_store::{Change, ChangeKind, Namespace, State as StoreState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
@@ -193,8 +193,8 @@ async fn watch(
             return Err(not_found(&ns));
         }
         let revision = state.revision();
-        match since.and_then(|s| replay_since(&state, &ns, s)) {
-            Some(frames) => (frames, None, revision),
+        match since.and_then(|s| changes_since(&state, s)) {
+            Some(changes) => (changes, None, revision),
             None => (Vec::new(), node.snapshots.get(&state, &ns), revision),
         }
     };
@@ -204,7 +204,7 @@ async fn watch(
             .await
             .ok_or_else(|| ApiError::Unavailable("the snapshot could not be built".into()))?
             .to_vec(),
-        None => replay,
+        None => replay_frames(replay, ns.clone()).await?,
     };
 
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
@@ -252,21 +252,41 @@ fn deleted_snapshot_frame(ns: &str, cluster_id: &str, revision: u64) -> Bytes {
     sse_frame("snapshot", revision, &body)
 }
 
-/// The namespace's changes after `since`, if the retained history still covers them all.
-fn replay_since(state: &StoreState, ns: &str, since: u64) -> Option<Vec<Bytes>> {
+/// A resume scans at most this many retained changes; one from further back gets the
+/// namespace's snapshot instead (serialized once and shared, where a replay is per stream).
+pub const MAX_RESUME_SCAN: usize = 4_096;
+
+/// The retained changes after `since` (of every namespace), if the history still covers them
+/// all and there are at most [`MAX_RESUME_SCAN`]. Under the state lock this is a binary search
+/// and at most that many `Arc` clones; filtering and serializing happen after the lock.
+fn changes_since(state: &StoreState, since: u64) -> Option<Vec<Arc<Change>>> {
     let history = state.history();
     let complete =
         since >= state.revision() || history.front().is_some_and(|c| c.revision <= since + 1);
     if !complete {
         return None;
     }
-    Some(
-        history
+    let start = history.partition_point(|c| c.revision <= since);
+    if history.len() - start > MAX_RESUME_SCAN {
+        return None;
+    }
+    Some(history.range(start..).cloned().collect())
+}
+
+/// The `change` frames of `ns` among `changes`, built on the blocking pool.
+async fn replay_frames(changes: Vec<Arc<Change>>, ns: String) -> Result<Vec<Bytes>, ApiError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    tokio::task::spawn_blocking(move || {
+        changes
             .iter()
-            .filter(|c| c.revision > since && c.ns == ns)
+            .filter(|c| c.ns == ns)
             .map(|c| sse_frame("change", c.revision, &crate::watch_hub::change_json(c)))
-            .collect(),
-    )
+            .collect()
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable("the resume could not be built".into()))
 }
 
 #[allow(clippy::too_many_arguments)]
