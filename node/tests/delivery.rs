@@ -33,15 +33,23 @@ impl Sse {
         token: &str,
         last_event_id: Option<u64>,
     ) -> Sse {
-        let mut req = c
-            .http
-            .get(format!("{}{path}", c.node(node).api))
-            .bearer_auth(token);
+        let url = format!("{}{path}", c.node(node).api);
+        Sse::open_with(&c.http, &url, token, last_event_id).await
+    }
+
+    /// As [`Sse::open`], with `client` (whose timeouts apply to the whole stream).
+    async fn open_with(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        last_event_id: Option<u64>,
+    ) -> Sse {
+        let mut req = client.get(url).bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.status(), 200, "{url}");
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         Sse {
             resp,
@@ -810,24 +818,12 @@ async fn many_streams_resume_from_the_oldest_retained_revision_at_once() {
     let since = last - HISTORY as u64 + LIVE_WRITES as u64;
     let before_history = last - HISTORY as u64 - 1;
 
+    // Without the harness client's 20 s timeout, which would cut a stream, not a request.
     let streams = reqwest::Client::new();
     let url = format!("{}/v1/namespaces/prod/watch", c.node(1).api);
     let open = |from: u64| {
         let (streams, url) = (streams.clone(), url.clone());
-        tokio::spawn(async move {
-            let resp = streams
-                .get(&url)
-                .bearer_auth(TOKEN)
-                .header("Last-Event-ID", from.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            Sse {
-                resp,
-                buf: String::new(),
-            }
-        })
+        tokio::spawn(async move { Sse::open_with(&streams, &url, TOKEN, Some(from)).await })
     };
     let opening: Vec<_> = (0..STREAMS).map(|_| open(since)).collect();
     let too_old: Vec<_> = (0..10).map(|_| open(before_history)).collect();

@@ -254,7 +254,7 @@ fn deleted_snapshot_frame(ns: &str, cluster_id: &str, revision: u64) -> Bytes {
 
 /// A resume scans at most this many retained changes; one from further back gets the
 /// namespace's snapshot instead (serialized once and shared, where a replay is per stream).
-pub const MAX_RESUME_SCAN: usize = 4_096;
+const MAX_RESUME_SCAN: usize = 4_096;
 
 /// The retained changes after `since` (of every namespace), if the history still covers them
 /// all and there are at most [`MAX_RESUME_SCAN`]. Under the state lock this is a binary search
