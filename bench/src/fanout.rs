@@ -96,7 +96,7 @@ fn cpu_between(
     let (Some(a), Some(b)) = (start, end) else {
         return (None, None);
     };
-    let diff = |x: Option<Duration>, y: Option<Duration>| Some(y?.checked_sub(x?)?);
+    let diff = |x: Option<Duration>, y: Option<Duration>| y?.checked_sub(x?);
     (diff(a.1, b.1), diff(a.2, b.2))
 }
 

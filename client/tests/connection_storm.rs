@@ -179,13 +179,38 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     let t0 = Instant::now();
     let snapshotted = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    // A GET of the namespace's `route` with the SDK key, on a connection of its own.
+    // A GET of the namespace's `route` with the SDK key, on a connection of its own. The node
+    // paces these starts (`--sdk-admission-rate`): a 429 is retried after its Retry-After, as
+    // a client should, and counted.
+    let paced = Arc::new(AtomicUsize::new(0));
     let get = |route: &str| {
-        let request = http
-            .get(format!("{api}/v1/namespaces/storm/{route}"))
-            .bearer_auth(&key)
-            .send();
-        async move { request.await.map_err(|e| e.to_string()) }
+        let (http, url, key, paced) = (
+            http.clone(),
+            format!("{api}/v1/namespaces/storm/{route}"),
+            key.clone(),
+            paced.clone(),
+        );
+        async move {
+            for _ in 0..50 {
+                let r = http
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status() != 429 {
+                    return Ok(r);
+                }
+                paced.fetch_add(1, Ordering::Relaxed);
+                let secs: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("429 without a Retry-After")?;
+                tokio::time::sleep(Duration::from_secs(secs.min(10))).await;
+            }
+            Err(format!("{url}: 50 answers of 429"))
+        }
     };
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
@@ -270,9 +295,11 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     snapshot_times.sort();
     eprintln!(
         "storm: {STREAMS} streams + {SNAPSHOTS} snapshot requests of a {FLAGS}-flag namespace \
-         ({snapshot_bytes} bytes) against the leader, served in {storm:?}; terms {before:?} -> {after:?}; \
+         ({snapshot_bytes} bytes) against the leader, served in {storm:?} ({} answers of 429 \
+         retried); terms {before:?} -> {after:?}; \
          {} writes during it, p50 {:?}, p99 {:?}, max {:?}; every stream had its snapshot after \
          at most {:?} (p50 {:?}); snapshots p50 {:?}, max {:?}",
+        paced.load(Ordering::Relaxed),
         latencies.len(),
         quantile(&latencies, 0.5),
         quantile(&latencies, 0.99),

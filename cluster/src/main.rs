@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one node in the foreground.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Local clusters and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -172,6 +172,16 @@ struct ServeArgs {
     /// Concurrent SDK watch streams per SDK key (or admin token); over it, 429.
     #[arg(long, env = "FLAGSTAFF_MAX_WATCH_STREAMS_PER_KEY", default_value_t = NodeConfig::DEFAULT_MAX_WATCH_STREAMS_PER_KEY)]
     max_watch_streams_per_key: usize,
+    /// Watch streams and snapshot requests this node starts per second (all callers together);
+    /// 0 disables pacing.
+    #[arg(long, env = "FLAGSTAFF_SDK_ADMISSION_RATE", default_value_t = NodeConfig::DEFAULT_SDK_ADMISSION.per_sec)]
+    sdk_admission_rate: u32,
+    /// Watch streams and snapshot requests started at once from idle, before pacing.
+    #[arg(long, env = "FLAGSTAFF_SDK_ADMISSION_BURST", default_value_t = NodeConfig::DEFAULT_SDK_ADMISSION.burst)]
+    sdk_admission_burst: u32,
+    /// Longest a watch or snapshot request queues for its start; past it, 429 with Retry-After.
+    #[arg(long, env = "FLAGSTAFF_SDK_ADMISSION_MAX_WAIT_MS", default_value_t = NodeConfig::DEFAULT_SDK_ADMISSION.max_wait.as_millis() as u64)]
+    sdk_admission_max_wait_ms: u64,
     /// Client listener: a connection must send a request's headers within this many ms of
     /// opening or of its last response (idle keep-alive connections are closed after it too).
     #[arg(long, env = "FLAGSTAFF_HEADER_READ_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_CLIENT_LISTENER.header_read_timeout.as_millis() as u64)]
@@ -215,6 +225,11 @@ impl ServeArgs {
         c.max_import_bytes = self.max_import_bytes;
         c.max_context_bytes = self.max_context_bytes;
         c.max_watch_streams_per_key = self.max_watch_streams_per_key;
+        c.sdk_admission = flagstaff_node::config::SdkAdmission {
+            per_sec: self.sdk_admission_rate,
+            burst: self.sdk_admission_burst,
+            max_wait: Duration::from_millis(self.sdk_admission_max_wait_ms),
+        };
         c.client_listener = flagstaff_node::config::ListenerLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
@@ -260,7 +275,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve(args) => serve(args).await,
+        Cmd::Serve(args) => serve(*args).await,
         Cmd::Cluster(ClusterCmd::Up(args)) => local_cluster::up(args).await,
         Cmd::Cluster(ClusterCmd::Init { conn, members }) => {
             client::cluster_init(&conn, &members).await

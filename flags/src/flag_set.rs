@@ -28,16 +28,17 @@ pub struct FlagSet {
     metadata: Map<String, Value>,
 }
 
+/// Each segment's compiled rule, or why it cannot be used (a cycle, a broken reference).
+type LinkedSegments = HashMap<String, Result<Arc<Node>, String>>;
+
 /// Compiles a namespace's segments once each, in an order where every segment comes after
 /// those it references (one O(V+E) pass, `crate::refs::Graph`), so that a `$ref` always finds
 /// its target already compiled.
-fn link_segments(
-    segments: &BTreeMap<String, Value>,
-) -> (HashMap<String, Result<Arc<Node>, String>>, Vec<Fault>) {
+fn link_segments(segments: &BTreeMap<String, Value>) -> (LinkedSegments, Vec<Fault>) {
     let entries = segment_entries(segments);
     let graph = Graph::new(&entries);
     let links = graph.analyse(MAX_REF_CHAIN);
-    let mut linked: HashMap<String, Result<Arc<Node>, String>> = HashMap::new();
+    let mut linked = LinkedSegments::new();
     let mut faults = Vec::new();
     for &i in &links.order {
         let name = graph.names[i];

@@ -100,7 +100,7 @@ fn assert_bounded(targeting: Value, ctx: &Context) -> Option<String> {
     let plain = set.string("plain", ctx, "dflt");
     assert_eq!((plain.value, plain.reason), ("served", Reason::Static));
     e.2.map(|(code, message)| {
-        assert_eq!(e.0, true, "the caller's default on error");
+        assert!(e.0, "the caller's default on error");
         assert_eq!(e.1, Reason::Error);
         assert_eq!(code, ErrorCode::General);
         message

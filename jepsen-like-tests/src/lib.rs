@@ -7,6 +7,7 @@ pub mod check;
 pub mod cluster;
 pub mod disk_fault;
 pub mod history;
+pub mod load;
 pub mod nemesis;
 pub mod profiles;
 pub mod proxy;

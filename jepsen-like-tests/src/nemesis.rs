@@ -37,6 +37,9 @@ pub enum Fault {
     /// promoted once caught up, then a follower voter is removed and stopped for good (its id
     /// and dir are never reused).
     ReplaceVoter,
+    /// A burst of 1,000 watch streams and 1,000 snapshot requests of a 1,000-flag namespace
+    /// against one random member, the streams held open for the fault's hold (`load.rs`).
+    LoadBurst,
 }
 
 /// Runs faults from `faults` one after another until `until` (each kind once first, in a
@@ -148,6 +151,16 @@ pub async fn run(
                     rec.nemesis(format!("remove voter node {v}"));
                     cluster.remove(v).await?;
                 }
+            }
+            Fault::LoadBurst => {
+                let api = cluster.node(random).api.clone();
+                rec.nemesis(format!(
+                    "load burst on node {random}: {} streams and {} snapshot requests",
+                    crate::load::STREAMS,
+                    crate::load::SNAPSHOTS
+                ));
+                let got = crate::load::burst(&api, hold).await;
+                rec.nemesis(format!("load burst on node {random} over: {got}"));
             }
             Fault::Flapping => {
                 let end = Instant::now() + hold;

@@ -32,7 +32,7 @@ pub fn profile(name: &str, duration: Option<Duration>) -> Option<Vec<Scenario>> 
                 )
             },
             Scenario::new(
-                "5 voters: bridge, flapping, majority/minority, kill -9",
+                "5 voters: bridge, flapping, majority/minority, kill -9, a load burst",
                 5,
                 30,
                 &[
@@ -42,13 +42,14 @@ pub fn profile(name: &str, duration: Option<Duration>) -> Option<Vec<Scenario>> 
                     IsolateLeader,
                     KillLeader,
                     Pause,
+                    LoadBurst,
                 ],
             ),
             small_snapshots(Scenario::new(
-                "3 voters, small Raft snapshots: a follower cut off or down while the log moves past a snapshot",
+                "3 voters, small Raft snapshots: a follower cut off or down while the log moves past a snapshot, a load burst",
                 3,
                 30,
-                &[IsolateFollower, IsolateFollower, Kill, PauseLeader],
+                &[IsolateFollower, IsolateFollower, Kill, PauseLeader, LoadBurst],
             )),
         ],
         "smoke" => vec![Scenario::new(
@@ -74,6 +75,7 @@ pub fn profile(name: &str, duration: Option<Duration>) -> Option<Vec<Scenario>> 
                     Bridge,
                     Flapping,
                     ReplaceVoter,
+                    LoadBurst,
                 ],
             )
         }],

@@ -20,6 +20,8 @@ pub struct Report {
     pub sdk: sdk::SdkReport,
     /// Raft snapshots installed, per node (from the node logs).
     pub snapshots_installed: BTreeMap<u64, u64>,
+    /// What each load burst got (its closing nemesis line).
+    pub load_bursts: Vec<String>,
 }
 
 impl Report {
@@ -50,6 +52,9 @@ impl Report {
             let _ = writeln!(s, "  {k:<22} {v}");
         }
         let _ = writeln!(s, "faults injected: {}", self.faults);
+        for b in &self.load_bursts {
+            let _ = writeln!(s, "  {b}");
+        }
         let _ = writeln!(s, "linearizability (per register):");
         for k in &self.registers {
             let _ = writeln!(s, "  {:<6} {:>6} ops  {:?}", k.key, k.ops, k.verdict);
@@ -153,6 +158,7 @@ pub fn check(records: &[Record]) -> Report {
     let mut set_final = None;
     let mut changes: BTreeMap<&str, &[(u64, Vec<String>)]> = BTreeMap::new();
     let mut faults = 0;
+    let mut load_bursts = Vec::new();
     let mut snapshots_installed = BTreeMap::new();
     let mut evals = Vec::new();
     for r in records {
@@ -171,6 +177,13 @@ pub fn check(records: &[Record]) -> Report {
             }
             Record::Changes { ns, changes: c } => {
                 changes.insert(ns.as_str(), c.as_slice());
+            }
+            Record::Nemesis { action, .. } if action.starts_with("load burst") => {
+                if action.contains(" over: ") {
+                    load_bursts.push(action.clone());
+                } else {
+                    faults += 1;
+                }
             }
             // Counted once per fault: the heal, restart and resume steps, and the steps of a
             // voter replacement after its first, are not new faults.
@@ -224,5 +237,6 @@ pub fn check(records: &[Record]) -> Report {
         watch,
         sdk,
         snapshots_installed,
+        load_bursts,
     }
 }

@@ -160,6 +160,9 @@ async fn drive(
             bail!("creating namespace {ns}: {s} {b}");
         }
     }
+    if scenario.faults.contains(&Fault::LoadBurst) {
+        crate::load::setup(cluster, 1).await?;
+    }
     let keys: Vec<String> = (0..scenario.registers).map(|i| format!("r{i}")).collect();
     let mut initial = serde_json::Map::new();
     for k in &keys {

@@ -54,13 +54,33 @@ pub struct NodeConfig {
     pub max_context_bytes: usize,
     /// Concurrent SDK watch streams per caller (SDK key or admin token); over it, 429.
     pub max_watch_streams_per_key: usize,
+    /// How fast this node starts watch streams and snapshot requests (all callers together).
+    pub sdk_admission: SdkAdmission,
     /// Timeouts and the connection cap of the client listener.
     pub client_listener: ListenerLimits,
     /// Timeouts and the connection cap of the peer listener.
     pub peer_listener: ListenerLimits,
 }
 
+/// The node-wide pace of the SDK routes' expensive starts: a watch stream's first snapshot (or
+/// resume) and a snapshot request. Over the burst, requests queue in arrival order; one that
+/// would queue longer than `max_wait` gets 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct SdkAdmission {
+    /// Starts per second; 0 disables pacing.
+    pub per_sec: u32,
+    /// Starts admitted at once from idle.
+    pub burst: u32,
+    /// Longest queueing before a 429 (below the SDK's 5 s request timeout by default).
+    pub max_wait: Duration,
+}
+
 impl NodeConfig {
+    pub const DEFAULT_SDK_ADMISSION: SdkAdmission = SdkAdmission {
+        per_sec: 1_000,
+        burst: 1_000,
+        max_wait: Duration::from_secs(4),
+    };
     pub const DEFAULT_MAX_IMPORT_BYTES: usize = 64 << 20;
     pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 64 << 10;
     pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
@@ -105,6 +125,7 @@ impl NodeConfig {
             max_import_bytes: Self::DEFAULT_MAX_IMPORT_BYTES,
             max_context_bytes: Self::DEFAULT_MAX_CONTEXT_BYTES,
             max_watch_streams_per_key: Self::DEFAULT_MAX_WATCH_STREAMS_PER_KEY,
+            sdk_admission: Self::DEFAULT_SDK_ADMISSION,
             client_listener: Self::DEFAULT_CLIENT_LISTENER,
             peer_listener: Self::DEFAULT_PEER_LISTENER,
         }

@@ -35,6 +35,8 @@ pub struct Node {
     pub(crate) flag_sets: FlagSetCache,
     pub(crate) rate_limits: RateLimiter,
     pub(crate) watch_streams: crate::watch_hub::StreamSlots,
+    /// Paces the starts of watch streams and snapshot requests.
+    pub(crate) sdk_admission: crate::rate_limit::Pacer,
     pub(crate) snapshots: crate::snapshot_cache::SnapshotCache,
 }
 

@@ -35,11 +35,17 @@ pub enum NodeError {
     #[error("opening the store: {0}")]
     Store(#[from] flagstaff_raft_store::StoreError),
     #[error("raft config: {0}")]
-    Config(#[from] openraft::ConfigError),
+    Config(Box<openraft::ConfigError>),
     #[error("starting raft: {0}")]
     Raft(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<openraft::ConfigError> for NodeError {
+    fn from(e: openraft::ConfigError) -> Self {
+        NodeError::Config(Box::new(e))
+    }
 }
 
 /// A started node; dropping it does not stop it, [`RunningNode::shutdown`] does.
@@ -214,6 +220,11 @@ pub async fn start(
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),
+        sdk_admission: crate::rate_limit::Pacer::new(
+            config.sdk_admission.per_sec,
+            config.sdk_admission.burst,
+            config.sdk_admission.max_wait,
+        ),
         snapshots: Default::default(),
         peers,
         raft,

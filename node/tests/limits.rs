@@ -300,3 +300,89 @@ async fn namespace_bytes_context_size_and_streams_per_key_are_node_options() {
     }
     c.shutdown().await;
 }
+
+const PACE_PER_SEC: u32 = 4;
+const PACE_BURST: u32 = 2;
+
+/// A slow pace of SDK starts: a burst of 2, then one per 250 ms, queueing at most 1 s.
+fn paced(c: &mut NodeConfig) {
+    c.sdk_admission = flagstaff_node::config::SdkAdmission {
+        per_sec: PACE_PER_SEC,
+        burst: PACE_BURST,
+        max_wait: Duration::from_secs(1),
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_and_snapshot_starts_are_paced_node_wide_and_refused_past_the_queue() {
+    let c = TestCluster::start(1, paced).await;
+    let leader = c.wait_leader().await;
+    c.create_namespace(leader, "paced").await;
+    let key = sdk_key(&c, leader, "paced").await;
+    let base = format!("{}/v1/namespaces/paced", c.node(leader).api);
+
+    // 12 starts at once, streams and snapshots, with the SDK key and the admin token: one
+    // schedule for all of them.
+    let t0 = tokio::time::Instant::now();
+    let starts: Vec<_> = (0..12)
+        .map(|i| {
+            let route = if i % 2 == 0 { "watch" } else { "snapshot" };
+            let token = if i % 3 == 0 { common::TOKEN } else { &key };
+            let request = c
+                .http
+                .get(format!("{base}/{route}"))
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(30))
+                .send();
+            tokio::spawn(async move {
+                let r = request.await.unwrap();
+                (t0.elapsed(), r)
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    for s in starts {
+        let (at, r) = s.await.unwrap();
+        match r.status().as_u16() {
+            200 => admitted.push((at, r)),
+            429 => refused.push(r),
+            other => panic!("a start answered {other}"),
+        }
+    }
+    // A burst, then at most one start per 250 ms, queueing at most 1 s: at least 2 + 4 go in,
+    // and 12 cannot all fit in that second, so some are refused (each with a Retry-After).
+    assert!(admitted.len() >= 6, "{} admitted", admitted.len());
+    assert!(!refused.is_empty(), "none refused: the queue is unbounded");
+    admitted.sort_by_key(|(at, _)| *at);
+    let last = admitted.last().unwrap().0;
+    let paced_starts = (admitted.len() as u32).saturating_sub(PACE_BURST);
+    assert!(
+        last >= Duration::from_secs(1) / PACE_PER_SEC * paced_starts,
+        "{} starts admitted within {last:?}: faster than the pace",
+        admitted.len()
+    );
+    let mut retry_after = 0;
+    for r in &refused {
+        let body = r.headers()["retry-after"].to_str().unwrap().to_string();
+        retry_after = retry_after.max(body.parse::<u64>().unwrap());
+    }
+    assert!(retry_after >= 1);
+    let r = refused.pop().unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "RATE_LIMITED"
+    );
+    drop(admitted);
+
+    // After the Retry-After the schedule has room again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let r = c
+        .http
+        .get(format!("{base}/snapshot"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.shutdown().await;
+}

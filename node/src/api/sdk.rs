@@ -77,7 +77,10 @@ fn if_none_match(headers: &HeaderMap) -> Option<u64> {
         ("If-None-Match" = Option<String>, Header, description = "a revision held, e.g. `\"42\"`")),
     responses(
         (status = 200, description = "the namespace; ETag is the revision", body = NamespaceSnapshot),
-        (status = 304, description = "nothing in the namespace changed since the revision in If-None-Match")))]
+        (status = 304, description = "nothing in the namespace changed since the revision in If-None-Match"),
+        (status = 429, description = "this node starts watch streams and snapshot requests at a bounded \
+        rate (`--sdk-admission-rate`) and this one would have queued too long; see Retry-After",
+        body = crate::error::ErrorBody)))]
 async fn snapshot(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -87,6 +90,7 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
+    node.sdk_admission.admit().await?;
     let params = read_params(q.as_deref(), &node, false)?;
     let held = if_none_match(&headers);
     // A client holding revision R must never get anything older: R acts as `min_revision`.
@@ -143,7 +147,9 @@ async fn snapshot(
         `heartbeat` {revision, staleness_ms}, `stale` (then the stream closes), `error`",
         content_type = "text/event-stream", body = String),
         (status = 429, description = "this key already has the most watch streams this node allows \
-        open (`--max-watch-streams-per-key`); see Retry-After", body = crate::error::ErrorBody)))]
+        open (`--max-watch-streams-per-key`), or the node's pace of new streams and snapshot \
+        requests (`--sdk-admission-rate`) would have queued this one too long; see Retry-After",
+        body = crate::error::ErrorBody)))]
 async fn watch(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -163,6 +169,7 @@ async fn watch(
         .ok_or(ApiError::RateLimited {
             retry_after_secs: 5,
         })?;
+    node.sdk_admission.admit().await?;
     let params = read_params(q.as_deref(), &node, false)?;
     let mut since = None;
     for (k, v) in &params.rest {

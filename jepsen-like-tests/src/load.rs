@@ -1,0 +1,129 @@
+//! The load fault: a burst of watch streams and snapshot requests against one node, as when
+//! every SDK of a fleet reconnects to it at once, while the checked workloads go on. It checks
+//! nothing itself; the checkers must still find 0 anomalies. What the burst got is logged as a
+//! nemesis line.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::cluster::{Cluster, ADMIN_TOKEN};
+
+/// The namespace the burst reads: big enough that every snapshot costs the node real work.
+pub const LOAD_NS: &str = "load";
+const LOAD_FLAGS: usize = 1_000;
+pub const STREAMS: usize = 1_000;
+pub const SNAPSHOTS: usize = 1_000;
+
+/// Creates [`LOAD_NS`] with [`LOAD_FLAGS`] flags (one flagd import, one log entry).
+pub async fn setup(cluster: &Cluster, via: u64) -> anyhow::Result<()> {
+    let flags: Map<String, Value> = (0..LOAD_FLAGS)
+        .map(|i| {
+            let f = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                "defaultVariant": if i % 2 == 0 { "on" } else { "off" }});
+            (format!("load-{i:04}"), f)
+        })
+        .collect();
+    let path = format!("/v1/namespaces/{LOAD_NS}");
+    for (method, path, body) in [
+        (reqwest::Method::PUT, path.clone(), json!({})),
+        (
+            reqwest::Method::PUT,
+            format!("{path}/flagd"),
+            json!({"flags": flags}),
+        ),
+    ] {
+        let (s, b) = cluster.call(via, method, &path, Some(body)).await?;
+        anyhow::ensure!(s == 200 || s == 201, "{path}: {s} {b}");
+    }
+    Ok(())
+}
+
+/// What one burst got.
+#[derive(Default, Debug)]
+pub struct Burst {
+    /// Streams whose first `snapshot` event arrived whole.
+    pub streams_snapshotted: usize,
+    /// Snapshot bodies received whole.
+    pub snapshots_received: usize,
+    /// 429 answers (the node's pace of new streams and snapshots, or its per-key cap).
+    pub refused: usize,
+    /// Requests that failed, were answered otherwise, or had not finished by the deadline.
+    pub unfinished: usize,
+}
+
+impl fmt::Display for Burst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{STREAMS} streams had their snapshot, {}/{SNAPSHOTS} snapshots received, \
+             {} answers of 429, {} failed or unfinished",
+            self.streams_snapshotted, self.snapshots_received, self.refused, self.unfinished
+        )
+    }
+}
+
+enum Outcome {
+    Served,
+    Refused,
+    Unfinished,
+}
+
+/// Opens [`STREAMS`] watch streams and [`SNAPSHOTS`] snapshot requests of [`LOAD_NS`] on `api`
+/// at once, each on its own connection, reading and discarding. Streams stay open until `hold`
+/// has passed; everything is dropped by `hold` + 10 s whatever its state.
+pub async fn burst(api: &str, hold: Duration) -> Burst {
+    let deadline = Instant::now() + hold + Duration::from_secs(10);
+    let held_until = Instant::now() + hold;
+    let http = match reqwest::Client::builder().pool_max_idle_per_host(0).build() {
+        Ok(h) => h,
+        Err(_) => return Burst::default(),
+    };
+    let request = |route: &str| {
+        http.get(format!("{api}/v1/namespaces/{LOAD_NS}/{route}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let mut tasks = Vec::with_capacity(STREAMS + SNAPSHOTS);
+    for i in 0..STREAMS + SNAPSHOTS {
+        let is_stream = i % 2 == 0;
+        let send = request(if is_stream { "watch" } else { "snapshot" });
+        tasks.push(tokio::spawn(async move {
+            let outcome = tokio::time::timeout_at(deadline, async move {
+                let mut r = match send.await {
+                    Ok(r) if r.status() == 429 => return Outcome::Refused,
+                    Ok(r) if r.status() == 200 => r,
+                    _ => return Outcome::Unfinished,
+                };
+                let mut last = 0u8;
+                loop {
+                    match r.chunk().await {
+                        Ok(Some(chunk)) if is_stream && chunk.ends_with(b"\n\n") => {
+                            // The first event (the snapshot) is whole: hold the stream open.
+                            tokio::time::sleep_until(held_until).await;
+                            return Outcome::Served;
+                        }
+                        Ok(Some(chunk)) => last = *chunk.last().unwrap_or(&last),
+                        Ok(None) if !is_stream && last == b'}' => return Outcome::Served,
+                        _ => return Outcome::Unfinished,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Outcome::Unfinished);
+            (is_stream, outcome)
+        }));
+    }
+    let mut b = Burst::default();
+    for t in tasks {
+        match t.await {
+            Ok((true, Outcome::Served)) => b.streams_snapshotted += 1,
+            Ok((false, Outcome::Served)) => b.snapshots_received += 1,
+            Ok((_, Outcome::Refused)) => b.refused += 1,
+            _ => b.unfinished += 1,
+        }
+    }
+    b
+}
