@@ -17,8 +17,8 @@ esac
 t0=$SECONDS
 phase() { echo "== [$((SECONDS - t0))s] $*" >&2; }
 
-phase "install what is missing (libclang-dev, etcd-server, etcd-client)"
-bash scripts/setup.sh
+phase "install what is missing (the build set: libclang-dev, g++; etcd-server, etcd-client)"
+bash scripts/setup.sh build
 if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

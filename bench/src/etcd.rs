@@ -156,6 +156,31 @@ impl EtcdCluster {
         self.members[i].child.is_some()
     }
 
+    /// The highest Raft term any running member reports (`None` if none answers).
+    pub async fn term(&self) -> Option<u64> {
+        let mut best = None;
+        for i in (0..self.members.len()).filter(|i| self.running(*i)) {
+            let Ok(r) = self
+                .http
+                .post(format!("{}/v3/maintenance/status", self.members[i].url()))
+                .timeout(Duration::from_secs(2))
+                .json(&json!({}))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            // The JSON gateway writes 64-bit integers as strings.
+            let term = &v["header"]["raft_term"];
+            let term = term
+                .as_u64()
+                .or_else(|| term.as_str().and_then(|s| s.parse().ok()));
+            best = best.max(term);
+        }
+        best
+    }
+
     /// `(member_id, leader_id)` as member `i` reports them.
     async fn status(&self, i: usize) -> anyhow::Result<(String, String)> {
         let v: Value = self

@@ -22,6 +22,17 @@ pub async fn cluster_status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {
     Ok(b)
 }
 
+/// The highest Raft term any node reports (`None` if none answers).
+pub async fn max_term(fs: &Cluster) -> Option<u64> {
+    let mut best = None;
+    for id in fs.ids() {
+        if let Ok(s) = cluster_status(fs, id).await {
+            best = best.max(s["term"].as_u64());
+        }
+    }
+    best
+}
+
 /// The PID of every node (`None` for one that is not running), in id order.
 pub fn node_pids(fs: &Cluster) -> Vec<Option<i32>> {
     fs.ids().iter().map(|i| fs.pid(*i)).collect()

@@ -1,7 +1,8 @@
 //! Every accepted rule evaluates within the budget of `flagstaff_flags::limits`: hostile shapes
 //! (string and list doubling, nesting, wide loops, long `$ref` chains) end as `ERROR`/`GENERAL`
 //! within bounded memory, and the other flags of the set keep their values. A counting
-//! allocator measures the peak of live heap bytes during each evaluation.
+//! allocator measures the peak of live heap bytes during each evaluation, per thread, so tests
+//! running side by side in one process (`cargo test`) do not add to each other's peaks.
 
 use flagstaff_flags::limits::{EVAL_MAX_BYTES, MAX_REF_CHAIN};
 use flagstaff_flags::{
@@ -10,36 +11,43 @@ use flagstaff_flags::{
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Bytes this thread allocated minus what it freed (memory freed by another thread than
+    // the one that allocated it makes this drift, which is why it is signed), and its peak.
+    // Const-initialised without a destructor: using them never allocates.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+/// Adds `delta` bytes to this thread's live count and raises its peak.
+fn count(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get().saturating_add(delta);
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-        PEAK.fetch_max(live, Ordering::SeqCst);
+        count(layout.size() as isize);
         // SAFETY: forwards the caller's layout unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+        count(-(layout.size() as isize));
         // SAFETY: `ptr` was allocated by `System` with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > layout.size() {
-            let live = LIVE.fetch_add(new_size - layout.size(), Ordering::SeqCst) + new_size
-                - layout.size();
-            PEAK.fetch_max(live, Ordering::SeqCst);
-        } else {
-            LIVE.fetch_sub(layout.size() - new_size, Ordering::SeqCst);
-        }
+        count(new_size as isize - layout.size() as isize);
         // SAFETY: as for `dealloc`; the new size comes from the caller.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -56,12 +64,14 @@ const PEAK_BOUND: usize = 4 * EVAL_MAX_BYTES as usize + (1 << 20);
 /// A generous guard against hangs only (the bound itself is the step budget, not time).
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
-/// Runs `f`, returning its result and the peak of heap bytes above what was live before.
+/// Runs `f` on this thread, returning its result and the peak of this thread's heap bytes
+/// above what was live before.
 fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
     let out = f();
-    (out, PEAK.load(Ordering::SeqCst).saturating_sub(base))
+    let peak = PEAK.with(Cell::get);
+    (out, peak.saturating_sub(base).max(0) as usize)
 }
 
 fn flag(targeting: Value) -> Value {

@@ -17,7 +17,7 @@ use flagstaff_bench::load::{self, LoadResult, MakeRequest, FLAG_BODY};
 use flagstaff_bench::machine;
 use flagstaff_bench::plot::{self, Series};
 use flagstaff_bench::stats::{ms, ratio, us, Summary};
-use flagstaff_bench::{cluster_status, node_apis, node_pids};
+use flagstaff_bench::{cluster_status, max_term, node_apis, node_pids};
 use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
@@ -367,6 +367,45 @@ struct WriteRow {
     c: usize,
     fs: LoadResult,
     etcd: LoadResult,
+    terms: Terms,
+}
+
+/// Raft terms before and after a phase, of both systems: a change is a leader election.
+#[derive(Clone, Copy)]
+struct Terms {
+    fs: (Option<u64>, Option<u64>),
+    etcd: (Option<u64>, Option<u64>),
+}
+
+impl Terms {
+    async fn before(fs: &Cluster, et: &EtcdCluster) -> Terms {
+        Terms {
+            fs: (max_term(fs).await, None),
+            etcd: (et.term().await, None),
+        }
+    }
+
+    async fn after(mut self, fs: &Cluster, et: &EtcdCluster) -> Terms {
+        self.fs.1 = max_term(fs).await;
+        self.etcd.1 = et.term().await;
+        self
+    }
+
+    fn fs_held(&self) -> bool {
+        self.fs.0.is_some() && self.fs.0 == self.fs.1
+    }
+
+    /// `F before → after / etcd before → after`.
+    fn cell(&self) -> String {
+        let t = |t: Option<u64>| t.map_or("?".to_string(), |t| t.to_string());
+        format!(
+            "{} → {} / {} → {}",
+            t(self.fs.0),
+            t(self.fs.1),
+            t(self.etcd.0),
+            t(self.etcd.1)
+        )
+    }
 }
 
 /// One progress line for a Flagstaff run and the etcd run beside it.
@@ -475,6 +514,7 @@ async fn main() -> anyhow::Result<()> {
                 None,
             )
         };
+        let terms = Terms::before(&fs, &et).await;
         // Alternate which goes first, so a drift in background load does not favour one.
         let (f, e) = if li % 2 == 0 {
             let f = fs_run().await;
@@ -483,12 +523,18 @@ async fn main() -> anyhow::Result<()> {
             let e = et_run().await;
             (fs_run().await, e)
         };
-        p.note(&side_by_side(&f, &e));
-        writes.push(WriteRow { c, fs: f, etcd: e });
+        let terms = terms.after(&fs, &et).await;
+        p.note(&format!("{}; terms {}", side_by_side(&f, &e), terms.cell()));
+        writes.push(WriteRow {
+            c,
+            fs: f,
+            etcd: e,
+            terms,
+        });
     }
 
     // Reads from a follower.
-    let mut reads: Vec<(String, usize, LoadResult, LoadResult)> = Vec::new();
+    let mut reads: Vec<(String, usize, LoadResult, LoadResult, Terms)> = Vec::new();
     for &c in &plan.read_levels {
         for (what, fs_c, et_s) in [
             ("linearizable", "linearizable", false),
@@ -499,6 +545,7 @@ async fn main() -> anyhow::Result<()> {
             ),
         ] {
             p.phase(&format!("follower reads, {what}, concurrency {c}"));
+            let terms = Terms::before(&fs, &et).await;
             let f = load::run(
                 c,
                 10_000_000,
@@ -515,8 +562,9 @@ async fn main() -> anyhow::Result<()> {
                 None,
             )
             .await;
-            p.note(&side_by_side(&f, &e));
-            reads.push((what.to_string(), c, f, e));
+            let terms = terms.after(&fs, &et).await;
+            p.note(&format!("{}; terms {}", side_by_side(&f, &e), terms.cell()));
+            reads.push((what.to_string(), c, f, e, terms));
         }
     }
     let fs_pids = node_pids(&fs);
@@ -861,7 +909,7 @@ async fn main() -> anyhow::Result<()> {
     plot::cdf_grid(&args.out_dir.join(plot_name("write-latency")), &panels, 2)?;
     let read_panels: Vec<(String, Vec<Series>)> = reads
         .iter()
-        .map(|(what, c, f, e)| {
+        .map(|(what, c, f, e, _)| {
             let (fname, ename) = if what.starts_with("linearizable") {
                 ("Flagstaff linearizable", "etcd linearizable")
             } else {
@@ -964,6 +1012,17 @@ async fn main() -> anyhow::Result<()> {
             yes(met)
         ));
     }
+    let phase_terms: Vec<Terms> = writes
+        .iter()
+        .map(|w| w.terms)
+        .chain(reads.iter().map(|r| r.4))
+        .collect();
+    line(&format!(
+        "| no leader election under write or read load (Flagstaff term unchanged through every write and read level) | {} of {} levels held their term | {} |",
+        phase_terms.iter().filter(|t| t.fs_held()).count(),
+        phase_terms.len(),
+        yes(phase_terms.iter().all(Terms::fs_held))
+    ));
     let fs_w = windows(&fs_windows);
     let et_w = windows(&et_windows);
     let med = |v: &[Duration]| median(v);
@@ -1010,11 +1069,11 @@ async fn main() -> anyhow::Result<()> {
 
     line("## 1. Writes (to the leader)");
     line("");
-    line("| concurrency | Flagstaff writes/s | etcd writes/s | throughput ratio | Flagstaff p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | errors (F / e) |");
-    line("|---|---|---|---|---|---|---|---|");
+    line("| concurrency | Flagstaff writes/s | etcd writes/s | throughput ratio | Flagstaff p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | errors (F / e) | term before → after (F / e) |");
+    line("|---|---|---|---|---|---|---|---|---|");
     for w in &writes {
         line(&format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} / {} | {} |",
             w.c,
             w.fs.throughput(),
             w.etcd.throughput(),
@@ -1026,7 +1085,8 @@ async fn main() -> anyhow::Result<()> {
                 w.etcd.summary().p99.as_secs_f64()
             ),
             w.fs.errors,
-            w.etcd.errors
+            w.etcd.errors,
+            w.terms.cell()
         ));
     }
     line(&format!(
@@ -1061,18 +1121,19 @@ async fn main() -> anyhow::Result<()> {
 
     line("## Reads from a follower");
     line("");
-    line("| kind | concurrency | Flagstaff reads/s | etcd reads/s | ratio | Flagstaff p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | errors (F / e) |");
-    line("|---|---|---|---|---|---|---|---|");
-    for (what, c, f, e) in &reads {
+    line("| kind | concurrency | Flagstaff reads/s | etcd reads/s | ratio | Flagstaff p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | errors (F / e) | term before → after (F / e) |");
+    line("|---|---|---|---|---|---|---|---|---|");
+    for (what, c, f, e, terms) in &reads {
         line(&format!(
-            "| {what} | {c} | {:.0} | {:.0} | {} | {} | {} | {} / {} |",
+            "| {what} | {c} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} |",
             f.throughput(),
             e.throughput(),
             ratio(f.throughput(), e.throughput()),
             latency_cells(f),
             latency_cells(e),
             f.errors,
-            e.errors
+            e.errors,
+            terms.cell()
         ));
     }
     line("\nLinearizable: Flagstaff asks the leader for a quorum-confirmed read index (`/raft/read-index`) and waits until applied; etcd does its ReadIndex through the leader. Bounded (Flagstaff, `consistency=bounded`, 2,000 ms bound) answers from the follower's state under a staleness proof; etcd's serializable read answers from the follower's state with no bound at all.\n");
