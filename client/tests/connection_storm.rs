@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::flagstaff_bin;
 use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 const FLAGS: usize = 10_000;
 const STREAMS: usize = 5_000;
@@ -102,13 +102,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
         json!({}),
     )
     .await;
-    let flags: Map<String, Value> = (0..FLAGS)
-        .map(|i| {
-            let f = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
-                "defaultVariant": if i % 2 == 0 { "on" } else { "off" }});
-            (format!("flag-{i:05}"), f)
-        })
-        .collect();
+    let flags = jepsen_like_tests::load::bool_flags("flag", FLAGS);
     call(
         reqwest::Method::PUT,
         "/v1/namespaces/storm/flagd".into(),

@@ -17,15 +17,21 @@ const LOAD_FLAGS: usize = 1_000;
 pub const STREAMS: usize = 1_000;
 pub const SNAPSHOTS: usize = 1_000;
 
-/// Creates [`LOAD_NS`] with [`LOAD_FLAGS`] flags (one flagd import, one log entry).
-pub async fn setup(cluster: &Cluster, via: u64) -> anyhow::Result<()> {
-    let flags: Map<String, Value> = (0..LOAD_FLAGS)
+/// `n` boolean flags `{prefix}-00000`, `{prefix}-00001`, … (alternately on and off), as the
+/// `flags` of a flagd document.
+pub fn bool_flags(prefix: &str, n: usize) -> Map<String, Value> {
+    (0..n)
         .map(|i| {
             let f = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
                 "defaultVariant": if i % 2 == 0 { "on" } else { "off" }});
-            (format!("load-{i:04}"), f)
+            (format!("{prefix}-{i:05}"), f)
         })
-        .collect();
+        .collect()
+}
+
+/// Creates [`LOAD_NS`] with [`LOAD_FLAGS`] flags (one flagd import, one log entry).
+pub async fn setup(cluster: &Cluster, via: u64) -> anyhow::Result<()> {
+    let flags = bool_flags("load", LOAD_FLAGS);
     let path = format!("/v1/namespaces/{LOAD_NS}");
     for (method, path, body) in [
         (reqwest::Method::PUT, path.clone(), json!({})),
