@@ -64,7 +64,7 @@ pub struct Pacer {
     tolerance: Duration,
     max_wait: Duration,
     /// The time the schedule is booked up to: the next admission's theoretical arrival time.
-    booked: Mutex<Option<Instant>>,
+    booked: Mutex<Instant>,
 }
 
 impl Pacer {
@@ -79,7 +79,7 @@ impl Pacer {
             interval,
             tolerance: interval.saturating_mul(burst.saturating_sub(1)),
             max_wait,
-            booked: Mutex::new(None),
+            booked: Mutex::new(Instant::now()),
         }
     }
 
@@ -89,7 +89,7 @@ impl Pacer {
             return Ok(Duration::ZERO);
         }
         let mut booked = self.booked.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = booked.map_or(now, |t| t.max(now));
+        let tat = (*booked).max(now);
         // This request may start once the schedule is within the burst tolerance of now.
         let wait = tat.saturating_duration_since(now + self.tolerance);
         if wait > self.max_wait {
@@ -97,7 +97,7 @@ impl Pacer {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             });
         }
-        *booked = Some(tat + self.interval);
+        *booked = tat + self.interval;
         Ok(wait)
     }
 

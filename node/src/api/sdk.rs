@@ -90,11 +90,11 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
-    node.sdk_admission.admit().await?;
     let params = read_params(q.as_deref(), &node, false)?;
     let held = if_none_match(&headers);
     // A client holding revision R must never get anything older: R acts as `min_revision`.
     let min = params.min_revision.max(held);
+    node.sdk_admission.admit().await?;
     let proof = node.read_barrier(params.consistency, min).await?;
     caller.check_still_valid(&node)?;
     let (revision, snapshot) = {
@@ -169,7 +169,6 @@ async fn watch(
         .ok_or(ApiError::RateLimited {
             retry_after_secs: 5,
         })?;
-    node.sdk_admission.admit().await?;
     let params = read_params(q.as_deref(), &node, false)?;
     let mut since = None;
     for (k, v) in &params.rest {
@@ -188,6 +187,7 @@ async fn watch(
         Consistency::Linearizable => node.config.max_staleness,
     };
 
+    node.sdk_admission.admit().await?;
     // Subscribe before reading the state, so nothing applied after the read can be missed;
     // events at or below the read revision are dropped as duplicates.
     let rx = node.hub.subscribe();
