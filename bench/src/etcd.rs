@@ -160,17 +160,9 @@ impl EtcdCluster {
     pub async fn term(&self) -> Option<u64> {
         let mut best = None;
         for i in (0..self.members.len()).filter(|i| self.running(*i)) {
-            let Ok(r) = self
-                .http
-                .post(format!("{}/v3/maintenance/status", self.members[i].url()))
-                .timeout(Duration::from_secs(2))
-                .json(&json!({}))
-                .send()
-                .await
-            else {
+            let Ok(v) = self.status_json(i).await else {
                 continue;
             };
-            let v: Value = r.json().await.unwrap_or(Value::Null);
             // The JSON gateway writes 64-bit integers as strings.
             let term = &v["header"]["raft_term"];
             let term = term
@@ -181,9 +173,9 @@ impl EtcdCluster {
         best
     }
 
-    /// `(member_id, leader_id)` as member `i` reports them.
-    async fn status(&self, i: usize) -> anyhow::Result<(String, String)> {
-        let v: Value = self
+    /// Member `i`'s `/v3/maintenance/status` answer.
+    async fn status_json(&self, i: usize) -> anyhow::Result<Value> {
+        Ok(self
             .http
             .post(format!("{}/v3/maintenance/status", self.members[i].url()))
             .timeout(Duration::from_millis(800))
@@ -191,7 +183,12 @@ impl EtcdCluster {
             .send()
             .await?
             .json()
-            .await?;
+            .await?)
+    }
+
+    /// `(member_id, leader_id)` as member `i` reports them.
+    async fn status(&self, i: usize) -> anyhow::Result<(String, String)> {
+        let v = self.status_json(i).await?;
         let me = v["header"]["member_id"].as_str().unwrap_or("").to_string();
         let leader = v["leader"].as_str().unwrap_or("").to_string();
         if me.is_empty() || leader.is_empty() || leader == "0" {

@@ -42,32 +42,6 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Reads a watch stream until its first event, a `snapshot`, has arrived whole.
-async fn first_snapshot(mut r: reqwest::Response) -> Result<reqwest::Response, String> {
-    let mut head = Vec::new();
-    let mut seen = 0usize;
-    loop {
-        match r.chunk().await {
-            Ok(Some(chunk)) => {
-                seen += chunk.len();
-                if head.len() < 64 {
-                    head.extend_from_slice(&chunk[..chunk.len().min(64)]);
-                }
-                if chunk.ends_with(b"\n\n") {
-                    let text = String::from_utf8_lossy(&head);
-                    return if text.contains("event: snapshot") {
-                        Ok(r)
-                    } else {
-                        Err(format!("first event is not a snapshot: {text}"))
-                    };
-                }
-            }
-            Ok(None) => return Err(format!("the stream ended after {seen} bytes")),
-            Err(e) => return Err(format!("after {seen} bytes: {e}")),
-        }
-    }
-}
-
 // Runs alone (`.config/nextest.toml`): other tests' load on the same two cores is not the
 // storm's. `STORM_ARGS` passes extra `serve` options to every node (e.g. Raft timings).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,7 +189,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
             if r.status() != 200 {
                 return Err(format!("watch: {}", r.status()));
             }
-            let r = first_snapshot(r).await?;
+            let r = jepsen_like_tests::load::first_snapshot(r).await?;
             let took = t0.elapsed();
             done.fetch_add(1, Ordering::SeqCst);
             // Hold the stream open until every stream and snapshot has been served.
@@ -228,7 +202,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     for _ in 0..SNAPSHOTS {
         let request = get("snapshot");
         snapshots.push(tokio::spawn(async move {
-            let mut r = request.await?;
+            let r = request.await?;
             if r.status() != 200 {
                 let status = r.status();
                 return Err(format!(
@@ -236,14 +210,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
                     r.text().await.unwrap_or_default()
                 ));
             }
-            let (mut bytes, mut last) = (0usize, 0u8);
-            while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
-                bytes += chunk.len();
-                last = *chunk.last().unwrap_or(&last);
-            }
-            if last != b'}' {
-                return Err(format!("snapshot body ended after {bytes} bytes"));
-            }
+            let bytes = jepsen_like_tests::load::whole_snapshot_body(r).await?;
             Ok::<_, String>((t0.elapsed(), bytes))
         }));
     }

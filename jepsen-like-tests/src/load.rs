@@ -71,6 +71,46 @@ impl fmt::Display for Burst {
     }
 }
 
+/// Reads a watch stream until its first event, which must be a `snapshot`, has arrived whole
+/// (without keeping more than its first bytes), and hands the stream back.
+pub async fn first_snapshot(mut r: reqwest::Response) -> Result<reqwest::Response, String> {
+    let mut head = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        match r.chunk().await {
+            Ok(Some(chunk)) => {
+                seen += chunk.len();
+                if head.len() < 64 {
+                    head.extend_from_slice(&chunk[..chunk.len().min(64)]);
+                }
+                if chunk.ends_with(b"\n\n") {
+                    let text = String::from_utf8_lossy(&head);
+                    return if text.contains("event: snapshot") {
+                        Ok(r)
+                    } else {
+                        Err(format!("first event is not a snapshot: {text}"))
+                    };
+                }
+            }
+            Ok(None) => return Err(format!("the stream ended after {seen} bytes")),
+            Err(e) => return Err(format!("after {seen} bytes: {e}")),
+        }
+    }
+}
+
+/// Reads a snapshot body to its end, discarding it: its length, if it ended whole (a `}`).
+pub async fn whole_snapshot_body(mut r: reqwest::Response) -> Result<usize, String> {
+    let (mut bytes, mut last) = (0usize, 0u8);
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        bytes += chunk.len();
+        last = *chunk.last().unwrap_or(&last);
+    }
+    if last != b'}' {
+        return Err(format!("snapshot body ended after {bytes} bytes"));
+    }
+    Ok(bytes)
+}
+
 enum Outcome {
     Served,
     Refused,
@@ -98,23 +138,25 @@ pub async fn burst(api: &str, hold: Duration) -> Burst {
         let send = request(if is_stream { "watch" } else { "snapshot" });
         tasks.push(tokio::spawn(async move {
             let outcome = tokio::time::timeout_at(deadline, async move {
-                let mut r = match send.await {
+                let r = match send.await {
                     Ok(r) if r.status() == 429 => return Outcome::Refused,
                     Ok(r) if r.status() == 200 => r,
                     _ => return Outcome::Unfinished,
                 };
-                let mut last = 0u8;
-                loop {
-                    match r.chunk().await {
-                        Ok(Some(chunk)) if is_stream && chunk.ends_with(b"\n\n") => {
-                            // The first event (the snapshot) is whole: hold the stream open.
-                            tokio::time::sleep_until(held_until).await;
-                            return Outcome::Served;
-                        }
-                        Ok(Some(chunk)) => last = *chunk.last().unwrap_or(&last),
-                        Ok(None) if !is_stream && last == b'}' => return Outcome::Served,
-                        _ => return Outcome::Unfinished,
+                if !is_stream {
+                    return match whole_snapshot_body(r).await {
+                        Ok(_) => Outcome::Served,
+                        Err(_) => Outcome::Unfinished,
+                    };
+                }
+                match first_snapshot(r).await {
+                    Ok(stream) => {
+                        // Hold the stream open through the fault.
+                        tokio::time::sleep_until(held_until).await;
+                        drop(stream);
+                        Outcome::Served
                     }
+                    Err(_) => Outcome::Unfinished,
                 }
             })
             .await
