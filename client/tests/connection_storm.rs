@@ -37,6 +37,18 @@ async fn terms(c: &Cluster) -> Vec<u64> {
     out
 }
 
+/// The kernel's count of connections dropped because a listen queue was full (this network
+/// namespace's `TcpExtListenOverflows`), if it can be read.
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let rank = ((sorted.len() as f64) * q).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -144,6 +156,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
     };
 
     // The storm: every connection its own, all at once.
+    let overflows_before = listen_overflows();
     let t0 = Instant::now();
     let snapshotted = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(tokio::sync::Semaphore::new(0));
@@ -165,7 +178,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
                     .bearer_auth(&key)
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| jepsen_like_tests::load::chain(&e))?;
                 if r.status() != 429 {
                     return Ok(r);
                 }
@@ -239,6 +252,9 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let storm = t0.elapsed();
+    let overflows = listen_overflows()
+        .zip(overflows_before)
+        .map(|(after, before)| after - before);
     storm_over.notify_one();
     release.add_permits(STREAMS);
     let mut stream_times = Vec::new();
@@ -259,7 +275,8 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
          ({snapshot_bytes} bytes) against the leader, served in {storm:?} ({} answers of 429 \
          retried); terms {before:?} -> {after:?}; \
          {} writes during it, p50 {:?}, p99 {:?}, max {:?}; every stream had its snapshot after \
-         at most {:?} (p50 {:?}); snapshots p50 {:?}, max {:?}",
+         at most {:?} (p50 {:?}); snapshots p50 {:?}, max {:?}; connections dropped by a full \
+         listen queue: {overflows:?}",
         paced.load(Ordering::Relaxed),
         latencies.len(),
         quantile(&latencies, 0.5),

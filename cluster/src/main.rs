@@ -248,11 +248,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.max_ref_chain == 0 || args.max_ref_chain > max_chain {
         anyhow::bail!("--max-ref-chain must be between 1 and {max_chain} (the evaluator's limit)");
     }
-    let client = tokio::net::TcpListener::bind(args.listen_client)
-        .await
+    let client = flagstaff_node::listener::bind(args.listen_client)
         .with_context(|| format!("binding client listener {}", args.listen_client))?;
-    let peer = tokio::net::TcpListener::bind(args.listen_peer)
-        .await
+    let peer = flagstaff_node::listener::bind(args.listen_peer)
         .with_context(|| format!("binding peer listener {}", args.listen_peer))?;
     flagstaff_node::run(
         args.into_config(),

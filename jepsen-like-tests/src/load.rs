@@ -71,6 +71,20 @@ impl fmt::Display for Burst {
     }
 }
 
+/// An error with every cause under it (`a: b: c`), as reqwest's own message names only the
+/// outermost ("error sending request") and hides whether the connect, the write or the read
+/// failed.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Reads a watch stream until its first event, which must be a `snapshot`, has arrived whole
 /// (without keeping more than its first bytes), and hands the stream back.
 pub async fn first_snapshot(mut r: reqwest::Response) -> Result<reqwest::Response, String> {
@@ -93,7 +107,7 @@ pub async fn first_snapshot(mut r: reqwest::Response) -> Result<reqwest::Respons
                 }
             }
             Ok(None) => return Err(format!("the stream ended after {seen} bytes")),
-            Err(e) => return Err(format!("after {seen} bytes: {e}")),
+            Err(e) => return Err(format!("after {seen} bytes: {}", chain(&e))),
         }
     }
 }
@@ -101,7 +115,11 @@ pub async fn first_snapshot(mut r: reqwest::Response) -> Result<reqwest::Respons
 /// Reads a snapshot body to its end, discarding it: its length, if it ended whole (a `}`).
 pub async fn whole_snapshot_body(mut r: reqwest::Response) -> Result<usize, String> {
     let (mut bytes, mut last) = (0usize, 0u8);
-    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| format!("after {bytes} bytes: {}", chain(&e)))?
+    {
         bytes += chunk.len();
         last = *chunk.last().unwrap_or(&last);
     }

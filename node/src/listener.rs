@@ -3,8 +3,12 @@
 //! new request for that long), every request body has a deadline for being read whole, and at
 //! most `max_connections` connections are open at once (while full, the listener stops
 //! accepting, so new connections wait in the kernel's backlog instead of costing memory).
+//! [`bind`] makes that backlog as deep as the kernel allows, and a thread per listener takes
+//! connections out of it as they arrive, however busy the workers are.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,8 +19,8 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
@@ -35,7 +39,33 @@ pub struct ListenerLimits {
     pub max_connections: usize,
 }
 
+/// The accept backlog asked of the kernel, which caps it at `net.core.somaxconn` (4,096 by
+/// default since Linux 5.4), as Go servers such as etcd do. The runtime's own default is 1,024:
+/// when thousands of clients connect at once (every SDK of a fleet after a restart) and the
+/// queue is full, Linux drops their handshakes, and a client whose retransmissions all fall on
+/// a full queue fails to connect.
+const BACKLOG: u32 = 65_535;
+
+/// A listening socket on `addr` with the deepest backlog the kernel allows (and
+/// `SO_REUSEADDR`, so a restarted node binds while its old connections are in `TIME_WAIT`).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `app` on `listener` until `stop` resolves; then the open connections are dropped.
+///
+/// Connections are accepted by a thread of their own ([`accept_thread`]), not by a task: on a
+/// node whose workers are saturated (thousands of streams being served), an accepting task
+/// waits its turn behind all of them while the kernel's backlog overflows and handshakes are
+/// dropped. The thread takes each connection out of the backlog as it completes, and this
+/// task then serves it when it runs.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -44,29 +74,32 @@ pub async fn serve(
     name: &'static str,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (tx, mut accepted) = mpsc::unbounded_channel();
+    // Declared before the connections, so it is dropped after them (see `AcceptThread`).
+    let _thread = match AcceptThread::start(listener, permits, tx, name) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(listener = name, error = %e, "cannot start accepting");
+            return;
+        }
+    };
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
-        let permit = tokio::select! {
+        let (stream, permit) = tokio::select! {
             _ = &mut stop => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+            c = accepted.recv() => match c {
+                Some(c) => c,
+                None => break,
             },
         };
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before it was accepted: the
-                    // permit goes back and accepting resumes after a short pause.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    drop(permit);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        // Registers the connection with this task's runtime.
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "cannot serve an accepted connection");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let body_timeout = limits.body_read_timeout;
@@ -85,6 +118,99 @@ pub async fn serve(
             drop(permit);
         });
         while connections.try_join_next().is_some() {}
+    }
+}
+
+type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// The thread that accepts a listener's connections. Dropping it stops the thread and waits
+/// for it (it wakes at once), so the listening socket is closed when [`serve`] ends, however
+/// it ends, and a node restarted in the same process can bind the same address again.
+struct AcceptThread {
+    permits: Arc<Semaphore>,
+    /// Closing this end wakes the thread's `poll(2)`.
+    wake: Option<UnixStream>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AcceptThread {
+    fn start(
+        listener: TcpListener,
+        permits: Arc<Semaphore>,
+        accepted: mpsc::UnboundedSender<Accepted>,
+        name: &'static str,
+    ) -> std::io::Result<Self> {
+        let listener = listener.into_std()?;
+        // Non-blocking, so a readiness that turns out stale does not block the thread.
+        listener.set_nonblocking(true)?;
+        let (wake, woken) = UnixStream::pair()?;
+        let thread_permits = permits.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("accept-{name}"))
+            .spawn(move || accept_loop(listener, woken, thread_permits, accepted, name))?;
+        Ok(Self {
+            permits,
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AcceptThread {
+    fn drop(&mut self) {
+        // Unblocks a wait for a permit, then a wait for a connection.
+        self.permits.close();
+        drop(self.wake.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Takes connections out of the kernel's backlog as fast as they complete, each with one of
+/// the listener's connection permits (so at most `max_connections` are open, and while that
+/// many are, new ones wait in the backlog), and hands them to [`serve`]. Returns when woken
+/// through `woken`, when the permits are closed, or when `serve` stopped listening.
+fn accept_loop(
+    listener: std::net::TcpListener,
+    woken: UnixStream,
+    permits: Arc<Semaphore>,
+    accepted: mpsc::UnboundedSender<Accepted>,
+    name: &'static str,
+) {
+    loop {
+        let Ok(permit) = futures::executor::block_on(permits.clone().acquire_owned()) else {
+            return;
+        };
+        let mut fds = [&listener as &dyn AsRawFd, &woken].map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds for descriptors this function holds, for the call's
+        // duration; no timeout.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 || fds[1].revents != 0 {
+            // Woken (or poll itself failed, which only a bad descriptor can cause).
+            return;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                // The runtime needs it non-blocking (accepted sockets do not inherit that).
+                if stream.set_nonblocking(true).is_ok() && accepted.send((stream, permit)).is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: the permit
+                // goes back and accepting resumes after a short pause.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                drop(permit);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

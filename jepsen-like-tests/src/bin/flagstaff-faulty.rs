@@ -63,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
     c.max_staleness = std::time::Duration::from_millis(a.max_staleness_ms);
     c.snapshot_every = a.snapshot_every;
     c.logs_behind_snapshot = a.logs_behind_snapshot;
-    let client = tokio::net::TcpListener::bind(a.listen_client).await?;
-    let peer = tokio::net::TcpListener::bind(a.listen_peer).await?;
+    let client = flagstaff_node::listener::bind(a.listen_client)?;
+    let peer = flagstaff_node::listener::bind(a.listen_peer)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     flagstaff_node::run(c, client, peer, async move {
         term.recv().await;
