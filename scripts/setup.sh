@@ -9,8 +9,10 @@
 #                                 scripts/cluster-up.sh uses this set.
 #   bash scripts/setup.sh [test]  the build set plus what the tests outside cargo need (the
 #                                 default): curl, python3 with venv (OFREP providers,
-#                                 schemathesis), Node.js with npm (the OFREP providers) and
-#                                 Debian's Chromium (the console's browser tests).
+#                                 schemathesis), Node.js with npm (the OFREP providers),
+#                                 Debian's Chromium (the console's browser tests) and Debian's
+#                                 Prometheus client for Python, whose parser reads /metrics in
+#                                 node/tests/metrics.rs.
 #                                 scripts/test.sh uses this set.
 set -euo pipefail
 set_name="${1:-test}"
@@ -29,6 +31,7 @@ if [ "$set_name" = test ]; then
   command -v node >/dev/null 2>&1 || test_need+=(nodejs)
   command -v npm >/dev/null 2>&1 || test_need+=(npm)
   [ -x /usr/bin/chromium ] || test_need+=(chromium)
+  /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || test_need+=(python3-prometheus-client)
 fi
 if [ $((${#build_need[@]} + ${#test_need[@]})) -gt 0 ]; then
   SUDO=""

@@ -195,6 +195,14 @@ struct ServeArgs {
     /// Peer listener: connections open at once (the peer listener's timeouts are fixed).
     #[arg(long, env = "FLAGSTAFF_MAX_PEER_CONNECTIONS", default_value_t = NodeConfig::DEFAULT_PEER_LISTENER.max_connections)]
     max_peer_connections: usize,
+    /// A second address serving only `GET /metrics` (the client listener serves it too), for
+    /// a scraper on another network than the clients.
+    #[arg(long, env = "FLAGSTAFF_LISTEN_METRICS")]
+    listen_metrics: Option<SocketAddr>,
+    /// Series of `flagstaff_evaluations_total` (namespace × flag × variant) at most; further
+    /// OFREP evaluations count under `_other`. 0 turns the family off.
+    #[arg(long, env = "FLAGSTAFF_METRICS_MAX_EVALUATION_SERIES", default_value_t = NodeConfig::DEFAULT_MAX_EVALUATION_SERIES)]
+    metrics_max_evaluation_series: usize,
 }
 
 impl ServeArgs {
@@ -236,6 +244,8 @@ impl ServeArgs {
             max_connections: self.max_client_connections.max(1),
         };
         c.peer_listener.max_connections = self.max_peer_connections.max(1);
+        c.listen_metrics = self.listen_metrics;
+        c.max_evaluation_series = self.metrics_max_evaluation_series;
         c
     }
 }

@@ -60,6 +60,11 @@ pub struct NodeConfig {
     pub client_listener: ListenerLimits,
     /// Timeouts and the connection cap of the peer listener.
     pub peer_listener: ListenerLimits,
+    /// Series of `flagstaff_evaluations_total` (namespace × flag × variant) at most; further
+    /// combinations count under `_other`. 0 turns the family off.
+    pub max_evaluation_series: usize,
+    /// Where to serve `GET /metrics` alone, besides the client listener (none by default).
+    pub listen_metrics: Option<std::net::SocketAddr>,
 }
 
 /// The node-wide pace of the SDK routes' expensive starts: a watch stream's first snapshot (or
@@ -84,6 +89,7 @@ impl NodeConfig {
     pub const DEFAULT_MAX_IMPORT_BYTES: usize = 64 << 20;
     pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 64 << 10;
     pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
+    pub const DEFAULT_MAX_EVALUATION_SERIES: usize = 2_000;
     pub const DEFAULT_CLIENT_LISTENER: ListenerLimits = ListenerLimits {
         header_read_timeout: Duration::from_secs(30),
         body_read_timeout: Duration::from_secs(60),
@@ -128,6 +134,8 @@ impl NodeConfig {
             sdk_admission: Self::DEFAULT_SDK_ADMISSION,
             client_listener: Self::DEFAULT_CLIENT_LISTENER,
             peer_listener: Self::DEFAULT_PEER_LISTENER,
+            max_evaluation_series: Self::DEFAULT_MAX_EVALUATION_SERIES,
+            listen_metrics: None,
         }
     }
 }

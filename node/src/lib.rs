@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod fault_injection;
 pub mod listener;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer;

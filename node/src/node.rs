@@ -38,6 +38,10 @@ pub struct Node {
     /// Paces the starts of watch streams and snapshot requests.
     pub(crate) sdk_admission: crate::rate_limit::Pacer,
     pub(crate) snapshots: crate::snapshot_cache::SnapshotCache,
+    /// What the request paths count and time ([`crate::metrics`]).
+    pub metrics: crate::metrics::Metrics,
+    /// Every series of this node, as `GET /metrics` writes them.
+    pub(crate) registry: prometheus_client::registry::Registry,
 }
 
 /// How a read must relate to the cluster.
@@ -80,6 +84,21 @@ impl Node {
     /// resending after a lost answer or a leader change safe. Answers 503 `NO_LEADER` when no
     /// attempt ever left this node, 504 `OUTCOME_UNKNOWN` when one did and the deadline passed.
     pub async fn write(&self, envelopes: Vec<Envelope>) -> Result<Vec<CommandResult>, ApiError> {
+        let started = Instant::now();
+        let written = self.write_through_leader(envelopes).await;
+        let outcome = match &written {
+            Ok(_) => "committed",
+            Err(ApiError::NoLeader) => "no_leader",
+            Err(_) => "outcome_unknown",
+        };
+        self.metrics.write_done(outcome, started.elapsed());
+        written
+    }
+
+    async fn write_through_leader(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<CommandResult>, ApiError> {
         let deadline = Instant::now() + self.config.write_timeout;
         let mut maybe_sent = false;
         while Instant::now() < deadline {
@@ -196,6 +215,24 @@ impl Node {
         consistency: Consistency,
         min_revision: Option<u64>,
     ) -> Result<ReadProof, ApiError> {
+        let started = Instant::now();
+        let proof = self.wait_readable(consistency, min_revision).await;
+        let label = match consistency {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Bounded(_) => "bounded",
+        };
+        self.metrics.read_barrier_done(label, started.elapsed());
+        if let Err(ApiError::StaleReplica(_)) = &proof {
+            self.metrics.stale_replica.inc();
+        }
+        proof
+    }
+
+    async fn wait_readable(
+        &self,
+        consistency: Consistency,
+        min_revision: Option<u64>,
+    ) -> Result<ReadProof, ApiError> {
         if let Some(rev) = min_revision {
             self.wait_revision(rev).await?;
         }
@@ -268,6 +305,14 @@ impl Node {
             revision: self.state.applied().revision,
             ready: self.ready(),
         }
+    }
+
+    /// Every metric of this node in the OpenMetrics text format (`GET /metrics`).
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
     }
 
     /// True when this node leads or holds a staleness proof within the default bound.

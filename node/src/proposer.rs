@@ -4,6 +4,7 @@
 
 use flagstaff_raft_store::{CommandResult, Envelope, Raft, Request};
 use openraft::error::{ClientWriteError, RaftError};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::wall_ms;
@@ -26,9 +27,10 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn spawn(raft: Raft) -> Self {
+    /// Starts the proposer task; `batch_sizes` gets the number of commands of each entry.
+    pub fn spawn(raft: Raft, batch_sizes: Histogram) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, batch_sizes));
         Self { tx }
     }
 
@@ -44,7 +46,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, batch_sizes: Histogram) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut count = batch[0].envelopes.len();
@@ -65,6 +67,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             replies.push(p.reply);
             commands.extend(p.envelopes);
         }
+        batch_sizes.observe(commands.len() as f64);
         let outcome = raft
             .client_write(Request {
                 proposed_at_ms: wall_ms(),

@@ -176,8 +176,9 @@ pub async fn start(
     .ok_or_else(|| NodeError::Pristine(config.data_dir.display().to_string()))?;
     // Lets the fault-injection apply delay tell follower applies apart (a no-op otherwise).
     flagstaff_raft_store::fault_injection::set_local_node(config.node_id);
-    let (mut log, sm) =
+    let (mut log, sm, store_metrics) =
         flagstaff_raft_store::open(&config.data_dir.join(marker::DB_DIR), config.state_limits)?;
+    let metrics = crate::metrics::Metrics::new(config.max_evaluation_series);
     log.follow(sm.handle().subscribe());
     let state = sm.handle();
     let peers = PeerClient::new(
@@ -206,16 +207,25 @@ pub async fn start(
     let (proposer, read_index) = {
         let _on_raft_runtime = raft_handle.enter();
         (
-            Proposer::spawn(raft.clone()),
+            Proposer::spawn(raft.clone(), metrics.proposal_batch.clone()),
             ReadIndexCoalescer::spawn(raft.clone(), config.read_timeout),
         )
     };
+    let proofs = Arc::new(Proofs::default());
+    let registry = metrics.registry(
+        &store_metrics,
+        crate::metrics::RaftGauges {
+            raft: raft.clone(),
+            node_id: config.node_id,
+            proofs: proofs.clone(),
+        },
+    );
     let node = Arc::new(Node {
         id: config.node_id,
         cluster_id,
         proposer,
         read_index,
-        proofs: Arc::new(Proofs::default()),
+        proofs,
         hub: WatchHub::spawn(state.clone()),
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
@@ -226,6 +236,8 @@ pub async fn start(
             config.sdk_admission.max_wait,
         ),
         snapshots: Default::default(),
+        metrics,
+        registry,
         peers,
         raft,
         state,
@@ -237,6 +249,16 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
+    if let Some(addr) = node.config.listen_metrics {
+        let listener = crate::listener::bind(addr)?;
+        tasks.push(tokio::spawn(crate::listener::serve(
+            listener,
+            crate::api::metrics_router(node.clone()),
+            node.config.client_listener,
+            until_stop(stop_rx.clone()),
+            "metrics",
+        )));
+    }
     let app = client_router(node.clone());
     tasks.push(tokio::spawn(crate::listener::serve(
         client,
@@ -260,6 +282,10 @@ pub async fn start(
             Err(e) => tracing::error!(error = %e, "peer listener failed"),
         }
     }));
+    tasks.push(raft_handle.spawn(crate::metrics::count_leader_changes(
+        node.raft.clone(),
+        node.metrics.leader_changes.clone(),
+    )));
     let rounds_node = node.clone();
     let period = node.config.max_staleness / 2;
     // Staleness proofs are Raft traffic as well.

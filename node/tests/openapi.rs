@@ -14,6 +14,7 @@ fn document() -> Value {
 const ROUTES: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
     "GET /v1/openapi.json",
     "GET /v1/cluster",
     "POST /v1/cluster/init",

@@ -17,6 +17,7 @@ mod db;
 pub mod fault_injection;
 mod log_store;
 pub mod marker;
+pub mod metrics;
 pub mod state;
 mod state_machine;
 #[cfg(test)]
@@ -77,10 +78,14 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type Vote = openraft::Vote<NodeId>;
 
 /// Opens (or creates) the RocksDB instance in `dir` and returns the log store and the state
-/// machine that share it (one instance, one WAL).
-pub fn open(dir: &Path, limits: StateLimits) -> Result<(LogStore, StateMachine), StoreError> {
+/// machine that share it (one instance, one WAL), and the metrics both update.
+pub fn open(
+    dir: &Path,
+    limits: StateLimits,
+) -> Result<(LogStore, StateMachine, metrics::StoreMetrics), StoreError> {
     let db = Arc::new(db::open_db(dir)?);
-    let log = LogStore::new(db.clone())?;
-    let sm = StateMachine::new(db, limits)?;
-    Ok((log, sm))
+    let metrics = metrics::StoreMetrics::new(db.clone());
+    let log = LogStore::new(db.clone(), metrics.clone())?;
+    let sm = StateMachine::new(db, limits, metrics.clone())?;
+    Ok((log, sm, metrics))
 }

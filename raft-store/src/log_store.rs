@@ -15,6 +15,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
 use crate::codec;
 use crate::db::{cf, synced, StoreError, CF_LOGS, CF_META};
+use crate::metrics::StoreMetrics;
 use crate::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -27,6 +28,7 @@ pub struct LogStore {
     db: Arc<DB>,
     /// What the state machine has applied or installed (see `purge`).
     applied: Option<tokio::sync::watch::Receiver<crate::state_machine::AppliedView>>,
+    metrics: StoreMetrics,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -41,10 +43,14 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+    pub(crate) fn new(db: Arc<DB>, metrics: StoreMetrics) -> Result<Self, StoreError> {
         cf(&db, CF_LOGS)?;
         cf(&db, CF_META)?;
-        Ok(Self { db, applied: None })
+        Ok(Self {
+            db,
+            applied: None,
+            metrics,
+        })
     }
 
     /// Lets `purge` wait for the state machine (see there). A node calls it with its state
@@ -85,11 +91,16 @@ impl LogStore {
         if let Some(e) = crate::fault_injection::storage_fault(self.db.path()) {
             return Err(write_err(e));
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)
+        let (db, took) = (self.db.clone(), self.metrics.log_sync.clone());
+        tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let written = db.write_opt(batch, &synced());
+            took.observe(t.elapsed().as_secs_f64());
+            written
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)
     }
 }
 
@@ -151,6 +162,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let index = committed.map_or(0, |c| c.index);
+        self.metrics
+            .committed_index
+            .set(i64::try_from(index).unwrap_or(i64::MAX));
         // Not synced on its own: it rides on the next synced append. After a crash the node
         // re-applies at most up to what it had durably recorded, which is always safe.
         let cf = cf(&self.db, CF_META).map_err(write_err)?;

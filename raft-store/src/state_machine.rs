@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::codec;
 use crate::db::{cf, synced, StoreError, CF_META, CF_SM};
+use crate::metrics::{StoreMetrics, BUILD, INSTALL};
 use crate::state::{Change, RowOp, State, StateLimits};
 use crate::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -86,6 +87,7 @@ pub struct StateMachine {
     limits: StateLimits,
     applied: watch::Sender<AppliedView>,
     batches: broadcast::Sender<Arc<AppliedBatch>>,
+    metrics: StoreMetrics,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -104,7 +106,11 @@ fn view_of(state: &State, snapshot_epoch: u64) -> AppliedView {
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<DB>, limits: StateLimits) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        limits: StateLimits,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         let state = {
             let sm = cf(&db, CF_SM)?;
             let mut rows = Vec::new();
@@ -121,6 +127,7 @@ impl StateMachine {
             limits,
             applied,
             batches,
+            metrics,
         })
     }
 
@@ -231,6 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             state: self.state.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -243,6 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let data = snapshot.into_inner();
         let new_state: State = codec::decode(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
@@ -269,6 +278,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bytes = data.len(),
             "installed snapshot"
         );
+        self.metrics
+            .snapshot_done(INSTALL, started.elapsed(), data.len());
         self.applied.send_replace(view);
         let reset = AppliedBatch {
             revision: view.revision,
@@ -296,10 +307,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     state: Arc<RwLock<State>>,
+    metrics: StoreMetrics,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let (data, meta) = {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
             let data = codec::encode(&*state).map_err(sm_read_err)?;
@@ -320,6 +333,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         self.db
             .put_cf(meta_cf, KEY_SNAPSHOT, blob)
             .map_err(sm_write_err)?;
+        self.metrics
+            .snapshot_done(BUILD, started.elapsed(), data.len());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -8,7 +8,7 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, sm) = open(dir.path(), StateLimits::default()).expect("open store");
+        let (log, sm, _) = open(dir.path(), StateLimits::default()).expect("open store");
         Ok((dir, log, sm))
     }
 }

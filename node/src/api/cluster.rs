@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(status))
         .routes(routes!(init))
         .routes(routes!(add_learner))
@@ -62,6 +63,23 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     } else {
         ApiError::Unavailable("not ready: no known leader or not caught up".into()).into_response()
     }
+}
+
+/// The node's Prometheus metrics, unauthenticated (as etcd's and Consul's agents serve theirs):
+/// they carry counts, sizes and timings, and flag keys and variant names in
+/// `flagstaff_evaluations_total` (`--metrics-max-evaluation-series 0` leaves those out).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "every metric of this node, OpenMetrics text format",
+        body = String, content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.render_metrics(),
+    )
+        .into_response()
 }
 
 /// One member as the answering node sees it.

@@ -70,6 +70,14 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .layer(middleware::from_fn_with_state(node, flagstaff_headers))
 }
 
+/// The `--listen-metrics` listener: `GET /metrics` and nothing else.
+pub fn metrics_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(cluster::metrics))
+        .fallback(|| async { ApiError::NotFound("this listener serves /metrics only".into()) })
+        .with_state(node)
+}
+
 /// Adds `Flagstaff-Cluster`, `Flagstaff-Node`, `Flagstaff-Leader` and (unless the handler set
 /// the revision its answer reflects) `Flagstaff-Revision` to every response.
 async fn flagstaff_headers(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {

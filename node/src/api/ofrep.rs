@@ -286,10 +286,33 @@ async fn single(
         Ok(Path(key)) => key,
         Err(e) => return api_error(None, ApiError::bad_request(e.body_text())),
     };
-    match evaluate_one(&node, caller, &key, &headers, q.as_deref(), body).await {
+    let resp = match evaluate_one(&node, caller, &key, &headers, q.as_deref(), body).await {
         Ok(resp) => resp,
         Err(e) => api_error(Some(&key), e),
+    };
+    counted(&node, resp)
+}
+
+/// Counts an OFREP answer by status (`flagstaff_ofrep_requests_total`).
+fn counted(node: &Node, resp: Response) -> Response {
+    let code = resp.status().as_u16();
+    node.metrics
+        .ofrep_requests
+        .get_or_create(&crate::metrics::Code { code })
+        .inc();
+    resp
+}
+
+/// Counts an evaluation of a flag that exists (`flagstaff_evaluations_total`): keys a client
+/// merely asked for never become series.
+fn count_evaluation(node: &Node, ns: &str, key: &str, r: &Resolution<'_>) {
+    if r.error
+        .as_ref()
+        .is_some_and(|e| e.code == ErrorCode::FlagNotFound)
+    {
+        return;
     }
+    node.metrics.evaluated(ns, key, r.variant);
 }
 
 async fn evaluate_one(
@@ -303,7 +326,7 @@ async fn evaluate_one(
     let caller = caller?;
     // The body is read only for an authenticated caller.
     let body = JsonBody::read(body, node.config.max_body_bytes).await?;
-    let (_, _, set, staleness) = prepare(node, &caller, headers, query).await?;
+    let (ns, _, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
@@ -316,6 +339,7 @@ async fn evaluate_one(
         }
     };
     let r = set.resolve(key, &ctx);
+    count_evaluation(node, &ns, key, &r);
     let resp = match failure(key, &r) {
         Some((status, body)) => (status, Json(body)).into_response(),
         None => Json(success(key, &r)).into_response(),
@@ -389,9 +413,10 @@ async fn bulk(
     RawQuery(q): RawQuery,
     body: Request,
 ) -> Response {
-    evaluate_all(&node, caller, &headers, q.as_deref(), body)
+    let resp = evaluate_all(&node, caller, &headers, q.as_deref(), body)
         .await
-        .unwrap_or_else(|e| api_error(None, e))
+        .unwrap_or_else(|e| api_error(None, e));
+    counted(&node, resp)
 }
 
 async fn evaluate_all(
@@ -403,7 +428,7 @@ async fn evaluate_all(
 ) -> Result<Response, ApiError> {
     let caller = caller?;
     let body = JsonBody::read(body, node.config.max_body_bytes).await?;
-    let (_, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
+    let (ns, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
     let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
         Ok(c) => c,
         Err((code, details)) => {
@@ -428,6 +453,7 @@ async fn evaluate_all(
     let mut flags: Vec<(String, BulkItem)> = set
         .resolve_all(&ctx)
         .map(|(key, r)| {
+            count_evaluation(node, &ns, key, &r);
             let item = match failure(key, &r) {
                 Some((_, body)) => BulkItem::Failure(body),
                 None => BulkItem::Success(success(key, &r)),

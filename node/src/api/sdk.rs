@@ -83,20 +83,41 @@ fn if_none_match(headers: &HeaderMap) -> Option<u64> {
         body = crate::error::ErrorBody)))]
 async fn snapshot(
     State(node): State<Arc<Node>>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+) -> Response {
+    let resp = match caller {
+        Ok(caller) => serve_snapshot(&node, caller, p, &headers, q.as_deref())
+            .await
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    let code = resp.status().as_u16();
+    node.metrics
+        .snapshot_requests
+        .get_or_create(&crate::metrics::Code { code })
+        .inc();
+    resp
+}
+
+async fn serve_snapshot(
+    node: &Node,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    q: Option<&str>,
 ) -> Result<Response, ApiError> {
     let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
-    let params = read_params(q.as_deref(), &node, false)?;
-    let held = if_none_match(&headers);
+    let params = read_params(q, node, false)?;
+    let held = if_none_match(headers);
     // A client holding revision R must never get anything older: R acts as `min_revision`.
     let min = params.min_revision.max(held);
     node.sdk_admission.admit().await?;
     let proof = node.read_barrier(params.consistency, min).await?;
-    caller.check_still_valid(&node)?;
+    caller.check_still_valid(node)?;
     let (revision, snapshot) = {
         let state = node.state.read();
         let space = state.namespace(&ns).ok_or_else(|| not_found(&ns))?;
@@ -225,13 +246,15 @@ async fn watch(
         rx,
         tx,
     ));
-    // The slot is held as long as the response body lives (until the client goes away).
+    // The slot is held, and the stream counted open, as long as the response body lives (until
+    // the client goes away).
+    let open = OpenStream::new(&node.metrics.watch_streams);
     let body = Body::from_stream(futures::stream::unfold(
-        (body_rx, slot),
-        |(mut rx, slot)| async move {
+        (body_rx, slot, open),
+        |(mut rx, slot, open)| async move {
             rx.recv()
                 .await
-                .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot)))
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot, open)))
         },
     ));
     let mut resp = Response::new(body);
@@ -244,6 +267,22 @@ async fn watch(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     revision_header(&mut resp, last);
     Ok(resp)
+}
+
+/// One open watch stream in `flagstaff_watch_streams`, for as long as it lives.
+struct OpenStream(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenStream {
+    fn new(streams: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        streams.inc();
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The `snapshot` event of a namespace that no longer exists: empty, at `revision`.
@@ -308,12 +347,22 @@ async fn stream_changes(
     tx: mpsc::Sender<Bytes>,
 ) {
     // A subscriber that cannot take frames for this long is dropped; it resumes later.
+    let metrics = &node.metrics;
     let send = |frame: Bytes| {
         let tx = tx.clone();
         async move {
-            tx.send_timeout(frame, Duration::from_secs(10))
-                .await
-                .is_ok()
+            match tx.send_timeout(frame, Duration::from_secs(10)).await {
+                Ok(()) => {
+                    metrics.events_sent.inc();
+                    true
+                }
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    metrics.slow_subscribers.inc();
+                    false
+                }
+                // The client went away.
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+            }
         }
     };
     for frame in initial {
@@ -357,7 +406,11 @@ async fn stream_changes(
                 }
                 // Fell behind the hub's buffer, or the node is stopping: close; the client
                 // resumes from its last event id.
-                Err(_) => return,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    metrics.slow_subscribers.inc();
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = ticker.tick() => {
                 if !caller.still_valid(&node) {
