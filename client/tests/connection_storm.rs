@@ -103,6 +103,7 @@ async fn a_storm_of_streams_and_snapshots_costs_no_leader_and_no_write() {
         args: std::env::var("STORM_ARGS")
             .map(|a| a.split_whitespace().map(String::from).collect())
             .unwrap_or_default(),
+        ..Default::default()
     };
     // Direct peer links: the link-cutting proxies run in this process, which the storm
     // saturates, and would delay the Raft traffic they carry by the test's own load.

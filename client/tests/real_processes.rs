@@ -40,6 +40,7 @@ impl Fixture {
         let opts = jepsen_like_tests::cluster::NodeOptions {
             env,
             args: Vec::new(),
+            ..Default::default()
         };
         let c = Cluster::start(&flagstaff_bin(), dir.path(), 3, 0, opts)
             .await

@@ -44,17 +44,17 @@ impl Conn {
         Ok(t.trim().to_string())
     }
 
-    /// Sends a request to the first endpoint that accepts a connection.
-    pub async fn call(
+    /// Sends a request to the first endpoint that accepts a connection; `timeout` bounds the
+    /// whole answer.
+    pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+        timeout: Duration,
+    ) -> anyhow::Result<reqwest::Response> {
         let token = self.token()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()?;
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
         let mut last = None;
         for base in self
             .endpoint
@@ -72,15 +72,7 @@ impl Conn {
                 req = req.json(b);
             }
             match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let value: Value = resp.json().await.unwrap_or(Value::Null);
-                    if !status.is_success() {
-                        let msg = value["error"]["message"].as_str().unwrap_or("");
-                        bail!("{status}: {msg}");
-                    }
-                    return Ok(value);
-                }
+                Ok(resp) => return Ok(resp),
                 Err(e) if e.is_connect() => last = Some(e),
                 Err(e) => return Err(e.into()),
             }
@@ -89,6 +81,25 @@ impl Conn {
             Some(e) => Err(anyhow::anyhow!("no endpoint reachable: {e}")),
             None => bail!("no endpoint given"),
         }
+    }
+
+    /// Sends a request (see [`Conn::send`]) and returns its JSON answer, or the error it names.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let resp = self
+            .send(method, path, body, Duration::from_secs(15))
+            .await?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = value["error"]["message"].as_str().unwrap_or("");
+            bail!("{status}: {msg}");
+        }
+        Ok(value)
     }
 
     fn print(&self, value: &Value, readable: impl FnOnce(&Value) -> String) {

@@ -1,5 +1,6 @@
 //! `flagstaff`: run a node, a local cluster, and talk to a cluster from the command line.
 
+mod backup;
 mod client;
 mod local_cluster;
 
@@ -39,6 +40,9 @@ enum Cmd {
     /// SDK keys.
     #[command(subcommand)]
     Key(client::KeyCmd),
+    /// Back up a running cluster, or seed a new one from a backup.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,17 @@ enum ClusterCmd {
         conn: client::Conn,
         #[arg(long)]
         id: u64,
+    },
+    /// Disaster recovery when a majority is lost for good: write a backup file of what this
+    /// stopped node applied, to restore into a new cluster (`backup restore`). Writes the lost
+    /// majority acknowledged that this node never applied are lost; see the README.
+    ForceNew {
+        /// The surviving node's data dir (the node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -297,9 +312,11 @@ async fn main() -> std::process::ExitCode {
         }) => client::add_learner(&conn, id, &api_addr, &peer_addr).await,
         Cmd::Cluster(ClusterCmd::Promote { conn, id }) => client::promote(&conn, id).await,
         Cmd::Cluster(ClusterCmd::Remove { conn, id }) => client::remove(&conn, id).await,
+        Cmd::Cluster(ClusterCmd::ForceNew { data_dir, out }) => backup::force_new(&data_dir, &out),
         Cmd::Flag(cmd) => client::flag(cmd).await,
         Cmd::Namespace(cmd) => client::namespace(cmd).await,
         Cmd::Key(cmd) => client::key(cmd).await,
+        Cmd::Backup(cmd) => backup::run(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

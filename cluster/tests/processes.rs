@@ -106,23 +106,23 @@ async fn leader_of(http: &reqwest::Client, api: &str) -> Option<u64> {
     r.json::<Value>().await.ok()?["leader"].as_u64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Three `flagstaff serve` processes with data dirs `root/node-N` (pristine, or seeded for
+/// cluster `cluster_id`) and logs in `root`, initialised as one cluster with a leader.
+async fn three_nodes(root: &Path, cluster_id: &str, http: &reqwest::Client) -> Vec<Proc> {
+    std::fs::create_dir_all(root).unwrap();
     let base = free_ports(6);
     let mut procs: Vec<Proc> = (1..=3u64)
         .map(|id| Proc {
             id,
             api: format!("http://127.0.0.1:{}", base + id as u16 - 1),
             peer: format!("http://127.0.0.1:{}", base + 2 + id as u16),
-            dir: tmp.path().join(format!("node-{id}")),
+            dir: root.join(format!("node-{id}")),
             child: None,
         })
         .collect();
     for p in procs.iter_mut() {
-        spawn_node(p, Some("kill-test"), tmp.path());
+        spawn_node(p, Some(cluster_id), root);
     }
-    let http = http();
     for p in &procs {
         let url = format!("{}/healthz", p.api);
         wait_until("healthz", Duration::from_secs(30), || {
@@ -149,6 +149,14 @@ async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
         async move { leader_of(&h, &a).await.is_some() }
     })
     .await;
+    procs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = http();
+    let mut procs = three_nodes(tmp.path(), "kill-test", &http).await;
     let r = http
         .put(format!("{}/v1/namespaces/prod", procs[0].api))
         .bearer_auth(TOKEN)
@@ -441,4 +449,273 @@ async fn leader_cluster_id(http: &reqwest::Client, api: &str, token: &str) -> St
         .await
         .unwrap();
     v["cluster_id"].as_str().unwrap().to_string()
+}
+
+/// Everything a restore must bring back, as the admin API shows it: the namespaces with their
+/// flags and segments, SDK key and admin token names, and the cluster revision.
+async fn everything(http: &reqwest::Client, api: &str) -> (Value, u64) {
+    let get = |path: String| {
+        let r = http.get(format!("{api}{path}")).bearer_auth(TOKEN).send();
+        async move {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let mut out = serde_json::Map::new();
+    let namespaces = get("/v1/namespaces".into()).await;
+    for ns in namespaces["namespaces"].as_array().unwrap() {
+        let name = ns["name"].as_str().unwrap();
+        let mut snapshot = get(format!(
+            "/v1/namespaces/{name}/snapshot?consistency=linearizable"
+        ))
+        .await;
+        // The only field that names the cluster.
+        snapshot.as_object_mut().unwrap().remove("cluster_id");
+        let keys = get(format!("/v1/namespaces/{name}/sdk-keys")).await;
+        out.insert(
+            name.to_string(),
+            json!({"snapshot": snapshot, "sdk_keys": keys}),
+        );
+    }
+    out.insert("admin_tokens".into(), get("/v1/admin-tokens".into()).await);
+    let revision = get("/v1/cluster".into()).await["revision"]
+        .as_u64()
+        .unwrap();
+    (Value::Object(out), revision)
+}
+
+fn flagstaff(args: &[&str]) -> std::process::Output {
+    Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run flagstaff")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_restores_every_flag_segment_key_and_the_revision_into_a_new_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = http();
+    let procs = three_nodes(&tmp.path().join("old"), "old", &http).await;
+    let api = procs[0].api.clone();
+    let send = |api: &str, method: reqwest::Method, path: &str, body: Value| {
+        let r = http
+            .request(method, format!("{api}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or_default();
+            assert!(status.is_success(), "{status} {body}");
+            body
+        }
+    };
+    use reqwest::Method;
+    send(
+        &api,
+        Method::PUT,
+        "/v1/namespaces/web",
+        json!({"description": "the site"}),
+    )
+    .await;
+    send(&api, Method::PUT, "/v1/namespaces/ops", json!({})).await;
+    send(
+        &api,
+        Method::PUT,
+        "/v1/namespaces/web/segments/staff",
+        json!({"ends_with": [{"var": "email"}, "@example.com"]}),
+    )
+    .await;
+    send(
+        &api,
+        Method::PUT,
+        "/v1/namespaces/web/flags/banner",
+        json!({"state": "ENABLED", "variants": {"on": "hi", "off": "hello"}, "defaultVariant": "off",
+            "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}}),
+    )
+    .await;
+    send(
+        &api,
+        Method::PUT,
+        "/v1/namespaces/ops/flagd",
+        json!({"flags": {"kill": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
+            "limit": {"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "high"}}}),
+    )
+    .await;
+    send(
+        &api,
+        Method::PATCH,
+        "/v1/namespaces/ops/flags/limit",
+        json!({"defaultVariant": "low"}),
+    )
+    .await;
+    let key = send(
+        &api,
+        Method::POST,
+        "/v1/namespaces/web/sdk-keys",
+        json!({"name": "site"}),
+    )
+    .await;
+    let key = key["secret"].as_str().unwrap().to_string();
+    send(
+        &api,
+        Method::POST,
+        "/v1/admin-tokens",
+        json!({"name": "ci"}),
+    )
+    .await;
+    let (before, revision) = everything(&http, &api).await;
+    // What is compared below is all there.
+    assert_eq!(
+        before["web"]["snapshot"]["flags"]["banner"]["defaultVariant"],
+        "off"
+    );
+    assert!(
+        before["web"]["snapshot"]["segments"]["staff"].is_object(),
+        "{before}"
+    );
+    assert_eq!(
+        before["ops"]["snapshot"]["flags"]["limit"]["defaultVariant"],
+        "low"
+    );
+    assert_eq!(
+        before["web"]["sdk_keys"]["sdk_keys"][0]["name"], "site",
+        "{before}"
+    );
+    assert!(
+        before["admin_tokens"].to_string().contains("\"ci\""),
+        "{before}"
+    );
+
+    // Saved from a follower.
+    let leader = leader_of(&http, &api).await.unwrap();
+    let follower = procs.iter().find(|p| p.id != leader).unwrap();
+    let file = tmp.path().join("cluster.backup");
+    let file_arg = file.to_str().unwrap();
+    let out = flagstaff(&[
+        "backup",
+        "save",
+        file_arg,
+        "--endpoint",
+        &follower.api,
+        "--token",
+        TOKEN,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("at revision {revision}")), "{said}");
+
+    // The old cluster is gone. Disaster recovery from the follower's data dir gives the same
+    // state as the backup saved through it.
+    let follower_dir = follower.dir.clone();
+    drop(procs);
+    let forced = tmp.path().join("forced.backup");
+    let out = flagstaff(&[
+        "cluster",
+        "force-new",
+        "--data-dir",
+        follower_dir.to_str().unwrap(),
+        "--out",
+        forced.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &Path| {
+        flagstaff_raft_store::backup::Backup::from_bytes(&std::fs::read(f).unwrap()).unwrap()
+    };
+    let (saved, forced) = (read(&file), read(&forced));
+    assert_eq!((saved.revision, forced.revision), (revision, revision));
+    assert_eq!(forced.state().unwrap(), saved.state().unwrap());
+    std::fs::remove_dir_all(tmp.path().join("old")).unwrap();
+
+    // Refused: the old cluster's id, a damaged file, a data dir in use.
+    let new = tmp.path().join("new");
+    let dir = |id: u64| new.join(format!("node-{id}"));
+    let restore = |file: &str, id: u64, cluster: &str| {
+        let dir = dir(id);
+        flagstaff(&[
+            "backup",
+            "restore",
+            file,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--id",
+            &id.to_string(),
+            "--cluster-id",
+            cluster,
+        ])
+    };
+    let out = restore(file_arg, 1, "old");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("new one"));
+    let mut damaged = std::fs::read(&file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 1;
+    let damaged_file = tmp.path().join("damaged.backup");
+    std::fs::write(&damaged_file, damaged).unwrap();
+    let out = restore(damaged_file.to_str().unwrap(), 1, "new");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir(1).exists(), "a refused restore leaves nothing behind");
+
+    for id in 1..=3 {
+        let out = restore(file_arg, id, "new");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = restore(file_arg, 1, "new");
+    assert!(!out.status.success(), "restored twice into one dir");
+
+    let procs = three_nodes(&new, "new", &http).await;
+    for p in &procs {
+        let (after, restored_revision) = everything(&http, &p.api).await;
+        assert_eq!(after, before, "node {}", p.id);
+        assert_eq!(restored_revision, revision, "node {}", p.id);
+    }
+    let status: Value = http
+        .get(format!("{}/v1/cluster", procs[0].api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["cluster_id"], "new");
+    // The old SDK key still reads; the next write continues the revisions.
+    let r = http
+        .get(format!("{}/v1/namespaces/web/snapshot", procs[1].api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let written = send(
+        &procs[2].api,
+        Method::PATCH,
+        "/v1/namespaces/ops/flags/limit",
+        json!({"defaultVariant": "high"}),
+    )
+    .await;
+    assert_eq!(
+        written["revision"].as_u64(),
+        Some(revision + 1),
+        "{written}"
+    );
 }

@@ -93,6 +93,8 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Extra `serve` arguments (e.g. `--snapshot-every 50`).
     pub args: Vec<String>,
+    /// The cluster id given to pristine nodes (and expected of seeded ones); `jepsen` if none.
+    pub cluster_id: Option<String>,
 }
 
 /// A cluster of processes the harness owns.
@@ -366,7 +368,10 @@ impl Cluster {
             .stderr(log)
             .kill_on_drop(true);
         if pristine {
-            cmd.args(["--cluster-id", "jepsen"]);
+            cmd.args([
+                "--cluster-id",
+                self.opts.cluster_id.as_deref().unwrap_or("jepsen"),
+            ]);
         }
         let child = cmd
             .spawn()

@@ -25,6 +25,7 @@ pub async fn run(bin: &Path, dir: &Path) -> anyhow::Result<bool> {
             FAIL_FILE.to_string(),
         )],
         args: Vec::new(),
+        ..Default::default()
     };
     let mut c = Cluster::start(bin, dir, 3, 0, opts).await?;
     let http = reqwest::Client::builder()

@@ -99,6 +99,7 @@ pub async fn run(
     let opts = NodeOptions {
         env: scenario.env.clone(),
         args: scenario.node_args.clone(),
+        ..Default::default()
     };
     let mut cluster = Cluster::start(bin, dir, scenario.nodes, scenario.learners, opts)
         .await

@@ -15,6 +15,7 @@ const ROUTES: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /v1/cluster/backup",
     "GET /v1/openapi.json",
     "GET /v1/cluster",
     "POST /v1/cluster/init",

@@ -11,6 +11,7 @@
 //! - Everything on disk is postcard behind a leading format-version byte; flag definitions travel
 //!   as JSON text inside it.
 
+pub mod backup;
 pub mod codec;
 pub mod command;
 mod db;

@@ -99,6 +99,19 @@ pub fn write(dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
     Ok(())
 }
 
+/// Marks `dir` as node `node_id` of cluster `cluster_id`, whatever it holds (a pristine dir, or
+/// one a backup was just restored into).
+pub fn mark(dir: &Path, node_id: u64, cluster_id: &str) -> Result<(), MarkerError> {
+    write(
+        dir,
+        &Marker {
+            format: 1,
+            cluster_id: cluster_id.to_string(),
+            node_id,
+        },
+    )
+}
+
 /// Opens the identity of `dir` for node `node_id`:
 /// - a marked directory must match `node_id` (and `cluster_id` when given);
 /// - a pristine directory is marked with `cluster_id`, which must then be given.
@@ -126,14 +139,7 @@ pub fn claim(
         None => match cluster_id {
             None => Ok(None),
             Some(c) => {
-                write(
-                    dir,
-                    &Marker {
-                        format: 1,
-                        cluster_id: c.to_string(),
-                        node_id,
-                    },
-                )?;
+                mark(dir, node_id, c)?;
                 Ok(Some(c.to_string()))
             }
         },

@@ -449,6 +449,14 @@ impl State {
         self.meta.membership = m;
     }
 
+    /// Drops what ties the state to its cluster (membership, applied log position), keeping
+    /// every namespace, key, token, the history and the revision: a restored backup's state,
+    /// for a new cluster's log to apply on top of.
+    pub(crate) fn forget_cluster(&mut self) {
+        self.meta.last_applied = None;
+        self.meta.membership = StoredMembership::default();
+    }
+
     /// Applies one log entry's commands; returns one result per command and appends the row
     /// operations that persist the change (the caller adds `last_applied`).
     pub(crate) fn apply_request(

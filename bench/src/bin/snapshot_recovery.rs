@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
             "--logs-behind-snapshot".into(),
             a.logs_behind_snapshot.to_string(),
         ],
+        ..Default::default()
     };
     note(&format!(
         "start 3 nodes (snapshot every {} entries, {} kept behind)",

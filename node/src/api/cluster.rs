@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
+        .routes(routes!(backup))
         .routes(routes!(status))
         .routes(routes!(init))
         .routes(routes!(add_learner))
@@ -80,6 +81,45 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
         node.render_metrics(),
     )
         .into_response()
+}
+
+/// A backup of the whole state (namespaces, flags, segments, SDK keys and admin tokens as
+/// hashes, the retained history) at one revision, after a linearizable read barrier: it holds
+/// every write acknowledged before the request. Any node answers. The body is the backup file
+/// (`flagstaff backup save` writes it; `flagstaff backup restore` seeds a new cluster from it).
+#[utoipa::path(get, path = "/v1/cluster/backup", tag = "cluster", security(("bearer" = [])),
+    responses((status = 200, description = "the backup file: header, cluster id, revision, state, SHA-256",
+        content_type = "application/octet-stream", body = Vec<u8>)))]
+async fn backup(State(node): State<Arc<Node>>, _: Admin) -> Result<Response, ApiError> {
+    node.read_barrier(crate::node::Consistency::Linearizable, None)
+        .await?;
+    let (state, cluster_id) = (node.state.clone(), node.cluster_id.clone());
+    // Encoding the whole state is work in proportion to its size: off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let backup = flagstaff_raft_store::backup::Backup::of(
+            &state.read(),
+            &cluster_id,
+            crate::clock::wall_ms(),
+        )?;
+        Ok::<_, flagstaff_raft_store::codec::CodecError>((backup.revision, backup.to_bytes()?))
+    })
+    .await;
+    let (revision, bytes) = match encoded {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Err(ApiError::Unavailable(format!("encoding the backup: {e}"))),
+        Err(_) => {
+            return Err(ApiError::Unavailable(
+                "the backup could not be built".into(),
+            ))
+        }
+    };
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response();
+    crate::api::revision_header(&mut resp, revision);
+    Ok(resp)
 }
 
 /// One member as the answering node sees it.
