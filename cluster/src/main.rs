@@ -2,6 +2,7 @@
 
 mod backup;
 mod client;
+mod config_file;
 mod local_cluster;
 
 use std::net::SocketAddr;
@@ -22,6 +23,20 @@ use flagstaff_raft_store::StateLimits;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log lines as text for a terminal, or as one JSON object per line for a log shipper.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGSTAFF_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +122,10 @@ enum ClusterCmd {
 /// Every option is also an environment variable (`FLAGSTAFF_*`).
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of these options (keys without the dashes: `listen-client = "0.0.0.0:7701"`);
+    /// the command line and `FLAGSTAFF_*` variables take precedence over it.
+    #[arg(long, env = "FLAGSTAFF_CONFIG")]
+    config: Option<PathBuf>,
     /// This node's id (a positive integer, unique in the cluster, never reused).
     #[arg(long, env = "FLAGSTAFF_ID")]
     id: u64,
@@ -289,14 +308,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLAGSTAFF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let argv = match config_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLAGSTAFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Cmd::Serve(args) => serve(*args).await,
         Cmd::Cluster(ClusterCmd::Up(args)) => local_cluster::up(args).await,
