@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub max_evaluation_series: usize,
     /// Where to serve `GET /metrics` alone, besides the client listener (none by default).
     pub listen_metrics: Option<std::net::SocketAddr>,
+    /// At shutdown, how long requests in flight may take to finish before they are cut.
+    pub drain_timeout: Duration,
 }
 
 /// The node-wide pace of the SDK routes' expensive starts: a watch stream's first snapshot (or
@@ -136,6 +138,7 @@ impl NodeConfig {
             peer_listener: Self::DEFAULT_PEER_LISTENER,
             max_evaluation_series: Self::DEFAULT_MAX_EVALUATION_SERIES,
             listen_metrics: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -59,7 +59,8 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves `app` on `listener` until `stop` resolves; then the open connections are dropped.
+/// Serves `app` on `listener` until `stop` resolves, then drains: stops accepting and returns
+/// once every open connection has finished its request in flight.
 ///
 /// Connections are accepted by a thread of their own ([`accept_thread`]), not by a task: on a
 /// node whose workers are saturated (thousands of streams being served), an accepting task
@@ -76,7 +77,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (tx, mut accepted) = mpsc::unbounded_channel();
     // Declared before the connections, so it is dropped after them (see `AcceptThread`).
-    let _thread = match AcceptThread::start(listener, permits, tx, name) {
+    let thread = match AcceptThread::start(listener, permits, tx, name) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(listener = name, error = %e, "cannot start accepting");
@@ -84,6 +85,7 @@ pub async fn serve(
         }
     };
     let mut connections = JoinSet::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
         let (stream, permit) = tokio::select! {
@@ -111,14 +113,20 @@ pub async fn serve(
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         connections.spawn(async move {
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = connection.await {
                 tracing::debug!(listener = name, error = %e, "connection ended");
             }
             drop(permit);
         });
         while connections.try_join_next().is_some() {}
     }
+    // Drain: nothing new is accepted; every connection finishes the request it is serving and
+    // closes (an idle one at once). The caller bounds how long this may take, and dropping this
+    // future cuts what is left.
+    drop(thread);
+    graceful.shutdown().await;
 }
 
 type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);

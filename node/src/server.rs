@@ -52,7 +52,10 @@ impl From<openraft::ConfigError> for NodeError {
 pub struct RunningNode {
     pub node: Arc<Node>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The listeners and the watch hub: they end by themselves once `stop` is sent.
     tasks: Vec<JoinHandle<()>>,
+    /// Proof rounds and the leader-change counter: aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
     raft_runtime: RaftRuntime,
 }
 
@@ -121,10 +124,24 @@ impl RunningNode {
         }
     }
 
-    /// Stops serving, shuts Raft down and waits for the servers to finish.
-    pub async fn shutdown(mut self) {
+    /// Drains and stops: the listeners stop accepting, watch streams end (their clients move
+    /// to another node at once), requests in flight finish (writes still commit: Raft runs
+    /// until they are done), for at most `NodeConfig::drain_timeout`; then whatever is left is
+    /// aborted and Raft shuts down. No task of the node outlives this call. Returns whether
+    /// everything drained before the deadline.
+    pub async fn shutdown(mut self) -> bool {
         let _ = self.stop.send(true);
-        for t in std::mem::take(&mut self.tasks) {
+        let deadline = tokio::time::Instant::now() + self.node.config.drain_timeout;
+        let mut drained = true;
+        for mut t in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("drain deadline passed; aborting what is left");
+                drained = false;
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        for t in std::mem::take(&mut self.background) {
             t.abort();
             let _ = t.await;
         }
@@ -139,6 +156,7 @@ impl RunningNode {
             });
             let _ = stopped.await;
         }
+        drained
     }
 }
 
@@ -212,6 +230,8 @@ pub async fn start(
         )
     };
     let proofs = Arc::new(Proofs::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (hub, hub_task) = WatchHub::spawn(state.clone(), stop_rx.clone());
     let registry = metrics.registry(
         &store_metrics,
         crate::metrics::RaftGauges {
@@ -226,7 +246,8 @@ pub async fn start(
         proposer,
         read_index,
         proofs,
-        hub: WatchHub::spawn(state.clone()),
+        hub,
+        stopping: stop_rx.clone(),
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),
@@ -244,11 +265,11 @@ pub async fn start(
         config,
     });
 
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut tasks = Vec::new();
+    // Tasks that end by themselves once `stop` is sent (the listeners drain first).
+    let mut tasks = vec![hub_task];
     if let Some(addr) = node.config.listen_metrics {
         let listener = crate::listener::bind(addr)?;
         tasks.push(tokio::spawn(crate::listener::serve(
@@ -282,14 +303,15 @@ pub async fn start(
             Err(e) => tracing::error!(error = %e, "peer listener failed"),
         }
     }));
-    tasks.push(raft_handle.spawn(crate::metrics::count_leader_changes(
+    // Tasks that run until they are aborted.
+    let mut background = vec![raft_handle.spawn(crate::metrics::count_leader_changes(
         node.raft.clone(),
         node.metrics.leader_changes.clone(),
-    )));
+    ))];
     let rounds_node = node.clone();
     let period = node.config.max_staleness / 2;
     // Staleness proofs are Raft traffic as well.
-    tasks.push(
+    background.push(
         raft_handle.spawn(run_rounds(node.proofs.clone(), period, move || {
             rounds_node.clone().proof_round()
         })),
@@ -301,6 +323,7 @@ pub async fn start(
         node,
         stop,
         tasks,
+        background,
         raft_runtime,
     })
 }

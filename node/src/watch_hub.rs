@@ -37,13 +37,21 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    pub fn spawn(state: StateHandle) -> Self {
+    /// Starts the hub's task, which ends when `stopping` turns true (the node stops).
+    pub fn spawn(
+        state: StateHandle,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, _) = broadcast::channel(HUB_BUFFER);
         let hub = Self { tx: tx.clone() };
         let mut rx = state.subscribe_batches();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
-                let batch = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stopping.wait_for(|s| *s) => break,
+                };
+                let batch = match received {
                     Ok(b) => frames_of(&b),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
@@ -59,7 +67,7 @@ impl WatchHub {
                 let _ = tx.send(Arc::new(batch));
             }
         });
-        hub
+        (hub, task)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<HubBatch>> {

@@ -371,9 +371,14 @@ async fn stream_changes(
         }
     }
     let bound_ms = bound.as_millis() as u64;
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
     let mut ticker = tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
     loop {
         tokio::select! {
+            // The node is stopping: end the stream cleanly, so its client moves to another
+            // node at once.
+            _ = &mut stopping => return,
             batch = rx.recv() => match batch {
                 Ok(batch) => {
                     if batch.reset {
