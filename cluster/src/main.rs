@@ -233,6 +233,9 @@ struct ServeArgs {
     /// a scraper on another network than the clients.
     #[arg(long, env = "FLAGSTAFF_LISTEN_METRICS")]
     listen_metrics: Option<SocketAddr>,
+    /// At shutdown (SIGTERM), how long requests in flight may take to finish before they are cut.
+    #[arg(long, env = "FLAGSTAFF_DRAIN_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    drain_timeout_ms: u64,
     /// Series of `flagstaff_evaluations_total` (namespace × flag × variant) at most; further
     /// OFREP evaluations count under `_other`. 0 turns the family off.
     #[arg(long, env = "FLAGSTAFF_METRICS_MAX_EVALUATION_SERIES", default_value_t = NodeConfig::DEFAULT_MAX_EVALUATION_SERIES)]
@@ -280,6 +283,7 @@ impl ServeArgs {
         c.peer_listener.max_connections = self.max_peer_connections.max(1);
         c.listen_metrics = self.listen_metrics;
         c.max_evaluation_series = self.metrics_max_evaluation_series;
+        c.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
         c
     }
 }

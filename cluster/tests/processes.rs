@@ -513,44 +513,39 @@ async fn a_backup_restores_every_flag_segment_key_and_the_revision_into_a_new_cl
         }
     };
     use reqwest::Method;
-    send(
-        &api,
-        Method::PUT,
-        "/v1/namespaces/web",
-        json!({"description": "the site"}),
-    )
-    .await;
-    send(&api, Method::PUT, "/v1/namespaces/ops", json!({})).await;
-    send(
-        &api,
-        Method::PUT,
-        "/v1/namespaces/web/segments/staff",
-        json!({"ends_with": [{"var": "email"}, "@example.com"]}),
-    )
-    .await;
-    send(
-        &api,
-        Method::PUT,
-        "/v1/namespaces/web/flags/banner",
-        json!({"state": "ENABLED", "variants": {"on": "hi", "off": "hello"}, "defaultVariant": "off",
-            "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}}),
-    )
-    .await;
-    send(
-        &api,
-        Method::PUT,
-        "/v1/namespaces/ops/flagd",
-        json!({"flags": {"kill": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
-            "limit": {"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "high"}}}),
-    )
-    .await;
-    send(
-        &api,
-        Method::PATCH,
-        "/v1/namespaces/ops/flags/limit",
-        json!({"defaultVariant": "low"}),
-    )
-    .await;
+    let writes = [
+        (
+            Method::PUT,
+            "/v1/namespaces/web",
+            json!({"description": "the site"}),
+        ),
+        (Method::PUT, "/v1/namespaces/ops", json!({})),
+        (
+            Method::PUT,
+            "/v1/namespaces/web/segments/staff",
+            json!({"ends_with": [{"var": "email"}, "@example.com"]}),
+        ),
+        (
+            Method::PUT,
+            "/v1/namespaces/web/flags/banner",
+            json!({"state": "ENABLED", "variants": {"on": "hi", "off": "hello"}, "defaultVariant": "off",
+                "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}}),
+        ),
+        (
+            Method::PUT,
+            "/v1/namespaces/ops/flagd",
+            json!({"flags": {"kill": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
+                "limit": {"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "high"}}}),
+        ),
+        (
+            Method::PATCH,
+            "/v1/namespaces/ops/flags/limit",
+            json!({"defaultVariant": "low"}),
+        ),
+    ];
+    for (method, path, body) in writes {
+        send(&api, method, path, body).await;
+    }
     let key = send(
         &api,
         Method::POST,

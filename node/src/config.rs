@@ -92,6 +92,7 @@ impl NodeConfig {
     pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 64 << 10;
     pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
     pub const DEFAULT_MAX_EVALUATION_SERIES: usize = 2_000;
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_CLIENT_LISTENER: ListenerLimits = ListenerLimits {
         header_read_timeout: Duration::from_secs(30),
         body_read_timeout: Duration::from_secs(60),
@@ -138,7 +139,7 @@ impl NodeConfig {
             peer_listener: Self::DEFAULT_PEER_LISTENER,
             max_evaluation_series: Self::DEFAULT_MAX_EVALUATION_SERIES,
             listen_metrics: None,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }

@@ -96,6 +96,11 @@ impl Metrics {
         }
     }
 
+    /// Counts an answer by its status in `family` (OFREP or snapshot requests).
+    pub fn answered(family: &Family<Code, Counter>, status: u16) {
+        family.get_or_create(&Code { code: status }).inc();
+    }
+
     pub fn write_done(&self, outcome: &'static str, took: Duration) {
         self.writes
             .get_or_create(&WriteOutcome { outcome })

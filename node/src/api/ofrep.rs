@@ -295,11 +295,7 @@ async fn single(
 
 /// Counts an OFREP answer by status (`flagstaff_ofrep_requests_total`).
 fn counted(node: &Node, resp: Response) -> Response {
-    let code = resp.status().as_u16();
-    node.metrics
-        .ofrep_requests
-        .get_or_create(&crate::metrics::Code { code })
-        .inc();
+    crate::metrics::Metrics::answered(&node.metrics.ofrep_requests, resp.status().as_u16());
     resp
 }
 

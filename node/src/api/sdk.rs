@@ -94,11 +94,7 @@ async fn snapshot(
             .into_response(),
         Err(e) => e.into_response(),
     };
-    let code = resp.status().as_u16();
-    node.metrics
-        .snapshot_requests
-        .get_or_create(&crate::metrics::Code { code })
-        .inc();
+    crate::metrics::Metrics::answered(&node.metrics.snapshot_requests, resp.status().as_u16());
     resp
 }
 
