@@ -43,10 +43,7 @@ pub fn force_new(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a node's data dir", data_dir.display()))?;
     let state = flagstaff_raft_store::backup::read_applied(&data_dir.join(marker::DB_DIR))
         .context("reading the node's state (is the node stopped?)")?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let backup = Backup::of(&state, &marker.cluster_id, now_ms)?;
+    let backup = Backup::of(&state, &marker.cluster_id, flagstaff_node::clock::wall_ms())?;
     write_file(file, &backup.to_bytes()?)?;
     println!(
         "wrote {} from node {} of cluster {}: {} namespaces at revision {} (what this node had \

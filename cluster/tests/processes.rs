@@ -683,16 +683,7 @@ async fn a_backup_restores_every_flag_segment_key_and_the_revision_into_a_new_cl
         assert_eq!(after, before, "node {}", p.id);
         assert_eq!(restored_revision, revision, "node {}", p.id);
     }
-    let status: Value = http
-        .get(format!("{}/v1/cluster", procs[0].api))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["cluster_id"], "new");
+    assert_eq!(leader_cluster_id(&http, &procs[0].api, TOKEN).await, "new");
     // The old SDK key still reads; the next write continues the revisions.
     let r = http
         .get(format!("{}/v1/namespaces/web/snapshot", procs[1].api))

@@ -21,7 +21,7 @@ pub fn boottime_us() -> u64 {
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
-/// Wall-clock milliseconds since the Unix epoch; used only to stamp proposals on the leader.
+/// Wall-clock milliseconds since the Unix epoch; stamps proposals on the leader and backups.
 pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

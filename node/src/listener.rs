@@ -62,7 +62,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `app` on `listener` until `stop` resolves, then drains: stops accepting and returns
 /// once every open connection has finished its request in flight.
 ///
-/// Connections are accepted by a thread of their own ([`accept_thread`]), not by a task: on a
+/// Connections are accepted by a thread of their own ([`AcceptThread`]), not by a task: on a
 /// node whose workers are saturated (thousands of streams being served), an accepting task
 /// waits its turn behind all of them while the kernel's backlog overflows and handshakes are
 /// dropped. The thread takes each connection out of the backlog as it completes, and this

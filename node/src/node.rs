@@ -311,10 +311,7 @@ impl Node {
 
     /// Resolves once the node starts to stop.
     pub(crate) fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.stopping.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+        when_stopped(self.stopping.clone())
     }
 
     /// Every metric of this node in the OpenMetrics text format (`GET /metrics`).
@@ -333,6 +330,12 @@ impl Node {
                 .staleness_ms()
                 .is_some_and(|s| s <= self.config.max_staleness.as_millis() as u64)
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone): how every part of a node learns
+/// that the node is stopping.
+pub(crate) async fn when_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A Raft role as the API names it.

@@ -14,7 +14,7 @@ use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::{run_rounds, Proofs};
 use crate::config::NodeConfig;
 use crate::network::NetworkFactory;
-use crate::node::Node;
+use crate::node::{when_stopped, Node};
 use crate::peer::PeerClient;
 use crate::peer_api::peer_router;
 use crate::proposer::Proposer;
@@ -231,7 +231,7 @@ pub async fn start(
     };
     let proofs = Arc::new(Proofs::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (hub, hub_task) = WatchHub::spawn(state.clone(), stop_rx.clone());
+    let (hub, hub_task) = WatchHub::spawn(state.clone(), when_stopped(stop_rx.clone()));
     let registry = metrics.registry(
         &store_metrics,
         crate::metrics::RaftGauges {
@@ -265,9 +265,6 @@ pub async fn start(
         config,
     });
 
-    let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     // Tasks that end by themselves once `stop` is sent (the listeners drain first).
     let mut tasks = vec![hub_task];
     if let Some(addr) = node.config.listen_metrics {
@@ -276,7 +273,7 @@ pub async fn start(
             listener,
             crate::api::metrics_router(node.clone()),
             node.config.client_listener,
-            until_stop(stop_rx.clone()),
+            when_stopped(stop_rx.clone()),
             "metrics",
         )));
     }
@@ -285,7 +282,7 @@ pub async fn start(
         client,
         app,
         node.config.client_listener,
-        until_stop(stop_rx.clone()),
+        when_stopped(stop_rx.clone()),
         "client",
     )));
     // Raft traffic from the other nodes is served on the Raft runtime too, so a node busy
@@ -294,7 +291,7 @@ pub async fn start(
     // Re-registered with the Raft runtime's reactor, so its readiness does not wait on the
     // client runtime either.
     let peer = peer.into_std()?;
-    let (peer_limits, stop_peer) = (node.config.peer_listener, until_stop(stop_rx.clone()));
+    let (peer_limits, stop_peer) = (node.config.peer_listener, when_stopped(stop_rx.clone()));
     tasks.push(raft_handle.spawn(async move {
         match TcpListener::from_std(peer) {
             Ok(peer) => {

@@ -37,19 +37,20 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    /// Starts the hub's task, which ends when `stopping` turns true (the node stops).
+    /// Starts the hub's task, which ends when `stopping` resolves (the node stops).
     pub fn spawn(
         state: StateHandle,
-        mut stopping: tokio::sync::watch::Receiver<bool>,
+        stopping: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, _) = broadcast::channel(HUB_BUFFER);
         let hub = Self { tx: tx.clone() };
         let mut rx = state.subscribe_batches();
         let task = tokio::spawn(async move {
+            tokio::pin!(stopping);
             loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
-                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = &mut stopping => break,
                 };
                 let batch = match received {
                     Ok(b) => frames_of(&b),

@@ -405,8 +405,8 @@ async fn stream_changes(
                     }
                     last = last.max(batch.revision);
                 }
-                // Fell behind the hub's buffer, or the node is stopping: close; the client
-                // resumes from its last event id.
+                // Fell behind the hub's buffer (the client resumes from its last event id), or
+                // the hub has ended with the node: close.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     metrics.slow_subscribers.inc();
                     return;
