@@ -168,6 +168,13 @@ impl ClientBuilder {
     }
 
     /// Bounds on the data accepted from the network and from files (see [`Limits`]).
+    /// Trusts the CA certificates (PEM) in `path` for `https` endpoints, besides the built-in
+    /// roots. `build` fails if the file cannot be read or holds no certificate.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.ca_file = Some(path.into());
+        self
+    }
+
     pub fn limits(mut self, limits: Limits) -> Self {
         self.cfg.limits = limits;
         self

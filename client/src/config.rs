@@ -42,6 +42,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// What the client accepts from the network and from files; see [`Limits`].
     pub limits: Limits,
+    /// CA certificates (PEM) trusted for `https` endpoints besides the built-in roots: the
+    /// cluster's own CA when its certificates are not from a public one.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Bounds on the data the client accepts, so that no node, stream or file can make it hold
@@ -117,7 +120,23 @@ impl Config {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            ca_file: None,
         }
+    }
+
+    /// The certificates of `ca_file` (none without one).
+    pub(crate) fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let fault = |why: String| ConfigError(format!("ca_file {}: {why}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| fault(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fault(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fault("no PEM certificate in the file".into()));
+        }
+        Ok(certs)
     }
 
     pub(crate) fn check(&mut self) -> Result<(), ConfigError> {
@@ -145,6 +164,7 @@ impl Config {
                 "heartbeat_timeout and poll_interval must be > 0".into(),
             ));
         }
+        self.ca_certificates()?;
         let l = &self.limits;
         if l.max_snapshot_bytes == 0 || l.max_definition_bytes == 0 || l.max_context_bytes == 0 {
             return Err(ConfigError(

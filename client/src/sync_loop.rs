@@ -24,7 +24,7 @@ use crate::wire::{WireChange, WireHeartbeat, WireSnapshot};
 /// Why a session with one endpoint ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionEnd {
-    #[error("request failed: {0}")]
+    #[error("request failed: {}", causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("timed out")]
     Timeout,
@@ -48,6 +48,19 @@ pub(crate) enum SessionEnd {
     Closed,
 }
 
+/// An error and its sources: reqwest's own message omits why a connection failed (refused,
+/// or a certificate the client does not trust).
+fn causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 enum Pull {
     Fresh,
     NotModified,
@@ -64,11 +77,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     if endpoints.is_empty() {
         return;
     }
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(shared.cfg.connect_timeout)
-        .tcp_nodelay(true)
-        .build()
-    {
+        .tcp_nodelay(true);
+    // Read and checked by `build` already; a file changed since then is reported here.
+    match shared.cfg.ca_certificates() {
+        Ok(certs) => {
+            for ca in certs {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        Err(e) => {
+            shared.report_error(None, e.to_string());
+            return;
+        }
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             shared.report_error(None, format!("cannot build the HTTP client: {e}"));

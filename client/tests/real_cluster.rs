@@ -240,3 +240,48 @@ async fn a_silent_path_to_each_node_in_turn_is_detected_and_left() {
     assert!(client.metrics().reconnects >= 1);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_https_the_client_follows_the_cluster_with_its_ca_file_and_trusts_nothing_else() {
+    let c = TestCluster::start_tls(3, tune).await;
+    let key = seed(&c).await;
+    let ca = c.tls.as_ref().unwrap().ca.clone();
+    let ids = [1, 2, 3];
+    assert!(c.node(1).api.starts_with("https://"));
+
+    // With the cluster's CA: data, then a change pushed over the TLS watch stream.
+    let client = client_for(&c, &key, &ids).ca_file(&ca).build().unwrap();
+    wait_until("READY over https", LONG, || {
+        client.status() == Status::Ready
+    })
+    .await;
+    let ctx = context();
+    assert!(!client.bool("f", &ctx, true));
+    let leader = c.wait_leader().await;
+    let rev = set_f(&c, leader, true).await;
+    wait_until("the change pushed", LONG, || client.revision() >= Some(rev)).await;
+    assert_eq!(
+        client.bool_details("f", &ctx, false).source,
+        Source::Network
+    );
+
+    // Without it, no node is trusted: the call-site default, and the error says why.
+    let rec = Recorder::default();
+    let untrusting = client_for(&c, &key, &ids)
+        .on_event(rec.listener())
+        .build()
+        .unwrap();
+    wait_until("a refused certificate reported", LONG, || {
+        rec.any(|e| matches!(e, Event::Error { message, .. } if message.contains("certificate")))
+    })
+    .await;
+    assert_eq!(untrusting.revision(), None);
+    assert!(untrusting.bool("f", &ctx, true));
+
+    // A CA file that is not one is a configuration error, not a silent fallback.
+    let bad = c.tls.as_ref().unwrap().dir.join("not-a-ca.pem");
+    std::fs::write(&bad, "nothing here").unwrap();
+    let refused = client_for(&c, &key, &ids).ca_file(&bad).build();
+    assert!(refused.is_err());
+    c.shutdown().await;
+}

@@ -24,9 +24,27 @@ pub struct Conn {
     /// Where `cluster up` keeps its data (for the admin token).
     #[arg(long, env = "FLAGSTAFF_DATA_DIR", default_value = "flagstaff-data")]
     data_dir: PathBuf,
+    /// CA certificates (PEM) trusted for `https` endpoints besides the built-in roots;
+    /// defaults to DATA_DIR/tls/ca.pem when that exists (`cluster up --tls` writes it).
+    #[arg(long, env = "FLAGSTAFF_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print the raw JSON answer.
     #[arg(long)]
     json: bool,
+}
+
+/// An HTTP client trusting `ca_file`'s certificates besides the built-in roots.
+pub fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_file {
+        for ca in flagstaff_node::tls::ca_certificates(path)? {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 impl Conn {
@@ -44,6 +62,13 @@ impl Conn {
         Ok(t.trim().to_string())
     }
 
+    fn ca_file(&self) -> Option<PathBuf> {
+        self.ca_file.clone().or_else(|| {
+            let local = self.data_dir.join("tls").join("ca.pem");
+            local.exists().then_some(local)
+        })
+    }
+
     /// Sends a request to the first endpoint that accepts a connection; `timeout` bounds the
     /// whole answer.
     pub async fn send(
@@ -54,7 +79,7 @@ impl Conn {
         timeout: Duration,
     ) -> anyhow::Result<reqwest::Response> {
         let token = self.token()?;
-        let http = reqwest::Client::builder().timeout(timeout).build()?;
+        let http = http_client(self.ca_file().as_deref(), timeout)?;
         let mut last = None;
         for base in self
             .endpoint

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use flagstaff_node::config::TlsFiles;
+use flagstaff_node::tls::dev::DevCa;
 use flagstaff_raft_store::marker;
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -34,6 +36,75 @@ pub struct UpArgs {
     /// Loopback address the nodes bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Serve HTTPS and mutual TLS between the nodes, with a throwaway CA and node certificates
+    /// generated into DATA_DIR/tls (kept and reused on restart). The CLI trusts
+    /// DATA_DIR/tls/ca.pem by itself; give SDKs and curl that file.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// `DATA_DIR/tls`: the CA certificate and one certificate and key per node.
+struct LocalTls {
+    dir: PathBuf,
+}
+
+impl LocalTls {
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn node(&self, id: u64) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join(format!("node-{id}.pem")),
+            key: self.dir.join(format!("node-{id}-key.pem")),
+        }
+    }
+
+    /// Reuses the files when all are there; otherwise makes a new CA (its key is never
+    /// written) and a certificate for each node, valid for `host`, `localhost` and 127.0.0.1.
+    fn ensure(data_dir: &Path, nodes: usize, host: &str) -> anyhow::Result<Self> {
+        let tls = Self {
+            dir: data_dir.join("tls"),
+        };
+        let ids = 1..=nodes as u64;
+        let complete = tls.ca().exists()
+            && ids
+                .clone()
+                .all(|id| tls.node(id).cert.exists() && tls.node(id).key.exists());
+        if complete {
+            return Ok(tls);
+        }
+        std::fs::create_dir_all(&tls.dir)?;
+        let ca = DevCa::generate("Flagstaff local cluster CA")?;
+        let mut names = vec![host.to_string(), "localhost".into(), "127.0.0.1".into()];
+        names.sort();
+        names.dedup();
+        for id in ids {
+            let issued = ca.issue(&format!("flagstaff node {id}"), &names)?;
+            let files = tls.node(id);
+            std::fs::write(&files.cert, issued.cert_pem)?;
+            write_private(&files.key, &issued.key_pem)?;
+        }
+        std::fs::write(tls.ca(), ca.cert_pem)?;
+        Ok(tls)
+    }
+
+    /// The `serve` options of node `id`: both listeners on TLS, the CA trusted between nodes.
+    fn serve_args(&self, id: u64) -> Vec<std::ffi::OsString> {
+        let files = self.node(id);
+        let mut args = Vec::new();
+        for (option, path) in [
+            ("--tls-cert", &files.cert),
+            ("--tls-key", &files.key),
+            ("--peer-tls-cert", &files.cert),
+            ("--peer-tls-key", &files.key),
+            ("--peer-trusted-ca", &self.ca()),
+        ] {
+            args.push(option.into());
+            args.push(path.into());
+        }
+        args
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -69,14 +140,22 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
         return Ok(s.trim().to_string());
     }
     let s = random_hex(24);
-    std::fs::write(path, format!("{s}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    write_private(path, &format!("{s}\n"))?;
     Ok(s)
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 struct NodeProc {
@@ -116,6 +195,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let token = secret_file(&data_dir.join("admin.token"))?;
     let cluster_id = if fresh { Some(random_hex(8)) } else { None };
     let exe = std::env::current_exe().context("locating the flagstaff binary")?;
+    let tls = match args.tls {
+        true => Some(LocalTls::ensure(&data_dir, args.nodes, &args.host)?),
+        false => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
 
     let mut procs = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -138,30 +222,32 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         if let Some(c) = &cluster_id {
             cmd.args(["--cluster-id", c]);
         }
+        if let Some(tls) = &tls {
+            cmd.args(tls.serve_args(id));
+        }
         let child = cmd.spawn().context("starting a node")?;
         procs.push(NodeProc {
             id,
-            api: format!("http://{client}"),
-            peer: format!("http://{peer}"),
+            api: format!("{scheme}://{client}"),
+            peer: format!("{scheme}://{peer}"),
             child,
         });
     }
 
-    let result = run_cluster(&args, &data_dir, &token, fresh, &mut procs).await;
+    let ca = tls.as_ref().map(LocalTls::ca);
+    let result = run_cluster(&data_dir, ca.as_deref(), &token, fresh, &mut procs).await;
     stop_all(&mut procs).await;
     result
 }
 
 async fn run_cluster(
-    args: &UpArgs,
     data_dir: &Path,
+    ca: Option<&Path>,
     token: &str,
     fresh: bool,
     procs: &mut [NodeProc],
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let http = crate::client::http_client(ca, Duration::from_secs(5))?;
     for p in procs.iter_mut() {
         wait_healthy(&http, p).await?;
     }
@@ -207,13 +293,22 @@ async fn run_cluster(
         procs[0].api
     );
     println!("Node logs:   {}/node-N.log", data_dir.display());
+    let curl_ca = match ca {
+        Some(ca) => {
+            println!(
+                "TLS:         CA certificate {} (give it to SDKs, curl --cacert, browsers)",
+                ca.display()
+            );
+            format!(" --cacert {}", ca.display())
+        }
+        None => String::new(),
+    };
     println!(
-        "Try:  curl -s -H \"Authorization: Bearer $(cat {})\" {}/v1/cluster",
+        "Try:  curl -s{curl_ca} -H \"Authorization: Bearer $(cat {})\" {}/v1/cluster",
         data_dir.join("admin.token").display(),
         procs[0].api
     );
     println!("Press Ctrl-C to stop.");
-    let _ = args;
 
     // Run until asked to stop; report nodes that exit on their own without restarting them.
     let mut reported = vec![false; procs.len()];

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use flagstaff_node::config::{PeerTlsFiles, TlsFiles};
 use flagstaff_node::NodeConfig;
 use flagstaff_raft_store::StateLimits;
 
@@ -142,10 +143,10 @@ struct ServeArgs {
     /// Peer listener (raft RPC, forwarding); bind it to a private interface.
     #[arg(long, env = "FLAGSTAFF_LISTEN_PEER", default_value = "127.0.0.1:7801")]
     listen_peer: SocketAddr,
-    /// URL others use for the client listener (default: http://LISTEN_CLIENT).
+    /// URL others use for the client listener (default: http(s)://LISTEN_CLIENT).
     #[arg(long, env = "FLAGSTAFF_ADVERTISE_CLIENT")]
     advertise_client: Option<String>,
-    /// URL others use for the peer listener (default: http://LISTEN_PEER).
+    /// URL others use for the peer listener (default: http(s)://LISTEN_PEER).
     #[arg(long, env = "FLAGSTAFF_ADVERTISE_PEER")]
     advertise_peer: Option<String>,
     /// Cluster id for a pristine data dir (creating or joining a cluster).
@@ -240,16 +241,46 @@ struct ServeArgs {
     /// OFREP evaluations count under `_other`. 0 turns the family off.
     #[arg(long, env = "FLAGSTAFF_METRICS_MAX_EVALUATION_SERIES", default_value_t = NodeConfig::DEFAULT_MAX_EVALUATION_SERIES)]
     metrics_max_evaluation_series: usize,
+    /// Certificate chain (PEM, leaf first) of the client listener: with --tls-key it serves
+    /// HTTPS, and so does --listen-metrics. Reloaded on SIGHUP or when the file changes.
+    #[arg(long, env = "FLAGSTAFF_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "FLAGSTAFF_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// This node's certificate chain (PEM) for mutual TLS between nodes: served on the peer
+    /// listener and presented when connecting to other nodes. Needs --peer-tls-key and
+    /// --peer-trusted-ca. Reloaded on SIGHUP or when a file changes.
+    #[arg(long, env = "FLAGSTAFF_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_trusted_ca"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "FLAGSTAFF_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): every node's peer certificate must chain to it, both ways.
+    #[arg(long, env = "FLAGSTAFF_PEER_TRUSTED_CA", requires = "peer_tls_cert")]
+    peer_trusted_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
     fn into_config(self) -> NodeConfig {
+        let tls = self
+            .tls_cert
+            .zip(self.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key });
+        let peer_tls = match (self.peer_tls_cert, self.peer_tls_key, self.peer_trusted_ca) {
+            (Some(cert), Some(key), Some(trusted_ca)) => Some(PeerTlsFiles {
+                identity: TlsFiles { cert, key },
+                trusted_ca,
+            }),
+            _ => None,
+        };
+        let scheme = |tls: bool| if tls { "https" } else { "http" };
         let api = self
             .advertise_client
-            .unwrap_or_else(|| format!("http://{}", self.listen_client));
+            .unwrap_or_else(|| format!("{}://{}", scheme(tls.is_some()), self.listen_client));
         let peer = self
             .advertise_peer
-            .unwrap_or_else(|| format!("http://{}", self.listen_peer));
+            .unwrap_or_else(|| format!("{}://{}", scheme(peer_tls.is_some()), self.listen_peer));
         let mut c = NodeConfig::new(self.id, self.data_dir, api, peer);
         c.cluster_id = self.cluster_id;
         c.cluster_secret = self.cluster_secret;
@@ -284,6 +315,8 @@ impl ServeArgs {
         c.listen_metrics = self.listen_metrics;
         c.max_evaluation_series = self.metrics_max_evaluation_series;
         c.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
+        c.tls = tls;
+        c.peer_tls = peer_tls;
         c
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::listener::ListenerLimits;
+pub use crate::tls::{PeerTlsFiles, TlsFiles};
 
 /// Everything a node needs to run. Built by `flagstaff serve` from flags and `FLAGSTAFF_*`
 /// environment variables, or directly by tests.
@@ -67,6 +68,10 @@ pub struct NodeConfig {
     pub listen_metrics: Option<std::net::SocketAddr>,
     /// At shutdown, how long requests in flight may take to finish before they are cut.
     pub drain_timeout: Duration,
+    /// TLS of the client listener (and of the metrics listener); `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Mutual TLS between nodes: the peer listener and the peer client; `None`: plain HTTP.
+    pub peer_tls: Option<PeerTlsFiles>,
 }
 
 /// The node-wide pace of the SDK routes' expensive starts: a watch stream's first snapshot (or
@@ -140,6 +145,8 @@ impl NodeConfig {
             max_evaluation_series: Self::DEFAULT_MAX_EVALUATION_SERIES,
             listen_metrics: None,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            tls: None,
+            peer_tls: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod rate_limit;
 pub mod read_index;
 pub mod server;
 pub mod snapshot_cache;
+pub mod tls;
 pub mod ui;
 pub mod watch_hub;
 

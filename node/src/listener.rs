@@ -23,7 +23,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::tls::ServerTls;
 
 /// How long a client may take and how many connections it may hold, per listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<ServerTls>>,
     limits: ListenerLimits,
     stop: impl Future<Output = ()>,
     name: &'static str,
@@ -86,6 +90,9 @@ pub async fn serve(
     };
     let mut connections = JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Tells connections still in their TLS handshake to give up (the others are told by
+    // `graceful`).
+    let draining = tokio::sync::watch::Sender::new(false);
     tokio::pin!(stop);
     loop {
         let (stream, permit) = tokio::select! {
@@ -104,18 +111,16 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let body_timeout = limits.body_read_timeout;
-        let app = app.clone();
-        let service = TowerToHyperService::new(tower::service_fn(move |req: Request<Incoming>| {
-            let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
-            app.clone().oneshot(req)
-        }));
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let serving = serve_connection(
+            stream,
+            tls.as_ref().map(|t| t.acceptor()),
+            app.clone(),
+            limits,
+            graceful.watcher(),
+            draining.subscribe(),
+        );
         connections.spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = serving.await {
                 tracing::debug!(listener = name, error = %e, "connection ended");
             }
             drop(permit);
@@ -126,7 +131,47 @@ pub async fn serve(
     // closes (an idle one at once). The caller bounds how long this may take, and dropping this
     // future cuts what is left.
     drop(thread);
+    draining.send_replace(true);
     graceful.shutdown().await;
+}
+
+/// Serves one connection, after a TLS handshake when `tls` is set (bounded by the header-read
+/// timeout, so a client that opens a connection and never finishes its handshake holds it no
+/// longer than one that sends no request). `graceful` lets the listener's drain wait for it;
+/// a handshake still going on when the drain starts is abandoned.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    limits: ListenerLimits,
+    graceful: hyper_util::server::graceful::Watcher,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), axum::BoxError> {
+    let body_timeout = limits.body_read_timeout;
+    let service = TowerToHyperService::new(tower::service_fn(move |req: Request<Incoming>| {
+        let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
+        app.clone().oneshot(req)
+    }));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    match tls {
+        None => {
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            graceful.watch(connection).await?;
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => done.map_err(|_| "TLS handshake timed out")??,
+                _ = draining.wait_for(|d| *d) => return Ok(()),
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            graceful.watch(connection).await?;
+        }
+    }
+    Ok(())
 }
 
 type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);

@@ -29,6 +29,13 @@ pub struct WriteOutcome {
     pub outcome: &'static str,
 }
 
+/// How an attempt to reload the TLS certificates ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadOutcome {
+    /// `reloaded` or `failed` (the certificates in use were kept).
+    pub outcome: &'static str,
+}
+
 /// The consistency a read asked for.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadConsistency {
@@ -70,6 +77,7 @@ pub struct Metrics {
     pub slow_subscribers: Counter,
     pub ofrep_requests: Family<Code, Counter>,
     pub snapshot_requests: Family<Code, Counter>,
+    pub tls_reloads: Family<ReloadOutcome, Counter>,
     evaluations: Family<Evaluation, Counter>,
     /// Series created in `evaluations` (besides `_other`), under the lock that creates them.
     evaluation_series: Arc<Mutex<usize>>,
@@ -90,6 +98,7 @@ impl Metrics {
             slow_subscribers: Counter::default(),
             ofrep_requests: Family::default(),
             snapshot_requests: Family::default(),
+            tls_reloads: Family::default(),
             evaluations: Family::default(),
             evaluation_series: Arc::default(),
             max_evaluation_series,
@@ -180,6 +189,11 @@ impl Metrics {
             "stale_replica_answers",
             "Reads refused with STALE_REPLICA (no proof of freshness in time, or min_revision not reached)",
             self.stale_replica.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Reloads of the TLS certificates (SIGHUP or a changed file), by outcome",
+            self.tls_reloads.clone(),
         );
         r.register(
             "watch_streams",

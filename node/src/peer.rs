@@ -1,12 +1,15 @@
 //! The peer protocol: postcard bodies (with the format-version byte) over HTTP POST on the peer
 //! listener, authenticated by the cluster secret and checked against the cluster id.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flagstaff_raft_store::codec;
 use flagstaff_raft_store::{CommandResult, Envelope, NodeId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::tls::{ClientTls, PeerTlsFiles, TlsError};
 
 pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";
@@ -103,54 +106,6 @@ pub fn identity_proof(
 /// Largest [`IdentifyReply`] read from an unproven address.
 const IDENTIFY_REPLY_LIMIT: usize = 64 << 10;
 
-/// Asks the peer listener at `base` to prove who it is. The request carries no credential
-/// and no cluster id: it goes to an address nobody has vouched for yet.
-pub async fn identify(
-    base: &str,
-    nonce: &[u8],
-    source_ip: Option<std::net::IpAddr>,
-    timeout: Duration,
-) -> Result<IdentifyReply, PeerCallError> {
-    let url = format!("{}{}", base.trim_end_matches('/'), PATH_IDENTIFY);
-    let http = reqwest::Client::builder()
-        .local_address(source_ip)
-        .connect_timeout(Duration::from_millis(500))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| PeerCallError::Transport(e.to_string()))?;
-    let body = codec::encode(&IdentifyRequest {
-        nonce: nonce.to_vec(),
-    })
-    .map_err(|e| PeerCallError::Transport(e.to_string()))?;
-    let exchange = async {
-        let mut resp = http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| classify(&url, e, timeout))?;
-        let status = resp.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&url, e, timeout))? {
-            if bytes.len() + chunk.len() > IDENTIFY_REPLY_LIMIT {
-                return Err(PeerCallError::Decode(format!(
-                    "answer longer than {IDENTIFY_REPLY_LIMIT} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
-            let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-            return Err(PeerCallError::Status(status.as_u16(), text));
-        }
-        codec::decode(&bytes).map_err(|e| PeerCallError::Decode(e.to_string()))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| PeerCallError::Timeout(timeout))?
-}
-
 /// Writes forwarded from a follower to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardRequest {
@@ -192,28 +147,106 @@ impl PeerCallError {
     }
 }
 
-/// HTTP client for the peer protocol. Cheap to clone.
+/// HTTP client for the peer protocol. Cheap to clone; clones share the connections and see a
+/// reload of the certificates.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    http: Arc<RwLock<Clients>>,
+    tls: Option<PeerTlsFiles>,
+    source_ip: Option<std::net::IpAddr>,
     secret: String,
     cluster_id: String,
 }
 
-impl PeerClient {
-    pub fn new(secret: String, cluster_id: String, source_ip: Option<std::net::IpAddr>) -> Self {
-        let http = reqwest::Client::builder()
-            .local_address(source_ip)
-            .connect_timeout(Duration::from_millis(500))
+/// The two outgoing clients, rebuilt together when the certificates are reloaded.
+struct Clients {
+    /// To other nodes' peer listeners. With peer TLS: https only, the peer's certificate must
+    /// chain to the cluster CA, and this node presents its own, so the cluster secret is never
+    /// sent to an endpoint that has not proved it is a node of this cluster.
+    peer: reqwest::Client,
+    /// To other nodes' client listeners (membership changes relayed to the leader): the
+    /// built-in roots and the cluster CA are trusted.
+    api: reqwest::Client,
+}
+
+impl Clients {
+    fn build(
+        tls: Option<&PeerTlsFiles>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, TlsError> {
+        let base = || {
+            reqwest::Client::builder()
+                .local_address(source_ip)
+                .connect_timeout(Duration::from_millis(500))
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let mut peer = base()
             .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
-        Self {
-            http,
+            .tcp_nodelay(true);
+        let mut api = base();
+        if let Some(files) = tls {
+            let client = ClientTls::load(files)?;
+            peer = peer
+                .https_only(true)
+                .tls_built_in_root_certs(false)
+                .identity(client.identity);
+            for ca in client.trusted_ca {
+                peer = peer.add_root_certificate(ca.clone());
+                api = api.add_root_certificate(ca);
+            }
+        }
+        let built =
+            |b: reqwest::ClientBuilder| b.build().map_err(|e| TlsError::Config(e.to_string()));
+        Ok(Self {
+            peer: built(peer)?,
+            api: built(api)?,
+        })
+    }
+}
+
+impl PeerClient {
+    /// Fails only on unusable peer TLS files.
+    pub fn new(
+        secret: String,
+        cluster_id: String,
+        source_ip: Option<std::net::IpAddr>,
+        tls: Option<PeerTlsFiles>,
+    ) -> Result<Self, TlsError> {
+        let http = Clients::build(tls.as_ref(), source_ip)?;
+        Ok(Self {
+            http: Arc::new(RwLock::new(http)),
+            tls,
+            source_ip,
             secret,
             cluster_id,
+        })
+    }
+
+    /// Reads the peer TLS files again; on failure the clients in use are kept.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        if self.tls.is_none() {
+            return Ok(());
         }
+        let fresh = Clients::build(self.tls.as_ref(), self.source_ip)?;
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn peer_http(&self) -> reqwest::Client {
+        self.http
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .peer
+            .clone()
+    }
+
+    /// A client for other nodes' client listeners.
+    pub fn api_http(&self) -> reqwest::Client {
+        self.http
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .api
+            .clone()
     }
 
     /// POSTs `req` to `base` + `path` and decodes the answer, within `timeout`.
@@ -227,7 +260,7 @@ impl PeerClient {
         let body = codec::encode(req).map_err(|e| PeerCallError::Transport(e.to_string()))?;
         let url = format!("{}{}", base.trim_end_matches('/'), path);
         let send = self
-            .http
+            .peer_http()
             .post(&url)
             .bearer_auth(&self.secret)
             .header(CLUSTER_HEADER, &self.cluster_id)
@@ -246,14 +279,71 @@ impl PeerClient {
         }
         codec::decode(&bytes).map_err(|e| PeerCallError::Decode(e.to_string()))
     }
+
+    /// Asks the peer listener at `base` to prove who it is. The request carries no credential
+    /// and no cluster id: it goes to an address nobody has vouched for yet (with peer TLS, the
+    /// address must still hold a certificate of the cluster CA).
+    pub async fn identify(
+        &self,
+        base: &str,
+        nonce: &[u8],
+        timeout: Duration,
+    ) -> Result<IdentifyReply, PeerCallError> {
+        let url = format!("{}{}", base.trim_end_matches('/'), PATH_IDENTIFY);
+        let http = self.peer_http();
+        let body = codec::encode(&IdentifyRequest {
+            nonce: nonce.to_vec(),
+        })
+        .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        let exchange = async {
+            let mut resp = http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(&url, e, timeout))?;
+            let status = resp.status();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&url, e, timeout))? {
+                if bytes.len() + chunk.len() > IDENTIFY_REPLY_LIMIT {
+                    return Err(PeerCallError::Decode(format!(
+                        "answer longer than {IDENTIFY_REPLY_LIMIT} bytes"
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+                return Err(PeerCallError::Status(status.as_u16(), text));
+            }
+            codec::decode(&bytes).map_err(|e| PeerCallError::Decode(e.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PeerCallError::Timeout(timeout))?
+    }
 }
 
 fn classify(url: &str, e: reqwest::Error, timeout: Duration) -> PeerCallError {
     if e.is_connect() {
-        PeerCallError::Connect(url.to_string(), e.to_string())
+        PeerCallError::Connect(url.to_string(), causes(&e))
     } else if e.is_timeout() {
         PeerCallError::Timeout(timeout)
     } else {
-        PeerCallError::Transport(e.to_string())
+        PeerCallError::Transport(causes(&e))
     }
+}
+
+/// An error with its sources (reqwest's own message omits why a connection or TLS handshake
+/// failed).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

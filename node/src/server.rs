@@ -19,6 +19,7 @@ use crate::peer::PeerClient;
 use crate::peer_api::peer_router;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexCoalescer;
+use crate::tls::{ServerTls, TlsError};
 use crate::watch_hub::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum NodeError {
     Raft(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<openraft::ConfigError> for NodeError {
@@ -103,6 +106,98 @@ impl Drop for RaftRuntime {
         // Dropping a runtime may block, which is not allowed inside another runtime.
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
+        }
+    }
+}
+
+/// The listeners' TLS, loaded from the configured files.
+struct Listeners {
+    client: Option<Arc<ServerTls>>,
+    peer: Option<Arc<ServerTls>>,
+}
+
+impl Listeners {
+    /// Loads the files, and checks that each advertised URL's scheme is what its listener
+    /// serves (a peer reached over `http://` while expecting TLS would never answer).
+    fn tls(config: &NodeConfig) -> Result<Self, NodeError> {
+        let check = |url: &str, tls: bool, option: &str| {
+            let scheme = if tls { "https://" } else { "http://" };
+            if url.to_ascii_lowercase().starts_with(scheme) {
+                Ok(())
+            } else {
+                Err(TlsError::Config(format!(
+                    "{option} is {url:?}, but the listener serves {}: advertise a {scheme} URL",
+                    if tls { "TLS" } else { "plain HTTP" }
+                )))
+            }
+        };
+        check(
+            &config.advertise_api,
+            config.tls.is_some(),
+            "--advertise-client",
+        )?;
+        check(
+            &config.advertise_peer,
+            config.peer_tls.is_some(),
+            "--advertise-peer",
+        )?;
+        let client = match &config.tls {
+            Some(files) => Some(Arc::new(ServerTls::load(files.clone(), None)?)),
+            None => None,
+        };
+        let peer = match &config.peer_tls {
+            Some(files) => Some(Arc::new(ServerTls::load(
+                files.identity.clone(),
+                Some(files.trusted_ca.clone()),
+            )?)),
+            None => None,
+        };
+        Ok(Self { client, peer })
+    }
+
+    /// The task that reloads every certificate on SIGHUP or when a file changes; `None`
+    /// without TLS.
+    fn reloading(&self, node: Arc<Node>) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let servers: Vec<Arc<ServerTls>> = self
+            .client
+            .iter()
+            .chain(self.peer.iter())
+            .cloned()
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let paths: Vec<_> = servers.iter().flat_map(|s| s.paths()).collect();
+        Some(crate::tls::watch_files(paths, move || {
+            let outcome = servers
+                .iter()
+                .try_for_each(|s| s.reload())
+                .and_then(|()| node.peers.reload());
+            let outcome = match outcome {
+                Ok(()) => {
+                    tracing::info!("TLS certificates reloaded");
+                    "reloaded"
+                }
+                Err(e) => {
+                    tracing::error!(error = %e,
+                        "TLS certificates not reloaded; the ones in use are kept");
+                    "failed"
+                }
+            };
+            let labels = crate::metrics::ReloadOutcome { outcome };
+            node.metrics.tls_reloads.get_or_create(&labels).inc();
+        }))
+    }
+}
+
+/// Logs a warning when `listener` serves plain HTTP beyond this machine: tokens, SDK keys and
+/// the cluster secret then cross the network in the clear.
+fn warn_if_plain(listener: &TcpListener, tls: bool, name: &str) {
+    if let Ok(addr) = listener.local_addr() {
+        if !tls && !addr.ip().is_loopback() {
+            tracing::warn!(listener = name, %addr,
+                "plain HTTP on a non-loopback address: credentials cross the network in the \
+                 clear; configure TLS (see the README)");
         }
     }
 }
@@ -199,11 +294,13 @@ pub async fn start(
     let metrics = crate::metrics::Metrics::new(config.max_evaluation_series);
     log.follow(sm.handle().subscribe());
     let state = sm.handle();
+    let tls = Listeners::tls(&config)?;
     let peers = PeerClient::new(
         config.cluster_secret.clone(),
         cluster_id.clone(),
         config.peer_source_ip,
-    );
+        config.peer_tls.clone(),
+    )?;
     let network = NetworkFactory {
         node_id: config.node_id,
         client: peers.clone(),
@@ -269,18 +366,23 @@ pub async fn start(
     let mut tasks = vec![hub_task];
     if let Some(addr) = node.config.listen_metrics {
         let listener = crate::listener::bind(addr)?;
+        warn_if_plain(&listener, tls.client.is_some(), "metrics");
         tasks.push(tokio::spawn(crate::listener::serve(
             listener,
             crate::api::metrics_router(node.clone()),
+            tls.client.clone(),
             node.config.client_listener,
             when_stopped(stop_rx.clone()),
             "metrics",
         )));
     }
     let app = client_router(node.clone());
+    warn_if_plain(&client, tls.client.is_some(), "client");
+    warn_if_plain(&peer, tls.peer.is_some(), "peer");
     tasks.push(tokio::spawn(crate::listener::serve(
         client,
         app,
+        tls.client.clone(),
         node.config.client_listener,
         when_stopped(stop_rx.clone()),
         "client",
@@ -292,10 +394,12 @@ pub async fn start(
     // client runtime either.
     let peer = peer.into_std()?;
     let (peer_limits, stop_peer) = (node.config.peer_listener, when_stopped(stop_rx.clone()));
+    let peer_tls = tls.peer.clone();
     tasks.push(raft_handle.spawn(async move {
         match TcpListener::from_std(peer) {
             Ok(peer) => {
-                crate::listener::serve(peer, peer_app, peer_limits, stop_peer, "peer").await
+                crate::listener::serve(peer, peer_app, peer_tls, peer_limits, stop_peer, "peer")
+                    .await
             }
             Err(e) => tracing::error!(error = %e, "peer listener failed"),
         }
@@ -313,6 +417,10 @@ pub async fn start(
             rounds_node.clone().proof_round()
         })),
     );
+
+    if let Some(reloading) = tls.reloading(node.clone()) {
+        background.push(tokio::spawn(reloading));
+    }
 
     tracing::info!(node = node.id, cluster = %node.cluster_id, api = %node.config.advertise_api,
         peer = %node.config.advertise_peer, "node started");

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flagstaff_node::config::{PeerTlsFiles, TlsFiles};
+use flagstaff_node::tls::dev::DevCa;
 use flagstaff_node::{NodeConfig, RunningNode};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,10 +107,70 @@ pub struct TestNode {
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     pub proxies: Vec<Proxy>,
+    /// Trusts the cluster's CA when it runs TLS.
     pub http: reqwest::Client,
     pub cluster_id: String,
     pub tune: fn(&mut NodeConfig),
+    /// Set by [`TestCluster::start_tls`].
+    pub tls: Option<TestTls>,
     _tmp: tempfile::TempDir,
+}
+
+/// The certificates of a cluster started with [`TestCluster::start_tls`]: a throwaway CA, and
+/// for each node one certificate (for its client and peer listeners and its peer client) valid
+/// for 127.0.0.1 and the node's own address.
+pub struct TestTls {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    authority: DevCa,
+}
+
+impl TestTls {
+    fn new(dir: PathBuf) -> TestTls {
+        std::fs::create_dir_all(&dir).unwrap();
+        let authority = DevCa::generate("test cluster CA").unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &authority.cert_pem).unwrap();
+        TestTls { dir, ca, authority }
+    }
+
+    /// Node `id`'s certificate and key files.
+    pub fn node_files(&self, id: u64) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join(format!("node-{id}.pem")),
+            key: self.dir.join(format!("node-{id}-key.pem")),
+        }
+    }
+
+    /// Issues node `id` a new certificate under `common_name` and writes it over its files
+    /// (each replaced whole by a rename, as an operator's tooling would); returns the PEM.
+    pub fn issue(&self, id: u64, common_name: &str) -> String {
+        let names = ["127.0.0.1".to_string(), node_ip(id).to_string()];
+        let issued = self.authority.issue(common_name, &names).unwrap();
+        let files = self.node_files(id);
+        for (path, text) in [
+            (&files.key, &issued.key_pem),
+            (&files.cert, &issued.cert_pem),
+        ] {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        issued.cert_pem
+    }
+
+    fn configure(&self, c: &mut NodeConfig) {
+        let files = self.node_files(c.node_id);
+        if !files.cert.exists() {
+            self.issue(c.node_id, &format!("node {}", c.node_id));
+        }
+        c.tls = Some(files.clone());
+        c.peer_tls = Some(PeerTlsFiles {
+            identity: files,
+            trusted_ca: self.ca.clone(),
+        });
+    }
 }
 
 fn base_config(id: u64, dir: PathBuf, api: String, peer: String, cluster_id: &str) -> NodeConfig {
@@ -125,16 +187,31 @@ fn base_config(id: u64, dir: PathBuf, api: String, peer: String, cluster_id: &st
 impl TestCluster {
     /// Starts `n` voters and initialises them as one cluster; `tune` adjusts each node's config.
     pub async fn start(n: u64, tune: fn(&mut NodeConfig)) -> TestCluster {
+        Self::start_with(n, tune, false).await
+    }
+
+    /// Like [`TestCluster::start`], with HTTPS on the client listeners and mutual TLS between
+    /// the nodes ([`TestCluster::tls`] holds the certificates).
+    pub async fn start_tls(n: u64, tune: fn(&mut NodeConfig)) -> TestCluster {
+        Self::start_with(n, tune, true).await
+    }
+
+    async fn start_with(n: u64, tune: fn(&mut NodeConfig), tls: bool) -> TestCluster {
         let tmp = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| TestTls::new(tmp.path().join("tls")));
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
+        if let Some(tls) = &tls {
+            for ca in flagstaff_node::tls::ca_certificates(&tls.ca).unwrap() {
+                http = http.add_root_certificate(ca);
+            }
+        }
         let mut c = TestCluster {
             nodes: Vec::new(),
             proxies: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: http.build().unwrap(),
             cluster_id: "test-cluster".into(),
             tune,
+            tls,
             _tmp: tmp,
         };
         for id in 1..=n {
@@ -151,7 +228,22 @@ impl TestCluster {
 
     pub fn member_json(&self, id: u64) -> Value {
         let n = self.node(id);
-        json!({"id": id, "api_addr": n.api, "peer_addr": format!("http://{}", self.proxies[(id - 1) as usize].listen)})
+        json!({"id": id, "api_addr": n.api, "peer_addr": self.url(self.proxies[(id - 1) as usize].listen)})
+    }
+
+    /// The URL of a listener at `addr`: `https` when the cluster runs TLS.
+    pub fn url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
+    fn config(&self, id: u64, dir: PathBuf, api: String, peer: String) -> NodeConfig {
+        let mut cfg = base_config(id, dir, api, peer, &self.cluster_id);
+        if let Some(tls) = &self.tls {
+            tls.configure(&mut cfg);
+        }
+        (self.tune)(&mut cfg);
+        cfg
     }
 
     /// Starts a new pristine node (`id` = position + 1) with its proxy; not yet a member.
@@ -162,15 +254,8 @@ impl TestCluster {
         let client_addr = client.local_addr().unwrap();
         let peer = TcpListener::bind((node_ip(id), 0)).await.unwrap();
         let proxy = Proxy::start(node_ip(id), peer.local_addr().unwrap()).await;
-        let api = format!("http://{client_addr}");
-        let mut cfg = base_config(
-            id,
-            dir.clone(),
-            api.clone(),
-            format!("http://{}", proxy.listen),
-            &self.cluster_id,
-        );
-        (self.tune)(&mut cfg);
+        let api = self.url(client_addr);
+        let cfg = self.config(id, dir.clone(), api.clone(), self.url(proxy.listen));
         let running = flagstaff_node::start(cfg, client, peer)
             .await
             .expect("start node");
@@ -206,10 +291,9 @@ impl TestCluster {
             .expect("rebind client port");
         let peer = TcpListener::bind((node_ip(id), 0)).await.unwrap();
         self.proxies[(id - 1) as usize].retarget(peer.local_addr().unwrap());
-        let peer_url = format!("http://{}", self.proxies[(id - 1) as usize].listen);
-        let mut cfg = base_config(id, dir, api, peer_url, &self.cluster_id);
+        let peer_url = self.url(self.proxies[(id - 1) as usize].listen);
+        let mut cfg = self.config(id, dir, api, peer_url);
         cfg.cluster_id = None; // a marked dir needs no cluster id
-        (self.tune)(&mut cfg);
         let running = flagstaff_node::start(cfg, client, peer)
             .await
             .expect("restart node");

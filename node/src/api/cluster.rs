@@ -322,8 +322,9 @@ async fn relay(
     body: Bytes,
 ) -> Response {
     let url = format!("{}{}", base.trim_end_matches('/'), uri.path());
-    let client = reqwest::Client::new();
-    let mut req = client
+    let mut req = node
+        .peers
+        .api_http()
         .request(method, &url)
         .body(body)
         .timeout(node.config.write_timeout);
@@ -373,7 +374,9 @@ async fn verify_new_member(node: &Node, id: NodeId, member: &Member) -> Result<(
     let peer = member.peer_addr.as_str();
     let mut nonce = [0u8; crate::peer::IDENTIFY_NONCE_BYTES];
     rand::thread_rng().fill_bytes(&mut nonce);
-    let reply = crate::peer::identify(peer, &nonce, node.config.peer_source_ip, IDENTIFY_TIMEOUT)
+    let reply = node
+        .peers
+        .identify(peer, &nonce, IDENTIFY_TIMEOUT)
         .await
         .map_err(|e| {
             let why = match e {

@@ -45,6 +45,14 @@ pub struct Console {
 
 type Ui = Arc<Console>;
 
+impl Console {
+    /// The console is served over HTTPS (the client listener has TLS): its cookies are
+    /// `Secure`.
+    fn over_tls(&self) -> bool {
+        self.node.config.tls.is_some()
+    }
+}
+
 /// The console's routes, served under `/ui` next to the API.
 pub fn router(node: Arc<Node>, api: Router) -> Router {
     let console = Arc::new(Console {
@@ -394,7 +402,12 @@ fn login_form(ui: &Console, status: StatusCode, next: &str, message: Option<&str
     );
     with_cookie(
         page,
-        session::set_cookie(LOGIN_COOKIE, &nonce, Duration::from_secs(3600)),
+        session::set_cookie(
+            LOGIN_COOKIE,
+            &nonce,
+            Duration::from_secs(3600),
+            ui.over_tls(),
+        ),
     )
 }
 
@@ -440,16 +453,20 @@ async fn login(State(ui): State<Ui>, req: Request) -> Response {
             SESSION_COOKIE,
             &ui.signer.issue(&actor, &hash_secret(token)),
             session::SESSION_TTL,
+            ui.over_tls(),
         ),
     );
-    with_cookie(resp, session::set_cookie(LOGIN_COOKIE, "", Duration::ZERO))
+    with_cookie(
+        resp,
+        session::set_cookie(LOGIN_COOKIE, "", Duration::ZERO, ui.over_tls()),
+    )
 }
 
-async fn logout(State(_ui): State<Ui>, form: SignedForm) -> Response {
+async fn logout(State(ui): State<Ui>, form: SignedForm) -> Response {
     tracing::info!(actor = form.signed.session.actor, "console sign-out");
     with_cookie(
         Redirect::to("/ui/login").into_response(),
-        session::set_cookie(SESSION_COOKIE, "", Duration::ZERO),
+        session::set_cookie(SESSION_COOKIE, "", Duration::ZERO, ui.over_tls()),
     )
 }
 

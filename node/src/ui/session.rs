@@ -139,12 +139,14 @@ pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A `Set-Cookie` value for the console: HttpOnly, SameSite=Strict, scoped to `/ui`.
-/// `max_age` 0 deletes the cookie.
-pub fn set_cookie(name: &str, value: &str, max_age: Duration) -> String {
+/// A `Set-Cookie` value for the console: HttpOnly, SameSite=Strict, scoped to `/ui`, and
+/// `Secure` (sent over HTTPS only) when the console is served over TLS. `max_age` 0 deletes
+/// the cookie.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
     format!(
-        "{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
-        max_age.as_secs()
+        "{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        max_age.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
 }
 
