@@ -705,3 +705,82 @@ async fn a_backup_restores_every_flag_segment_key_and_the_revision_into_a_new_cl
         "{written}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_tls_serves_https_between_nodes_and_to_the_cli_with_its_own_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = free_ports(3);
+    let peer = free_ports(3);
+    let dir = tmp.path().join("data");
+    let mut up = Command::new(exe())
+        .args(["cluster", "up", "--tls", "--nodes", "3"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--client-port", &client.to_string()])
+        .args(["--peer-port", &peer.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
+    let (banner, _keep_stdout_open) =
+        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
+            .await
+            .unwrap();
+    let ca = dir.join("tls").join("ca.pem");
+    assert!(banner.contains(&ca.display().to_string()), "{banner}");
+    let api = format!("https://127.0.0.1:{client}");
+    assert!(banner.contains(&api), "{banner}");
+
+    // Trusted with the generated CA, and only with it; plain HTTP gets no answer.
+    let mut trusting = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap() {
+        trusting = trusting.add_root_certificate(cert);
+    }
+    let trusting = trusting.build().unwrap();
+    for port in client..client + 3 {
+        let r = trusting
+            .get(format!("https://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "node on {port}");
+    }
+    assert!(http().get(format!("{api}/healthz")).send().await.is_err());
+    let plain = format!("http://127.0.0.1:{client}/healthz");
+    assert!(http().get(plain).send().await.is_err());
+
+    // The CLI finds the CA in the data dir; a write through a follower crosses the nodes'
+    // mutual TLS, and the other nodes serve it.
+    let cli = |args: &[&str], endpoint: &str| {
+        let out = Command::new(exe())
+            .args(args)
+            .args(["--endpoint", endpoint])
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for port in client..client + 3 {
+        let endpoint = format!("https://127.0.0.1:{port}");
+        cli(&["namespace", "create", &format!("ns-{port}")], &endpoint);
+    }
+    let endpoint = format!("https://127.0.0.1:{}", client + 2);
+    let listed = cli(&["namespace", "list"], &endpoint);
+    for port in client..client + 3 {
+        assert!(listed.contains(&format!("ns-{port}")), "{listed}");
+    }
+    assert!(cli(&["cluster", "status"], &endpoint).contains("voter"));
+
+    // SAFETY: kill(2) on the child this test started.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+}
