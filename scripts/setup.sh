@@ -12,7 +12,8 @@
 #                                 schemathesis), Node.js with npm (the OFREP providers),
 #                                 Debian's Chromium (the console's browser tests) and Debian's
 #                                 Prometheus client for Python, whose parser reads /metrics in
-#                                 node/tests/metrics.rs, and systemd-analyze (deploy/'s unit).
+#                                 node/tests/metrics.rs, systemd-analyze (deploy/'s unit) and
+#                                 iproute2 (cluster/tests/netns.rs, run as root).
 #                                 scripts/test.sh uses this set.
 set -euo pipefail
 set_name="${1:-test}"
@@ -33,6 +34,7 @@ if [ "$set_name" = test ]; then
   [ -x /usr/bin/chromium ] || test_need+=(chromium)
   /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || test_need+=(python3-prometheus-client)
   command -v systemd-analyze >/dev/null 2>&1 || test_need+=(systemd)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || test_need+=(iproute2)
 fi
 if [ $((${#build_need[@]} + ${#test_need[@]})) -gt 0 ]; then
   SUDO=""

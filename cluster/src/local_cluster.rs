@@ -13,11 +13,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use flagstaff_node::config::TlsFiles;
-use flagstaff_node::tls::dev::DevCa;
 use flagstaff_raft_store::marker;
+
 use rand::RngCore;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
+
+use crate::pki;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -43,49 +45,51 @@ pub struct UpArgs {
     tls: bool,
 }
 
-/// `DATA_DIR/tls`: the CA certificate and one certificate and key per node.
+/// `DATA_DIR/tls`, a [`pki::Dir`]: the CA and one certificate and key per node, `node-N`.
 struct LocalTls {
-    dir: PathBuf,
+    dir: pki::Dir,
 }
 
 impl LocalTls {
     fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.dir.ca().cert
     }
 
     fn node(&self, id: u64) -> TlsFiles {
-        TlsFiles {
-            cert: self.dir.join(format!("node-{id}.pem")),
-            key: self.dir.join(format!("node-{id}-key.pem")),
-        }
+        self.dir.files(&format!("node-{id}"))
     }
 
-    /// Reuses the files when all are there; otherwise makes a new CA (its key is never
-    /// written) and a certificate for each node, valid for `host`, `localhost` and 127.0.0.1.
+    /// Reuses the files when all are there; otherwise issues what is missing, with the CA
+    /// there or a new one, for `host`, `localhost` and 127.0.0.1.
     fn ensure(data_dir: &Path, nodes: usize, host: &str) -> anyhow::Result<Self> {
         let tls = Self {
-            dir: data_dir.join("tls"),
+            dir: pki::Dir(data_dir.join("tls")),
         };
         let ids = 1..=nodes as u64;
-        let complete = tls.ca().exists()
+        let ca_files = tls.dir.ca();
+        let has_ca = ca_files.cert.exists() && ca_files.key.exists();
+        if has_ca
             && ids
                 .clone()
-                .all(|id| tls.node(id).cert.exists() && tls.node(id).key.exists());
-        if complete {
+                .all(|id| tls.node(id).cert.exists() && tls.node(id).key.exists())
+        {
             return Ok(tls);
         }
-        std::fs::create_dir_all(&tls.dir)?;
-        let ca = DevCa::generate("Flagstaff local cluster CA")?;
+        let ca = match has_ca {
+            true => tls.dir.load_ca()?,
+            false => {
+                // A CA certificate without its key cannot sign: start over with a new CA.
+                let _ = std::fs::remove_file(&ca_files.cert);
+                tls.dir.create_ca("Flagstaff local cluster CA")?
+            }
+        };
         let mut names = vec![host.to_string(), "localhost".into(), "127.0.0.1".into()];
         names.sort();
         names.dedup();
         for id in ids {
-            let issued = ca.issue(&format!("flagstaff node {id}"), &names)?;
-            let files = tls.node(id);
-            std::fs::write(&files.cert, issued.cert_pem)?;
-            write_private(&files.key, &issued.key_pem)?;
+            let name = format!("node-{id}");
+            tls.dir.write(&name, &ca.issue(&name, &names)?)?;
         }
-        std::fs::write(tls.ca(), ca.cert_pem)?;
         Ok(tls)
     }
 
@@ -145,7 +149,7 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -4,6 +4,7 @@ mod backup;
 mod client;
 mod config_file;
 mod local_cluster;
+mod pki;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Cmd {
     /// Back up a running cluster, or seed a new one from a backup.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// A CA and node certificates for TLS, as files (or bring your own PKI).
+    #[command(subcommand)]
+    Tls(pki::TlsCmd),
 }
 
 #[derive(Subcommand)]
@@ -382,6 +386,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Namespace(cmd) => client::namespace(cmd).await,
         Cmd::Key(cmd) => client::key(cmd).await,
         Cmd::Backup(cmd) => backup::run(cmd).await,
+        Cmd::Tls(cmd) => pki::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! TLS with rustls: the listeners' certificates, the peer client's identity (mutual TLS between
 //! nodes), both read from PEM files and reloaded without a restart ([`watch_files`]: SIGHUP, or
-//! a change of the files), and [`dev`], a throwaway CA for local clusters and tests.
+//! a change of the files), and [`ca`], the CA that `cluster up --tls`, `flagstaff tls` and the
+//! tests issue certificates with.
 //!
 //! A reload builds a whole new configuration from the files and swaps it in only if it is
 //! complete and consistent (the key matches the certificate): a half-copied file leaves the
@@ -245,16 +246,28 @@ pub async fn watch_files(paths: Vec<PathBuf>, reload: impl Fn()) {
     }
 }
 
-/// A throwaway certificate authority for local clusters (`flagstaff cluster up --tls`) and
-/// tests. Its key lives only in memory; for a real deployment use the organisation's CA.
-pub mod dev {
+/// A certificate authority that issues node certificates: the throwaway one of `flagstaff
+/// cluster up --tls` and the tests, and `flagstaff tls ca` / `flagstaff tls cert` for a
+/// deployment without a PKI of its own. Keys are ECDSA P-256.
+pub mod ca {
+    use std::path::Path;
+    use std::time::Duration;
+
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
     };
 
+    use super::{file_error, read_pem, ServerTls, TlsError, TlsFiles};
+
+    /// How long a CA certificate is valid.
+    pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+    /// How long a node certificate is valid: renew it (`flagstaff tls cert` again, then a
+    /// SIGHUP or nothing at all: the node picks up changed files) before it runs out.
+    pub const CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
     /// A CA: its certificate (PEM) and what it signs with.
-    pub struct DevCa {
+    pub struct Authority {
         pub cert_pem: String,
         issuer: Issuer<'static, KeyPair>,
     }
@@ -265,25 +278,61 @@ pub mod dev {
         pub key_pem: String,
     }
 
-    impl DevCa {
+    /// Valid from an hour ago (clocks differ a little) for `validity`.
+    fn validity(params: &mut CertificateParams, validity: Duration) {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + validity;
+    }
+
+    fn config_error(what: &str, e: rcgen::Error) -> TlsError {
+        TlsError::Config(format!("{what}: {e}"))
+    }
+
+    impl Authority {
         /// A new CA named `name`.
-        pub fn generate(name: &str) -> Result<Self, rcgen::Error> {
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
+        pub fn generate(name: &str) -> Result<Self, TlsError> {
+            let fault = |e| config_error("making the CA", e);
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fault)?;
             params.distinguished_name.push(DnType::CommonName, name);
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate()?;
-            let cert = params.self_signed(&key)?;
+            validity(&mut params, CA_VALIDITY);
+            let key = KeyPair::generate().map_err(fault)?;
+            let cert = params.self_signed(&key).map_err(fault)?;
             Ok(Self {
                 cert_pem: cert.pem(),
                 issuer: Issuer::new(params, key),
             })
         }
 
+        /// The CA of a certificate file and its key file, refused when the key is not the
+        /// certificate's.
+        pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+            ServerTls::build(files, None)?;
+            let text = |path: &Path| {
+                String::from_utf8(read_pem(path)?).map_err(|_| file_error(path, "is not PEM text"))
+            };
+            let cert_pem = text(&files.cert)?;
+            let key = KeyPair::from_pem(&text(&files.key)?).map_err(|e| {
+                file_error(&files.key, format!("is not a key rcgen can sign with: {e}"))
+            })?;
+            let issuer =
+                Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| file_error(&files.cert, e))?;
+            Ok(Self { cert_pem, issuer })
+        }
+
+        /// The CA's private key (PEM, PKCS#8).
+        pub fn key_pem(&self) -> String {
+            self.issuer.key().serialize_pem()
+        }
+
         /// A certificate for `names` (host names or IP addresses), good both for serving and
-        /// for connecting as a client (a node is both to its peers).
-        pub fn issue(&self, common_name: &str, names: &[String]) -> Result<Issued, rcgen::Error> {
-            let mut params = CertificateParams::new(names.to_vec())?;
+        /// for connecting as a client (a node is both to its peers), valid for
+        /// [`CERT_VALIDITY`].
+        pub fn issue(&self, common_name: &str, names: &[String]) -> Result<Issued, TlsError> {
+            let fault = |e| config_error("issuing a certificate", e);
+            let mut params = CertificateParams::new(names.to_vec()).map_err(fault)?;
             params
                 .distinguished_name
                 .push(DnType::CommonName, common_name);
@@ -295,8 +344,9 @@ pub mod dev {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &self.issuer)?;
+            validity(&mut params, CERT_VALIDITY);
+            let key = KeyPair::generate().map_err(fault)?;
+            let cert = params.signed_by(&key, &self.issuer).map_err(fault)?;
             Ok(Issued {
                 cert_pem: cert.pem(),
                 key_pem: key.serialize_pem(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use flagstaff_node::config::{PeerTlsFiles, TlsFiles};
 use flagstaff_node::metrics::ReloadOutcome;
 use flagstaff_node::peer::{PeerClient, PATH_STATUS};
-use flagstaff_node::tls::dev::DevCa;
+use flagstaff_node::tls::ca::Authority;
 use flagstaff_node::tls::ServerTls;
 use flagstaff_test_cluster::{bool_flag, TestCluster, SECRET};
 use rustls::pki_types::pem::PemObject;
@@ -26,7 +26,7 @@ fn client_trusting(ca: &std::path::Path) -> reqwest::ClientBuilder {
 }
 
 /// Writes a certificate from `ca` and its key under `dir` as `name.pem`, `name-key.pem`.
-fn write_issued(ca: &DevCa, dir: &std::path::Path, name: &str) -> TlsFiles {
+fn write_issued(ca: &Authority, dir: &std::path::Path, name: &str) -> TlsFiles {
     let issued = ca.issue(name, &["127.0.0.1".into()]).unwrap();
     let files = TlsFiles {
         cert: dir.join(format!("{name}.pem")),
@@ -97,7 +97,7 @@ async fn a_tls_cluster_serves_https_and_talks_raft_only_with_certificates_of_its
     let anonymous = client_trusting(&tls.ca).build().unwrap();
     assert!(anonymous.post(&peer).send().await.is_err());
     let dir = tempfile::tempdir().unwrap();
-    let foreign_ca = DevCa::generate("another CA").unwrap();
+    let foreign_ca = Authority::generate("another CA").unwrap();
     let foreign = write_issued(&foreign_ca, dir.path(), "stranger");
     let mut pem = std::fs::read(&foreign.cert).unwrap();
     pem.extend(std::fs::read(&foreign.key).unwrap());
@@ -224,7 +224,7 @@ async fn certificates_reload_without_a_restart_and_a_broken_file_keeps_the_old_o
 
     // A key that no longer fits is refused; the node keeps serving the renewed certificate.
     let files = tls.node_files(1);
-    let other_key = DevCa::generate("unrelated").unwrap();
+    let other_key = Authority::generate("unrelated").unwrap();
     let unrelated = other_key.issue("x", &["127.0.0.1".into()]).unwrap();
     // Counted from here: writing the renewal's key before its certificate may itself have
     // failed one reload in between.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flagstaff_node::config::{PeerTlsFiles, TlsFiles};
-use flagstaff_node::tls::dev::DevCa;
+use flagstaff_node::tls::ca::Authority;
 use flagstaff_node::{NodeConfig, RunningNode};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,13 +123,13 @@ pub struct TestTls {
     pub dir: PathBuf,
     /// The CA certificate (PEM).
     pub ca: PathBuf,
-    authority: DevCa,
+    authority: Authority,
 }
 
 impl TestTls {
     fn new(dir: PathBuf) -> TestTls {
         std::fs::create_dir_all(&dir).unwrap();
-        let authority = DevCa::generate("test cluster CA").unwrap();
+        let authority = Authority::generate("test cluster CA").unwrap();
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, &authority.cert_pem).unwrap();
         TestTls { dir, ca, authority }
