@@ -1,4 +1,5 @@
-//! Real `flagstaff` processes: `kill -9` of the leader under a stream of writes, and the
+//! Real `flagstaff` processes: `kill -9` of the leader under a stream of writes, a rolling
+//! restart (SIGTERM, one node at a time) under writes with SDKs evaluating, and the
 //! `cluster up` command of the README (start, tour, stop, restart on the same data).
 
 use std::net::TcpListener;
@@ -783,4 +784,280 @@ async fn cluster_up_tls_serves_https_between_nodes_and_to_the_cli_with_its_own_c
         libc::kill(up.id() as i32, libc::SIGTERM);
     }
     assert!(up.wait().unwrap().success());
+}
+
+/// SIGTERM to a node this test started, then its exit, within `limit`: how long the drain took.
+async fn stop_gracefully(p: &mut Proc, limit: Duration) -> Duration {
+    let mut child = p.child.take().expect("a running node");
+    let start = Instant::now();
+    // SAFETY: kill(2) on a child this test started and still owns.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "node {} exited with {status}", p.id);
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("node {} did not stop within {limit:?} of SIGTERM", p.id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One writer: flag `w{i}` after `w{i-1}`, each under its own idempotency key and retried on
+/// the next node until acknowledged. Returns each acknowledgement's time and revision.
+async fn write_sequentially(
+    http: reqwest::Client,
+    apis: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, Instant)>>>,
+) {
+    use std::sync::atomic::Ordering;
+    let started = Instant::now();
+    let mut target = 0usize;
+    let body =
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
+    for i in 0..20_000u64 {
+        if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(180) {
+            return;
+        }
+        let key = format!("w{i}");
+        let revision = loop {
+            let r = http
+                .put(format!("{}/v1/namespaces/roll/flags/{key}", apis[target]))
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(5))
+                .json(&body)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    break r.json::<Value>().await.unwrap()["revision"]
+                        .as_u64()
+                        .unwrap()
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    panic!("write {key}: {} {}", r.status(), r.text().await.unwrap())
+                }
+                // Refused (a draining or restarting node), 503 or 504: the same key elsewhere.
+                _ => {
+                    target = (target + 1) % apis.len();
+                    assert!(
+                        started.elapsed() < Duration::from_secs(180),
+                        "write {key} never acknowledged"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        acked.lock().unwrap().push((key, revision, Instant::now()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_writes_loses_no_write_and_no_sdk_answers_a_default() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let http = http();
+    let mut procs = three_nodes(tmp.path(), "rolling", &http).await;
+    let apis: Vec<String> = procs.iter().map(|p| p.api.clone()).collect();
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        let r = http
+            .request(method, format!("{}{path}", apis[0]))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    admin(reqwest::Method::PUT, "/v1/namespaces/roll", json!({})).await;
+    let on =
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"});
+    admin(
+        reqwest::Method::PUT,
+        "/v1/namespaces/roll/flags/feature",
+        on,
+    )
+    .await;
+    let key = admin(
+        reqwest::Method::POST,
+        "/v1/namespaces/roll/sdk-keys",
+        json!({"name": "apps"}),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Two applications evaluating every 2 ms. A fault: an error, or the caller's default.
+    let faults = Arc::new(AtomicU64::new(0));
+    let evaluations = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut apps = Vec::new();
+    for n in 0..2 {
+        let client = flagstaff_client::Client::builder("roll", key.clone())
+            .endpoints(apis.clone())
+            .lkg_file(tmp.path().join(format!("app-{n}.lkg")))
+            .build()
+            .unwrap();
+        client
+            .wait_ready(Duration::from_secs(15))
+            .await
+            .expect("the SDK is ready");
+        let (faults, evaluations, stop) = (faults.clone(), evaluations.clone(), stop.clone());
+        apps.push(tokio::spawn(async move {
+            let ctx = flagstaff_client::context().with_targeting_key(format!("user-{n}"));
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let d = client.bool_details("feature", &ctx, false);
+                if d.reason == flagstaff_client::Reason::Error || d.variant.is_none() || !d.value {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                }
+                evaluations.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            client.close();
+        }));
+    }
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = tokio::spawn(write_sequentially(
+        http.clone(),
+        apis.clone(),
+        stop.clone(),
+        acked.clone(),
+    ));
+    let acks = || acked.lock().unwrap().len();
+    let more_acks = |n: usize| {
+        let from = acks();
+        let acked = acked.clone();
+        wait_until("writes to go on", Duration::from_secs(60), move || {
+            let done = acked.lock().unwrap().len() >= from + n;
+            async move { done }
+        })
+    };
+    more_acks(50).await;
+
+    // Followers first, the leader last, as an operator rolls a cluster.
+    let leader = leader_of(&http, &apis[0]).await.unwrap();
+    let mut order: Vec<usize> = (0..3).filter(|&i| procs[i].id != leader).collect();
+    order.push((leader - 1) as usize);
+    let mut report = Vec::new();
+    for i in order {
+        let was_leader = procs[i].id == leader;
+        let from = Instant::now();
+        let drain = stop_gracefully(&mut procs[i], Duration::from_secs(15)).await;
+        spawn_node(&mut procs[i], None, tmp.path());
+        let ready = format!("{}/readyz", procs[i].api);
+        wait_until(
+            "the restarted node's /readyz",
+            Duration::from_secs(60),
+            || {
+                let r = http.get(&ready).send();
+                async move { r.await.is_ok_and(|r| r.status() == 200) }
+            },
+        )
+        .await;
+        // Back: it serves, from its own state, the latest write acknowledged by now.
+        let (last, _) = {
+            let a = acked.lock().unwrap();
+            let l = a.last().unwrap();
+            (l.0.clone(), l.1)
+        };
+        let url = format!(
+            "{}/v1/namespaces/roll/flags/{last}?consistency=bounded",
+            procs[i].api
+        );
+        wait_until(
+            "the restarted node to catch up",
+            Duration::from_secs(60),
+            || {
+                let r = http.get(&url).bearer_auth(TOKEN).send();
+                async move { r.await.is_ok_and(|r| r.status() == 200) }
+            },
+        )
+        .await;
+        more_acks(50).await;
+        let until = Instant::now();
+        let leader_now = leader_of(&http, &procs[i].api).await;
+        // The longest wait between two acknowledgements around this restart.
+        let a = acked.lock().unwrap();
+        let times: Vec<Instant> = a.iter().map(|x| x.2).collect();
+        let first = times.iter().position(|t| *t >= from).unwrap_or(0).max(1) - 1;
+        let pause = times[first..]
+            .windows(2)
+            .take_while(|w| w[0] <= until)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap();
+        drop(a);
+        report.push((procs[i].id, was_leader, drain, pause, leader_now));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    for app in apps {
+        app.await.unwrap();
+    }
+
+    // Every acknowledged write is on every node, at its acknowledged revision.
+    let acked = acked.lock().unwrap().clone();
+    let last = acked.last().unwrap().1;
+    for p in &procs {
+        let url = format!(
+            "{}/v1/namespaces/roll/flags?consistency=bounded&min_revision={last}",
+            p.api
+        );
+        let flags: Value = http
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let present: std::collections::BTreeMap<&str, u64> = flags["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["key"].as_str().unwrap(), f["version"].as_u64().unwrap()))
+            .collect();
+        for (key, rev, _) in &acked {
+            assert_eq!(
+                present.get(key.as_str()),
+                Some(rev),
+                "node {} lost acknowledged write {key}@{rev}",
+                p.id
+            );
+        }
+    }
+    let evaluations = evaluations.load(Ordering::Relaxed);
+    let faults = faults.load(Ordering::Relaxed);
+    for (id, was_leader, drain, pause, leader_now) in &report {
+        println!(
+            "restart of node {id}{}: drain {drain:?}, longest write pause {pause:?}, leader after: {leader_now:?}",
+            if *was_leader { " (the leader)" } else { "" }
+        );
+    }
+    println!(
+        "{} writes acknowledged, 0 lost; {evaluations} SDK evaluations, {faults} defaults or errors",
+        acked.len()
+    );
+    assert!(evaluations > 1_000, "only {evaluations} evaluations");
+    assert_eq!(
+        faults, 0,
+        "SDK evaluations that answered a default or an error"
+    );
 }
