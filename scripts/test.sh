@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (system packages, cargo-nextest), builds,
-# then runs the stock OpenFeature OFREP providers against a live cluster, the web console in
-# Chromium against a live cluster, fuzzes a live cluster
-# against its OpenAPI document (schemathesis), checks that the fuzz
-# target builds, runs the fault-injection suite, and runs every Rust test with nextest (last,
-# so its summary closes the output).
+# Runs the whole test suite: installs what is missing (system packages, cargo-nextest,
+# cargo-deb), builds, checks the Debian package, then runs the stock OpenFeature OFREP providers
+# against a live cluster, the web console in Chromium against a live cluster, fuzzes a live
+# cluster against its OpenAPI document (schemathesis), checks that the fuzz target builds, runs
+# the fault-injection suite, and runs every Rust test with nextest (last, so its summary closes
+# the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -13,6 +13,12 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --all-targets --locked
+# The Debian package, from the binary just built (a release package: README "As a service").
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  cargo install cargo-deb --locked
+fi
+cargo deb -p flagstaff-cluster --no-build --profile dev -o "$CARGO_TARGET_DIR/flagstaff.deb"
+bash deploy/debian/check.sh "$CARGO_TARGET_DIR/flagstaff.deb"
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ui/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/openapi/run.sh

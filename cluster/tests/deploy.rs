@@ -1,7 +1,8 @@
 //! The files in `deploy/` as an operator uses them: the systemd unit passes `systemd-analyze
 //! verify`, and a node runs from the shipped `flagstaff.toml` (with this machine's addresses),
 //! logs JSON, serves `/metrics` on its metrics listener, lets the command line override the
-//! file, and refuses a file with an unknown key.
+//! file, and refuses a file with an unknown key; its commented TLS keys, uncommented, serve
+//! HTTPS with certificates from `flagstaff tls`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -79,12 +80,13 @@ fn a_node_runs_from_the_shipped_config_file() {
         .spawn()
         .unwrap();
     let stderr = node.stderr.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .take(3)
-            .collect::<Vec<_>>()
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok).take(3) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
     });
     let get = |port: u16, path: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -112,13 +114,15 @@ fn a_node_runs_from_the_shipped_config_file() {
     assert!(get(in_file, "/healthz").is_none());
     let scrape = get(metrics, "/metrics").expect("the metrics listener from the file");
     assert!(scrape.contains("flagstaff_raft_term"), "{scrape}");
+    // The first log line may come after the listeners answer: wait for it before the kill.
+    let first = log.recv_timeout(Duration::from_secs(30));
     // SAFETY: kill(2) on the child this test started and still owns.
     unsafe {
         libc::kill(node.id() as i32, libc::SIGKILL);
     }
     let _ = node.wait();
-    let lines = lines.join().unwrap();
-    assert!(!lines.is_empty());
+    let lines: Vec<String> = first.into_iter().chain(log.try_iter()).collect();
+    assert!(!lines.is_empty(), "the node logged nothing");
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
@@ -135,4 +139,103 @@ fn a_node_runs_from_the_shipped_config_file() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("listen-clinet"), "{said}");
+}
+
+#[tokio::test]
+async fn the_config_files_tls_keys_serve_https_with_certificates_from_flagstaff_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    for args in [
+        vec!["tls", "ca", "--dir"],
+        vec![
+            "tls",
+            "cert",
+            "--name",
+            "node",
+            "--host",
+            "127.0.0.1",
+            "--dir",
+        ],
+    ] {
+        let out = Command::new(exe()).args(args).arg(&tls).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let mut config = String::new();
+    for line in deploy("flagstaff.toml").lines() {
+        // The five TLS keys, uncommented as the file says.
+        let line = match line.strip_prefix("# ") {
+            Some(key) if key.contains("tls") && key.contains(" = ") => key,
+            _ => line,
+        };
+        config.push_str(line);
+        config.push('\n');
+    }
+    let config = config
+        .replace("/etc/flagstaff/tls", tls.to_str().unwrap())
+        .replace(
+            "/var/lib/flagstaff",
+            dir.path().join("data").to_str().unwrap(),
+        )
+        .replace("0.0.0.0:7701", &format!("127.0.0.1:{client}"))
+        .replace(
+            "http://10.0.0.1:7701",
+            &format!("https://127.0.0.1:{client}"),
+        )
+        .replace("http://10.0.0.1:7801", &format!("https://127.0.0.1:{peer}"))
+        .replace("10.0.0.1:7801", &format!("127.0.0.1:{peer}"))
+        .replace("10.0.0.1:9101", &format!("127.0.0.1:{metrics}"));
+    let tls_keys = config
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("tls"))
+        .count();
+    assert_eq!(tls_keys, 5, "{config}");
+    let path = dir.path().join("flagstaff.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut node = Command::new(exe())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("FLAGSTAFF_CLUSTER_SECRET", "deploy-test-secret")
+        .env("FLAGSTAFF_ADMIN_TOKEN", "deploy-test-token")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut https = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+    for cert in reqwest::Certificate::from_pem_bundle(&ca).unwrap() {
+        https = https.add_root_certificate(cert);
+    }
+    let https = https.build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        match https
+            .get(format!("https://127.0.0.1:{client}/healthz"))
+            .send()
+            .await
+        {
+            Ok(r) => break r.status(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the node never served HTTPS: {e}"),
+        }
+    };
+    // Plain HTTP to the same port is not served.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{client}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    // SAFETY: kill(2) on the child this test started and still owns.
+    unsafe {
+        libc::kill(node.id() as i32, libc::SIGKILL);
+    }
+    let _ = node.wait();
+    assert_eq!(health, 200);
+    assert!(plain.map_or(true, |r| !r.status().is_success()));
 }
