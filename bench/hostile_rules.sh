@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${FLAGSTAFF_BIN:-${CARGO_TARGET_DIR:-target}/debug/flagstaff}"
 D=$(mktemp -d /tmp/flagstaff-hostile.XXXX)
-$BIN cluster up --data-dir "$D" --client-port 7711 --peer-port 7811 > "$D/log" 2>&1 &
+$BIN cluster up --data-dir "$D" --client-port 7711 --peer-port 7811 --sync-port 7911 > "$D/log" 2>&1 &
 CL=$!
 trap 'kill $CL 2>/dev/null; wait $CL 2>/dev/null || true; rm -rf "$D"' EXIT
 for i in $(seq 1 100); do [ -s "$D/admin.token" ] && curl -sf http://127.0.0.1:7711/healthz >/dev/null && break; sleep 0.5; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing (system packages, cargo-nextest,
 # cargo-deb), builds, checks the Debian package, then runs the stock OpenFeature OFREP providers
-# against a live cluster, the web console in Chromium against a live cluster, fuzzes a live
+# and the stock Python flagd provider (in-process, over the flagd sync service) against a live
+# cluster, the web console in Chromium against a live cluster, fuzzes a live
 # cluster against its OpenAPI document (schemathesis), checks that the fuzz target builds, runs
 # the fault-injection suite, and runs every Rust test with nextest (last, so its summary closes
 # the output).
@@ -20,6 +21,7 @@ fi
 cargo deb -p flagstaff-cluster --no-build --profile dev -o "$CARGO_TARGET_DIR/flagstaff.deb"
 bash deploy/debian/check.sh "$CARGO_TARGET_DIR/flagstaff.deb"
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
+FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/flagd-providers/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ui/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/openapi/run.sh
 # 60 s of fuzzing parse → validate → compile → evaluate, with memory and time limits per input.

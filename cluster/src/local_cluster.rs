@@ -35,6 +35,9 @@ pub struct UpArgs {
     /// Peer port of node 1; node N listens on BASE+N-1.
     #[arg(long, default_value_t = 7801)]
     peer_port: u16,
+    /// flagd gRPC sync port of node 1 (`--listen-sync`); node N listens on BASE+N-1.
+    #[arg(long, default_value_t = 7901)]
+    sync_port: u16,
     /// Loopback address the nodes bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -210,6 +213,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let id = i as u64 + 1;
         let client = format!("{}:{}", args.host, args.client_port + i as u16);
         let peer = format!("{}:{}", args.host, args.peer_port + i as u16);
+        let sync = format!("{}:{}", args.host, args.sync_port + i as u16);
         let log = std::fs::File::create(data_dir.join(format!("node-{id}.log")))?;
         let mut cmd = Command::new(&exe);
         cmd.arg("serve")
@@ -217,6 +221,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen-client", &client, "--listen-peer", &peer])
+            .args(["--listen-sync", &sync])
             .env("FLAGSTAFF_CLUSTER_SECRET", &secret)
             .env("FLAGSTAFF_ADMIN_TOKEN", &token)
             .stdin(Stdio::null())

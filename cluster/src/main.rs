@@ -238,6 +238,14 @@ struct ServeArgs {
     /// a scraper on another network than the clients.
     #[arg(long, env = "FLAGSTAFF_LISTEN_METRICS")]
     listen_metrics: Option<SocketAddr>,
+    /// Serve flagd's gRPC sync service (`flagd.sync.v1.FlagSyncService`) here, for the stock
+    /// flagd providers' in-process mode (plain gRPC; none by default).
+    #[arg(long, env = "FLAGSTAFF_LISTEN_SYNC")]
+    listen_sync: Option<SocketAddr>,
+    /// A namespace the sync listener serves to providers that send no SDK key (repeat, or
+    /// separate with commas; none by default: every stream needs the namespace's key).
+    #[arg(long, env = "FLAGSTAFF_SYNC_KEYLESS_NAMESPACE", value_delimiter = ',')]
+    sync_keyless_namespace: Vec<String>,
     /// At shutdown (SIGTERM), how long requests in flight may take to finish before they are cut.
     #[arg(long, env = "FLAGSTAFF_DRAIN_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     drain_timeout_ms: u64,
@@ -317,6 +325,8 @@ impl ServeArgs {
         };
         c.peer_listener.max_connections = self.max_peer_connections.max(1);
         c.listen_metrics = self.listen_metrics;
+        c.listen_sync = self.listen_sync;
+        c.sync_keyless_namespaces = self.sync_keyless_namespace.iter().cloned().collect();
         c.max_evaluation_series = self.metrics_max_evaluation_series;
         c.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
         c.tls = tls;

@@ -288,6 +288,7 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     let tmp = tempfile::tempdir().unwrap();
     let client = free_ports(3);
     let peer = free_ports(3);
+    let sync = free_ports(3);
     let start = |dir: &Path| {
         Command::new(exe())
             .args(["cluster", "up", "--nodes", "3"])
@@ -298,6 +299,8 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
                 &client.to_string(),
                 "--peer-port",
                 &peer.to_string(),
+                "--sync-port",
+                &sync.to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -719,6 +722,7 @@ async fn cluster_up_tls_serves_https_between_nodes_and_to_the_cli_with_its_own_c
         .arg(&dir)
         .args(["--client-port", &client.to_string()])
         .args(["--peer-port", &peer.to_string()])
+        .args(["--sync-port", &free_ports(3).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -66,6 +66,10 @@ pub struct NodeConfig {
     pub max_evaluation_series: usize,
     /// Where to serve `GET /metrics` alone, besides the client listener (none by default).
     pub listen_metrics: Option<std::net::SocketAddr>,
+    /// flagd's gRPC sync service (`flagd_sync.rs`), when set.
+    pub listen_sync: Option<std::net::SocketAddr>,
+    /// Namespaces the sync listener serves to providers that send no key (none by default).
+    pub sync_keyless_namespaces: std::collections::BTreeSet<String>,
     /// At shutdown, how long requests in flight may take to finish before they are cut.
     pub drain_timeout: Duration,
     /// TLS of the client listener (and of the metrics listener); `None`: plain HTTP.
@@ -144,6 +148,8 @@ impl NodeConfig {
             peer_listener: Self::DEFAULT_PEER_LISTENER,
             max_evaluation_series: Self::DEFAULT_MAX_EVALUATION_SERIES,
             listen_metrics: None,
+            listen_sync: None,
+            sync_keyless_namespaces: Default::default(),
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             tls: None,
             peer_tls: None,

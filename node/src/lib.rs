@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fault_injection;
+pub mod flagd_sync;
 pub mod listener;
 pub mod metrics;
 pub mod network;

@@ -376,6 +376,13 @@ pub async fn start(
             "metrics",
         )));
     }
+    if let Some(addr) = node.config.listen_sync {
+        tasks.push(crate::flagd_sync::spawn(
+            &node,
+            addr,
+            when_stopped(stop_rx.clone()),
+        )?);
+    }
     let app = client_router(node.clone());
     warn_if_plain(&client, tls.client.is_some(), "client");
     warn_if_plain(&peer, tls.peer.is_some(), "peer");

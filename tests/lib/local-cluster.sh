@@ -81,8 +81,8 @@ python_venv() {
 
 start_local_cluster() {
   phase "start cluster"
-  # node N uses BASE+N-1 for both listeners
-  read -r client_port peer_port < <(python3 - <<'PY'
+  # node N uses BASE+N-1 for each of its listeners (client, peer, flagd sync)
+  read -r client_port peer_port sync_port < <(python3 - <<'PY'
 import random, socket, sys
 def free(port):
     s = socket.socket()
@@ -95,15 +95,16 @@ def free(port):
         s.close()
 for _ in range(200):
     c = random.randrange(20000, 30000)
-    p = c + 10000
-    if all(free(c + i) and free(p + i) for i in range(3)):
-        print(c, p)
+    p, s = c + 10000, c - 10000
+    if all(free(c + i) and free(p + i) and free(s + i) for i in range(3)):
+        print(c, p, s)
         sys.exit(0)
 sys.exit("no free ports found")
 PY
   )
   data="$work/data"
   "$bin" cluster up --data-dir "$data" --client-port "$client_port" --peer-port "$peer_port" \
+    --sync-port "$sync_port" \
     >"$work/cluster.log" 2>&1 &
   cluster_pid=$!
   urls=("http://127.0.0.1:$client_port" "http://127.0.0.1:$((client_port + 1))" "http://127.0.0.1:$((client_port + 2))")

@@ -54,6 +54,11 @@ impl Caller {
             return Ok(Caller::Admin(name.clone()));
         }
         let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        Caller::of_secret(presented, node)
+    }
+
+    /// The caller a presented secret (admin token or SDK key) names, for any protocol.
+    pub fn of_secret(presented: &str, node: &Node) -> Result<Caller, ApiError> {
         if let Some(name) = Caller::configured_admin(presented, node) {
             return Ok(Caller::Admin(name));
         }

@@ -1,0 +1,342 @@
+//! flagd's gRPC sync service (`flagd.sync.v1.FlagSyncService`) on `--listen-sync`, so the
+//! stock flagd providers of every language evaluate a namespace in-process and follow its
+//! changes. Each message is the namespace as one flagd document (the export of
+//! `GET /v1/namespaces/{ns}/flagd`, with the namespace and revision in its `metadata`).
+//!
+//! - Selector: the `flagd-selector` metadata header, else the request's `selector`, as
+//!   `flagSetId=<ns>` or a bare `<ns>`. Missing or malformed: `INVALID_ARGUMENT`; an unknown
+//!   namespace: `NOT_FOUND`.
+//! - Credentials: the namespace's SDK key (or an admin token) as `authorization: Bearer …`
+//!   metadata; without one, only the namespaces the operator listed in
+//!   `--sync-keyless-namespace` are served, on this listener only.
+//! - Consistency: as the SSE watch, a stream is served only while the node can prove its data
+//!   is at most `--max-staleness-ms` old; when it cannot, the stream ends with `UNAVAILABLE`
+//!   so the provider reconnects (to another node behind the same name). A revoked key ends
+//!   its streams with `PERMISSION_DENIED`; a stopping node ends them with `UNAVAILABLE` (the
+//!   Node provider reconnects only after an error status).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+use crate::api::extract::{bearer, Caller};
+use crate::error::ApiError;
+use crate::node::{Consistency, Node};
+
+#[allow(clippy::all, missing_docs)]
+#[rustfmt::skip]
+pub mod proto;
+
+use proto::flag_sync_service_server::{FlagSyncService, FlagSyncServiceServer};
+use proto::{
+    FetchAllFlagsRequest, FetchAllFlagsResponse, GetMetadataRequest, GetMetadataResponse,
+    SyncFlagsRequest, SyncFlagsResponse,
+};
+
+/// Serves the sync service on `listener` until `stopping` resolves; open streams end then.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        // Pings keep idle streams alive through middleboxes and find dead peers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .add_service(FlagSyncServiceServer::new(Sync { node }))
+        .serve_with_incoming_shutdown(incoming, stopping)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "sync listener failed");
+    }
+}
+
+struct Sync {
+    node: Arc<Node>,
+}
+
+/// The namespace a request selects: `flagSetId=<ns>` or `<ns>`, from the `flagd-selector`
+/// header first, then the body's deprecated `selector`.
+fn selected_namespace<T>(req: &Request<T>, body_selector: &str) -> Result<String, Status> {
+    let header = req
+        .metadata()
+        .get("flagd-selector")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Status::invalid_argument("flagd-selector: not text"))
+        })
+        .transpose()?;
+    let raw = header.unwrap_or(body_selector).trim();
+    if raw.is_empty() {
+        return Err(Status::invalid_argument(
+            "no selector: send the namespace as `flagSetId=<namespace>` in the flagd-selector \
+             header (the provider's selector option)",
+        ));
+    }
+    let ns = match raw.split_once('=') {
+        Some(("flagSetId", ns)) => ns.trim(),
+        Some((key, _)) => {
+            return Err(Status::invalid_argument(format!(
+                "selector {raw:?}: only `flagSetId=<namespace>` or a bare namespace is understood, not {key:?}"
+            )))
+        }
+        None => raw,
+    };
+    crate::api::extract::check_name("selector", ns)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ns.to_string())
+}
+
+fn status_of(e: ApiError) -> Status {
+    match e {
+        ApiError::BadRequest { message, .. } => Status::invalid_argument(message),
+        ApiError::Unauthenticated => Status::unauthenticated(
+            "missing or unknown key: send the namespace's SDK key as `authorization: Bearer <key>`",
+        ),
+        ApiError::Forbidden(m) => Status::permission_denied(m),
+        ApiError::NotFound(m) => Status::not_found(m),
+        ApiError::RateLimited { retry_after_secs } => Status::resource_exhausted(format!(
+            "too many sync streams or starts; retry after {retry_after_secs} s"
+        )),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+impl Sync {
+    /// Who may read `ns`: the presented key, or nobody-in-particular where the operator
+    /// allowed key-less sync for it.
+    fn authorize<T>(&self, req: &Request<T>, ns: &str) -> Result<Option<Caller>, Status> {
+        let headers = req.metadata().clone().into_headers();
+        match bearer(&headers) {
+            Some(secret) => {
+                let caller = Caller::of_secret(secret, &self.node).map_err(status_of)?;
+                caller.check_namespace(ns).map_err(status_of)?;
+                Ok(Some(caller))
+            }
+            None if self.node.config.sync_keyless_namespaces.contains(ns) => Ok(None),
+            None => Err(status_of(ApiError::Unauthenticated)),
+        }
+    }
+
+    /// The namespace's document once this node can prove its bound.
+    async fn fresh_document(&self, ns: &str) -> Result<(String, u64), Status> {
+        let bound = self.node.config.max_staleness;
+        self.node
+            .read_barrier(Consistency::Bounded(bound), None)
+            .await
+            .map_err(status_of)?;
+        document(&self.node, ns)
+            .ok_or_else(|| Status::not_found(format!("namespace {ns:?} does not exist")))
+    }
+}
+
+/// `{"flags": …, "$evaluators": …, "metadata": {"flagSetId", "flagstaffRevision"}}`: the same
+/// bytes for the same state (keys sorted), and its namespace revision.
+pub fn document(node: &Node, ns: &str) -> Option<(String, u64)> {
+    let (flags, evaluators, revision) = {
+        let state = node.state.read();
+        let space = state.namespace(ns)?;
+        let (flags, evaluators) = crate::api::sdk::definitions(ns, space);
+        (flags, evaluators, space.last_change)
+    };
+    let mut doc = Map::new();
+    doc.insert("flags".into(), Value::Object(flags));
+    if !evaluators.is_empty() {
+        doc.insert("$evaluators".into(), Value::Object(evaluators));
+    }
+    doc.insert(
+        "metadata".into(),
+        json!({"flagSetId": ns, "flagstaffRevision": revision}),
+    );
+    Some((Value::Object(doc).to_string(), revision))
+}
+
+/// `sync_context`: the namespace, its revision, the cluster and the node answering.
+fn sync_context(node: &Node, ns: &str, revision: u64) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    let text = |s: &str| prost_types::Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let number = |n: u64| prost_types::Value {
+        kind: Some(Kind::NumberValue(n as f64)),
+    };
+    prost_types::Struct {
+        fields: [
+            ("flagSetId".to_string(), text(ns)),
+            ("flagstaffRevision".to_string(), number(revision)),
+            ("flagstaffCluster".to_string(), text(&node.cluster_id)),
+            ("flagstaffNode".to_string(), number(node.id)),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncFlagsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FlagSyncService for Sync {
+    type SyncFlagsStream = SyncStream;
+
+    async fn sync_flags(
+        &self,
+        req: Request<SyncFlagsRequest>,
+    ) -> Result<Response<Self::SyncFlagsStream>, Status> {
+        let ns = selected_namespace(&req, &req.get_ref().selector)?;
+        let caller = self.authorize(&req, &ns)?;
+        let who = match &caller {
+            Some(Caller::Admin(name)) => format!("admin:{name}"),
+            Some(Caller::Sdk { hash, .. }) => format!("sdk:{hash}"),
+            None => format!("keyless:{ns}"),
+        };
+        let slot = self.node.watch_streams.acquire(&who).ok_or_else(|| {
+            status_of(ApiError::RateLimited {
+                retry_after_secs: 5,
+            })
+        })?;
+        self.node.sdk_admission.admit().await.map_err(status_of)?;
+        // Subscribe before reading, so no change applied after the read is missed.
+        let rx = self.node.hub.subscribe();
+        let (doc, revision) = self.fresh_document(&ns).await?;
+        let (tx, out) = mpsc::channel(4);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            follow(node, caller, ns, doc, revision, rx, tx).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn fetch_all_flags(
+        &self,
+        req: Request<FetchAllFlagsRequest>,
+    ) -> Result<Response<FetchAllFlagsResponse>, Status> {
+        let ns = selected_namespace(&req, &req.get_ref().selector)?;
+        self.authorize(&req, &ns)?;
+        self.node.sdk_admission.admit().await.map_err(status_of)?;
+        let (flag_configuration, _) = self.fresh_document(&ns).await?;
+        Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
+    }
+
+    async fn get_metadata(
+        &self,
+        _req: Request<GetMetadataRequest>,
+    ) -> Result<Response<GetMetadataResponse>, Status> {
+        use prost_types::value::Kind;
+        let text = |s: &str| prost_types::Value {
+            kind: Some(Kind::StringValue(s.to_string())),
+        };
+        Ok(Response::new(GetMetadataResponse {
+            metadata: Some(prost_types::Struct {
+                fields: [
+                    ("flagstaffCluster".to_string(), text(&self.node.cluster_id)),
+                    ("flagstaffNode".to_string(), text(&self.node.id.to_string())),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+        }))
+    }
+}
+
+/// One stream: the document now, then again after every change to the namespace (changes that
+/// arrive together are sent as one), until the client leaves, the node stops, the node can no
+/// longer prove its bound, the key is revoked or the namespace is deleted.
+async fn follow(
+    node: Arc<Node>,
+    caller: Option<Caller>,
+    ns: String,
+    doc: String,
+    mut sent: u64,
+    mut rx: broadcast::Receiver<Arc<crate::watch_hub::HubBatch>>,
+    tx: mpsc::Sender<Result<SyncFlagsResponse, Status>>,
+) {
+    let message = |doc: String, revision: u64| SyncFlagsResponse {
+        flag_configuration: doc,
+        sync_context: Some(sync_context(&node, &ns, revision)),
+    };
+    if tx.send(Ok(message(doc, sent))).await.is_err() {
+        return;
+    }
+    let bound_ms = node.config.max_staleness.as_millis() as u64;
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
+    let mut ticker = tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
+    loop {
+        let changed = tokio::select! {
+            // Not a clean end: some stock providers reconnect only after an error status.
+            _ = &mut stopping => {
+                let _ = tx.send(Err(Status::unavailable("this node is stopping; reconnect to another node"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+            batch = rx.recv() => match batch {
+                Ok(b) => b.reset || b.events.iter().any(|e| e.ns == ns),
+                // Behind the hub: resynchronise from the state, which is what a message is.
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = ticker.tick() => {
+                if caller.as_ref().is_some_and(|c| !c.still_valid(&node)) {
+                    let _ = tx.send(Err(Status::permission_denied("the SDK key was revoked"))).await;
+                    return;
+                }
+                match node.proofs.staleness_ms() {
+                    Some(s) if s <= bound_ms => false,
+                    other => {
+                        let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
+                        let _ = tx.send(Err(Status::unavailable(msg))).await;
+                        return;
+                    }
+                }
+            }
+        };
+        if !changed {
+            continue;
+        }
+        // Coalesce: whatever else is already queued is covered by the one document below.
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
+        match document(&node, &ns) {
+            Some((doc, revision)) if revision > sent => {
+                sent = revision;
+                if tx.send(Ok(message(doc, revision))).await.is_err() {
+                    return;
+                }
+            }
+            Some(_) => {}
+            None => {
+                let _ = tx
+                    .send(Err(Status::not_found(format!(
+                        "namespace {ns:?} was deleted"
+                    ))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Binds `--listen-sync` and serves it on the node's client runtime.
+pub fn spawn(
+    node: &Arc<Node>,
+    addr: std::net::SocketAddr,
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
+    let listener = crate::listener::bind(addr)?;
+    if node.config.tls.is_some() {
+        tracing::warn!(
+            "the sync listener serves plain gRPC (h2c): TLS on it is not supported yet; bind it to a private address"
+        );
+    }
+    Ok(tokio::spawn(serve(node.clone(), listener, stopping)))
+}

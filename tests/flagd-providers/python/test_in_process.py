@@ -1,0 +1,139 @@
+"""The stock Python flagd provider, in-process, against a live Flagstaff cluster's sync listener.
+
+Environment (set by ../run.sh): SYNC_PORTS (the three nodes' sync ports, the provider's node
+first), NS, SDK_KEY, ADMIN_URL (a node other than the provider's), TOKEN (admin).
+The provider sends the SDK key as gRPC call credentials over a loopback channel (gRPC sends
+call credentials only on TLS or local channels).
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.request
+
+import grpc
+from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import Reason
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+
+ports = [int(p) for p in os.environ["SYNC_PORTS"].split(",")]
+ns, key = os.environ["NS"], os.environ["SDK_KEY"]
+admin_url, token = os.environ["ADMIN_URL"], os.environ["TOKEN"]
+failures = []
+
+
+def check(what, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(what)
+
+
+def with_key(k):
+    local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    return grpc.composite_channel_credentials(local, grpc.access_token_call_credentials(k))
+
+
+def admin(method, path, body=None):
+    req = urllib.request.Request(
+        admin_url + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def first_message(port, selector, creds, timeout=5):
+    """The first SyncFlags message, or the gRPC status code that ended the stream."""
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", creds) if creds else grpc.insecure_channel(
+        f"127.0.0.1:{port}"
+    )
+    stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
+    try:
+        for m in stub.SyncFlags(
+            sync_pb2.SyncFlagsRequest(), metadata=(("flagd-selector", selector),), timeout=timeout
+        ):
+            return m
+    except grpc.RpcError as e:
+        return e.code()
+    finally:
+        channel.close()
+
+
+provider = FlagdProvider(
+    resolver_type=ResolverType.IN_PROCESS,
+    host="127.0.0.1",
+    port=ports[0],
+    selector=f"flagSetId={ns}",
+    channel_credentials=with_key(key),
+    deadline_ms=5000,
+)
+api.set_provider(provider)
+client = api.get_client()
+deadline = time.time() + 15
+while time.time() < deadline and client.get_boolean_value("bool-flag", False) is not True:
+    time.sleep(0.05)
+
+d = client.get_boolean_details("bool-flag", False)
+check("boolean", d.value is True and d.variant == "on", d)
+check("string", client.get_string_value("string-flag", "x") == "blue")
+check("integer", client.get_integer_value("int-flag", 0) == 42)
+check("float", client.get_float_value("float-flag", 0.0) == 2.0)
+obj = client.get_object_value("object-flag", {})
+check("object", obj == {"theme": "dark", "retries": 3}, obj)
+internal = EvaluationContext(targeting_key="u1", attributes={"email": "a@example.com"})
+check("targeting", client.get_string_value("targeted-flag", "x", internal) == "internal")
+check("targeting, no match", client.get_string_value("targeted-flag", "x") == "external")
+beta = EvaluationContext(targeting_key="u2", attributes={"plan": "beta"})
+check("$ref segment", client.get_string_value("segment-flag", "x", beta) == "beta-ui")
+check("$ref segment, outside", client.get_string_value("segment-flag", "x") == "classic-ui")
+dis = client.get_boolean_details("disabled-flag", False)
+check("disabled flag", dis.value is False and dis.reason == Reason.DISABLED, dis)
+meta = d.flag_metadata or {}
+check("revision in flag metadata", isinstance(meta.get("flagstaffRevision"), (int, float)), meta)
+
+# A write through another node reaches the in-process evaluator: time it.
+admin("PATCH", f"/v1/namespaces/{ns}/flags/flip", {"defaultVariant": "new"})
+t0 = time.time()
+while time.time() < t0 + 10 and client.get_string_value("flip", "x") != "after":
+    time.sleep(0.005)
+latency = time.time() - t0
+check("a write through another node arrives within 1 s", latency < 1.0, f"{latency:.3f} s")
+print(f"write -> in-process python provider: {latency * 1000:.0f} ms")
+
+# No key, a foreign selector, and a revoked key.
+check("no key: UNAUTHENTICATED", first_message(ports[1], f"flagSetId={ns}", None) == grpc.StatusCode.UNAUTHENTICATED)
+check("unknown namespace: NOT_FOUND", first_message(ports[1], "flagSetId=nope", with_key(key)) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED))
+check("bad selector: INVALID_ARGUMENT", first_message(ports[1], "app=x", with_key(key)) == grpc.StatusCode.INVALID_ARGUMENT)
+other = admin("POST", f"/v1/namespaces/{ns}/sdk-keys", {"name": "short-lived"})["secret"]
+channel = grpc.secure_channel(f"127.0.0.1:{ports[2]}", with_key(other))
+stream = sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
+    sync_pb2.SyncFlagsRequest(), metadata=(("flagd-selector", ns),), timeout=30
+)
+first = next(stream)
+check("second key streams", json.loads(first.flag_configuration)["flags"].get("bool-flag") is not None)
+urllib.request.urlopen(
+    urllib.request.Request(
+        f"{admin_url}/v1/namespaces/{ns}/sdk-keys/short-lived",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {token}"},
+    ),
+    timeout=10,
+)
+code = None
+try:
+    for _ in stream:
+        pass
+except grpc.RpcError as e:
+    code = e.code()
+check("a revoked key loses its stream", code == grpc.StatusCode.PERMISSION_DENIED, code)
+channel.close()
+api.shutdown()
+if failures:
+    sys.exit(f"{len(failures)} failed: {failures}")
+print("all passed")
