@@ -227,10 +227,23 @@ fn words(command: &str, env: &HashMap<String, String>) -> Vec<String> {
     out
 }
 
-/// Runs a `flagstaff` command to completion in `dir`, with `env`; panics with its output if it
-/// fails.
-fn run(args: &[String], dir: &Path, env: &HashMap<String, String>) {
-    let out = Command::new(exe())
+/// Runs a `flagstaff` command to completion in `dir`, with `env` (in network namespace `ns`
+/// when given): its output, or its output and errors.
+fn flagstaff_in(
+    ns: Option<&str>,
+    args: &[String],
+    dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<String, String> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, exe()]);
+            c
+        }
+        None => Command::new(exe()),
+    };
+    let out = cmd
         .args(args)
         .current_dir(dir)
         .env_clear()
@@ -239,12 +252,11 @@ fn run(args: &[String], dir: &Path, env: &HashMap<String, String>) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "flagstaff {}: {text}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 /// Node 1's `serve` words rewritten for node `n`: its id, addresses, files and data dir.
@@ -362,7 +374,7 @@ fn the_readme_cluster_runs_on_three_hosts_with_tls_and_an_sdk_fails_over_a_cut_c
         let args = w[1..].to_vec();
         match (args[0].as_str(), args.get(1).map(String::as_str)) {
             ("tls", _) => {
-                run(&args, &home, &env);
+                flagstaff_in(None, &args, &home, &env).unwrap_or_else(|e| panic!("{command}: {e}"));
             }
             ("serve", _) => {
                 // "copy pki/ca.pem, pki/node-N.pem and pki/node-N-key.pem to node N"
@@ -399,7 +411,7 @@ fn the_readme_cluster_runs_on_three_hosts_with_tls_and_an_sdk_fails_over_a_cut_c
                 // still starting, or electing a leader), and the status until all three vote.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let out = loop {
-                    let out = ip_exec_flagstaff(&net, &args, &dir, &env);
+                    let out = flagstaff_in(Some(&net.ns("app")), &args, &dir, &env);
                     let complete = match &out {
                         Ok(text) if args[..2] == ["cluster", "status"] => {
                             text.matches("voter").count() == 3
@@ -450,30 +462,6 @@ fn the_readme_cluster_runs_on_three_hosts_with_tls_and_an_sdk_fails_over_a_cut_c
     }
     drop(procs);
     drop(net);
-}
-
-/// A `flagstaff` command on the application host: its output, or its output and errors.
-fn ip_exec_flagstaff(
-    net: &Net,
-    args: &[String],
-    dir: &Path,
-    env: &HashMap<String, String>,
-) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.ns("app"), exe()])
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-    }
 }
 
 fn output_of(outputs: &[(Vec<String>, String)], prefix: &[&str]) -> String {
