@@ -212,10 +212,24 @@ async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
 
     // The killed node restarts from its data dir and rejoins without operator action.
     spawn_node(&mut procs[(leader - 1) as usize], None, tmp.path());
+    let acked: Vec<(String, u64)> = acked.into_iter().map(|(k, r, _)| (k, r)).collect();
+    every_node_holds(&http, &procs, tmp.path(), "prod", &acked).await;
+}
+
+/// Every node serves (bounded, once it reached the newest of them) every acknowledged write
+/// `(flag key, revision)` of namespace `ns` at its acknowledged revision. A node that never
+/// gets there fails the test with the end of its log (in `log_dir`).
+async fn every_node_holds(
+    http: &reqwest::Client,
+    procs: &[Proc],
+    log_dir: &Path,
+    ns: &str,
+    acked: &[(String, u64)],
+) {
     let last = acked.iter().map(|a| a.1).max().unwrap();
-    for p in &procs {
+    for p in procs {
         let url = format!(
-            "{}/v1/namespaces/prod/flags?consistency=bounded&min_revision={last}",
+            "{}/v1/namespaces/{ns}/flags?consistency=bounded&min_revision={last}",
             p.api
         );
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,7 +245,7 @@ async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
                             Err(e) => e.to_string(),
                         };
                         let log =
-                            std::fs::read_to_string(tmp.path().join(format!("node-{}.log", p.id)))
+                            std::fs::read_to_string(log_dir.join(format!("node-{}.log", p.id)))
                                 .unwrap_or_default();
                         let tail: Vec<&str> = log
                             .lines()
@@ -247,20 +261,15 @@ async fn kill_9_of_the_leader_loses_no_acknowledged_write() {
                 }
             }
         };
-        let present: std::collections::BTreeMap<String, u64> = flags["flags"]
+        let present: std::collections::BTreeMap<&str, u64> = flags["flags"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| {
-                (
-                    f["key"].as_str().unwrap().to_string(),
-                    f["version"].as_u64().unwrap(),
-                )
-            })
+            .map(|f| (f["key"].as_str().unwrap(), f["version"].as_u64().unwrap()))
             .collect();
-        for (key, rev, _) in &acked {
+        for (key, rev) in acked {
             assert_eq!(
-                present.get(key),
+                present.get(key.as_str()),
                 Some(rev),
                 "node {} lost acknowledged write {key}@{rev}",
                 p.id
@@ -1016,37 +1025,13 @@ async fn a_rolling_restart_under_writes_loses_no_write_and_no_sdk_answers_a_defa
     }
 
     // Every acknowledged write is on every node, at its acknowledged revision.
-    let acked = acked.lock().unwrap().clone();
-    let last = acked.last().unwrap().1;
-    for p in &procs {
-        let url = format!(
-            "{}/v1/namespaces/roll/flags?consistency=bounded&min_revision={last}",
-            p.api
-        );
-        let flags: Value = http
-            .get(&url)
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let present: std::collections::BTreeMap<&str, u64> = flags["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| (f["key"].as_str().unwrap(), f["version"].as_u64().unwrap()))
-            .collect();
-        for (key, rev, _) in &acked {
-            assert_eq!(
-                present.get(key.as_str()),
-                Some(rev),
-                "node {} lost acknowledged write {key}@{rev}",
-                p.id
-            );
-        }
-    }
+    let acked: Vec<(String, u64)> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, r, _)| (k.clone(), *r))
+        .collect();
+    every_node_holds(&http, &procs, tmp.path(), "roll", &acked).await;
     let evaluations = evaluations.load(Ordering::Relaxed);
     let faults = faults.load(Ordering::Relaxed);
     for (id, was_leader, drain, pause, leader_now) in &report {

@@ -159,15 +159,20 @@ pub fn document(node: &Node, ns: &str) -> Option<(String, u64)> {
     Some((Value::Object(doc).to_string(), revision))
 }
 
+fn text(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_string())),
+    }
+}
+
+fn number(n: u64) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(n as f64)),
+    }
+}
+
 /// `sync_context`: the namespace, its revision, the cluster and the node answering.
 fn sync_context(node: &Node, ns: &str, revision: u64) -> prost_types::Struct {
-    use prost_types::value::Kind;
-    let text = |s: &str| prost_types::Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    };
-    let number = |n: u64| prost_types::Value {
-        kind: Some(Kind::NumberValue(n as f64)),
-    };
     prost_types::Struct {
         fields: [
             ("flagSetId".to_string(), text(ns)),
@@ -232,10 +237,6 @@ impl FlagSyncService for Sync {
         &self,
         _req: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
-        use prost_types::value::Kind;
-        let text = |s: &str| prost_types::Value {
-            kind: Some(Kind::StringValue(s.to_string())),
-        };
         Ok(Response::new(GetMetadataResponse {
             metadata: Some(prost_types::Struct {
                 fields: [
