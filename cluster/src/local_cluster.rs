@@ -46,6 +46,10 @@ pub struct UpArgs {
     /// DATA_DIR/tls/ca.pem by itself; give SDKs and curl that file.
     #[arg(long)]
     tls: bool,
+    /// A namespace the nodes' sync listeners serve without an SDK key, for flagd providers
+    /// that cannot send one (repeat for more; see `serve --sync-keyless-namespace`).
+    #[arg(long, value_name = "NS")]
+    sync_keyless_namespace: Vec<String>,
 }
 
 /// `DATA_DIR/tls`, a [`pki::Dir`]: the CA and one certificate and key per node, `node-N`.
@@ -222,6 +226,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .arg(dir)
             .args(["--listen-client", &client, "--listen-peer", &peer])
             .args(["--listen-sync", &sync])
+            .args(
+                args.sync_keyless_namespace
+                    .iter()
+                    .flat_map(|ns| ["--sync-keyless-namespace", ns]),
+            )
             .env("FLAGSTAFF_CLUSTER_SECRET", &secret)
             .env("FLAGSTAFF_ADMIN_TOKEN", &token)
             .stdin(Stdio::null())

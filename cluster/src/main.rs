@@ -221,6 +221,10 @@ struct ServeArgs {
     /// Longest a watch or snapshot request queues for its start; past it, 429 with Retry-After.
     #[arg(long, env = "FLAGSTAFF_SDK_ADMISSION_MAX_WAIT_MS", default_value_t = NodeConfig::DEFAULT_SDK_ADMISSION.max_wait.as_millis() as u64)]
     sdk_admission_max_wait_ms: u64,
+    /// How long a read may wait for `min_revision`, a read index or a freshness proof before
+    /// it answers 503 STALE_REPLICA (or NO_LEADER).
+    #[arg(long, env = "FLAGSTAFF_READ_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_READ_TIMEOUT.as_millis() as u64)]
+    read_timeout_ms: u64,
     /// Client listener: a connection must send a request's headers within this many ms of
     /// opening or of its last response (idle keep-alive connections are closed after it too).
     #[arg(long, env = "FLAGSTAFF_HEADER_READ_TIMEOUT_MS", default_value_t = NodeConfig::DEFAULT_CLIENT_LISTENER.header_read_timeout.as_millis() as u64)]
@@ -239,7 +243,8 @@ struct ServeArgs {
     #[arg(long, env = "FLAGSTAFF_LISTEN_METRICS")]
     listen_metrics: Option<SocketAddr>,
     /// Serve flagd's gRPC sync service (`flagd.sync.v1.FlagSyncService`) here, for the stock
-    /// flagd providers' in-process mode (plain gRPC; none by default).
+    /// flagd providers' in-process mode (gRPC, over TLS with the client listener's
+    /// certificate when --tls-cert is set; none by default).
     #[arg(long, env = "FLAGSTAFF_LISTEN_SYNC")]
     listen_sync: Option<SocketAddr>,
     /// A namespace the sync listener serves to providers that send no SDK key (repeat, or
@@ -301,6 +306,7 @@ impl ServeArgs {
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
         c.election_timeout_min = Duration::from_millis(self.election_min_ms);
         c.election_timeout_max = Duration::from_millis(self.election_max_ms);
+        c.read_timeout = Duration::from_millis(self.read_timeout_ms.max(1));
         c.snapshot_every = self.snapshot_every;
         c.evaluation_rate_per_sec = self.evaluation_rate;
         c.logs_behind_snapshot = self.logs_behind_snapshot;

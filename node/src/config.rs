@@ -102,6 +102,7 @@ impl NodeConfig {
     pub const DEFAULT_MAX_WATCH_STREAMS_PER_KEY: usize = 10_000;
     pub const DEFAULT_MAX_EVALUATION_SERIES: usize = 2_000;
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(3);
     pub const DEFAULT_CLIENT_LISTENER: ListenerLimits = ListenerLimits {
         header_read_timeout: Duration::from_secs(30),
         body_read_timeout: Duration::from_secs(60),
@@ -130,7 +131,7 @@ impl NodeConfig {
             admin_tokens: Vec::new(),
             max_staleness: Duration::from_millis(2000),
             write_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(3),
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
             heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),

@@ -78,11 +78,12 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
     name: &'static str,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let (tx, mut accepted) = mpsc::unbounded_channel();
     // Declared before the connections, so it is dropped after them (see `AcceptThread`).
-    let thread = match AcceptThread::start(listener, permits, tx, name) {
-        Ok(t) => t,
+    let Accepting {
+        thread,
+        connections: mut accepted,
+    } = match accept(listener, limits.max_connections, name) {
+        Ok(a) => a,
         Err(e) => {
             tracing::error!(listener = name, error = %e, "cannot start accepting");
             return;
@@ -174,7 +175,31 @@ async fn serve_connection(
     Ok(())
 }
 
-type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);
+/// An accepted connection and the permit it holds until it closes.
+pub type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// Connections being accepted on a listener: at most `max_connections` hold a permit at once.
+/// Dropping it stops accepting and closes the listening socket.
+pub struct Accepting {
+    thread: AcceptThread,
+    /// The accepted connections, in order (non-blocking, to be registered with a runtime).
+    pub connections: mpsc::UnboundedReceiver<Accepted>,
+}
+
+/// Starts accepting `listener`'s connections on a thread of its own ([`AcceptThread`]).
+pub fn accept(
+    listener: TcpListener,
+    max_connections: usize,
+    name: &'static str,
+) -> std::io::Result<Accepting> {
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let (tx, connections) = mpsc::unbounded_channel();
+    let thread = AcceptThread::start(listener, permits, tx, name)?;
+    Ok(Accepting {
+        thread,
+        connections,
+    })
+}
 
 /// The thread that accepts a listener's connections. Dropping it stops the thread and waits
 /// for it (it wakes at once), so the listening socket is closed when [`serve`] ends, however

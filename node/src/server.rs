@@ -114,6 +114,8 @@ impl Drop for RaftRuntime {
 struct Listeners {
     client: Option<Arc<ServerTls>>,
     peer: Option<Arc<ServerTls>>,
+    /// The sync listener's: the client listener's certificate, for HTTP/2.
+    sync: Option<Arc<ServerTls>>,
 }
 
 impl Listeners {
@@ -145,6 +147,14 @@ impl Listeners {
             Some(files) => Some(Arc::new(ServerTls::load(files.clone(), None)?)),
             None => None,
         };
+        let sync = match (&config.tls, config.listen_sync) {
+            (Some(files), Some(_)) => Some(Arc::new(ServerTls::load_for(
+                files.clone(),
+                None,
+                crate::tls::H2,
+            )?)),
+            _ => None,
+        };
         let peer = match &config.peer_tls {
             Some(files) => Some(Arc::new(ServerTls::load(
                 files.identity.clone(),
@@ -152,7 +162,7 @@ impl Listeners {
             )?)),
             None => None,
         };
-        Ok(Self { client, peer })
+        Ok(Self { client, peer, sync })
     }
 
     /// The task that reloads every certificate on SIGHUP or when a file changes; `None`
@@ -162,12 +172,15 @@ impl Listeners {
             .client
             .iter()
             .chain(self.peer.iter())
+            .chain(self.sync.iter())
             .cloned()
             .collect();
         if servers.is_empty() {
             return None;
         }
-        let paths: Vec<_> = servers.iter().flat_map(|s| s.paths()).collect();
+        let mut paths: Vec<_> = servers.iter().flat_map(|s| s.paths()).collect();
+        paths.sort();
+        paths.dedup();
         Some(crate::tls::watch_files(paths, move || {
             let outcome = servers
                 .iter()
@@ -377,11 +390,14 @@ pub async fn start(
         )));
     }
     if let Some(addr) = node.config.listen_sync {
-        tasks.push(crate::flagd_sync::spawn(
-            &node,
-            addr,
+        let listener = crate::listener::bind(addr)?;
+        warn_if_plain(&listener, tls.sync.is_some(), "sync");
+        tasks.push(tokio::spawn(crate::flagd_sync::serve(
+            node.clone(),
+            listener,
+            tls.sync.clone(),
             when_stopped(stop_rx.clone()),
-        )?);
+        )));
     }
     let app = client_router(node.clone());
     warn_if_plain(&client, tls.client.is_some(), "client");

@@ -102,9 +102,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// ALPN's name for HTTP/1.1, which the client, metrics and peer listeners speak.
+pub const HTTP1: &[u8] = b"http/1.1";
+/// ALPN's name for HTTP/2, which gRPC (the sync listener) needs.
+pub const H2: &[u8] = b"h2";
+
 /// One listener's TLS: the configuration in use, replaced whole by [`ServerTls::reload`].
 pub struct ServerTls {
     files: TlsFiles,
+    /// The application protocol the listener speaks, as ALPN names it.
+    protocol: &'static [u8],
     /// When set, a client must present a certificate chaining to these CAs (mutual TLS).
     client_ca: Option<PathBuf>,
     current: RwLock<Arc<ServerConfig>>,
@@ -123,15 +130,30 @@ impl ServerTls {
     /// Reads the files; fails with the file and the reason if any is missing, unreadable,
     /// malformed or inconsistent.
     pub fn load(files: TlsFiles, client_ca: Option<PathBuf>) -> Result<Self, TlsError> {
-        let config = Self::build(&files, client_ca.as_deref())?;
+        Self::load_for(files, client_ca, HTTP1)
+    }
+
+    /// As [`ServerTls::load`], for a listener speaking `protocol` (an ALPN name: [`HTTP1`] or
+    /// [`H2`]).
+    pub fn load_for(
+        files: TlsFiles,
+        client_ca: Option<PathBuf>,
+        protocol: &'static [u8],
+    ) -> Result<Self, TlsError> {
+        let config = Self::build(&files, client_ca.as_deref(), protocol)?;
         Ok(Self {
             files,
+            protocol,
             client_ca,
             current: RwLock::new(Arc::new(config)),
         })
     }
 
-    fn build(files: &TlsFiles, client_ca: Option<&Path>) -> Result<ServerConfig, TlsError> {
+    fn build(
+        files: &TlsFiles,
+        client_ca: Option<&Path>,
+        protocol: &'static [u8],
+    ) -> Result<ServerConfig, TlsError> {
         let certs = certificates(&files.cert)?;
         let key = private_key(&files.key)?;
         let builder = ServerConfig::builder_with_provider(provider())
@@ -150,8 +172,7 @@ impl ServerTls {
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| file_error(&files.key, format!("does not fit the certificate: {e}")))?;
-        // The listeners speak HTTP/1.1 only.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![protocol.to_vec()];
         Ok(config)
     }
 
@@ -163,7 +184,7 @@ impl ServerTls {
 
     /// Reads the files again; on success new connections use them, on failure nothing changes.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Self::build(&self.files, self.client_ca.as_deref())?;
+        let config = Self::build(&self.files, self.client_ca.as_deref(), self.protocol)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         Ok(())
     }
@@ -187,7 +208,7 @@ impl ClientTls {
     pub fn load(files: &PeerTlsFiles) -> Result<Self, TlsError> {
         // Parsed here first, so a bad file is reported by name (reqwest's errors are vaguer),
         // and the key is checked against the certificate as the listener checks it.
-        ServerTls::build(&files.identity, None)?;
+        ServerTls::build(&files.identity, None, HTTP1)?;
         let mut pem = read_pem(&files.identity.cert)?;
         pem.push(b'\n');
         pem.extend(read_pem(&files.identity.key)?);
@@ -309,7 +330,7 @@ pub mod ca {
         /// The CA of a certificate file and its key file, refused when the key is not the
         /// certificate's.
         pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-            ServerTls::build(files, None)?;
+            ServerTls::build(files, None, super::HTTP1)?;
             let text = |path: &Path| {
                 String::from_utf8(read_pem(path)?).map_err(|_| file_error(path, "is not PEM text"))
             };

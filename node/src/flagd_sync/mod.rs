@@ -17,17 +17,20 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::extract::{bearer, Caller};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
+use crate::tls::ServerTls;
 
 #[allow(clippy::all, missing_docs)]
 #[rustfmt::skip]
@@ -40,22 +43,143 @@ use proto::{
 };
 
 /// Serves the sync service on `listener` until `stopping` resolves; open streams end then.
+///
+/// Connections are accepted as on the HTTP listeners ([`crate::listener::accept`]): at most the
+/// client listener's `max_connections` are open at once (more wait in the kernel's backlog),
+/// and a TLS handshake must finish within its header-read timeout.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let limits = node.config.client_listener;
+    let accepting = match crate::listener::accept(listener, limits.max_connections, "sync") {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start accepting sync connections");
+            return;
+        }
+    };
+    let (ready, incoming) = mpsc::channel(64);
+    tokio::spawn(connections(
+        accepting,
+        tls,
+        limits.header_read_timeout,
+        ready,
+    ));
     let served = tonic::transport::Server::builder()
         // Pings keep idle streams alive through middleboxes and find dead peers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
         .add_service(FlagSyncServiceServer::new(Sync { node }))
-        .serve_with_incoming_shutdown(incoming, stopping)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stopping)
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "sync listener failed");
+    }
+}
+
+/// Hands accepted connections to the server, after their TLS handshake when `tls` is set
+/// (handshakes run side by side, each within `handshake_timeout`). Ends, closing the
+/// listening socket, when the server stops taking connections.
+async fn connections(
+    mut accepting: crate::listener::Accepting,
+    tls: Option<Arc<ServerTls>>,
+    handshake_timeout: Duration,
+    ready: mpsc::Sender<std::io::Result<Connection>>,
+) {
+    let mut handshakes = tokio::task::JoinSet::new();
+    loop {
+        let connection = tokio::select! {
+            _ = ready.closed() => return,
+            accepted = accepting.connections.recv() => {
+                let Some((stream, permit)) = accepted else { return };
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
+                let _ = stream.set_nodelay(true);
+                match &tls {
+                    None => Connection { io: Io::Plain(stream), _permit: permit },
+                    Some(tls) => {
+                        let handshake = tls.acceptor().accept(stream);
+                        handshakes.spawn(async move {
+                            let io = tokio::time::timeout(handshake_timeout, handshake).await;
+                            let io = io.map_err(|_| "TLS handshake timed out".to_string())?;
+                            let io = io.map_err(|e| e.to_string())?;
+                            Ok::<_, String>(Connection { io: Io::Tls(Box::new(io)), _permit: permit })
+                        });
+                        continue;
+                    }
+                }
+            }
+            Some(done) = handshakes.join_next() => match done {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "sync connection dropped");
+                    continue;
+                }
+                Err(_) => continue,
+            },
+        };
+        if ready.send(Ok(connection)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A served connection, holding its place among the listener's `max_connections`.
+struct Connection {
+    io: Io,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -217,9 +341,7 @@ impl FlagSyncService for Sync {
             let _slot = slot;
             follow(node, caller, ns, doc, revision, rx, tx).await;
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
     async fn fetch_all_flags(
@@ -325,19 +447,4 @@ async fn follow(
             }
         }
     }
-}
-
-/// Binds `--listen-sync` and serves it on the node's client runtime.
-pub fn spawn(
-    node: &Arc<Node>,
-    addr: std::net::SocketAddr,
-    stopping: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
-    let listener = crate::listener::bind(addr)?;
-    if node.config.tls.is_some() {
-        tracing::warn!(
-            "the sync listener serves plain gRPC (h2c): TLS on it is not supported yet; bind it to a private address"
-        );
-    }
-    Ok(tokio::spawn(serve(node.clone(), listener, stopping)))
 }
