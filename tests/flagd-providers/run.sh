@@ -1,52 +1,85 @@
 #!/usr/bin/env bash
-# The stock flagd provider for Python (openfeature-provider-flagd, in-process resolver) against
-# a real local 3-node Flagstaff cluster's flagd sync listeners (`--listen-sync`, gRPC) on
-# loopback: every flag type, targeting, a `$ref` segment, a disabled flag, a write through
-# another node reaching the provider (its latency printed), and the sync service's refusals
-# (no key, unknown namespace, bad selector, a revoked key's stream). The venv is cached under
-# $CARGO_TARGET_DIR/flagd-providers. FLAGSTAFF_BIN=path uses that binary instead of building.
+# The stock flagd providers for Python (openfeature-provider-flagd) and Node
+# (@openfeature/flagd-provider), in-process, against a real local 3-node Flagstaff cluster's
+# flagd sync listeners (`--listen-sync`, gRPC over TLS) on loopback: every flag type,
+# targeting, a `$ref` segment, a disabled flag, a `fractional` split (the same variant as
+# OFREP for every key, Node), a write through another node reaching the provider (latency
+# printed), the node a provider streams from killed (it keeps its values, moves to another node
+# of its address list and gets later changes), and the sync service's refusals (no key, unknown
+# namespace, bad selector, a revoked key's stream). Python sends the namespace's SDK key; Node
+# cannot send one, so its namespace is served key-less (`--sync-keyless-namespace`).
+# The venv is cached under $CARGO_TARGET_DIR/flagd-providers. FLAGSTAFF_BIN=path uses that
+# binary instead of building.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
 name=flagd
 # shellcheck source=../lib/local-cluster.sh
 source "$here/../lib/local-cluster.sh"
-require_tools cargo curl python3
+require_tools cargo curl python3 node npm
 
 flagstaff_binary
 phase "python venv"
 python_venv "$target_dir/flagd-providers/venv" "$here/python/requirements.txt"
-start_local_cluster
+phase "npm ci"
+(cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
+keyless=flagd-keyless
+start_local_cluster --tls --sync-keyless-namespace "$keyless"
 
 ns=flagd-test
-admin PUT "/v1/namespaces/$ns" '{"description":"flagd provider test"}'
-flag() { admin PUT "/v1/namespaces/$ns/flags/$1" "$2"; }
-admin PUT "/v1/namespaces/$ns/segments/beta" '{"==":[{"var":"plan"},"beta"]}'
-flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
-flag string-flag '{"state":"ENABLED","variants":{"red":"red","blue":"blue"},"defaultVariant":"blue"}'
-flag int-flag '{"state":"ENABLED","variants":{"small":3,"large":42},"defaultVariant":"large"}'
-flag float-flag '{"state":"ENABLED","variants":{"low":0.25,"high":2.0},"defaultVariant":"high"}'
-flag object-flag '{"state":"ENABLED","variants":{"cfg":{"theme":"dark","retries":3},"empty":{}},"defaultVariant":"cfg"}'
-flag targeted-flag '{"state":"ENABLED","variants":{"internal":"internal","external":"external"},"defaultVariant":"external",
-  "targeting":{"if":[{"ends_with":[{"var":"email"},"@example.com"]},"internal","external"]}}'
-flag segment-flag '{"state":"ENABLED","variants":{"beta":"beta-ui","classic":"classic-ui"},"defaultVariant":"classic",
-  "targeting":{"if":[{"$ref":"beta"},"beta","classic"]}}'
-flag disabled-flag '{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
-flag flip '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
-sdk_key="$(admin POST "/v1/namespaces/$ns/sdk-keys" '{"name":"flagd-providers"}' |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')"
+seed() { # the same flags in namespace $1
+  local ns="$1"
+  flag() { admin PUT "/v1/namespaces/$ns/flags/$1" "$2" >/dev/null; }
+  admin PUT "/v1/namespaces/$ns" '{"description":"flagd provider test"}' >/dev/null
+  admin PUT "/v1/namespaces/$ns/segments/beta" '{"==":[{"var":"plan"},"beta"]}' >/dev/null
+  flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
+  flag string-flag '{"state":"ENABLED","variants":{"red":"red","blue":"blue"},"defaultVariant":"blue"}'
+  flag int-flag '{"state":"ENABLED","variants":{"small":3,"large":42},"defaultVariant":"large"}'
+  flag float-flag '{"state":"ENABLED","variants":{"low":0.25,"high":2.0},"defaultVariant":"high"}'
+  flag object-flag '{"state":"ENABLED","variants":{"cfg":{"theme":"dark","retries":3},"empty":{}},"defaultVariant":"cfg"}'
+  flag targeted-flag '{"state":"ENABLED","variants":{"internal":"internal","external":"external"},"defaultVariant":"external",
+    "targeting":{"if":[{"ends_with":[{"var":"email"},"@example.com"]},"internal","external"]}}'
+  flag segment-flag '{"state":"ENABLED","variants":{"beta":"beta-ui","classic":"classic-ui"},"defaultVariant":"classic",
+    "targeting":{"if":[{"$ref":"beta"},"beta","classic"]}}'
+  flag disabled-flag '{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
+  flag flip '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
+  flag later '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
+  flag split '{"state":"ENABLED","variants":{"red":"red","blue":"blue","green":"green"},"defaultVariant":"red",
+    "targeting":{"fractional":[{"var":"targetingKey"},["red",50],["blue",30],["green",20]]}}'
+}
+seed "$ns"
+seed "$keyless"
+key_of() { # a new SDK key of namespace $1
+  admin POST "/v1/namespaces/$1/sdk-keys" '{"name":"flagd-providers"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
+}
+sdk_key="$(key_of "$ns")"
+keyless_key="$(key_of "$keyless")" # for OFREP, to compare the Node provider's split with
 
-# The provider streams from a follower; the write that must reach it goes to the leader.
+# Each provider gets every node's sync port as one gRPC address list, the provider's node first
+# (gRPC's pick_first takes the first that answers, and the next when it goes away): the
+# loopback stand-in for a DNS name with every node behind it. The write that must reach it
+# goes to the leader. With TLS the name checked is `localhost` (the certificates' name).
 port_of() { # the sync port of node URL $1 (node N: sync BASE+N-1, like its client port)
   echo $((sync_port + ${1##*:} - client_port))
 }
-provider_port="$(port_of "${followers[0]}")"
-others=()
-for u in "${urls[@]}"; do [ "$u" != "${followers[0]}" ] && others+=("$(port_of "$u")"); done
+pid_of() { # the pid of node URL $1
+  echo "${node_pids[$((${1##*:} - client_port + 1))]}"
+}
+served="${followers[0]}"
+addresses="ipv4:127.0.0.1:$(port_of "$served")"
+for u in "${urls[@]}"; do [ "$u" != "$served" ] && addresses+=",127.0.0.1:$(port_of "$u")"; done
 status=0
-phase "python flagd provider (in-process) against ${followers[0]} (sync port $provider_port)"
-SYNC_PORTS="$provider_port,${others[0]},${others[1]}" NS="$ns" SDK_KEY="$sdk_key" \
-  ADMIN_URL="$leader_url" TOKEN="$token" \
+phase "python flagd provider (in-process) against $served first ($addresses)"
+remember_node "$(pid_of "$served")"
+ADDRESSES="$addresses" CA="$ca" NS="$ns" SDK_KEY="$sdk_key" KEYLESS_NS="$keyless" \
+  ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$(pid_of "$served")" \
   timeout 120 "$venv/bin/python" "$here/python/test_in_process.py" || status=1
+phase "restart the node the python provider left"
+start_node "$(pid_of "$served")" "$served"
+phase "node flagd provider (in-process, key-less) against $served first"
+ADDRESSES="$addresses" CA="$ca" NS="$keyless" SDK_KEY="$keyless_key" OFREP_URL="${followers[1]}" \
+  ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$started_pid" NODE_EXTRA_CA_CERTS="$ca" \
+  timeout 120 node "$here/node/in_process.test.mjs" || status=1
 if [ "$status" = 0 ]; then phase "flagd providers: all passed"; else phase "flagd providers: FAILED"; fi
 exit "$status"

@@ -4,8 +4,11 @@
 # The caller, in the repo root, sets `name` (for messages) and sources this file, which sets
 # `target_dir` (absolute); then it calls `require_tools`, `flagstaff_binary` (sets `bin`:
 # $FLAGSTAFF_BIN, or a fresh build) and `python_venv DIR REQUIREMENTS` if it needs one (sets
-# `venv`), then `start_local_cluster`. Afterwards: `work` (temporary dir), `data`, `urls` (the three client
-# URLs), `token` (admin token), `leader_url`, `followers`. KEEP_DATA=1 keeps the directory.
+# `venv`), then `start_local_cluster [ARGS for cluster up...]` (`--tls` makes the URLs https and
+# sets `ca`, the CA file, and `curl_ca`, the curl options that trust it). Afterwards: `work`
+# (temporary dir), `data`, `urls` (the three client URLs), `token` (admin token), `leader_url`,
+# `followers`, `node_pids` (by node id, from 1). `start_node PID` starts a stopped node again as
+# it was started. KEEP_DATA=1 keeps the directory.
 
 t0=$SECONDS
 phase() { echo "== [$((SECONDS - t0))s] $*"; }
@@ -23,8 +26,15 @@ require_tools() {
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/flagstaff-$name.XXXXXX")"
 cluster_pid=""
+restarted_pids=()
+curl_ca=()
 cleanup() {
   local rc=$?
+  local pid
+  for pid in "${restarted_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
     kill "$cluster_pid" 2>/dev/null || true
     for _ in $(seq 1 100); do # up to 10 s for a clean stop
@@ -104,17 +114,24 @@ PY
   )
   data="$work/data"
   "$bin" cluster up --data-dir "$data" --client-port "$client_port" --peer-port "$peer_port" \
-    --sync-port "$sync_port" \
+    --sync-port "$sync_port" "$@" \
     >"$work/cluster.log" 2>&1 &
   cluster_pid=$!
-  urls=("http://127.0.0.1:$client_port" "http://127.0.0.1:$((client_port + 1))" "http://127.0.0.1:$((client_port + 2))")
+  local scheme=http arg
+  for arg in "$@"; do
+    if [ "$arg" = --tls ]; then
+      scheme=https ca="$data/tls/ca.pem" curl_ca=(--cacert "$data/tls/ca.pem")
+    fi
+  done
+  urls=("$scheme://127.0.0.1:$client_port" "$scheme://127.0.0.1:$((client_port + 1))" "$scheme://127.0.0.1:$((client_port + 2))")
 
   local ready=0 n u
   for _ in $(seq 1 300); do # up to 300 tries, 60 s
     kill -0 "$cluster_pid" 2>/dev/null || { echo "$name: cluster exited during start" >&2; exit 1; }
     n=0
     for u in "${urls[@]}"; do
-      curl -sf --max-time 2 "$u/readyz" >/dev/null 2>&1 && n=$((n + 1))
+      [ -f "$data/tls/ca.pem" ] || [ "$scheme" = http ] || continue
+      curl -sf "${curl_ca[@]}" --max-time 2 "$u/readyz" >/dev/null 2>&1 && n=$((n + 1))
     done
     if [ "$n" = 3 ] && grep -q "is up" "$work/cluster.log"; then ready=1; break; fi
     sleep 0.2
@@ -122,7 +139,9 @@ PY
   [ "$ready" = 1 ] || { echo "$name: cluster not ready within 60 s" >&2; exit 1; }
   token="$(cat "$data/admin.token")"
 
-  leader_url="$(curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $token" "${urls[0]}/v1/cluster" |
+  node_pids=("" $(sed -n 's/^  node [0-9]* .* pid \([0-9]*\)$/\1/p' "$work/cluster.log"))
+  [ "${#node_pids[@]}" = 4 ] || { echo "$name: cluster up did not list three node pids" >&2; exit 1; }
+  leader_url="$(curl -sS "${curl_ca[@]}" --fail-with-body --max-time 10 -H "Authorization: Bearer $token" "${urls[0]}/v1/cluster" |
     python3 -c 'import json,sys; c=json.load(sys.stdin); print(next(m["api_addr"] for m in c["members"] if m["is_leader"]))')"
   followers=()
   for u in "${urls[@]}"; do [ "$u" != "$leader_url" ] && followers+=("$u"); done
@@ -132,7 +151,35 @@ PY
 
 # admin METHOD PATH [BODY]: an admin request to the leader; fails on an error status.
 admin() {
-  curl -sS --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $token" \
+  curl -sS "${curl_ca[@]}" --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' "$leader_url$2" ${3:+-d "$3"}
   echo
+}
+
+# start_node PID URL: starts the node that ran as PID (now stopped) again with the same command
+# line, data dir and secrets, and waits until URL (its client URL) is ready. Sets `started_pid`.
+start_node() {
+  local pid="$1" url="$2" args=()
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "$name: node $pid is still running; not starting it again" >&2
+    exit 1
+  fi
+  mapfile -d '' -t args <"$work/cmdline-$pid"
+  FLAGSTAFF_CLUSTER_SECRET="$(cat "$data/cluster.secret")" FLAGSTAFF_ADMIN_TOKEN="$token" \
+    "${args[@]}" >>"$work/restarted-$pid.log" 2>&1 &
+  started_pid=$!
+  restarted_pids+=("$started_pid")
+  local _
+  for _ in $(seq 1 150); do # up to 30 s
+    kill -0 "$started_pid" 2>/dev/null || { echo "$name: restarted node $url exited; see $work/restarted-$pid.log" >&2; exit 1; }
+    curl -sf "${curl_ca[@]}" --max-time 2 "$url/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "$name: restarted node $url not ready within 30 s" >&2
+  exit 1
+}
+
+# remember_node PID: keeps the command line of a running node, for start_node.
+remember_node() {
+  cat "/proc/$1/cmdline" >"$work/cmdline-$1"
 }

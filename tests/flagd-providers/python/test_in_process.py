@@ -1,13 +1,16 @@
 """The stock Python flagd provider, in-process, against a live Flagstaff cluster's sync listener.
 
-Environment (set by ../run.sh): SYNC_PORTS (the three nodes' sync ports, the provider's node
-first), NS, SDK_KEY, ADMIN_URL (a node other than the provider's), TOKEN (admin).
-The provider sends the SDK key as gRPC call credentials over a loopback channel (gRPC sends
-call credentials only on TLS or local channels).
+Environment (set by ../run.sh): ADDRESSES (a gRPC `ipv4:` list of the three nodes' sync
+addresses, the provider's node first), CA (the cluster's CA file), NS, SDK_KEY, KEYLESS_NS (a
+namespace served without a key), ADMIN_URL (a node other than the provider's), TOKEN (admin),
+KILL_PID (the pid of the provider's node, killed halfway).
+The provider sends the SDK key as gRPC call credentials on a TLS channel trusting the CA.
 """
 
 import json
 import os
+import signal
+import ssl
 import sys
 import time
 import urllib.request
@@ -20,8 +23,12 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
-ports = [int(p) for p in os.environ["SYNC_PORTS"].split(",")]
-ns, key = os.environ["NS"], os.environ["SDK_KEY"]
+addresses = os.environ["ADDRESSES"]
+ports = [int(a.rsplit(":", 1)[1]) for a in addresses.split(",")]
+ns, key, keyless = os.environ["NS"], os.environ["SDK_KEY"], os.environ["KEYLESS_NS"]
+with open(os.environ["CA"], "rb") as f:
+    ca = f.read()
+https = ssl.create_default_context(cafile=os.environ["CA"])
 admin_url, token = os.environ["ADMIN_URL"], os.environ["TOKEN"]
 failures = []
 
@@ -33,8 +40,10 @@ def check(what, ok, detail=""):
 
 
 def with_key(k):
-    local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-    return grpc.composite_channel_credentials(local, grpc.access_token_call_credentials(k))
+    tls = grpc.ssl_channel_credentials(root_certificates=ca)
+    if k is None:
+        return tls
+    return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(k))
 
 
 def admin(method, path, body=None):
@@ -44,15 +53,13 @@ def admin(method, path, body=None):
         data=None if body is None else json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=10, context=https) as r:
         return json.load(r)
 
 
 def first_message(port, selector, creds, timeout=5):
     """The first SyncFlags message, or the gRPC status code that ended the stream."""
-    channel = grpc.secure_channel(f"127.0.0.1:{port}", creds) if creds else grpc.insecure_channel(
-        f"127.0.0.1:{port}"
-    )
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", creds)
     stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
     try:
         for m in stub.SyncFlags(
@@ -65,10 +72,14 @@ def first_message(port, selector, creds, timeout=5):
         channel.close()
 
 
+# host:port is the channel's target: every node's address, the port of the last one separately.
+host, port = addresses.rsplit(":", 1)
 provider = FlagdProvider(
     resolver_type=ResolverType.IN_PROCESS,
-    host="127.0.0.1",
-    port=ports[0],
+    host=host,
+    port=int(port),
+    default_authority="localhost",
+    retry_backoff_max_ms=2000,
     selector=f"flagSetId={ns}",
     channel_credentials=with_key(key),
     deadline_ms=5000,
@@ -107,7 +118,9 @@ check("a write through another node arrives within 1 s", latency < 1.0, f"{laten
 print(f"write -> in-process python provider: {latency * 1000:.0f} ms")
 
 # No key, a foreign selector, and a revoked key.
-check("no key: UNAUTHENTICATED", first_message(ports[1], f"flagSetId={ns}", None) == grpc.StatusCode.UNAUTHENTICATED)
+check("no key: UNAUTHENTICATED", first_message(ports[1], f"flagSetId={ns}", with_key(None)) == grpc.StatusCode.UNAUTHENTICATED)
+m = first_message(ports[1], f"flagSetId={keyless}", with_key(None))
+check("a key-less namespace streams without a key", not isinstance(m, grpc.StatusCode), m)
 check("unknown namespace: NOT_FOUND", first_message(ports[1], "flagSetId=nope", with_key(key)) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED))
 check("bad selector: INVALID_ARGUMENT", first_message(ports[1], "app=x", with_key(key)) == grpc.StatusCode.INVALID_ARGUMENT)
 other = admin("POST", f"/v1/namespaces/{ns}/sdk-keys", {"name": "short-lived"})["secret"]
@@ -124,6 +137,7 @@ urllib.request.urlopen(
         headers={"Authorization": f"Bearer {token}"},
     ),
     timeout=10,
+    context=https,
 )
 code = None
 try:
@@ -133,6 +147,23 @@ except grpc.RpcError as e:
     code = e.code()
 check("a revoked key loses its stream", code == grpc.StatusCode.PERMISSION_DENIED, code)
 channel.close()
+
+# The provider's node is killed: the provider keeps its values, moves to the next address and
+# gets the changes written after.
+os.kill(int(os.environ["KILL_PID"]), signal.SIGKILL)
+t0 = time.time()
+kept = True
+while time.time() < t0 + 1.0:
+    kept = kept and client.get_string_value("flip", "x") == "after" and client.get_integer_value("int-flag", 0) == 42
+    time.sleep(0.01)
+check("the last values are kept while the node is gone", kept)
+admin("PATCH", f"/v1/namespaces/{ns}/flags/later", {"defaultVariant": "new"})
+t1 = time.time()
+while time.time() < t1 + 30 and client.get_string_value("later", "x") != "after":
+    time.sleep(0.01)
+moved = time.time() - t1
+check("a write after the kill arrives through another node", client.get_string_value("later", "x") == "after", f"{moved:.1f} s")
+print(f"kill -> python provider following another node: {time.time() - t0:.1f} s")
 api.shutdown()
 if failures:
     sys.exit(f"{len(failures)} failed: {failures}")

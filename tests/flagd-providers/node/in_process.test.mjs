@@ -1,0 +1,120 @@
+// The stock Node flagd provider (@openfeature/flagd-provider), in-process, against a live
+// Flagstaff cluster's sync listeners over TLS. It cannot send a credential, so its namespace is
+// one the cluster serves key-less.
+//
+// Environment (set by ../run.sh): ADDRESSES (a gRPC `ipv4:` list of the three nodes' sync
+// addresses, the provider's node first), CA, NS (a key-less namespace), SDK_KEY (a key of NS, for
+// OFREP), OFREP_URL (a node's client URL), ADMIN_URL (a node other than the provider's), TOKEN,
+// KILL_PID (the pid of the provider's node, killed halfway); NODE_EXTRA_CA_CERTS=CA for fetch.
+import { OpenFeature } from '@openfeature/server-sdk';
+import { FlagdProvider } from '@openfeature/flagd-provider';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const addresses = env('ADDRESSES');
+const ns = env('NS');
+const failures = [];
+const check = (what, ok, detail = '') => {
+  console.log((ok ? 'ok   ' : 'FAIL ') + what + (detail && !ok ? `: ${detail}` : ''));
+  if (!ok) failures.push(what);
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const request = async (url, method, token, body) => {
+  const r = await fetch(url, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  if (!r.ok) throw new Error(`${method} ${url}: ${r.status} ${await r.text()}`);
+  return r.json();
+};
+const admin = (method, path, body) => request(env('ADMIN_URL') + path, method, env('TOKEN'), body);
+// Waits (bounded) until `probe` returns true; the seconds it took, or null.
+const until = async (probe, seconds) => {
+  const t0 = Date.now();
+  while (Date.now() < t0 + seconds * 1000) {
+    if (await probe()) return (Date.now() - t0) / 1000;
+    await sleep(5);
+  }
+  return null;
+};
+
+// host:port is the channel's target: every node's address, the port of the last one separately.
+const cut = addresses.lastIndexOf(':');
+const provider = new FlagdProvider({
+  resolverType: 'in-process',
+  host: addresses.slice(0, cut),
+  port: Number(addresses.slice(cut + 1)),
+  tls: true,
+  certPath: env('CA'),
+  defaultAuthority: 'localhost',
+  selector: `flagSetId=${ns}`,
+  retryBackoffMaxMs: 2000,
+});
+await OpenFeature.setProviderAndWait(provider);
+const client = OpenFeature.getClient();
+
+const d = await client.getBooleanDetails('bool-flag', false);
+check('boolean', d.value === true && d.variant === 'on', JSON.stringify(d));
+check('string', (await client.getStringValue('string-flag', 'x')) === 'blue');
+check('integer', (await client.getNumberValue('int-flag', 0)) === 42);
+check('float', (await client.getNumberValue('float-flag', 0)) === 2.0);
+const obj = await client.getObjectValue('object-flag', {});
+check('object', obj?.theme === 'dark' && obj?.retries === 3 && Object.keys(obj).length === 2, JSON.stringify(obj));
+const internal = { targetingKey: 'u1', email: 'a@example.com' };
+check('targeting', (await client.getStringValue('targeted-flag', 'x', internal)) === 'internal');
+check('targeting, no match', (await client.getStringValue('targeted-flag', 'x')) === 'external');
+check('$ref segment', (await client.getStringValue('segment-flag', 'x', { targetingKey: 'u2', plan: 'beta' })) === 'beta-ui');
+check('$ref segment, outside', (await client.getStringValue('segment-flag', 'x')) === 'classic-ui');
+const dis = await client.getBooleanDetails('disabled-flag', false);
+check('disabled flag', dis.value === false && dis.reason === 'DISABLED', JSON.stringify(dis));
+const meta = d.flagMetadata ?? {};
+check('revision in flag metadata', typeof meta.flagstaffRevision === 'number', JSON.stringify(meta));
+
+// `fractional`: the provider buckets every user as Flagstaff's own evaluation (OFREP) does.
+const users = 2000;
+let differ = 0;
+let firstDiff = '';
+const ofrep = `${env('OFREP_URL')}/ofrep/v1/evaluate/flags/split`;
+for (let i = 0; i < users; i++) {
+  const targetingKey = `user-${i}`;
+  const here = await client.getStringValue('split', 'x', { targetingKey });
+  const there = (await request(ofrep, 'POST', env('SDK_KEY'), { context: { targetingKey } })).value;
+  if (here !== there) {
+    differ += 1;
+    firstDiff ||= `${targetingKey}: provider ${here}, OFREP ${there}`;
+  }
+}
+check(`fractional: the same variant as OFREP for ${users} users`, differ === 0, `${differ} differ (${firstDiff})`);
+
+// A write through another node reaches the in-process evaluator: time it.
+await admin('PATCH', `/v1/namespaces/${ns}/flags/flip`, { defaultVariant: 'new' });
+const latency = await until(async () => (await client.getStringValue('flip', 'x')) === 'after', 10);
+check('a write through another node arrives within 1 s', latency !== null && latency < 1.0, `${latency} s`);
+console.log(`write -> in-process node provider: ${latency === null ? 'never' : Math.round(latency * 1000)} ms`);
+
+// The provider's node is killed: the provider keeps its values, moves to the next address and
+// gets the changes written after.
+process.kill(Number(env('KILL_PID')), 'SIGKILL');
+const killed = Date.now();
+let kept = true;
+while (Date.now() < killed + 1000) {
+  kept &&= (await client.getStringValue('flip', 'x')) === 'after' && (await client.getNumberValue('int-flag', 0)) === 42;
+  await sleep(10);
+}
+check('the last values are kept while the node is gone', kept);
+await admin('PATCH', `/v1/namespaces/${ns}/flags/later`, { defaultVariant: 'new' });
+const moved = await until(async () => (await client.getStringValue('later', 'x')) === 'after', 30);
+check('a write after the kill arrives through another node', moved !== null, 'not within 30 s');
+console.log(`kill -> node provider following another node: ${((Date.now() - killed) / 1000).toFixed(1)} s`);
+
+await OpenFeature.close();
+if (failures.length) {
+  console.error(`${failures.length} failed: ${failures.join(', ')}`);
+  process.exit(1);
+}
+console.log('all passed');
