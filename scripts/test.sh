@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing (system packages, cargo-nextest,
 # cargo-deb), builds, checks the Debian package, then runs the stock OpenFeature OFREP providers
-# and the stock Python flagd provider (in-process, over the flagd sync service) against a live
+# and the stock Python and Node flagd providers (in-process, over the flagd sync service) against a live
 # cluster, the web console in Chromium against a live cluster, fuzzes a live
-# cluster against its OpenAPI document (schemathesis), checks that the fuzz target builds, runs
+# cluster against its OpenAPI document (schemathesis) while the flag evaluator is fuzzed, runs
 # the fault-injection suite, and runs every Rust test with nextest (last, so its summary closes
 # the output).
 set -euo pipefail
@@ -20,12 +20,21 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
 fi
 cargo deb -p flagstaff-cluster --no-build --profile dev -o "$CARGO_TARGET_DIR/flagstaff.deb"
 bash deploy/debian/check.sh "$CARGO_TARGET_DIR/flagstaff.deb"
+# 60 s of fuzzing parse → validate → compile → evaluate, with memory and time limits per input:
+# on one core, beside the suites below (which mostly wait on their cluster, a provider or a
+# browser), and waited for before the fault suite, which wants the machine to itself.
+fuzz_log="$CARGO_TARGET_DIR/fuzz.log"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 60 >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+trap 'kill "$fuzz_pid" 2>/dev/null || true' EXIT
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ofrep-providers/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/flagd-providers/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/ui/run.sh
 FLAGSTAFF_BIN="$CARGO_TARGET_DIR/debug/flagstaff" bash tests/openapi/run.sh
-# 60 s of fuzzing parse → validate → compile → evaluate, with memory and time limits per input.
-CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash flags/fuzz/run.sh 60
+fuzz_status=0
+wait "$fuzz_pid" || fuzz_status=$?
+tail -n 20 "$fuzz_log"
+[ "$fuzz_status" = 0 ] || { echo "fuzzing failed (exit $fuzz_status); log: $fuzz_log" >&2; exit 1; }
 # Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the
 # checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary). The break
 # build resolves features workspace-wide so RocksDB is not compiled a second time; the nextest
