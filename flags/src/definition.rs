@@ -2,14 +2,16 @@
 //!
 //! Field names follow flagd's flag-definition schema (<https://flagd.dev/schema/v0/flags.json>):
 //! `state`, `variants`, `defaultVariant`, `targeting`, `metadata`, and at the document level
-//! `$schema`, `flags`, `$evaluators`, `metadata`; Flagstaff adds `description` and `tags` per
-//! flag. Targeting rules and segments stay JSON ([`Value`]): they are compiled, not modelled.
+//! `$schema`, `flags`, `$evaluators`, `metadata`; Flagstaff adds `description`, `tags` and
+//! `fractionalAlgorithm` per flag ([`FLAGSTAFF_FLAG_FIELDS`], which flagd providers are not
+//! sent). Targeting rules and segments stay JSON ([`Value`]): they are compiled, not modelled.
 //!
 //! Deserializing checks the shape only (field names and JSON types). Whether a definition
 //! *means* something (variants of one type, a default that is a variant, valid JsonLogic, `$ref`s
 //! that resolve) is [`crate::validate_flag`] / [`crate::validate_document`]'s job; the
 //! `from_json` constructors run both and report faults with their paths.
 
+use crate::bucketing::FractionalAlgorithm;
 use crate::fault::Fault;
 use crate::flag_set::FlagSet;
 use crate::validate::{validate_document, validate_flag};
@@ -29,7 +31,11 @@ pub enum FlagState {
     Disabled,
 }
 
-/// One flag as flagd defines it, plus Flagstaff's `description` and `tags`.
+/// The fields Flagstaff adds to a flagd flag definition.
+pub const FLAGSTAFF_FLAG_FIELDS: &[&str] = &["description", "tags", "fractionalAlgorithm"];
+
+/// One flag as flagd defines it, plus Flagstaff's `description`, `tags` and
+/// `fractionalAlgorithm`.
 ///
 /// Serializes to exactly the JSON flagd reads; absent optional fields are left out, so
 /// `parse → serialize → parse` gives an equal value. A `defaultVariant` or `targeting` of `null`
@@ -57,6 +63,9 @@ pub struct FlagDefinition {
     /// Labels for filtering and ownership.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// How `fractional` splits hash (see [`FractionalAlgorithm`]); absent means `v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fractional_algorithm: Option<FractionalAlgorithm>,
 }
 
 impl FlagDefinition {

@@ -1,5 +1,6 @@
 //! One flag definition: structural checks and compilation into a [`CompiledFlag`].
 
+use crate::bucketing::FractionalAlgorithm;
 use crate::fault::{Fault, Faults};
 use crate::rule::compile::{short_json, Compiler, RefLookup, VariantNames};
 use crate::rule::Node;
@@ -49,6 +50,7 @@ const FLAG_FIELDS: &[&str] = &[
     "metadata",
     "description",
     "tags",
+    "fractionalAlgorithm",
 ];
 
 /// A flag compiled for evaluation: variants indexed, targeting compiled to a node tree,
@@ -63,6 +65,8 @@ pub struct CompiledFlag {
     pub(crate) default_variant: Option<usize>,
     pub(crate) targeting: Option<Node>,
     pub(crate) metadata: Map<String, Value>,
+    /// How its `fractional` splits hash (`fractionalAlgorithm`, default v2).
+    pub(crate) fractional: FractionalAlgorithm,
     /// Why the definition could not be compiled; evaluating it answers `PARSE_ERROR`.
     pub(crate) broken: Option<String>,
 }
@@ -88,6 +92,11 @@ impl CompiledFlag {
         &self.metadata
     }
 
+    /// How the flag's `fractional` splits hash.
+    pub fn fractional_algorithm(&self) -> FractionalAlgorithm {
+        self.fractional
+    }
+
     pub(crate) fn variant_index(&self, name: &str) -> Option<usize> {
         self.variants
             .binary_search_by(|(n, _)| n.as_ref().cmp(name))
@@ -109,6 +118,7 @@ impl CompiledFlag {
             default_variant: None,
             targeting: None,
             metadata,
+            fractional: FractionalAlgorithm::V2,
             broken: Some(why),
         }
     }
@@ -288,6 +298,20 @@ pub(crate) fn compile_flag(
         ),
     }
 
+    let fractional = match obj.get("fractionalAlgorithm") {
+        None => FractionalAlgorithm::V2,
+        Some(Value::String(s)) if FractionalAlgorithm::parse(s).is_some() => {
+            FractionalAlgorithm::parse(s).unwrap_or_default()
+        }
+        Some(other) => {
+            faults.add_at_key(
+                "fractionalAlgorithm",
+                format!("must be \"v2\" or \"v3\", found {}", short_json(other)),
+            );
+            FractionalAlgorithm::V2
+        }
+    };
+
     if !faults.is_empty() {
         return Err(faults.list);
     }
@@ -299,6 +323,7 @@ pub(crate) fn compile_flag(
         default_variant,
         targeting,
         metadata,
+        fractional,
         broken: None,
     })
 }

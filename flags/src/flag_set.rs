@@ -290,7 +290,8 @@ impl FlagSet {
                 default(Reason::Default)
             };
         };
-        let env = Env::new(ctx.attributes(), &flag.key, ctx.timestamp());
+        let mut env = Env::new(ctx.attributes(), &flag.key, ctx.timestamp());
+        env.fractional = flag.fractional;
         let (outcome, split) = eval_targeting(targeting, &env);
         if let Some(why) = env.budget.exceeded() {
             return self.error(&flag.metadata, ErrorCode::General, || {

@@ -12,8 +12,12 @@
 //! - **Evaluation**: [`FlagSet`] compiles flags and segments once; [`FlagSet::boolean`],
 //!   [`FlagSet::string`], [`FlagSet::integer`], [`FlagSet::float`], [`FlagSet::object`] and the
 //!   untyped [`FlagSet::resolve`] return value, variant, [`Reason`], [`ErrorCode`] and metadata.
-//! - **Bucketing**: `fractional` hashes exactly as flagd's daemon ([`murmur3_x86_32`] with seed 0,
-//!   `bucket = (hash * total_weight) >> 32`); frozen by `tests/cases/bucketing.json`.
+//! - **Bucketing**: `fractional` hashes exactly as flagd does, with either of its algorithms
+//!   chosen per flag by `fractionalAlgorithm` ([`FractionalAlgorithm`]: `v2`, the default, the
+//!   UTF-8 bucketing string as flagd's daemon and the Go/Java/.NET/Node providers hash it; `v3`,
+//!   its canonical CBOR as the Python provider does); both [`murmur3_x86_32`] with seed 0 and
+//!   `bucket = (hash * total_weight) >> 32`; frozen by `tests/cases/bucketing.json` and
+//!   `tests/cases/bucketing_v3.json`.
 //!
 //! Guarantees: no function of this crate panics on any input JSON; evaluation allocates
 //! nothing for boolean and numeric results (checked by `tests/no_alloc.rs`).
@@ -24,6 +28,7 @@
 //! `flags/fuzz/run.sh 60` builds the libFuzzer target on the stable toolchain and fuzzes parse →
 //! validate → compile → evaluate for 60 seconds.
 
+mod bucketing;
 mod compiled_rule;
 mod context;
 mod definition;
@@ -38,9 +43,10 @@ mod rule;
 mod semver;
 mod validate;
 
+pub use bucketing::FractionalAlgorithm;
 pub use compiled_rule::CompiledRule;
 pub use context::Context;
-pub use definition::{FlagDefinition, FlagState, FlagdDocument};
+pub use definition::{FlagDefinition, FlagState, FlagdDocument, FLAGSTAFF_FLAG_FIELDS};
 pub use evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
 pub use fault::Fault;
 pub use flag::{CompiledFlag, VariantType};

@@ -13,7 +13,8 @@ fn unchecked(_: &str) -> RefLookup {
 }
 
 /// Validates one flag definition: a flagd flag object (`state`, `variants`, `defaultVariant`,
-/// `targeting`, `metadata`) plus optional `description` (string) and `tags` (array of strings).
+/// `targeting`, `metadata`) plus optional `description` (string), `tags` (array of strings) and
+/// `fractionalAlgorithm` (`"v2"` or `"v3"`).
 ///
 /// Structure only: `$ref` targets are not resolved (see [`validate_document`] for that).
 /// Every fault is reported, each with its path relative to the definition (`defaultVariant`,

@@ -4,6 +4,7 @@
 
 use flagstaff_flags::{
     validate_document, validate_flag, Context, FlagDefinition, FlagSet, FlagState, FlagdDocument,
+    FractionalAlgorithm,
 };
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -228,9 +229,22 @@ fn definition() -> impl Strategy<Value = FlagDefinition> {
         ]),
         proptest::option::of(name()),
         proptest::collection::vec(name(), 0..3),
+        proptest::option::of(prop_oneof![
+            Just(FractionalAlgorithm::V2),
+            Just(FractionalAlgorithm::V3)
+        ]),
     )
         .prop_map(
-            |(state, variants, default_variant, targeting, metadata, description, tags)| {
+            |(
+                state,
+                variants,
+                default_variant,
+                targeting,
+                metadata,
+                description,
+                tags,
+                fractional_algorithm,
+            )| {
                 FlagDefinition {
                     state,
                     variants,
@@ -239,6 +253,7 @@ fn definition() -> impl Strategy<Value = FlagDefinition> {
                     metadata,
                     description,
                     tags,
+                    fractional_algorithm,
                 }
             },
         )

@@ -1,4 +1,5 @@
-//! Runs the data-file tables: `cases/operators.json`, `cases/flags.json`, `cases/bucketing.json`.
+//! Runs the data-file tables: `cases/operators.json`, `cases/flags.json`, `cases/bucketing.json`,
+//! `cases/bucketing_v3.json`.
 
 use flagstaff_flags::{murmur3_x86_32, CompiledRule, Context, FlagSet};
 use serde_json::{json, Map, Value};
@@ -242,4 +243,93 @@ fn bucketing_vectors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `fractionalAlgorithm: "v3"`: the variant the Python provider's evaluator gives for every
+/// vector (through a flag), and the table's own hashes of its frozen CBOR bytes.
+#[test]
+fn bucketing_v3_vectors() {
+    let table = load(include_str!("cases/bucketing_v3.json"));
+    let vectors = table["vectors"].as_array().expect("vectors");
+    assert!(vectors.len() >= 45, "the table lost vectors");
+    let mut failures = Vec::new();
+    for (i, v) in vectors.iter().enumerate() {
+        let flag_key = v["flagKey"].as_str().expect("flagKey");
+        let expected = v["variant"].as_str().expect("variant");
+        let hex = v["cbor"].as_str().expect("cbor");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|j| u8::from_str_radix(&hex[j..j + 2], 16).expect("hex"))
+            .collect();
+        let hash = murmur3_x86_32(&[&bytes], 0);
+        if Some(u64::from(hash)) != v["hash"].as_u64() {
+            failures.push(format!(
+                "vector {i}: hash of {hex} is {hash}, frozen {}",
+                v["hash"]
+            ));
+        }
+        let mut buckets: Vec<Value> = v["weights"].as_array().expect("weights").clone();
+        let variants: Map<String, Value> = buckets
+            .iter()
+            .map(|b| (b[0].as_str().expect("name").to_string(), json!(true)))
+            .collect();
+        let mut ctx = Context::new(DEFAULT_TIMESTAMP);
+        if let Some(tk) = v["targetingKey"].as_str() {
+            ctx = ctx.with_targeting_key(tk);
+        } else {
+            buckets.insert(0, json!({"var": "bucket"}));
+            ctx = ctx.with_attribute("bucket", v["bucketBy"].clone());
+        }
+        let def = json!({"state": "ENABLED", "variants": variants,
+            "fractionalAlgorithm": "v3", "targeting": {"fractional": buckets}});
+        let set = match FlagSet::from_document(&json!({"flags": {flag_key: def}})) {
+            Ok(s) => s,
+            Err(f) => {
+                failures.push(format!("vector {i}: {f:?}"));
+                continue;
+            }
+        };
+        let r = set.resolve(flag_key, &ctx);
+        if r.variant != Some(expected) {
+            failures.push(format!(
+                "vector {i} ({}): expected {expected}, got {:?} ({:?})",
+                v.get("bucketBy").unwrap_or(&v["targetingKey"]),
+                r.variant,
+                r.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same user lands differently under v2 and v3 (the two are not the same hash), and a
+/// flag without `fractionalAlgorithm` is v2.
+#[test]
+fn fractional_algorithm_is_per_flag() {
+    let split = json!({"fractional": [["heads", 1], ["tails", 1]]});
+    let doc = json!({"flags": {
+        "fractional-flag-shorthand": {"state": "ENABLED", "variants": {"heads": 1, "tails": 2},
+            "targeting": split},
+    }});
+    let v2 = FlagSet::from_document(&doc).expect("valid");
+    let mut doc3 = doc.clone();
+    doc3["flags"]["fractional-flag-shorthand"]["fractionalAlgorithm"] = json!("v3");
+    let v3 = FlagSet::from_document(&doc3).expect("valid");
+    let ctx = Context::new(DEFAULT_TIMESTAMP).with_targeting_key("jon@company.com");
+    // The testbed's shorthand case: heads under v2, tails under v3.
+    assert_eq!(
+        v2.resolve("fractional-flag-shorthand", &ctx).variant,
+        Some("heads")
+    );
+    assert_eq!(
+        v3.resolve("fractional-flag-shorthand", &ctx).variant,
+        Some("tails")
+    );
+    let mut bad = doc.clone();
+    bad["flags"]["fractional-flag-shorthand"]["fractionalAlgorithm"] = json!("v4");
+    let faults = FlagSet::from_document(&bad).expect_err("v4 is not an algorithm");
+    assert!(
+        format!("{faults:?}").contains("fractionalAlgorithm"),
+        "{faults:?}"
+    );
 }

@@ -6,7 +6,8 @@
 //! inputs", <https://flagd.dev/reference/flag-definitions/#custom-operations>).
 
 use super::value::{write_js_number, Val};
-use super::{Fractional, Node, PathPart, Weight};
+use super::{Fractional, Node, PathPart, VarPath, Weight};
+use crate::bucketing::{v3_pair_hash, v3_text_hash, Cbor, FractionalAlgorithm};
 use crate::limits::Budget;
 use crate::murmur3::murmur3_x86_32;
 use crate::semver;
@@ -21,6 +22,8 @@ pub(crate) struct Env<'a> {
     pub(crate) timestamp: i64,
     /// What the evaluation may still spend; see `crate::limits`.
     pub(crate) budget: Budget,
+    /// How `fractional` hashes: the evaluated flag's `fractionalAlgorithm`.
+    pub(crate) fractional: FractionalAlgorithm,
 }
 
 impl<'a> Env<'a> {
@@ -30,6 +33,7 @@ impl<'a> Env<'a> {
             flag_key,
             timestamp,
             budget: Budget::new(),
+            fractional: FractionalAlgorithm::V2,
         }
     }
 }
@@ -674,19 +678,12 @@ fn version_text<'v>(v: &'v Val<'_>, buf: &'v mut String) -> Option<&'v str> {
 /// non-number or too large weight, or a total of 0, makes the result `null`.
 #[inline(never)]
 fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Outcome<'a>, bool) {
-    let hash = match f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
-        Some(v) if v.as_str().is_some() => {
-            let text = v.as_str().unwrap_or_default();
-            env.budget.scan(text.len());
-            murmur3_x86_32(&[text.as_bytes()], 0)
-        }
-        _ => match attribute(env.data, "targetingKey") {
-            Some(Value::String(tk)) if !tk.is_empty() => {
-                env.budget.scan(tk.len());
-                murmur3_x86_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0)
-            }
-            _ => return (Outcome::Value(Val::Null), false),
-        },
+    let hash = match env.fractional {
+        FractionalAlgorithm::V2 => v2_hash(f, env, data),
+        FractionalAlgorithm::V3 => v3_hash(f, env, data),
+    };
+    let Some(hash) = hash else {
+        return (Outcome::Value(Val::Null), false);
     };
     let total = match f.const_total {
         Some(t) => t,
@@ -719,6 +716,79 @@ fn fractional<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> (Outc
         }
     }
     (Outcome::Value(Val::Null), false)
+}
+
+/// flagd's v2 input: a string bucketing value's bytes; with none (or a value that is not a
+/// string), the flag key followed by a non-empty string `targetingKey`.
+fn v2_hash<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> Option<u32> {
+    if let Some(v) = f.bucket_by.as_ref().map(|b| eval(b, env, data)) {
+        if let Some(text) = v.as_str() {
+            env.budget.scan(text.len());
+            return Some(murmur3_x86_32(&[text.as_bytes()], 0));
+        }
+    }
+    match attribute(env.data, "targetingKey") {
+        Some(Value::String(tk)) if !tk.is_empty() => {
+            env.budget.scan(tk.len());
+            Some(murmur3_x86_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0))
+        }
+        _ => None,
+    }
+}
+
+/// flagd's v3 input: the canonical CBOR of the bucketing value, whatever its type (`null`, a
+/// missing attribute, answers no variant); with none, of `[flagKey, targetingKey]` for a
+/// non-empty string `targetingKey`. A bucketing value that is an array answers no variant
+/// (flagd-core would read it as one more distribution).
+fn v3_hash<'a>(f: &'a Fractional, env: &Env<'a>, data: Data<'a, '_>) -> Option<u32> {
+    let Some(b) = &f.bucket_by else {
+        return match attribute(env.data, "targetingKey") {
+            Some(Value::String(tk)) if !tk.is_empty() => {
+                env.budget.scan(tk.len() + env.flag_key.len());
+                Some(v3_pair_hash(env.flag_key, tk))
+            }
+            _ => None,
+        };
+    };
+    let mut cbor = Cbor::default();
+    // A context attribute is encoded from its JSON, so integers beyond 2^53 keep every digit
+    // (evaluation reads numbers as f64).
+    if let (Node::Var { path, .. }, Data::Root) = (b, data) {
+        if let Some(raw @ (Value::Number(_) | Value::Object(_))) = context_json(env, path) {
+            cbor.json(raw);
+            env.budget.scan(cbor.out.len());
+            return Some(murmur3_x86_32(&[&cbor.out], 0));
+        }
+    }
+    match eval(b, env, data) {
+        Val::Str(text) => return Some(v3_text(text, env)),
+        Val::String(text) => return Some(v3_text(&text, env)),
+        Val::Null | Val::Arr(_) | Val::List(_) => return None,
+        Val::Bool(b) => cbor.bool(b),
+        Val::Num(x) => cbor.number(x),
+        Val::Obj(map) => cbor.map(map),
+    }
+    env.budget.scan(cbor.out.len());
+    Some(murmur3_x86_32(&[&cbor.out], 0))
+}
+
+/// The context's JSON at a `var` path, when it is there.
+fn context_json<'a>(env: &Env<'a>, path: &VarPath) -> Option<&'a Value> {
+    let (first, rest) = path.parts.split_first()?;
+    let mut cur = attribute(env.data, &first.key)?;
+    for p in rest {
+        cur = match cur {
+            Value::Object(m) => m.get(&*p.key)?,
+            Value::Array(a) => a.get(p.index?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+fn v3_text(text: &str, env: &Env<'_>) -> u32 {
+    env.budget.scan(text.len());
+    v3_text_hash(text)
 }
 
 fn weight<'a>(w: &'a Weight, env: &Env<'a>, data: Data<'a, '_>) -> Option<u64> {
