@@ -49,6 +49,12 @@ pub struct Code {
     pub code: u16,
 }
 
+/// A gRPC status code, by its name (`FailedPrecondition`), as grpc-prometheus labels it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCode {
+    pub grpc_code: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Evaluation {
     pub namespace: String,
@@ -78,6 +84,9 @@ pub struct Metrics {
     pub ofrep_requests: Family<Code, Counter>,
     pub snapshot_requests: Family<Code, Counter>,
     pub tls_reloads: Family<ReloadOutcome, Counter>,
+    pub sync_streams: Gauge,
+    pub sync_messages: Counter,
+    pub sync_refusals: Family<GrpcCode, Counter>,
     evaluations: Family<Evaluation, Counter>,
     /// Series created in `evaluations` (besides `_other`), under the lock that creates them.
     evaluation_series: Arc<Mutex<usize>>,
@@ -99,6 +108,9 @@ impl Metrics {
             ofrep_requests: Family::default(),
             snapshot_requests: Family::default(),
             tls_reloads: Family::default(),
+            sync_streams: Gauge::default(),
+            sync_messages: Counter::default(),
+            sync_refusals: Family::default(),
             evaluations: Family::default(),
             evaluation_series: Arc::default(),
             max_evaluation_series,
@@ -108,6 +120,14 @@ impl Metrics {
     /// Counts an answer by its status in `family` (OFREP or snapshot requests).
     pub fn answered(family: &Family<Code, Counter>, status: u16) {
         family.get_or_create(&Code { code: status }).inc();
+    }
+
+    /// A flagd sync request refused, or a stream ended by this node, with `code`.
+    pub fn sync_refused(&self, code: tonic::Code) {
+        let grpc_code = format!("{code:?}");
+        self.sync_refusals
+            .get_or_create(&GrpcCode { grpc_code })
+            .inc();
     }
 
     pub fn write_done(&self, outcome: &'static str, took: Duration) {
@@ -221,6 +241,22 @@ impl Metrics {
             self.snapshot_requests.clone(),
         );
         r.register(
+            "sync_streams",
+            "flagd sync streams (SyncFlags) open on this node",
+            self.sync_streams.clone(),
+        );
+        r.register(
+            "sync_messages",
+            "flagd documents sent on sync streams",
+            self.sync_messages.clone(),
+        );
+        r.register(
+            "sync_refusals",
+            "flagd sync requests refused and streams ended by this node, by gRPC status \
+             (FailedPrecondition: the provider would split users otherwise)",
+            self.sync_refusals.clone(),
+        );
+        r.register(
             "evaluations",
             "OFREP evaluations by namespace, flag and variant (series capped; the rest under _other)",
             self.evaluations.clone(),
@@ -228,6 +264,23 @@ impl Metrics {
         store.register(&mut r);
         r.register_collector(Box::new(raft));
         r
+    }
+}
+
+/// One open stream counted in a gauge (`flagstaff_watch_streams`, `flagstaff_sync_streams`),
+/// for as long as it lives.
+pub struct Open(Gauge);
+
+impl Open {
+    pub fn new(streams: &Gauge) -> Self {
+        streams.inc();
+        Self(streams.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

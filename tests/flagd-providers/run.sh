@@ -2,8 +2,9 @@
 # The stock flagd providers for Python (openfeature-provider-flagd) and Node
 # (@openfeature/flagd-provider), in-process, against a real local 3-node Flagstaff cluster's
 # flagd sync listeners (`--listen-sync`, gRPC over TLS) on loopback: every flag type,
-# targeting, a `$ref` segment, a disabled flag, a `fractional` split (the same variant as
-# OFREP for every key, Node), a write through another node reaching the provider (latency
+# targeting, a `$ref` segment, a disabled flag, a `fractional` split (for 10,000 users, the
+# same variant as OFREP and flagstaff-client give: v3 for Python, v2 for Node; each provider
+# refused a namespace that splits with the other), a write through another node reaching the provider (latency
 # printed), the node a provider streams from killed (it keeps its values, moves to another node
 # of its address list and gets later changes), and the sync service's refusals (no key, unknown
 # namespace, bad selector, a revoked key's stream). Python sends the namespace's SDK key; Node
@@ -27,12 +28,14 @@ keyless=flagd-keyless
 start_local_cluster --tls --sync-keyless-namespace "$keyless"
 
 ns=flagd-test
-seed() { # the same flags in namespace $1
-  local ns="$1"
+seed() { # the same flags in namespace $1, its split hashed with fractional algorithm $2
+  local ns="$1" alg="$2"
   flag() { admin PUT "/v1/namespaces/$ns/flags/$1" "$2" >/dev/null; }
   admin PUT "/v1/namespaces/$ns" '{"description":"flagd provider test"}' >/dev/null
   admin PUT "/v1/namespaces/$ns/segments/beta" '{"==":[{"var":"plan"},"beta"]}' >/dev/null
-  flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}'
+  # Flagstaff's own fields (description, tags) are not sent: stock providers refuse them.
+  flag bool-flag '{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on",
+    "description":"a plain switch","tags":["test"]}'
   flag string-flag '{"state":"ENABLED","variants":{"red":"red","blue":"blue"},"defaultVariant":"blue"}'
   flag int-flag '{"state":"ENABLED","variants":{"small":3,"large":42},"defaultVariant":"large"}'
   flag float-flag '{"state":"ENABLED","variants":{"low":0.25,"high":2.0},"defaultVariant":"high"}'
@@ -45,16 +48,30 @@ seed() { # the same flags in namespace $1
   flag flip '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
   flag later '{"state":"ENABLED","variants":{"old":"before","new":"after"},"defaultVariant":"old"}'
   flag split '{"state":"ENABLED","variants":{"red":"red","blue":"blue","green":"green"},"defaultVariant":"red",
-    "targeting":{"fractional":[{"var":"targetingKey"},["red",50],["blue",30],["green",20]]}}'
+    "fractionalAlgorithm":"'"$alg"'","targeting":{"fractional":[["red",50],["blue",30],["green",20]]}}'
 }
-seed "$ns"
-seed "$keyless"
+# Python's provider hashes fractional splits with v3, Node's with v2.
+seed "$ns" v3
+seed "$keyless" v2
 key_of() { # a new SDK key of namespace $1
   admin POST "/v1/namespaces/$1/sdk-keys" '{"name":"flagd-providers"}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
 }
 sdk_key="$(key_of "$ns")"
 keyless_key="$(key_of "$keyless")" # for OFREP, to compare the Node provider's split with
+
+# What flagstaff-client assigns 10,000 users in each namespace's split, for the providers to
+# compare their own assignments with (and OFREP's).
+users=10000
+phase "flagstaff-client: the split for $users users"
+cargo build --workspace --locked --example assign_users
+assign() { # namespace $1, key $2 -> file $3
+  FLAGSTAFF_ENDPOINTS="${followers[1]}" FLAGSTAFF_CA_FILE="$ca" FLAGSTAFF_NAMESPACE="$1" \
+    FLAGSTAFF_SDK_KEY="$2" FLAGSTAFF_FLAG=split FLAGSTAFF_USERS="$users" \
+    timeout 60 "$target_dir/debug/examples/assign_users" >"$3"
+}
+assign "$ns" "$sdk_key" "$work/assigned-v3.json"
+assign "$keyless" "$keyless_key" "$work/assigned-v2.json"
 
 # Each provider gets every node's sync port as one gRPC address list, the provider's node first
 # (gRPC's pick_first takes the first that answers, and the next when it goes away): the
@@ -74,12 +91,14 @@ phase "python flagd provider (in-process) against $served first ($addresses)"
 remember_node "$(pid_of "$served")"
 ADDRESSES="$addresses" CA="$ca" NS="$ns" SDK_KEY="$sdk_key" KEYLESS_NS="$keyless" \
   ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$(pid_of "$served")" \
+  OFREP_URL="${followers[1]}" ASSIGNED="$work/assigned-v3.json" \
   timeout 120 "$venv/bin/python" "$here/python/test_in_process.py" || status=1
 phase "restart the node the python provider left"
 start_node "$(pid_of "$served")" "$served"
 phase "node flagd provider (in-process, key-less) against $served first"
 ADDRESSES="$addresses" CA="$ca" NS="$keyless" SDK_KEY="$keyless_key" OFREP_URL="${followers[1]}" \
   ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$started_pid" NODE_EXTRA_CA_CERTS="$ca" \
+  ASSIGNED="$work/assigned-v2.json" URLS="$(IFS=,; echo "${urls[*]}")" \
   timeout 120 node "$here/node/in_process.test.mjs" || status=1
 if [ "$status" = 0 ]; then phase "flagd providers: all passed"; else phase "flagd providers: FAILED"; fi
 exit "$status"

@@ -73,6 +73,19 @@ struct FlagSpec {
     metadata: Option<Value>,
     description: Option<String>,
     tags: Option<Vec<String>>,
+    /// How `fractional` splits hash users: `v2` (the default; flagd and its Go, Java, .NET and
+    /// Node providers) or `v3` (the Python provider). Changing it moves users between variants.
+    #[schema(rename = "fractionalAlgorithm")]
+    fractional_algorithm: Option<FractionalAlgorithmSpec>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum FractionalAlgorithmSpec {
+    #[schema(rename = "v2")]
+    V2,
+    #[schema(rename = "v3")]
+    V3,
 }
 
 /// A namespace: its description, version and sizes.

@@ -244,7 +244,7 @@ async fn watch(
     ));
     // The slot is held, and the stream counted open, as long as the response body lives (until
     // the client goes away).
-    let open = OpenStream::new(&node.metrics.watch_streams);
+    let open = crate::metrics::Open::new(&node.metrics.watch_streams);
     let body = Body::from_stream(futures::stream::unfold(
         (body_rx, slot, open),
         |(mut rx, slot, open)| async move {
@@ -263,22 +263,6 @@ async fn watch(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     revision_header(&mut resp, last);
     Ok(resp)
-}
-
-/// One open watch stream in `flagstaff_watch_streams`, for as long as it lives.
-struct OpenStream(prometheus_client::metrics::gauge::Gauge);
-
-impl OpenStream {
-    fn new(streams: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        streams.inc();
-        Self(streams.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The `snapshot` event of a namespace that no longer exists: empty, at `revision`.

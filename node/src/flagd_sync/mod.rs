@@ -14,6 +14,10 @@
 //!   so the provider reconnects (to another node behind the same name). A revoked key ends
 //!   its streams with `PERMISSION_DENIED`; a stopping node ends them with `UNAVAILABLE` (the
 //!   Node provider reconnects only after an error status).
+//! - One assignment per user: a namespace is served to a provider only if every `fractional`
+//!   in it hashes as that provider does ([`fractional`]); else `FAILED_PRECONDITION`, at the
+//!   start or when a change makes it so. Messages carry flagd's fields only (no
+//!   `description`, `tags`, `fractionalAlgorithm`: stock providers refuse unknown fields).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,9 +36,12 @@ use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 use crate::tls::ServerTls;
 
+pub mod fractional;
 #[allow(clippy::all, missing_docs)]
 #[rustfmt::skip]
 pub mod proto;
+
+use fractional::Provider;
 
 use proto::flag_sync_service_server::{FlagSyncService, FlagSyncServiceServer};
 use proto::{
@@ -250,27 +257,33 @@ impl Sync {
         }
     }
 
-    /// The namespace's document once this node can prove its bound.
-    async fn fresh_document(&self, ns: &str) -> Result<(String, u64), Status> {
+    /// The namespace's document for `provider` once this node can prove its bound.
+    async fn fresh_document(&self, ns: &str, provider: &Provider) -> Result<(String, u64), Status> {
         let bound = self.node.config.max_staleness;
         self.node
             .read_barrier(Consistency::Bounded(bound), None)
             .await
             .map_err(status_of)?;
-        document(&self.node, ns)
-            .ok_or_else(|| Status::not_found(format!("namespace {ns:?} does not exist")))
+        document(&self.node, ns, provider)
     }
 }
 
-/// `{"flags": …, "$evaluators": …, "metadata": {"flagSetId", "flagstaffRevision"}}`: the same
-/// bytes for the same state (keys sorted), and its namespace revision.
-pub fn document(node: &Node, ns: &str) -> Option<(String, u64)> {
-    let (flags, evaluators, revision) = {
+/// `{"flags": …, "$evaluators": …, "metadata": {"flagSetId", "flagstaffRevision"}}` in flagd's
+/// fields only, the same bytes for the same state (keys sorted), and its namespace revision;
+/// `NOT_FOUND` for a namespace that does not exist, `FAILED_PRECONDITION` when `provider`
+/// would split users otherwise than Flagstaff (see [`fractional`]).
+fn document(node: &Node, ns: &str, provider: &Provider) -> Result<(String, u64), Status> {
+    let found = {
         let state = node.state.read();
-        let space = state.namespace(ns)?;
-        let (flags, evaluators) = crate::api::sdk::definitions(ns, space);
-        (flags, evaluators, space.last_change)
+        state.namespace(ns).map(|space| {
+            let (flags, evaluators) = crate::api::sdk::definitions(ns, space);
+            (flags, evaluators, space.last_change)
+        })
     };
+    let (mut flags, evaluators, revision) =
+        found.ok_or_else(|| Status::not_found(format!("namespace {ns:?} does not exist")))?;
+    provider.check(ns, &flags, &evaluators)?;
+    fractional::flagd_only(&mut flags);
     let mut doc = Map::new();
     doc.insert("flags".into(), Value::Object(flags));
     if !evaluators.is_empty() {
@@ -280,7 +293,7 @@ pub fn document(node: &Node, ns: &str) -> Option<(String, u64)> {
         "metadata".into(),
         json!({"flagSetId": ns, "flagstaffRevision": revision}),
     );
-    Some((Value::Object(doc).to_string(), revision))
+    Ok((Value::Object(doc).to_string(), revision))
 }
 
 fn text(s: &str) -> prost_types::Value {
@@ -319,40 +332,18 @@ impl FlagSyncService for Sync {
         &self,
         req: Request<SyncFlagsRequest>,
     ) -> Result<Response<Self::SyncFlagsStream>, Status> {
-        let ns = selected_namespace(&req, &req.get_ref().selector)?;
-        let caller = self.authorize(&req, &ns)?;
-        let who = match &caller {
-            Some(Caller::Admin(name)) => format!("admin:{name}"),
-            Some(Caller::Sdk { hash, .. }) => format!("sdk:{hash}"),
-            None => format!("keyless:{ns}"),
-        };
-        let slot = self.node.watch_streams.acquire(&who).ok_or_else(|| {
-            status_of(ApiError::RateLimited {
-                retry_after_secs: 5,
-            })
-        })?;
-        self.node.sdk_admission.admit().await.map_err(status_of)?;
-        // Subscribe before reading, so no change applied after the read is missed.
-        let rx = self.node.hub.subscribe();
-        let (doc, revision) = self.fresh_document(&ns).await?;
-        let (tx, out) = mpsc::channel(4);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            follow(node, caller, ns, doc, revision, rx, tx).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        self.start_stream(req)
+            .await
+            .inspect_err(|e| self.node.metrics.sync_refused(e.code()))
     }
 
     async fn fetch_all_flags(
         &self,
         req: Request<FetchAllFlagsRequest>,
     ) -> Result<Response<FetchAllFlagsResponse>, Status> {
-        let ns = selected_namespace(&req, &req.get_ref().selector)?;
-        self.authorize(&req, &ns)?;
-        self.node.sdk_admission.admit().await.map_err(status_of)?;
-        let (flag_configuration, _) = self.fresh_document(&ns).await?;
-        Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
+        self.fetch(req)
+            .await
+            .inspect_err(|e| self.node.metrics.sync_refused(e.code()))
     }
 
     async fn get_metadata(
@@ -372,78 +363,168 @@ impl FlagSyncService for Sync {
     }
 }
 
-/// One stream: the document now, then again after every change to the namespace (changes that
-/// arrive together are sent as one), until the client leaves, the node stops, the node can no
-/// longer prove its bound, the key is revoked or the namespace is deleted.
-async fn follow(
+impl Sync {
+    async fn start_stream(
+        &self,
+        req: Request<SyncFlagsRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let ns = selected_namespace(&req, &req.get_ref().selector)?;
+        let caller = self.authorize(&req, &ns)?;
+        let provider = Provider::of(req.metadata())?;
+        let who = match &caller {
+            Some(Caller::Admin(name)) => format!("admin:{name}"),
+            Some(Caller::Sdk { hash, .. }) => format!("sdk:{hash}"),
+            None => format!("keyless:{ns}"),
+        };
+        let slot = self.node.watch_streams.acquire(&who).ok_or_else(|| {
+            status_of(ApiError::RateLimited {
+                retry_after_secs: 5,
+            })
+        })?;
+        self.node.sdk_admission.admit().await.map_err(status_of)?;
+        // Subscribe before reading, so no change applied after the read is missed.
+        let rx = self.node.hub.subscribe();
+        let (doc, revision) = self
+            .fresh_document(&ns, &provider)
+            .await
+            .inspect_err(|e| refused(&ns, &provider, e))?;
+        let (tx, out) = mpsc::channel(4);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _open = crate::metrics::Open::new(&node.metrics.sync_streams);
+            let stream = Follow {
+                node,
+                caller,
+                provider,
+                ns,
+            };
+            stream.run(doc, revision, rx, tx).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn fetch(
+        &self,
+        req: Request<FetchAllFlagsRequest>,
+    ) -> Result<Response<FetchAllFlagsResponse>, Status> {
+        let ns = selected_namespace(&req, &req.get_ref().selector)?;
+        self.authorize(&req, &ns)?;
+        let provider = Provider::of(req.metadata())?;
+        self.node.sdk_admission.admit().await.map_err(status_of)?;
+        let (flag_configuration, _) = self
+            .fresh_document(&ns, &provider)
+            .await
+            .inspect_err(|e| refused(&ns, &provider, e))?;
+        Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
+    }
+}
+
+/// Logs a refusal that names a mismatch, so the operator sees which provider was turned away.
+fn refused(ns: &str, provider: &Provider, e: &Status) {
+    if e.code() == tonic::Code::FailedPrecondition {
+        tracing::warn!(ns, provider = %provider.learnt_from, "sync refused: {}", e.message());
+    }
+}
+
+/// One stream's subscriber.
+struct Follow {
     node: Arc<Node>,
     caller: Option<Caller>,
+    provider: Provider,
     ns: String,
-    doc: String,
-    mut sent: u64,
-    mut rx: broadcast::Receiver<Arc<crate::watch_hub::HubBatch>>,
-    tx: mpsc::Sender<Result<SyncFlagsResponse, Status>>,
-) {
-    let message = |doc: String, revision: u64| SyncFlagsResponse {
-        flag_configuration: doc,
-        sync_context: Some(sync_context(&node, &ns, revision)),
-    };
-    if tx.send(Ok(message(doc, sent))).await.is_err() {
-        return;
+}
+
+impl Follow {
+    fn message(&self, doc: String, revision: u64) -> SyncFlagsResponse {
+        SyncFlagsResponse {
+            flag_configuration: doc,
+            sync_context: Some(sync_context(&self.node, &self.ns, revision)),
+        }
     }
-    let bound_ms = node.config.max_staleness.as_millis() as u64;
-    let stopping = node.stopping();
-    tokio::pin!(stopping);
-    let mut ticker = tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
-    loop {
-        let changed = tokio::select! {
-            // Not a clean end: some stock providers reconnect only after an error status.
-            _ = &mut stopping => {
-                let _ = tx.send(Err(Status::unavailable("this node is stopping; reconnect to another node"))).await;
-                return;
+
+    /// The document now, then again after every change to the namespace (changes that
+    /// arrive together are sent as one), until the client leaves, the node stops, the node
+    /// can no longer prove its bound, the key is revoked, the namespace is deleted or a change
+    /// makes it split users otherwise than the provider.
+    /// Sends `m`; false when the client has gone. Counts what it sends.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<SyncFlagsResponse, Status>>,
+        m: Result<SyncFlagsResponse, Status>,
+    ) -> bool {
+        match &m {
+            Ok(_) => {
+                self.node.metrics.sync_messages.inc();
             }
-            _ = tx.closed() => return,
-            batch = rx.recv() => match batch {
-                Ok(b) => b.reset || b.events.iter().any(|e| e.ns == ns),
-                // Behind the hub: resynchronise from the state, which is what a message is.
-                Err(broadcast::error::RecvError::Lagged(_)) => true,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = ticker.tick() => {
-                if caller.as_ref().is_some_and(|c| !c.still_valid(&node)) {
-                    let _ = tx.send(Err(Status::permission_denied("the SDK key was revoked"))).await;
+            Err(e) => self.node.metrics.sync_refused(e.code()),
+        }
+        tx.send(m).await.is_ok()
+    }
+
+    async fn run(
+        self,
+        doc: String,
+        mut sent: u64,
+        mut rx: broadcast::Receiver<Arc<crate::watch_hub::HubBatch>>,
+        tx: mpsc::Sender<Result<SyncFlagsResponse, Status>>,
+    ) {
+        let node = &self.node;
+        if !self.send(&tx, Ok(self.message(doc, sent))).await {
+            return;
+        }
+        let bound_ms = node.config.max_staleness.as_millis() as u64;
+        let stopping = node.stopping();
+        tokio::pin!(stopping);
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
+        loop {
+            let changed = tokio::select! {
+                // Not a clean end: some stock providers reconnect only after an error status.
+                _ = &mut stopping => {
+                    self.send(&tx, Err(Status::unavailable("this node is stopping; reconnect to another node"))).await;
                     return;
                 }
-                match node.proofs.staleness_ms() {
-                    Some(s) if s <= bound_ms => false,
-                    other => {
-                        let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
-                        let _ = tx.send(Err(Status::unavailable(msg))).await;
+                _ = tx.closed() => return,
+                batch = rx.recv() => match batch {
+                    Ok(b) => b.reset || b.events.iter().any(|e| e.ns == self.ns),
+                    // Behind the hub: resynchronise from the state, which is what a message is.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = ticker.tick() => {
+                    if self.caller.as_ref().is_some_and(|c| !c.still_valid(node)) {
+                        self.send(&tx, Err(Status::permission_denied("the SDK key was revoked"))).await;
+                        return;
+                    }
+                    match node.proofs.staleness_ms() {
+                        Some(s) if s <= bound_ms => false,
+                        other => {
+                            let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
+                            self.send(&tx, Err(Status::unavailable(msg))).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            if !changed {
+                continue;
+            }
+            // Coalesce: whatever else is already queued is covered by the one document below.
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
+            match document(node, &self.ns, &self.provider) {
+                Ok((doc, revision)) if revision > sent => {
+                    sent = revision;
+                    if !self.send(&tx, Ok(self.message(doc, revision))).await {
                         return;
                     }
                 }
-            }
-        };
-        if !changed {
-            continue;
-        }
-        // Coalesce: whatever else is already queued is covered by the one document below.
-        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
-        match document(&node, &ns) {
-            Some((doc, revision)) if revision > sent => {
-                sent = revision;
-                if tx.send(Ok(message(doc, revision))).await.is_err() {
+                Ok(_) => {}
+                Err(e) => {
+                    refused(&self.ns, &self.provider, &e);
+                    self.send(&tx, Err(e)).await;
                     return;
                 }
-            }
-            Some(_) => {}
-            None => {
-                let _ = tx
-                    .send(Err(Status::not_found(format!(
-                        "namespace {ns:?} was deleted"
-                    ))))
-                    .await;
-                return;
             }
         }
     }

@@ -67,6 +67,8 @@ pub struct FlagForm {
     pub targeting: String,
     /// The flag's metadata as JSON text, kept as it was (not edited here).
     pub metadata: String,
+    /// `fractionalAlgorithm`: empty (absent, v2), `v2` or `v3`.
+    pub fractional_algorithm: String,
     pub builder: RuleBuilder,
     /// `save`, `validate` or `build`.
     pub action: String,
@@ -93,6 +95,7 @@ impl FlagForm {
                 "null_default" => f.null_default = v == "1",
                 "targeting" => f.targeting = v,
                 "metadata" => f.metadata = v,
+                "fractional_algorithm" => f.fractional_algorithm = v.trim().to_string(),
                 "rb_kind" => f.builder.kind = v,
                 "rb_attribute" => f.builder.attribute = v.trim().to_string(),
                 "rb_op" => f.builder.op = v,
@@ -158,6 +161,10 @@ impl FlagForm {
                 })
                 .unwrap_or_default(),
             state: def["state"].as_str().unwrap_or("ENABLED").to_string(),
+            fractional_algorithm: def["fractionalAlgorithm"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             value_type,
             variants: variants
                 .into_iter()
@@ -247,6 +254,19 @@ impl FlagForm {
             .collect();
         if !tags.is_empty() {
             def.insert("tags".into(), json!(tags));
+        }
+        match self.fractional_algorithm.as_str() {
+            "" => {}
+            "v2" | "v3" => {
+                def.insert(
+                    "fractionalAlgorithm".into(),
+                    json!(self.fractional_algorithm),
+                );
+            }
+            other => faults.push(fault(
+                "fractionalAlgorithm",
+                format!("{other:?} is not v2 or v3"),
+            )),
         }
         if faults.is_empty() {
             Ok(Value::Object(def))
@@ -500,6 +520,8 @@ mod tests {
             json!({"state":"DISABLED","variants":{"a":1.5,"b":-2},"description":" spaced ","tags":["x"]}),
             json!({"state":"ENABLED","variants":{"cfg":{"retries":3,"hosts":["a"]}},"defaultVariant":"cfg",
                    "targeting":{"if":[{"in":[{"var":"plan"},["pro"]]},"cfg",null]}}),
+            json!({"state":"ENABLED","variants":{"a":"a","b":"b"},"fractionalAlgorithm":"v3",
+                   "targeting":{"fractional":[["a",1],["b",1]]}}),
         ] {
             let f = FlagForm::from_definition("f", Some(3), Some(&def));
             let mut pairs = vec![
@@ -510,6 +532,10 @@ mod tests {
                 ("default_variant".to_string(), f.default_variant.clone()),
                 ("targeting".to_string(), f.targeting.clone()),
                 ("metadata".to_string(), f.metadata.clone()),
+                (
+                    "fractional_algorithm".to_string(),
+                    f.fractional_algorithm.clone(),
+                ),
             ];
             if f.null_default {
                 pairs.push(("null_default".into(), "1".into()));

@@ -5,9 +5,12 @@
 // Environment (set by ../run.sh): ADDRESSES (a gRPC `ipv4:` list of the three nodes' sync
 // addresses, the provider's node first), CA, NS (a key-less namespace), SDK_KEY (a key of NS, for
 // OFREP), OFREP_URL (a node's client URL), ADMIN_URL (a node other than the provider's), TOKEN,
-// KILL_PID (the pid of the provider's node, killed halfway); NODE_EXTRA_CA_CERTS=CA for fetch.
+// KILL_PID (the pid of the provider's node, killed halfway), URLS (every node's client URL, for
+// /metrics), ASSIGNED (a JSON file of what
+// flagstaff-client assigns user-0… in the `split` flag); NODE_EXTRA_CA_CERTS=CA for fetch.
 import { OpenFeature } from '@openfeature/server-sdk';
 import { FlagdProvider } from '@openfeature/flagd-provider';
+import { readFileSync } from 'node:fs';
 
 const env = (k) => {
   const v = process.env[k];
@@ -75,21 +78,28 @@ check('disabled flag', dis.value === false && dis.reason === 'DISABLED', JSON.st
 const meta = d.flagMetadata ?? {};
 check('revision in flag metadata', typeof meta.flagstaffRevision === 'number', JSON.stringify(meta));
 
-// `fractional`: the provider buckets every user as Flagstaff's own evaluation (OFREP) does.
-const users = 2000;
+// `fractional` (v2 in this namespace, as this provider hashes): every user gets the variant
+// that flagstaff-client and OFREP give.
+const assigned = JSON.parse(readFileSync(env('ASSIGNED'), 'utf8'));
+const users = Object.keys(assigned);
+const ofrep = `${env('OFREP_URL')}/ofrep/v1/evaluate/flags/split`;
+const ofrepSplit = async (targetingKey) =>
+  (await request(ofrep, 'POST', env('SDK_KEY'), { context: { targetingKey } })).value;
 let differ = 0;
 let firstDiff = '';
-const ofrep = `${env('OFREP_URL')}/ofrep/v1/evaluate/flags/split`;
-for (let i = 0; i < users; i++) {
-  const targetingKey = `user-${i}`;
+for (const targetingKey of users) {
   const here = await client.getStringValue('split', 'x', { targetingKey });
-  const there = (await request(ofrep, 'POST', env('SDK_KEY'), { context: { targetingKey } })).value;
-  if (here !== there) {
+  const there = await ofrepSplit(targetingKey);
+  if (here !== there || there !== assigned[targetingKey]) {
     differ += 1;
-    firstDiff ||= `${targetingKey}: provider ${here}, OFREP ${there}`;
+    firstDiff ||= `${targetingKey}: provider ${here}, OFREP ${there}, flagstaff-client ${assigned[targetingKey]}`;
   }
 }
-check(`fractional: the same variant as OFREP for ${users} users`, differ === 0, `${differ} differ (${firstDiff})`);
+check(
+  `fractional v2: provider, OFREP and flagstaff-client agree for ${users.length} users`,
+  differ === 0 && users.length >= 10000,
+  `${differ} differ (${firstDiff})`,
+);
 
 // A write through another node reaches the in-process evaluator: time it.
 await admin('PATCH', `/v1/namespaces/${ns}/flags/flip`, { defaultVariant: 'new' });
@@ -111,6 +121,34 @@ await admin('PATCH', `/v1/namespaces/${ns}/flags/later`, { defaultVariant: 'new'
 const moved = await until(async () => (await client.getStringValue('later', 'x')) === 'after', 30);
 check('a write after the kill arrives through another node', moved !== null, 'not within 30 s');
 console.log(`kill -> node provider following another node: ${((Date.now() - killed) / 1000).toFixed(1)} s`);
+
+// The split is switched to v3, which this provider does not run: its stream is ended and each
+// reconnect refused (FAILED_PRECONDITION, counted in every node's flagstaff_sync_refusals), so
+// it keeps the last assignments it was served and takes no later change, rather than assigning
+// users otherwise than the service.
+const refusals = async () => {
+  let n = 0;
+  // The node killed above is still down: it counts nothing, before or after.
+  for (const url of env('URLS').split(',')) {
+    const text = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) }).then((r) => r.text(), () => '');
+    const m = text.match(/^flagstaff_sync_refusals_total\{grpc_code="FailedPrecondition"\} (\d+)/m);
+    n += m ? Number(m[1]) : 0;
+  }
+  return n;
+};
+const before = await refusals();
+await admin('PATCH', `/v1/namespaces/${ns}/flags/split`, { fractionalAlgorithm: 'v3' });
+const switched = await until(async () => (await ofrepSplit('user-1')) !== assigned['user-1'] || (await ofrepSplit('user-2')) !== assigned['user-2'], 10);
+check('OFREP splits with v3 once the flag says so', switched !== null);
+// The stream's end, then a refused reconnect.
+check('the v2 provider is refused the namespace once it splits with v3', (await until(async () => (await refusals()) >= before + 2, 30)) !== null);
+await admin('PATCH', `/v1/namespaces/${ns}/flags/flip`, { defaultVariant: 'old' });
+const afterFlip = await refusals();
+check('and still refused after a later change', (await until(async () => (await refusals()) > afterFlip, 30)) !== null);
+check(
+  'meanwhile it keeps the last values it was served',
+  (await client.getStringValue('flip', 'x')) === 'after' && (await client.getStringValue('split', 'x', { targetingKey: 'user-1' })) === assigned['user-1'],
+);
 
 await OpenFeature.close();
 if (failures.length) {

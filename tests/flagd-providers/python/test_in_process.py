@@ -3,16 +3,19 @@
 Environment (set by ../run.sh): ADDRESSES (a gRPC `ipv4:` list of the three nodes' sync
 addresses, the provider's node first), CA (the cluster's CA file), NS, SDK_KEY, KEYLESS_NS (a
 namespace served without a key), ADMIN_URL (a node other than the provider's), TOKEN (admin),
-KILL_PID (the pid of the provider's node, killed halfway).
+KILL_PID (the pid of the provider's node, killed halfway), OFREP_URL (a node's client URL),
+ASSIGNED (a JSON file of what flagstaff-client assigns user-0… in the `split` flag).
 The provider sends the SDK key as gRPC call credentials on a TLS channel trusting the CA.
 """
 
+import http.client
 import json
 import os
 import signal
 import ssl
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import grpc
@@ -57,19 +60,25 @@ def admin(method, path, body=None):
         return json.load(r)
 
 
-def first_message(port, selector, creds, timeout=5):
-    """The first SyncFlags message, or the gRPC status code that ended the stream."""
+def first_message(port, selector, creds, timeout=5, metadata=()):
+    """The first SyncFlags message, or the gRPC error that ended the stream."""
     channel = grpc.secure_channel(f"127.0.0.1:{port}", creds)
     stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
     try:
         for m in stub.SyncFlags(
-            sync_pb2.SyncFlagsRequest(), metadata=(("flagd-selector", selector),), timeout=timeout
+            sync_pb2.SyncFlagsRequest(),
+            metadata=(("flagd-selector", selector),) + metadata,
+            timeout=timeout,
         ):
             return m
     except grpc.RpcError as e:
-        return e.code()
+        return e
     finally:
         channel.close()
+
+
+def code(m):
+    return m.code() if isinstance(m, grpc.RpcError) else m
 
 
 # host:port is the channel's target: every node's address, the port of the last one separately.
@@ -108,6 +117,32 @@ check("disabled flag", dis.value is False and dis.reason == Reason.DISABLED, dis
 meta = d.flag_metadata or {}
 check("revision in flag metadata", isinstance(meta.get("flagstaffRevision"), (int, float)), meta)
 
+# `fractional` (v3 in this namespace, as this provider hashes): every user gets the variant
+# that flagstaff-client and OFREP give.
+with open(os.environ["ASSIGNED"]) as f:
+    assigned = json.load(f)
+ofrep_url = urllib.parse.urlsplit(os.environ["OFREP_URL"])
+ofrep = http.client.HTTPSConnection(ofrep_url.hostname, ofrep_url.port, context=https, timeout=10)
+differ, first_diff = 0, ""
+for user, rust in assigned.items():
+    here = client.get_string_value("split", "x", EvaluationContext(targeting_key=user))
+    ofrep.request(
+        "POST",
+        "/ofrep/v1/evaluate/flags/split",
+        body=json.dumps({"context": {"targetingKey": user}}),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    there = json.load(ofrep.getresponse())["value"]
+    if not here == there == rust:
+        differ += 1
+        first_diff = first_diff or f"{user}: provider {here}, OFREP {there}, flagstaff-client {rust}"
+ofrep.close()
+check(
+    f"fractional v3: provider, OFREP and flagstaff-client agree for {len(assigned)} users",
+    differ == 0 and len(assigned) >= 10000,
+    f"{differ} differ ({first_diff})",
+)
+
 # A write through another node reaches the in-process evaluator: time it.
 admin("PATCH", f"/v1/namespaces/{ns}/flags/flip", {"defaultVariant": "new"})
 t0 = time.time()
@@ -118,11 +153,18 @@ check("a write through another node arrives within 1 s", latency < 1.0, f"{laten
 print(f"write -> in-process python provider: {latency * 1000:.0f} ms")
 
 # No key, a foreign selector, and a revoked key.
-check("no key: UNAUTHENTICATED", first_message(ports[1], f"flagSetId={ns}", with_key(None)) == grpc.StatusCode.UNAUTHENTICATED)
+check("no key: UNAUTHENTICATED", code(first_message(ports[1], f"flagSetId={ns}", with_key(None))) == grpc.StatusCode.UNAUTHENTICATED)
+# The key-less namespace splits with v2: refused to this (v3) provider, with the reason.
 m = first_message(ports[1], f"flagSetId={keyless}", with_key(None))
-check("a key-less namespace streams without a key", not isinstance(m, grpc.StatusCode), m)
-check("unknown namespace: NOT_FOUND", first_message(ports[1], "flagSetId=nope", with_key(key)) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED))
-check("bad selector: INVALID_ARGUMENT", first_message(ports[1], "app=x", with_key(key)) == grpc.StatusCode.INVALID_ARGUMENT)
+check(
+    "a namespace split with v2 is refused to a v3 provider: FAILED_PRECONDITION naming the flag",
+    code(m) == grpc.StatusCode.FAILED_PRECONDITION and "split (v2)" in m.details(),
+    m,
+)
+m = first_message(ports[1], f"flagSetId={keyless}", with_key(None), metadata=(("flagstaff-fractional", "v2"),))
+check("a key-less namespace streams without a key (to a client declaring v2)", not isinstance(m, grpc.RpcError), m)
+check("unknown namespace: NOT_FOUND", code(first_message(ports[1], "flagSetId=nope", with_key(key))) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED))
+check("bad selector: INVALID_ARGUMENT", code(first_message(ports[1], "app=x", with_key(key))) == grpc.StatusCode.INVALID_ARGUMENT)
 other = admin("POST", f"/v1/namespaces/{ns}/sdk-keys", {"name": "short-lived"})["secret"]
 channel = grpc.secure_channel(f"127.0.0.1:{ports[2]}", with_key(other))
 stream = sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
@@ -139,13 +181,13 @@ urllib.request.urlopen(
     timeout=10,
     context=https,
 )
-code = None
+ended = None
 try:
     for _ in stream:
         pass
 except grpc.RpcError as e:
-    code = e.code()
-check("a revoked key loses its stream", code == grpc.StatusCode.PERMISSION_DENIED, code)
+    ended = e.code()
+check("a revoked key loses its stream", ended == grpc.StatusCode.PERMISSION_DENIED, ended)
 channel.close()
 
 # The provider's node is killed: the provider keeps its values, moves to the next address and

@@ -1,0 +1,248 @@
+//! Which `fractional` hash a connecting provider runs, and whether a namespace may be served to
+//! it: a provider that would put a user in a different bucket than Flagstaff does is refused,
+//! so an application never shows a variant the service would not.
+//!
+//! A flag's algorithm is its `fractionalAlgorithm` (absent: v2). A provider's is, first, what
+//! it declares in the `flagstaff-fractional` metadata header (`v2` or `v3`); otherwise what its
+//! gRPC library tells of its language in `user-agent`, mapped to what that language's stock
+//! provider runs today:
+//!
+//! | user-agent     | provider                                      | algorithm |
+//! |----------------|-----------------------------------------------|-----------|
+//! | `grpc-python/` | `openfeature-provider-flagd` 0.6 (flagd-core 2) | v3      |
+//! | `grpc-node-js/`| `@openfeature/flagd-provider` (flagd-core 4)  | v2        |
+//! | `grpc-go/`     | flagd itself, the Go provider                 | v2        |
+//! | `grpc-java`    | the Java provider                             | v2        |
+//! | `grpc-dotnet/`, `grpc-csharp/` | the .NET provider             | v2        |
+//! | `tonic/`       | the Rust provider                             | v2        |
+//!
+//! Anything else is unknown: it is served namespaces without `fractional`, and must declare
+//! its algorithm for the rest. A provider that runs another algorithm than its language's
+//! default (an older Python provider runs v2) declares it.
+
+use std::collections::BTreeSet;
+
+use flagstaff_flags::{rule_refs, FractionalAlgorithm, FLAGSTAFF_FLAG_FIELDS};
+use serde_json::{Map, Value};
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+/// The metadata header a provider may declare its algorithm in.
+pub const HEADER: &str = "flagstaff-fractional";
+
+/// What a connecting provider runs.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// `None`: neither declared nor known from its user-agent.
+    pub algorithm: Option<FractionalAlgorithm>,
+    /// How it was learnt, for error messages and the log.
+    pub learnt_from: String,
+}
+
+const BY_AGENT: &[(&str, FractionalAlgorithm)] = &[
+    ("grpc-python/", FractionalAlgorithm::V3),
+    ("grpc-node-js/", FractionalAlgorithm::V2),
+    ("grpc-go/", FractionalAlgorithm::V2),
+    ("grpc-java", FractionalAlgorithm::V2),
+    ("grpc-dotnet/", FractionalAlgorithm::V2),
+    ("grpc-csharp/", FractionalAlgorithm::V2),
+    ("tonic/", FractionalAlgorithm::V2),
+];
+
+impl Provider {
+    /// From the request's metadata; an unreadable declaration is `INVALID_ARGUMENT`.
+    pub fn of(metadata: &MetadataMap) -> Result<Self, Status> {
+        if let Some(v) = metadata.get(HEADER) {
+            let text = v.to_str().unwrap_or_default().trim();
+            let algorithm = FractionalAlgorithm::parse(text).ok_or_else(|| {
+                Status::invalid_argument(format!("{HEADER}: {text:?} is not \"v2\" or \"v3\""))
+            })?;
+            return Ok(Self {
+                algorithm: Some(algorithm),
+                learnt_from: format!("declared in {HEADER}"),
+            });
+        }
+        let agent = metadata
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // A user-agent may list several products ("grpc-python/1.76 grpc-c/51.0"): the first
+        // one known decides.
+        let found = agent
+            .split_whitespace()
+            .find_map(|word| BY_AGENT.iter().find(|(p, _)| word.starts_with(p)));
+        Ok(Self {
+            algorithm: found.map(|(_, a)| *a),
+            learnt_from: format!("user-agent {agent:?}"),
+        })
+    }
+
+    /// `Ok` when every `fractional` in the document hashes as this provider does; else
+    /// `FAILED_PRECONDITION` naming the flags and the ways out.
+    pub fn check(
+        &self,
+        ns: &str,
+        flags: &Map<String, Value>,
+        evaluators: &Map<String, Value>,
+    ) -> Result<(), Status> {
+        let mut wrong = Vec::new();
+        for (key, def) in flags {
+            if !splits(def, evaluators) {
+                continue;
+            }
+            let flag_alg = def
+                .get("fractionalAlgorithm")
+                .and_then(Value::as_str)
+                .and_then(FractionalAlgorithm::parse)
+                .unwrap_or_default();
+            if self.algorithm != Some(flag_alg) {
+                wrong.push(format!("{key} ({})", flag_alg.as_str()));
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = wrong.iter().take(10).map(String::as_str).collect();
+        let more = wrong.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let runs = match self.algorithm {
+            Some(a) => format!("this provider hashes fractional splits with {}", a.as_str()),
+            None => "Flagstaff cannot tell how this provider hashes fractional splits".to_string(),
+        };
+        Err(Status::failed_precondition(format!(
+            "namespace {ns:?} is not served to this provider: {runs} ({}), but these flags split \
+             with another algorithm, so users would get other variants than Flagstaff gives them: \
+             {}{more}. Set \"fractionalAlgorithm\" on those flags to what the provider runs (this \
+             re-buckets their users), use a provider that runs theirs, or declare the provider's \
+             algorithm in the {HEADER} metadata header if it was mistaken",
+            self.learnt_from,
+            shown.join(", ")
+        )))
+    }
+}
+
+/// Whether a flag's targeting, or a segment it reaches through `$ref`, has a `fractional`.
+fn splits(def: &Value, evaluators: &Map<String, Value>) -> bool {
+    let Some(targeting) = def.get("targeting") else {
+        return false;
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![targeting];
+    // Each segment is looked at once, so cycles and shared segments cost nothing extra.
+    while let Some(rule) = todo.pop() {
+        if has_fractional(rule) {
+            return true;
+        }
+        for r in rule_refs(rule) {
+            if let Some(seg) = evaluators.get(&r) {
+                if seen.insert(r) {
+                    todo.push(seg);
+                }
+            }
+        }
+    }
+    false
+}
+
+fn has_fractional(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| k == "fractional" || has_fractional(v)),
+        Value::Array(items) => items.iter().any(has_fractional),
+        _ => false,
+    }
+}
+
+/// Leaves flagd's fields only: stock providers refuse a flag with fields they do not know.
+pub fn flagd_only(flags: &mut Map<String, Value>) {
+    for def in flags.values_mut() {
+        if let Value::Object(m) = def {
+            for f in FLAGSTAFF_FLAG_FIELDS {
+                m.remove(*f);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn provider(headers: &[(&'static str, &'static str)]) -> Result<Provider, Status> {
+        let mut m = MetadataMap::new();
+        for (k, v) in headers {
+            m.insert(*k, v.parse().expect("ascii"));
+        }
+        Provider::of(&m)
+    }
+
+    #[test]
+    fn learns_the_algorithm() {
+        let alg = |h| provider(h).expect("readable").algorithm;
+        let py = [(
+            "user-agent",
+            "grpc-python/1.76.0 grpc-c/51.0.0 (linux; chttp2)",
+        )];
+        assert_eq!(alg(&py), Some(FractionalAlgorithm::V3));
+        assert_eq!(
+            alg(&[("user-agent", "grpc-node-js/1.14.3")]),
+            Some(FractionalAlgorithm::V2)
+        );
+        assert_eq!(alg(&[("user-agent", "curl/8")]), None);
+        assert_eq!(alg(&[]), None);
+        let declared = [("user-agent", "grpc-python/1.76.0"), (HEADER, "v2")];
+        assert_eq!(alg(&declared), Some(FractionalAlgorithm::V2));
+        let err = provider(&[(HEADER, "v9")]).expect_err("not an algorithm");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn refuses_flags_that_split_otherwise() {
+        let flags = json!({
+            "plain": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"},
+            "v2-split": {"state": "ENABLED", "variants": {"a": 1, "b": 2},
+                "targeting": {"fractional": [["a", 1], ["b", 1]]}},
+            "v3-split": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "fractionalAlgorithm": "v3",
+                "targeting": {"if": [{"$ref": "half"}, "a", "b"]}},
+        });
+        let evaluators = json!({"half": {"fractional": [[true, 1], [false, 1]]}});
+        let (flags, evaluators) = (flags.as_object().unwrap(), evaluators.as_object().unwrap());
+        let node = provider(&[("user-agent", "grpc-node-js/1.14.3")]).unwrap();
+        let err = node
+            .check("web", flags, evaluators)
+            .expect_err("v3-split is v3");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("v3-split (v3)"), "{}", err.message());
+        assert!(!err.message().contains("v2-split"), "{}", err.message());
+        let python = provider(&[("user-agent", "grpc-python/1.76.0")]).unwrap();
+        let err = python
+            .check("web", flags, evaluators)
+            .expect_err("v2-split is v2");
+        assert!(err.message().contains("v2-split (v2)"), "{}", err.message());
+        let unknown = provider(&[]).unwrap();
+        assert!(unknown.check("web", flags, evaluators).is_err());
+        let plain: Map<String, Value> = flags
+            .iter()
+            .filter(|(k, _)| *k == "plain")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert!(unknown.check("web", &plain, evaluators).is_ok());
+    }
+
+    #[test]
+    fn strips_flagstaff_fields() {
+        let mut flags = json!({"f": {"state": "ENABLED", "variants": {"a": 1}, "description": "d",
+            "tags": ["t"], "fractionalAlgorithm": "v3", "metadata": {"owner": "web"}}});
+        flagd_only(flags.as_object_mut().unwrap());
+        assert_eq!(
+            flags,
+            json!({"f": {"state": "ENABLED", "variants": {"a": 1}, "metadata": {"owner": "web"}}})
+        );
+    }
+}
