@@ -52,10 +52,18 @@ pub(crate) fn join_path(prefix: &str, rest: &str) -> String {
 }
 
 /// A path under construction while walking a JSON value, plus the faults found so far.
+///
+/// Some constructs are faults only because Flagstaff refuses them for new writes, while flagd
+/// accepts them and resolves them when it evaluates (a branch naming no variant, a `sem_ver`
+/// that cannot compare, a negative weight): [`Faults::flagd_resolves`] records those as
+/// faults, or, when `lenient`, as warnings; what they compile to already evaluates as flagd.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     segments: Vec<Segment>,
     pub(crate) list: Vec<Fault>,
+    /// Record flagd-resolved constructs as warnings, not faults.
+    pub(crate) lenient: bool,
+    pub(crate) warnings: Vec<Fault>,
 }
 
 #[derive(Debug)]
@@ -85,6 +93,17 @@ impl Faults {
     pub(crate) fn add(&mut self, message: impl Into<String>) {
         let path = self.path();
         self.list.push(Fault::new(path, message));
+    }
+
+    /// Records a construct flagd accepts and resolves at evaluation: a warning when lenient,
+    /// else a fault.
+    pub(crate) fn flagd_resolves(&mut self, message: impl Into<String>) {
+        let fault = Fault::new(self.path(), message);
+        if self.lenient {
+            self.warnings.push(fault);
+        } else {
+            self.list.push(fault);
+        }
     }
 
     /// Records a fault at the current path extended by `key`.

@@ -125,12 +125,15 @@ impl CompiledFlag {
 }
 
 /// Checks a flag definition and compiles it. `resolve` decides what `$ref`s mean;
-/// `set_metadata` is the flag set's metadata, merged under the flag's own.
+/// `set_metadata` is the flag set's metadata, merged under the flag's own. With `warnings`,
+/// the constructs flagd resolves at evaluation are collected there instead of being faults
+/// (see [`Faults::flagd_resolves`]).
 pub(crate) fn compile_flag(
     key: &str,
     def: &Value,
     resolve: &dyn Fn(&str) -> RefLookup,
     set_metadata: Option<&Map<String, Value>>,
+    warnings: Option<&mut Vec<Fault>>,
 ) -> Result<CompiledFlag, Vec<Fault>> {
     let mut faults = Faults::new();
     let Value::Object(obj) = def else {
@@ -247,9 +250,19 @@ pub(crate) fn compile_flag(
         Some(Value::Object(m)) if m.is_empty() => None,
         Some(rule) => {
             let mut compiler = Compiler::new(resolve, Some(VariantNames { names: &names }));
+            compiler.faults.lenient = warnings.is_some();
             let node = compiler.compile_root(rule, true);
             for f in compiler.faults.list {
                 faults.list.push(f.prefixed("targeting"));
+            }
+            if let Some(w) = warnings {
+                w.extend(
+                    compiler
+                        .faults
+                        .warnings
+                        .into_iter()
+                        .map(|f| f.prefixed("targeting")),
+                );
             }
             Some(node)
         }

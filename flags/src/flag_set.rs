@@ -58,6 +58,8 @@ fn link_segments(segments: &BTreeMap<String, Value>) -> (LinkedSegments, Vec<Fau
             Status::Linked(_) | Status::Broken => {
                 let resolve = |n: &str| lookup(&linked, segments, n);
                 let mut compiler = Compiler::new(&resolve, None);
+                // Evaluation compiles as flagd does (see `Faults::flagd_resolves`).
+                compiler.faults.lenient = true;
                 let node = compiler.compile_root(&segments[name], false);
                 if compiler.faults.list.is_empty() {
                     Ok(Arc::new(node))
@@ -151,7 +153,9 @@ impl FlagSet {
     }
 
     /// Compiles flags (key → definition) with the segments they may reference (name → rule) and
-    /// the flag set's metadata. Invalid flags are kept and evaluate to `PARSE_ERROR`; the faults
+    /// the flag set's metadata. Constructs that flagd resolves at evaluation (a branch naming no
+    /// variant, a `sem_ver` that cannot compare, a negative weight) evaluate as flagd does
+    /// them; other invalid flags are kept and evaluate to `PARSE_ERROR`; the faults
     /// are returned with paths `flags.KEY…` and `$evaluators.NAME…`.
     pub fn build<'d>(
         flags: impl IntoIterator<Item = (&'d str, &'d Value)>,
@@ -165,7 +169,8 @@ impl FlagSet {
             HashMap::default();
         let mut faults = Vec::new();
         for (key, def) in flags {
-            let flag = match compile_flag(key, def, &resolve, Some(metadata)) {
+            let flag = match compile_flag(key, def, &resolve, Some(metadata), Some(&mut Vec::new()))
+            {
                 Ok(flag) => flag,
                 Err(fs) => {
                     let fs: Vec<Fault> = fs

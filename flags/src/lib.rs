@@ -53,4 +53,7 @@ pub use flag::{CompiledFlag, VariantType};
 pub use flag_set::FlagSet;
 pub use murmur3::murmur3_x86_32;
 pub use refs::{check_segment_graph, find_ref_cycle, flag_refs, rule_refs, RefFault};
-pub use validate::{validate_document, validate_flag, validate_segment};
+pub use validate::{
+    validate_document, validate_document_as_flagd, validate_flag, validate_flag_as_flagd,
+    validate_segment,
+};

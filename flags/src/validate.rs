@@ -20,7 +20,73 @@ fn unchecked(_: &str) -> RefLookup {
 /// Every fault is reported, each with its path relative to the definition (`defaultVariant`,
 /// `variants.on`, `targeting.if[1]`). Unknown fields are faults. Never panics on any JSON.
 pub fn validate_flag(def: &Value) -> Result<(), Vec<Fault>> {
-    compile_flag("", def, &unchecked, None).map(|_| ())
+    compile_flag("", def, &unchecked, None, None).map(|_| ())
+}
+
+/// Validates a flag as flagd stores it: what [`validate_flag`] refuses but flagd accepts is
+/// returned as warnings (see [`validate_document_as_flagd`]); the rest are still faults.
+pub fn validate_flag_as_flagd(def: &Value) -> Result<Vec<Fault>, Vec<Fault>> {
+    let mut warnings = Vec::new();
+    let faults = compile_flag("", def, &unchecked, None, Some(&mut warnings))
+        .err()
+        .unwrap_or_default();
+    as_flagd(faults, warnings, |path| path.starts_with("targeting"))
+}
+
+/// Validates a flagd document as flagd itself loads it, for import: what flagd accepts and
+/// resolves when it evaluates is a warning with its path, not a fault, and evaluates as flagd
+/// does it:
+///
+/// - a branch that names no variant (`GENERAL` when taken), `sem_ver`, `starts_with` or
+///   `ends_with` with the wrong number or type of arguments, an invalid version literal or
+///   operator (the operation answers null: the default variant), a negative `fractional`
+///   weight (counted as 0);
+/// - any other fault inside a flag's `targeting` or a segment (an unknown operator, say): the
+///   flag is stored and evaluates to `PARSE_ERROR`, as in flagd.
+///
+/// Still faults: a document or flag of the wrong shape, a `$ref` to a segment that does not
+/// exist, `$ref` cycles and chains that are too long (the store refuses them).
+pub fn validate_document_as_flagd(doc: &Value) -> Result<Vec<Fault>, Vec<Fault>> {
+    let (faults, warnings) = document_faults(doc, true);
+    as_flagd(faults, warnings, |path| {
+        path.starts_with("$evaluators.")
+            || path
+                .strip_prefix("flags.")
+                .and_then(|rest| rest.split_once('.'))
+                .is_some_and(|(_, field)| field.starts_with("targeting"))
+    })
+}
+
+/// Moves the faults `in_rules` says are inside targeting or segments to the warnings (they
+/// make the flag evaluate to `PARSE_ERROR`), except those about `$ref`s, which the store
+/// refuses whatever flagd does.
+fn as_flagd(
+    faults: Vec<Fault>,
+    mut warnings: Vec<Fault>,
+    in_rules: impl Fn(&str) -> bool,
+) -> Result<Vec<Fault>, Vec<Fault>> {
+    let mut refused = Vec::new();
+    for f in faults {
+        let about_refs = f.path.ends_with("$ref")
+            || f.message.starts_with("$ref ")
+            || f.message.contains("does not exist");
+        if in_rules(&f.path) && !about_refs {
+            warnings.push(Fault::new(
+                f.path,
+                format!(
+                    "{} (flagd stores it; the flag evaluates to PARSE_ERROR)",
+                    f.message
+                ),
+            ));
+        } else {
+            refused.push(f);
+        }
+    }
+    if refused.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(refused)
+    }
 }
 
 /// Validates a segment: a JsonLogic rule as in flagd's `$evaluators`. Paths are relative to the
@@ -39,13 +105,25 @@ const DOCUMENT_FIELDS: &[&str] = &["flags", "$evaluators", "metadata", "$schema"
 /// `flags` may be an object (flag key → definition) or, as flagd's daemon accepts, an array of
 /// definitions each carrying a `key`. Never panics on any JSON.
 pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
+    let (faults, _) = document_faults(doc, false);
+    if faults.is_empty() {
+        Ok(())
+    } else {
+        Err(faults)
+    }
+}
+
+/// The document's faults and, when `lenient`, the constructs flagd resolves at evaluation as
+/// warnings.
+fn document_faults(doc: &Value, lenient: bool) -> (Vec<Fault>, Vec<Fault>) {
     let mut faults = Faults::new();
+    let mut warnings = Vec::new();
     let Value::Object(obj) = doc else {
         faults.add(format!(
             "a flagd document must be an object, found {}",
             short_json(doc)
         ));
-        return faults.into_result();
+        return (faults.list, warnings);
     };
     for field in obj.keys() {
         if !DOCUMENT_FIELDS.contains(&field.as_str()) {
@@ -86,12 +164,20 @@ pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
     };
     for (name, rule) in &segments {
         let mut compiler = Compiler::new(&resolve, None);
+        compiler.faults.lenient = lenient;
         compiler.compile_root(rule, false);
         let prefix = format!("$evaluators.{name}");
         faults.list.extend(
             compiler
                 .faults
                 .list
+                .into_iter()
+                .map(|f| f.prefixed(&prefix)),
+        );
+        warnings.extend(
+            compiler
+                .faults
+                .warnings
                 .into_iter()
                 .map(|f| f.prefixed(&prefix)),
         );
@@ -116,13 +202,16 @@ pub fn validate_document(doc: &Value) -> Result<(), Vec<Fault>> {
     }
 
     for (path, _, def) in document_flags(obj.get("flags"), &mut faults) {
-        if let Err(fs) = compile_flag("", &def, &resolve, None) {
+        let mut flag_warnings = Vec::new();
+        let lenient_warnings = lenient.then_some(&mut flag_warnings);
+        if let Err(fs) = compile_flag("", &def, &resolve, None, lenient_warnings) {
             faults
                 .list
                 .extend(fs.into_iter().map(|f| f.prefixed(&path)));
         }
+        warnings.extend(flag_warnings.into_iter().map(|f| f.prefixed(&path)));
     }
-    faults.into_result()
+    (faults.list, warnings)
 }
 
 /// The document's `$evaluators` as name → rule (faults for a wrong shape).

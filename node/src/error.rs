@@ -60,6 +60,17 @@ impl ApiError {
         ApiError::BadRequest { message, faults }
     }
 
+    /// The same invalid-definition error with `hint` added to its message.
+    pub fn with_hint(self, hint: &str) -> Self {
+        match self {
+            ApiError::BadRequest { message, faults } => ApiError::BadRequest {
+                message: format!("{message} ({hint})"),
+                faults,
+            },
+            other => other,
+        }
+    }
+
     /// Status and stable error code.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -170,20 +181,27 @@ pub struct FaultBody {
     pub message: String,
 }
 
+impl FaultBody {
+    /// Faults (or warnings) as they are answered.
+    pub fn list(faults: &[flagstaff_flags::Fault]) -> Vec<FaultBody> {
+        faults
+            .iter()
+            .map(|f| FaultBody {
+                path: f.path.clone(),
+                message: f.message.clone(),
+            })
+            .collect()
+    }
+}
+
 impl ApiError {
     /// The JSON body this error answers with.
     pub fn body(&self) -> ErrorBody {
         let (_, code) = self.status_code();
         let faults = match self {
-            ApiError::BadRequest { faults, .. } if !faults.is_empty() => Some(
-                faults
-                    .iter()
-                    .map(|f| FaultBody {
-                        path: f.path.clone(),
-                        message: f.message.clone(),
-                    })
-                    .collect(),
-            ),
+            ApiError::BadRequest { faults, .. } if !faults.is_empty() => {
+                Some(FaultBody::list(faults))
+            }
             _ => None,
         };
         let current_version = match self {

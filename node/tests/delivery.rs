@@ -885,3 +885,123 @@ async fn many_streams_resume_from_the_oldest_retained_revision_at_once() {
         );
     }
 }
+
+/// A flagd document with what flagd accepts but Flagstaff refuses for single writes imports,
+/// with each such construct as a warning with its path, and evaluates as flagd does; a single
+/// write of the same refuses it unless it asks for flagd semantics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flagd_documents_import_as_flagd_loads_them_and_evaluate_as_flagd_does() {
+    let c = setup().await;
+    let (key, _) = sdk_key(&c, "prod", "flagd-import").await;
+    let nums = json!({"one": 1, "two": 2});
+    let doc = json!({"flags": {
+        // The branch taken names no variant: GENERAL.
+        "missing-variant": {"state": "ENABLED", "variants": nums, "defaultVariant": "two",
+            "targeting": {"if": [true, "three", "one"]}},
+        // sem_ver cannot compare (two arguments; an operator that is not one): null, so the
+        // default variant with reason DEFAULT.
+        "semver-two-args": {"state": "ENABLED", "variants": nums, "defaultVariant": "two",
+            "targeting": {"sem_ver": [{"var": "version"}, "="]}},
+        "semver-bad-operator": {"state": "ENABLED", "variants": nums, "defaultVariant": "two",
+            "targeting": {"if": [{"sem_ver": ["1.0.0", "===", "1.0.0"]}, "one", "two"]}},
+        // A negative weight counts as 0: everyone gets "two".
+        "negative-weight": {"state": "ENABLED", "variants": nums, "defaultVariant": "one",
+            "targeting": {"fractional": [["one", -50], ["two", 100]]}},
+        // An operator flagd does not know: the flag is stored and evaluates to PARSE_ERROR.
+        "unknown-operator": {"state": "ENABLED", "variants": nums, "defaultVariant": "two",
+            "targeting": {"no-such-operator": [1]}},
+        "fine": {"state": "ENABLED", "variants": nums, "defaultVariant": "one"},
+    }});
+    let (s, b) = c.put(1, "/v1/namespaces/prod/flagd", doc.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    let warned: Vec<&str> = b["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            "flags.missing-variant.targeting.if[1]",
+            "flags.negative-weight.targeting.fractional[0][1]",
+            "flags.semver-bad-operator.targeting.if[0].sem_ver[1]",
+            "flags.semver-two-args.targeting.sem_ver",
+            "flags.unknown-operator.targeting.no-such-operator",
+        ],
+        "{b}"
+    );
+    let rev = b["revision"].as_u64().unwrap();
+    let r: Value = c
+        .http
+        .post(format!(
+            "{}/ofrep/v1/evaluate/flags?min_revision={rev}",
+            c.node(2).api
+        ))
+        .bearer_auth(&key)
+        .json(&json!({"context": {"targetingKey": "u1", "version": "1.0.0"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flag = |k: &str| {
+        r["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} not evaluated: {r}"))
+    };
+    assert_eq!(flag("missing-variant")["errorCode"], "GENERAL", "{r}");
+    for k in ["semver-two-args"] {
+        let f = flag(k);
+        assert_eq!(
+            (&f["value"], &f["reason"]),
+            (&json!(2), &json!("DEFAULT")),
+            "{f}"
+        );
+    }
+    assert_eq!(flag("semver-bad-operator")["value"], 2, "{r}");
+    assert_eq!(flag("negative-weight")["value"], 2, "{r}");
+    assert_eq!(flag("unknown-operator")["errorCode"], "PARSE_ERROR", "{r}");
+    assert_eq!(flag("fine")["value"], 1, "{r}");
+
+    // A single write refuses the same constructs, saying how to store them as flagd would...
+    let def = doc["flags"]["missing-variant"].clone();
+    let (s, b) = c.put(1, "/v1/namespaces/prod/flags/w", def.clone()).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["faults"][0]["path"], "targeting.if[1]", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flagd_semantics=true"),
+        "{b}"
+    );
+    // ...and stores them when asked to, with the warnings.
+    let (s, b) = c
+        .put(1, "/v1/namespaces/prod/flags/w?flagd_semantics=true", def)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["warnings"][0]["path"], "targeting.if[1]", "{b}");
+    // A PATCH of such a flag needs the same opt-in.
+    let patch = json!({"state": "DISABLED"});
+    let (s, b, _) = c
+        .request(
+            1,
+            reqwest::Method::PATCH,
+            "/v1/namespaces/prod/flags/w",
+            Some(patch.clone()),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let path = "/v1/namespaces/prod/flags/w?flagd_semantics=true";
+    let (s, b, _) = c
+        .request(1, reqwest::Method::PATCH, path, Some(patch))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    c.shutdown().await;
+}

@@ -94,7 +94,7 @@ impl<'r> Compiler<'r> {
             (Value::Null, _) => {}
             (Value::String(s), _) => {
                 if !names.contains(s.as_str()) {
-                    self.faults.add(format!(
+                    self.faults.flagd_resolves(format!(
                         "targeting can return \"{s}\", which is not a variant"
                     ));
                 }
@@ -103,14 +103,14 @@ impl<'r> Compiler<'r> {
             (Value::Bool(b), Position::Result) => {
                 let name = if *b { "true" } else { "false" };
                 if !names.contains(name) {
-                    self.faults.add(format!(
+                    self.faults.flagd_resolves(format!(
                         "targeting can return {b}, but there is no variant named \"{name}\""
                     ));
                 }
             }
             (Value::Number(_), Position::WeakResult) => {}
             (other, _) => {
-                self.faults.add(format!(
+                self.faults.flagd_resolves(format!(
                     "targeting can return {}, which is not a variant name (a string, true, false or null)",
                     short_json(other)
                 ));
@@ -296,6 +296,20 @@ impl<'r> Compiler<'r> {
         Some(args)
     }
 
+    /// Like [`Compiler::arity`] for an operator that flagd answers with null when it gets
+    /// another number of arguments than `n`: that is a [`Faults::flagd_resolves`].
+    fn arity_or_null<'v>(&mut self, op: &str, raw: &'v Value, n: usize) -> Option<&'v [Value]> {
+        let found = match raw {
+            Value::Array(args) if args.len() == n => return Some(args),
+            Value::Array(args) => args.len(),
+            _ => 1,
+        };
+        self.faults.flagd_resolves(format!(
+            "\"{op}\" takes {n} arguments, found {found} (flagd answers null)"
+        ));
+        None
+    }
+
     fn operation_body(
         &mut self,
         op: &str,
@@ -457,12 +471,13 @@ impl<'r> Compiler<'r> {
                 }
                 None => Node::Null,
             },
-            "starts_with" | "ends_with" => match self.arity(op, raw, 2, Some(2)) {
+            // flagd answers null for the wrong number or type of arguments.
+            "starts_with" | "ends_with" => match self.arity_or_null(op, raw, 2) {
                 Some(args) => {
                     for (i, a) in args.iter().enumerate() {
                         if !matches!(a, Value::String(_) | Value::Object(_)) {
                             self.faults.push_index(i);
-                            self.faults.add(format!(
+                            self.faults.flagd_resolves(format!(
                                 "\"{op}\" compares strings; {} is not a string",
                                 short_json(a)
                             ));
@@ -478,19 +493,20 @@ impl<'r> Compiler<'r> {
                 }
                 None => Node::Null,
             },
-            "sem_ver" => match self.arity(op, raw, 3, Some(3)) {
+            // flagd answers null when it cannot compare (arguments, versions, operator).
+            "sem_ver" => match self.arity_or_null(op, raw, 3) {
                 Some(args) => {
                     for i in [0, 2] {
                         if let Value::String(s) = &args[i] {
                             if semver::parse_lenient(s).is_none() {
                                 self.faults.push_index(i);
                                 self.faults
-                                    .add(format!("\"{s}\" is not a semantic version"));
+                                    .flagd_resolves(format!("\"{s}\" is not a semantic version"));
                                 self.faults.pop();
                             }
                         } else if !args[i].is_object() {
                             self.faults.push_index(i);
-                            self.faults.add(format!(
+                            self.faults.flagd_resolves(format!(
                                 "{} is not a semantic version string",
                                 short_json(&args[i])
                             ));
@@ -502,7 +518,7 @@ impl<'r> Compiler<'r> {
                         Value::Object(_) => {}
                         other => {
                             self.faults.push_index(1);
-                            self.faults.add(format!(
+                            self.faults.flagd_resolves(format!(
                                 "{} is not a sem_ver operator (=, !=, <, <=, >, >=, ^, ~)",
                                 short_json(other)
                             ));
@@ -665,6 +681,16 @@ impl<'r> Compiler<'r> {
                 None | Some(Value::Null) => Weight::Const(1),
                 Some(Value::Number(n)) => match n.as_u64() {
                     Some(w) if w <= i32::MAX as u64 => Weight::Const(w as u32),
+                    // flagd clamps a negative weight to 0 (a rollout's arithmetic can go below).
+                    None if n.as_i64().is_some_and(|w| w < 0) => {
+                        self.faults.push_index(1);
+                        self.faults.flagd_resolves(format!(
+                            "a weight must be a whole number from 0 to {}, found {n} (flagd counts it as 0)",
+                            i32::MAX
+                        ));
+                        self.faults.pop();
+                        Weight::Const(0)
+                    }
                     _ => {
                         self.faults.push_index(1);
                         self.faults.add(format!(

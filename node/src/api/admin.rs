@@ -7,6 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use flagstaff_flags::Fault;
 use flagstaff_raft_store::IdempotencyKey as StoredKey;
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use serde::Serialize;
@@ -160,6 +161,10 @@ pub struct ItemWritten {
     key: String,
     version: u64,
     revision: u64,
+    /// With `?flagd_semantics=true`: what was stored although Flagstaff refuses it by default,
+    /// because flagd accepts it (each evaluates as flagd does it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<crate::error::FaultBody>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -597,14 +602,54 @@ async fn list_items<const SEGMENT: bool>(
     })
 }
 
-fn validate(kind: ChangeKind, value: &Value) -> Result<String> {
-    let checked = if kind == ChangeKind::Flag {
-        flagstaff_flags::validate_flag(value)
-    } else {
-        flagstaff_flags::validate_segment(value)
+/// `?flagd_semantics=true` on a flag write: store what flagd accepts although Flagstaff
+/// refuses it by default (see [`flagstaff_flags::validate_flag_as_flagd`]).
+fn flagd_semantics(uri: &Uri) -> Result<bool> {
+    let Some(q) = uri.query() else {
+        return Ok(false);
     };
-    checked.map_err(ApiError::invalid)?;
-    serde_json::to_string(value).map_err(|e| ApiError::bad_request(e.to_string()))
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("flagd_semantics=") {
+            return match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(ApiError::bad_request(format!(
+                    "flagd_semantics: {other:?} is not true or false"
+                ))),
+            };
+        }
+    }
+    Ok(false)
+}
+
+/// Checks a definition and serializes it for the log; with `as_flagd`, also the warnings of
+/// what was accepted because flagd accepts it.
+fn validate(kind: ChangeKind, value: &Value, as_flagd: bool) -> Result<(String, Vec<Fault>)> {
+    let warnings = match kind {
+        ChangeKind::Flag if as_flagd => {
+            flagstaff_flags::validate_flag_as_flagd(value).map_err(ApiError::invalid)?
+        }
+        ChangeKind::Flag => {
+            flagstaff_flags::validate_flag(value).map_err(|faults| {
+                let e = ApiError::invalid(faults);
+                if flagstaff_flags::validate_flag_as_flagd(value).is_ok() {
+                    e.with_hint(
+                        "flagd accepts this flag and resolves these when it evaluates; \
+                         add ?flagd_semantics=true to store it as flagd would",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            Vec::new()
+        }
+        _ => {
+            flagstaff_flags::validate_segment(value).map_err(ApiError::invalid)?;
+            Vec::new()
+        }
+    };
+    let text = serde_json::to_string(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((text, warnings))
 }
 
 fn put_command(
@@ -644,7 +689,7 @@ async fn put_item<const SEGMENT: bool>(
     let (ns, key) = item_path(p, kind.as_str())?;
     let (node, actor, method, uri, headers) =
         (node.as_ref(), actor.as_str(), &method, &uri, &headers);
-    let definition = validate(kind, &body.value)?;
+    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(uri)?)?;
     let command = put_command(
         kind,
         ns.clone(),
@@ -661,6 +706,7 @@ async fn put_item<const SEGMENT: bool>(
             key,
             version: revision,
             revision,
+            warnings: crate::error::FaultBody::list(&warnings),
         },
         revision,
     ))
@@ -811,19 +857,24 @@ async fn patch_flag(
             .await?;
         let outcome = match recorded_outcome(&node, &idem)? {
             // This attempt was already decided (by an earlier try of this request).
-            Some(recorded) => recorded,
-            None => patch_attempt(&node, &actor, &ns, &key, &body.value, wanted, idem).await,
+            Some(recorded) => recorded.map(|applied| (applied, Vec::new())),
+            None => {
+                let as_flagd = flagd_semantics(&uri)?;
+                let patch = (&body.value, as_flagd);
+                patch_attempt(&node, &actor, &ns, &key, patch, wanted, idem).await
+            }
         };
         match outcome {
             Err(ApiError::PreconditionFailed { .. }) if wanted == Condition::None => continue,
             Err(e) => return Err(e),
-            Ok(applied) => {
+            Ok((applied, warnings)) => {
                 let revision = applied.revision;
                 let body = ItemWritten {
                     namespace: ns,
                     key,
                     version: revision,
                     revision,
+                    warnings: crate::error::FaultBody::list(&warnings),
                 };
                 return Ok(written(body, revision));
             }
@@ -852,10 +903,10 @@ async fn patch_attempt(
     actor: &str,
     ns: &str,
     key: &str,
-    patch: &Value,
+    (patch, as_flagd): (&Value, bool),
     wanted: Condition,
     idem: StoredKey,
-) -> Result<Applied> {
+) -> Result<(Applied, Vec<Fault>)> {
     let (mut definition, version) = {
         let state = node.state.read();
         let space = state
@@ -869,7 +920,7 @@ async fn patch_attempt(
         (current, item.version)
     };
     merge_patch(&mut definition, patch);
-    let text = validate(ChangeKind::Flag, &definition)?;
+    let (text, warnings) = validate(ChangeKind::Flag, &definition, as_flagd)?;
     let cond = match wanted {
         Condition::IfMatch(v) => Condition::IfMatch(v),
         _ => Condition::IfMatch(version),
@@ -881,7 +932,7 @@ async fn patch_attempt(
         text,
         cond,
     );
-    submit_keyed(node, actor, idem, command).await
+    Ok((submit_keyed(node, actor, idem, command).await?, warnings))
 }
 
 #[cfg(test)]

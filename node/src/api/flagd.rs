@@ -48,6 +48,11 @@ pub struct Imported {
     flags: usize,
     segments: usize,
     revision: u64,
+    /// What was imported although Flagstaff refuses it for new writes, because flagd accepts
+    /// it: each with its path, evaluated as flagd does it (a branch naming no variant answers
+    /// `GENERAL`, an operator that cannot work answers null, a flag whose targeting flagd
+    /// cannot parse answers `PARSE_ERROR`).
+    warnings: Vec<crate::error::FaultBody>,
 }
 
 /// Export a namespace as a flagd document.
@@ -76,7 +81,9 @@ async fn export(
 }
 
 /// Replace a namespace's flags and segments with a flagd document: validated whole, applied as
-/// one log entry and one revision (the namespace is created if missing).
+/// one log entry and one revision (the namespace is created if missing). Every document flagd
+/// loads is accepted, except `$ref`s to segments that do not exist and `$ref` cycles; what
+/// Flagstaff would refuse for a single write comes back as `warnings`.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/flagd", tag = "namespaces", security(("bearer" = [])),
     params(NsPath, IdempotencyKey),
     request_body(content = Object, description = "a flagd document: `{\"flags\": {…}, \"$evaluators\": {…}}`"),
@@ -91,7 +98,8 @@ async fn import(
     ImportBody(body): ImportBody,
 ) -> Result<Json<Imported>, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
-    flagstaff_flags::validate_document(&body.value).map_err(ApiError::invalid)?;
+    let warnings =
+        flagstaff_flags::validate_document_as_flagd(&body.value).map_err(ApiError::invalid)?;
     let section = |name: &str| -> Result<Vec<(String, String)>, ApiError> {
         let Some(map) = body.value.get(name).and_then(Value::as_object) else {
             return Ok(Vec::new());
@@ -116,5 +124,6 @@ async fn import(
         flags: count.0,
         segments: count.1,
         revision: applied.revision,
+        warnings: crate::error::FaultBody::list(&warnings),
     }))
 }

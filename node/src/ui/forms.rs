@@ -69,6 +69,9 @@ pub struct FlagForm {
     pub metadata: String,
     /// `fractionalAlgorithm`: empty (absent, v2), `v2` or `v3`.
     pub fractional_algorithm: String,
+    /// Store what flagd accepts although Flagstaff refuses it by default (the API's
+    /// `?flagd_semantics=true`).
+    pub flagd_semantics: bool,
     pub builder: RuleBuilder,
     /// `save`, `validate` or `build`.
     pub action: String,
@@ -96,6 +99,7 @@ impl FlagForm {
                 "targeting" => f.targeting = v,
                 "metadata" => f.metadata = v,
                 "fractional_algorithm" => f.fractional_algorithm = v.trim().to_string(),
+                "flagd_semantics" => f.flagd_semantics = v == "1",
                 "rb_kind" => f.builder.kind = v,
                 "rb_attribute" => f.builder.attribute = v.trim().to_string(),
                 "rb_op" => f.builder.op = v,

@@ -145,15 +145,26 @@ pub(super) async fn edit_flag(
     if !a.ok() {
         return api_error_page(&ui, &s, &a);
     }
-    let form = FlagForm::from_definition(
+    let mut form = FlagForm::from_definition(
         &key,
         a.body["version"].as_u64(),
         Some(&a.body["definition"]),
     );
-    let note = q
+    let mut note = q
         .saved
         .map(|v| format!("Saved as version {v}."))
         .unwrap_or_default();
+    // A flag stored as flagd would (imported, or written with flagd semantics): say what in it
+    // Flagstaff would refuse, and keep it savable as it is.
+    let def = &a.body["definition"];
+    if flagstaff_flags::validate_flag(def).is_err() {
+        if let Ok(warnings) = flagstaff_flags::validate_flag_as_flagd(def) {
+            form.flagd_semantics = true;
+            note = format!("{note} {}", flagd_note(&warnings))
+                .trim()
+                .to_string();
+        }
+    }
     editor(
         &ui,
         &s,
@@ -184,11 +195,30 @@ pub(super) async fn save_flag(
     save_flag_form(&ui, &f.signed, &ns, form, false).await
 }
 
-/// The form's definition, validated as the API would: every fault with its path.
-pub(super) fn checked_flag(form: &FlagForm) -> Result<Value, Vec<FormFault>> {
+/// What a flag stored with flagd semantics holds that Flagstaff refuses by default.
+fn flagd_note(warnings: &[flagstaff_flags::Fault]) -> String {
+    let list: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    format!(
+        "Stored as flagd would, with what Flagstaff refuses by default (each evaluates as in flagd): {}.",
+        list.join("; ")
+    )
+}
+
+/// The form's definition, validated as the API would: every fault with its path; with
+/// `flagd_semantics`, as flagd stores it, and the note of what that let through.
+pub(super) fn checked_flag(form: &FlagForm) -> Result<(Value, String), Vec<FormFault>> {
     let def = form.to_definition()?;
+    if form.flagd_semantics {
+        let warnings = flagstaff_flags::validate_flag_as_flagd(&def).map_err(validation_faults)?;
+        let note = if warnings.is_empty() {
+            String::new()
+        } else {
+            flagd_note(&warnings)
+        };
+        return Ok((def, note));
+    }
     flagstaff_flags::validate_flag(&def).map_err(validation_faults)?;
-    Ok(def)
+    Ok((def, String::new()))
 }
 
 pub(super) async fn save_flag_form(
@@ -199,17 +229,21 @@ pub(super) async fn save_flag_form(
     is_new: bool,
 ) -> Response {
     let bad = StatusCode::BAD_REQUEST;
-    let checked = match form.action.as_str() {
-        "build" => Some(
-            form.apply_builder()
-                .map(|()| "Targeting replaced by the rule builder's rule; not saved yet."),
-        ),
-        "validate" => Some(checked_flag(&form).map(|_| "The definition is valid; not saved yet.")),
-        _ => None,
-    };
+    let checked =
+        match form.action.as_str() {
+            "build" => Some(form.apply_builder().map(|()| {
+                "Targeting replaced by the rule builder's rule; not saved yet.".to_string()
+            })),
+            "validate" => Some(checked_flag(&form).map(|(_, flagd)| {
+                format!("The definition is valid; not saved yet. {flagd}")
+                    .trim()
+                    .to_string()
+            })),
+            _ => None,
+        };
     let show = |outcome: Outcome| editor(ui, s, ns, &form, is_new, None, outcome);
     match checked {
-        Some(Ok(note)) => return show(Outcome::note(note)),
+        Some(Ok(note)) => return show(Outcome::note(&note)),
         Some(Err(faults)) => return show(Outcome::faults(bad, &faults)),
         None => {}
     }
@@ -221,10 +255,13 @@ pub(super) async fn save_flag_form(
         return show(Outcome::faults(bad, &faults));
     }
     let def = match checked_flag(&form) {
-        Ok(d) => d,
+        Ok((d, _)) => d,
         Err(faults) => return show(Outcome::faults(bad, &faults)),
     };
-    let uri = flag_uri(ns, &form.key);
+    let mut uri = flag_uri(ns, &form.key);
+    if form.flagd_semantics {
+        uri.push_str("?flagd_semantics=true");
+    }
     let a = s
         .api
         .call(Method::PUT, &uri, Some(&def), &[if_match(&form.version)])
