@@ -311,10 +311,20 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             conn.print(&v, |v| {
-                format!(
+                let mut out = format!(
                     "imported {} flags and {} segments: revision {}",
                     v["flags"], v["segments"], v["revision"]
-                )
+                );
+                // What flagd accepts but a single write would refuse, evaluated as flagd does.
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    let (path, message) = (&w["path"], &w["message"]);
+                    out.push_str(&format!(
+                        "\nwarning: {}: {}",
+                        path.as_str().unwrap_or_default(),
+                        message.as_str().unwrap_or_default()
+                    ));
+                }
+                out
             });
         }
         FlagCmd::Export { conn, namespace } => {
