@@ -4,8 +4,7 @@
 # and the stock Python and Node flagd providers (in-process, over the flagd sync service) against a live
 # cluster, the web console in Chromium against a live cluster, fuzzes a live
 # cluster against its OpenAPI document (schemathesis) while the flag evaluator is fuzzed, runs
-# the fault-injection suite, and runs every Rust test with nextest (last, so its summary closes
-# the output).
+# the fault-injection suite, every Rust test with nextest, and the checkers' deliberate breaks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -35,14 +34,16 @@ fuzz_status=0
 wait "$fuzz_pid" || fuzz_status=$?
 tail -n 20 "$fuzz_log"
 [ "$fuzz_status" = 0 ] || { echo "fuzzing failed (exit $fuzz_status); log: $fuzz_log" >&2; exit 1; }
-# Real processes under seeded faults, checked (jepsen-like-tests/README.md), then proof that the
-# checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary). The break
-# build resolves features workspace-wide so RocksDB is not compiled a second time; the nextest
-# build below puts the plain flagstaff binary back.
+# Real processes under seeded faults, checked (jepsen-like-tests/README.md); then every Rust
+# test with nextest, whose test binaries the build above already made; then proof that the
+# checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary), last, so
+# that its feature build (resolved workspace-wide, so RocksDB is not compiled a second time)
+# does not make nextest rebuild what the plain build had.
 runs="$CARGO_TARGET_DIR/jepsen-runs"
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" run --profile ci --seed 1 --out "$runs"
+cargo nextest run --workspace --locked --no-fail-fast
 cargo build --workspace --bins --locked --features jepsen-like-tests/fault-injection
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" breaks --seed 1 --out "$runs"
-# A failing disk: the node must fail /healthz and exit non-zero, the others keep the data.
+# A failing disk (the fault-injection build): the node must fail /healthz and exit non-zero,
+# the others keep the data.
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" disk-fault --out "$runs"
-cargo nextest run --workspace --locked --no-fail-fast
