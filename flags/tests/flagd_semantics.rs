@@ -14,14 +14,16 @@ fn flag(targeting: Value) -> Value {
 }
 
 /// (targeting, context, expected value, reason, error, warning path)
-fn cases() -> Vec<(
+type Case = (
     Value,
     Value,
     &'static str,
     Reason,
     Option<ErrorCode>,
     &'static str,
-)> {
+);
+
+fn cases() -> Vec<Case> {
     use Reason::*;
     vec![
         // A branch naming no variant: GENERAL with the caller's default, when taken.

@@ -2,13 +2,15 @@
 # The stock flagd providers for Python (openfeature-provider-flagd) and Node
 # (@openfeature/flagd-provider), in-process, against a real local 3-node Flagstaff cluster's
 # flagd sync listeners (`--listen-sync`, gRPC over TLS) on loopback: every flag type,
-# targeting, a `$ref` segment, a disabled flag, a `fractional` split (for 10,000 users, the
-# same variant as OFREP and flagstaff-client give: v3 for Python, v2 for Node; each provider
-# refused a namespace that splits with the other), a write through another node reaching the provider (latency
-# printed), the node a provider streams from killed (it keeps its values, moves to another node
-# of its address list and gets later changes), and the sync service's refusals (no key, unknown
-# namespace, bad selector, a revoked key's stream). Python sends the namespace's SDK key; Node
-# cannot send one, so its namespace is served key-less (`--sync-keyless-namespace`).
+# targeting, a `$ref` segment, a disabled flag, a `fractional` split (for 10,000 users the
+# same variant as OFREP and flagstaff-client: v3 for Python, v2 for Node; each provider is
+# refused a namespace that splits with the other), a write through another node reaching the
+# provider (latency printed), the node a provider streams from killed (it keeps its values,
+# moves to another node of its address list and gets later changes), and the sync service's
+# refusals (no key, unknown namespace, bad selector, a revoked key's stream); then
+# flagstaff-flags' evaluation table through the Python provider and OFREP (every case OFREP
+# passes, the provider passes too). Python sends the namespace's SDK key; Node cannot send
+# one, so its namespace is served key-less (`--sync-keyless-namespace`).
 # The venv is cached under $CARGO_TARGET_DIR/flagd-providers. FLAGSTAFF_BIN=path uses that
 # binary instead of building.
 set -euo pipefail
@@ -95,6 +97,10 @@ ADDRESSES="$addresses" CA="$ca" NS="$ns" SDK_KEY="$sdk_key" KEYLESS_NS="$keyless
   timeout 120 "$venv/bin/python" "$here/python/test_in_process.py" || status=1
 phase "restart the node the python provider left"
 start_node "$(pid_of "$served")" "$served"
+phase "flagstaff-flags' evaluation table through the python provider and OFREP"
+ADDRESSES="$addresses" CA="$ca" NS=flagd-cases CASES="$PWD/flags/tests/cases/flags.json" \
+  ADMIN_URL="$leader_url" TOKEN="$token" OFREP_URL="${followers[1]}" \
+  timeout 120 "$venv/bin/python" "$here/python/test_cases.py" || status=1
 phase "node flagd provider (in-process, key-less) against $served first"
 ADDRESSES="$addresses" CA="$ca" NS="$keyless" SDK_KEY="$keyless_key" OFREP_URL="${followers[1]}" \
   ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$started_pid" NODE_EXTRA_CA_CERTS="$ca" \

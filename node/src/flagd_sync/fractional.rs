@@ -159,13 +159,85 @@ fn has_fractional(v: &Value) -> bool {
 }
 
 /// Leaves flagd's fields only: stock providers refuse a flag with fields they do not know.
+///
+/// A disabled flag with a default variant is sent as an enabled flag without targeting: the
+/// stock providers answer a disabled flag with the caller's default, Flagstaff with the
+/// default variant's value, so this is how the provider answers what the service answers
+/// (with reason `STATIC` rather than `DISABLED`). Without a default variant both answer the
+/// caller's default, and the flag is sent as it is.
 pub fn flagd_only(flags: &mut Map<String, Value>) {
     for def in flags.values_mut() {
         if let Value::Object(m) = def {
             for f in FLAGSTAFF_FLAG_FIELDS {
                 m.remove(*f);
             }
+            let disabled = m.get("state").and_then(Value::as_str) == Some("DISABLED");
+            if disabled && m.get("defaultVariant").is_some_and(Value::is_string) {
+                m.insert("state".into(), Value::String("ENABLED".into()));
+                m.remove("targeting");
+            }
         }
+    }
+}
+
+/// Segments with the segments they `$ref` written in: flagd resolves a `$ref` in a flag's
+/// targeting only, so a segment that references another (Flagstaff allows chains of up to
+/// eight, without cycles) would not parse in a provider. `None` when the result would pass
+/// `max_bytes`.
+pub fn inline_segment_refs(
+    evaluators: &Map<String, Value>,
+    max_bytes: usize,
+) -> Option<Map<String, Value>> {
+    let mut done: Map<String, Value> = Map::new();
+    let mut bytes = 0usize;
+    // Segments in an order where each comes after those it references (the store keeps the
+    // graph acyclic; a name it still cannot place is left as it is).
+    let mut pending: Vec<&String> = evaluators.keys().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        pending.retain(|name| {
+            let rule = &evaluators[name.as_str()];
+            let refs = rule_refs(rule);
+            let ready = refs
+                .iter()
+                .all(|r| done.contains_key(r) || !evaluators.contains_key(r) || r == *name);
+            if ready {
+                let inlined = substitute(rule, &done);
+                bytes += inlined.to_string().len();
+                done.insert((*name).clone(), inlined);
+            }
+            !ready
+        });
+        if bytes > max_bytes {
+            return None;
+        }
+        if pending.len() == before {
+            for name in pending.drain(..) {
+                done.insert(name.clone(), evaluators[name.as_str()].clone());
+            }
+        }
+    }
+    Some(done)
+}
+
+/// `rule` with every `{"$ref": name}` of a segment in `done` replaced by its rule.
+fn substitute(rule: &Value, done: &Map<String, Value>) -> Value {
+    match rule {
+        Value::Object(m) if m.len() == 1 => match m.get("$ref") {
+            Some(Value::String(name)) if done.contains_key(name) => done[name.as_str()].clone(),
+            _ => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), substitute(v, done)))
+                    .collect(),
+            ),
+        },
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, done)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, done)).collect()),
+        other => other.clone(),
     }
 }
 
@@ -236,13 +308,38 @@ mod tests {
     }
 
     #[test]
-    fn strips_flagstaff_fields() {
-        let mut flags = json!({"f": {"state": "ENABLED", "variants": {"a": 1}, "description": "d",
-            "tags": ["t"], "fractionalAlgorithm": "v3", "metadata": {"owner": "web"}}});
+    fn strips_flagstaff_fields_and_sends_disabled_flags_as_their_default() {
+        let mut flags = json!({
+            "f": {"state": "ENABLED", "variants": {"a": 1}, "description": "d",
+                "tags": ["t"], "fractionalAlgorithm": "v3", "metadata": {"owner": "web"}},
+            "off": {"state": "DISABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "b",
+                "targeting": {"if": [true, "a", "b"]}},
+            "off-no-default": {"state": "DISABLED", "variants": {"a": 1}},
+        });
         flagd_only(flags.as_object_mut().unwrap());
         assert_eq!(
             flags,
-            json!({"f": {"state": "ENABLED", "variants": {"a": 1}, "metadata": {"owner": "web"}}})
+            json!({
+                "f": {"state": "ENABLED", "variants": {"a": 1}, "metadata": {"owner": "web"}},
+                "off": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "b"},
+                "off-no-default": {"state": "DISABLED", "variants": {"a": 1}},
+            })
         );
+    }
+
+    #[test]
+    fn segments_that_reference_segments_are_written_out() {
+        let evaluators = json!({
+            "staff": {"ends_with": [{"var": "email"}, "@x.io"]},
+            "beta": {"or": [{"$ref": "staff"}, {"var": "beta"}]},
+            "pilot": {"and": [{"$ref": "beta"}, {"$ref": "staff"}]},
+        });
+        let out = inline_segment_refs(evaluators.as_object().unwrap(), 1 << 20).unwrap();
+        let staff = evaluators["staff"].clone();
+        let beta = json!({"or": [staff.clone(), {"var": "beta"}]});
+        assert_eq!(out["beta"], beta);
+        assert_eq!(out["pilot"], json!({"and": [beta, staff]}));
+        assert!(rule_refs(&Value::Object(out.clone())).is_empty());
+        assert!(inline_segment_refs(evaluators.as_object().unwrap(), 10).is_none());
     }
 }

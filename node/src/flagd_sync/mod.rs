@@ -17,7 +17,9 @@
 //! - One assignment per user: a namespace is served to a provider only if every `fractional`
 //!   in it hashes as that provider does ([`fractional`]); else `FAILED_PRECONDITION`, at the
 //!   start or when a change makes it so. Messages carry flagd's fields only (no
-//!   `description`, `tags`, `fractionalAlgorithm`: stock providers refuse unknown fields).
+//!   `description`, `tags`, `fractionalAlgorithm`: stock providers refuse unknown fields),
+//!   segments that `$ref` segments written out (flagd resolves `$ref` in targeting only), and
+//!   a disabled flag with a default variant as that variant (see [`fractional::flagd_only`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -268,6 +270,10 @@ impl Sync {
     }
 }
 
+/// The most a sync document's segments may hold once written out: what the SDK takes as a
+/// snapshot.
+const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+
 /// `{"flags": …, "$evaluators": …, "metadata": {"flagSetId", "flagstaffRevision"}}` in flagd's
 /// fields only, the same bytes for the same state (keys sorted), and its namespace revision;
 /// `NOT_FOUND` for a namespace that does not exist, `FAILED_PRECONDITION` when `provider`
@@ -284,6 +290,13 @@ fn document(node: &Node, ns: &str, provider: &Provider) -> Result<(String, u64),
         found.ok_or_else(|| Status::not_found(format!("namespace {ns:?} does not exist")))?;
     provider.check(ns, &flags, &evaluators)?;
     fractional::flagd_only(&mut flags);
+    let evaluators =
+        fractional::inline_segment_refs(&evaluators, MAX_DOCUMENT_BYTES).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "namespace {ns:?} passes {MAX_DOCUMENT_BYTES} bytes once the segments that \
+                 reference segments are written out (flagd resolves $ref in targeting only)"
+            ))
+        })?;
     let mut doc = Map::new();
     doc.insert("flags".into(), Value::Object(flags));
     if !evaluators.is_empty() {

@@ -113,7 +113,9 @@ beta = EvaluationContext(targeting_key="u2", attributes={"plan": "beta"})
 check("$ref segment", client.get_string_value("segment-flag", "x", beta) == "beta-ui")
 check("$ref segment, outside", client.get_string_value("segment-flag", "x") == "classic-ui")
 dis = client.get_boolean_details("disabled-flag", False)
-check("disabled flag", dis.value is False and dis.reason == Reason.DISABLED, dis)
+# Disabled: the default variant's value, as OFREP and flagstaff-client answer (sent to the
+# provider as that variant, so it says STATIC).
+check("disabled flag: the default variant, as the service answers", dis.value is True and dis.variant == "on", dis)
 meta = d.flag_metadata or {}
 check("revision in flag metadata", isinstance(meta.get("flagstaffRevision"), (int, float)), meta)
 
