@@ -37,12 +37,13 @@ tail -n 20 "$fuzz_log"
 # Real processes under seeded faults, checked (jepsen-like-tests/README.md); then every Rust
 # test with nextest, whose test binaries the build above already made; then proof that the
 # checkers catch each deliberate break (flagstaff-faulty, a debug-only node binary), last, so
-# that its feature build (resolved workspace-wide, so RocksDB is not compiled a second time)
+# that its feature build (--all-targets, so features resolve as in the plain build and RocksDB
+# is not compiled a second time: a --bins build compiled it again, 10 min cold)
 # does not make nextest rebuild what the plain build had.
 runs="$CARGO_TARGET_DIR/jepsen-runs"
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" run --profile ci --seed 1 --out "$runs"
 cargo nextest run --workspace --locked --no-fail-fast
-cargo build --workspace --bins --locked --features jepsen-like-tests/fault-injection
+cargo build --workspace --all-targets --locked --features jepsen-like-tests/fault-injection
 "$CARGO_TARGET_DIR/debug/jepsen-like-tests" breaks --seed 1 --out "$runs"
 # A failing disk (the fault-injection build): the node must fail /healthz and exit non-zero,
 # the others keep the data.

@@ -188,6 +188,29 @@ fn flag_cases() {
     );
 }
 
+/// The variant a flag splitting by the vector's `weights` with `algorithm` gives its user:
+/// bucketed by `bucketBy` (read from a context attribute), else by the targeting key.
+fn split_variant(v: &Value, algorithm: &str) -> Result<Option<String>, String> {
+    let flag_key = v["flagKey"].as_str().expect("flagKey");
+    let mut buckets: Vec<Value> = v["weights"].as_array().expect("weights").clone();
+    let variants: Map<String, Value> = buckets
+        .iter()
+        .map(|b| (b[0].as_str().expect("name").to_string(), json!(true)))
+        .collect();
+    let mut ctx = Context::new(DEFAULT_TIMESTAMP);
+    if let Some(b) = v.get("bucketBy") {
+        buckets.insert(0, json!({"var": "bucket"}));
+        ctx = ctx.with_attribute("bucket", b.clone());
+    } else if let Some(tk) = v["targetingKey"].as_str() {
+        ctx = ctx.with_targeting_key(tk);
+    }
+    let def = json!({"state": "ENABLED", "variants": variants,
+        "fractionalAlgorithm": algorithm, "targeting": {"fractional": buckets}});
+    let set =
+        FlagSet::from_document(&json!({"flags": {flag_key: def}})).map_err(|f| format!("{f:?}"))?;
+    Ok(set.resolve(flag_key, &ctx).variant.map(str::to_string))
+}
+
 #[test]
 fn bucketing_vectors() {
     let table = load(include_str!("cases/bucketing.json"));
@@ -196,7 +219,6 @@ fn bucketing_vectors() {
     let mut failures = Vec::new();
     for (i, v) in vectors.iter().enumerate() {
         let flag_key = v["flagKey"].as_str().expect("flagKey");
-        let weights = v["weights"].clone();
         let expected = v["variant"].as_str().expect("variant");
         // The hash itself is frozen, not just the variant it lands on.
         let input = match (v["bucketBy"].as_str(), v["targetingKey"].as_str()) {
@@ -212,34 +234,11 @@ fn bucketing_vectors() {
             ));
         }
         // And through the evaluator: a flag whose targeting is this split.
-        let mut buckets: Vec<Value> = weights.as_array().expect("weights").clone();
-        let variants: Map<String, Value> = buckets
-            .iter()
-            .map(|b| (b[0].as_str().expect("name").to_string(), json!(true)))
-            .collect();
-        let mut ctx = Context::new(DEFAULT_TIMESTAMP);
-        if let Some(b) = v["bucketBy"].as_str() {
-            buckets.insert(0, json!({"var": "bucket"}));
-            ctx = ctx.with_attribute("bucket", b);
-        } else if let Some(tk) = v["targetingKey"].as_str() {
-            ctx = ctx.with_targeting_key(tk);
-        }
-        let def =
-            json!({"state": "ENABLED", "variants": variants, "targeting": {"fractional": buckets}});
-        let doc = json!({"flags": {flag_key: def}});
-        let set = match FlagSet::from_document(&doc) {
-            Ok(s) => s,
-            Err(f) => {
-                failures.push(format!("vector {i}: {f:?}"));
-                continue;
-            }
-        };
-        let r = set.resolve(flag_key, &ctx);
-        if r.variant != Some(expected) {
-            failures.push(format!(
-                "vector {i} ({input:?}): expected {expected}, got {:?} ({:?})",
-                r.variant, r.reason
-            ));
+        match split_variant(v, "v2") {
+            Ok(got) if got.as_deref() == Some(expected) => {}
+            other => failures.push(format!(
+                "vector {i} ({input:?}): expected {expected}, got {other:?}"
+            )),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -254,7 +253,6 @@ fn bucketing_v3_vectors() {
     assert!(vectors.len() >= 45, "the table lost vectors");
     let mut failures = Vec::new();
     for (i, v) in vectors.iter().enumerate() {
-        let flag_key = v["flagKey"].as_str().expect("flagKey");
         let expected = v["variant"].as_str().expect("variant");
         let hex = v["cbor"].as_str().expect("cbor");
         let bytes: Vec<u8> = (0..hex.len())
@@ -268,35 +266,12 @@ fn bucketing_v3_vectors() {
                 v["hash"]
             ));
         }
-        let mut buckets: Vec<Value> = v["weights"].as_array().expect("weights").clone();
-        let variants: Map<String, Value> = buckets
-            .iter()
-            .map(|b| (b[0].as_str().expect("name").to_string(), json!(true)))
-            .collect();
-        let mut ctx = Context::new(DEFAULT_TIMESTAMP);
-        if let Some(tk) = v["targetingKey"].as_str() {
-            ctx = ctx.with_targeting_key(tk);
-        } else {
-            buckets.insert(0, json!({"var": "bucket"}));
-            ctx = ctx.with_attribute("bucket", v["bucketBy"].clone());
-        }
-        let def = json!({"state": "ENABLED", "variants": variants,
-            "fractionalAlgorithm": "v3", "targeting": {"fractional": buckets}});
-        let set = match FlagSet::from_document(&json!({"flags": {flag_key: def}})) {
-            Ok(s) => s,
-            Err(f) => {
-                failures.push(format!("vector {i}: {f:?}"));
-                continue;
-            }
-        };
-        let r = set.resolve(flag_key, &ctx);
-        if r.variant != Some(expected) {
-            failures.push(format!(
-                "vector {i} ({}): expected {expected}, got {:?} ({:?})",
-                v.get("bucketBy").unwrap_or(&v["targetingKey"]),
-                r.variant,
-                r.reason
-            ));
+        match split_variant(v, "v3") {
+            Ok(got) if got.as_deref() == Some(expected) => {}
+            other => failures.push(format!(
+                "vector {i} ({}): expected {expected}, got {other:?}",
+                v.get("bucketBy").unwrap_or(&v["targetingKey"])
+            )),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -100,40 +100,120 @@ async fn the_sync_listener_speaks_h2_over_tls_and_holds_at_most_its_connection_c
 
 const SYNC_FLAGS: &str = "/flagd.sync.v1.FlagSyncService/SyncFlags";
 
+/// A SyncFlags stream as a client sees it: messages, then the status that ends it.
+struct SyncStream {
+    body: Option<h2::RecvStream>,
+    buf: bytes::BytesMut,
+    /// The status of a response that ended at its headers (an immediate refusal).
+    ended: Option<tonic::Status>,
+}
+
+/// The gRPC status in a response's headers or trailers (`None`: OK or none there).
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| percent_decode(m))
+        .unwrap_or_default();
+    (code != 0).then(|| tonic::Status::new(tonic::Code::from_i32(code), message))
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Opens a SyncFlags stream to `addr` for namespace `ns` as a client whose gRPC user-agent
-/// starts with `agent`, with the admin token.
+/// starts with `agent`, with the admin token: `Err` for a refusal at the start.
 async fn sync_flags(
     addr: std::net::SocketAddr,
     agent: &'static str,
     ns: &str,
-) -> Result<tonic::Streaming<SyncFlagsResponse>, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .user_agent(agent)
-        .unwrap()
-        .connect()
-        .await
+) -> Result<SyncStream, tonic::Status> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{addr}{SYNC_FLAGS}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", format!("{agent} test-client"))
+        .header("flagd-selector", format!("flagSetId={ns}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(())
         .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut req = tonic::Request::new(SyncFlagsRequest::default());
-    let md = req.metadata_mut();
-    md.insert("flagd-selector", format!("flagSetId={ns}").parse().unwrap());
-    md.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(SYNC_FLAGS);
-    let codec = tonic_prost::ProstCodec::<SyncFlagsRequest, SyncFlagsResponse>::default();
-    grpc.server_streaming(req, path, codec)
-        .await
-        .map(tonic::Response::into_inner)
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let message = prost::Message::encode_to_vec(&SyncFlagsRequest::default());
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    send.send_data(frame.into(), true).unwrap();
+    let response = response.await.unwrap();
+    if let Some(status) = status_in(response.headers()) {
+        return Err(status);
+    }
+    Ok(SyncStream {
+        body: Some(response.into_body()),
+        buf: bytes::BytesMut::new(),
+        ended: None,
+    })
 }
 
-/// The next message, or the status that ended the stream; bounded by 30 s.
-async fn next(stream: &mut tonic::Streaming<SyncFlagsResponse>) -> Result<Value, tonic::Status> {
-    let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
-        .await
-        .expect("neither a message nor an end within 30 s")?
-        .expect("the stream ended without a status");
-    Ok(serde_json::from_str(&m.flag_configuration).unwrap())
+impl SyncStream {
+    /// The next document, or the status that ended the stream; bounded by 30 s.
+    async fn next(&mut self) -> Result<Value, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(30), self.read())
+            .await
+            .expect("neither a message nor an end within 30 s")
+    }
+
+    async fn read(&mut self) -> Result<Value, tonic::Status> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    let frame = self.buf.split_to(5 + len);
+                    let m: SyncFlagsResponse = prost::Message::decode(&frame[5..]).unwrap();
+                    return Ok(serde_json::from_str(&m.flag_configuration).unwrap());
+                }
+            }
+            if let Some(status) = self.ended.clone() {
+                return Err(status);
+            }
+            let body = self.body.as_mut().expect("read after the end");
+            match body.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.unwrap();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => {
+                    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+                    let status = status_in(&trailers)
+                        .unwrap_or_else(|| tonic::Status::ok("the stream ended"));
+                    self.ended = Some(status);
+                }
+            }
+        }
+    }
 }
 
 fn split(algorithm: &str) -> Value {
@@ -173,7 +253,7 @@ async fn sync_serves_flagd_fields_to_a_provider_that_splits_alike_and_ends_strea
     // A v3 (Python) provider is served, flagd's fields only, at the namespace's revision.
     let mut py = sync_flags(addr, PYTHON, "web").await.expect("served");
     let doc = loop {
-        let doc = next(&mut py).await.expect("a document");
+        let doc = py.next().await.expect("a document");
         if doc["metadata"]["flagstaffRevision"].as_u64() >= Some(revision) {
             break doc;
         }
@@ -189,7 +269,9 @@ async fn sync_serves_flagd_fields_to_a_provider_that_splits_alike_and_ends_strea
     );
 
     // A v2 (Node) provider is refused, with the flag named.
-    let refused = sync_flags(addr, NODE, "web").await.expect_err("refused");
+    let Err(refused) = sync_flags(addr, NODE, "web").await else {
+        panic!("a v2 provider was served a v3 split");
+    };
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(
         refused.message().contains("split (v3)"),
@@ -203,7 +285,7 @@ async fn sync_serves_flagd_fields_to_a_provider_that_splits_alike_and_ends_strea
         .await;
     assert_eq!(s, 200, "{b}");
     let ended = loop {
-        match next(&mut py).await {
+        match py.next().await {
             Ok(_) => continue, // a document from before the change
             Err(e) => break e,
         }
@@ -215,12 +297,12 @@ async fn sync_serves_flagd_fields_to_a_provider_that_splits_alike_and_ends_strea
         ended.message()
     );
     let mut node_stream = sync_flags(addr, NODE, "web").await.expect("now served");
-    next(&mut node_stream).await.expect("a document");
+    node_stream.next().await.expect("a document");
 
     // Cut off from the others, the node can no longer prove its bound: UNAVAILABLE.
     c.isolate(f);
     let ended = loop {
-        match next(&mut node_stream).await {
+        match node_stream.next().await {
             Ok(_) => continue,
             Err(e) => break e,
         }

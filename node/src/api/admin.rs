@@ -20,7 +20,9 @@ use utoipa_axum::routes;
 use crate::api::extract::{
     condition, idempotency, item_path, namespace_path, read_params, Admin, JsonBody,
 };
-use crate::api::openapi::{IdempotencyKey, IfMatch, IfNoneMatch, ItemPath, NsPath, ReadQuery};
+use crate::api::openapi::{
+    FlagdSemantics, IdempotencyKey, IfMatch, IfNoneMatch, ItemPath, NsPath, ReadQuery,
+};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -470,7 +472,7 @@ async fn list_segments(
 
 /// Create or replace a flag.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey), request_body = FlagSpec,
+    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey, FlagdSemantics), request_body = FlagSpec,
     responses((status = 200, description = "written", body = ItemWritten)))]
 async fn put_flag(
     s: State<Arc<Node>>,
@@ -820,7 +822,7 @@ fn patch_fingerprint(fingerprint: &str, wanted: Condition) -> String {
 /// applied against the version it was computed from and recomputed if someone else wrote in
 /// between, so a concurrent write is never silently overwritten.
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IdempotencyKey),
+    params(ItemPath, IfMatch, IdempotencyKey, FlagdSemantics),
     request_body(content = Object, description = "a JSON merge patch (RFC 7386) of the definition, e.g. `{\"state\": \"DISABLED\"}`"),
     responses((status = 200, description = "written", body = ItemWritten)))]
 async fn patch_flag(

@@ -131,6 +131,16 @@ pub struct IdempotencyKey {
     idempotency_key: Option<String>,
 }
 
+/// `?flagd_semantics=true` on a flag write: store what flagd accepts and resolves at evaluation
+/// (a branch naming no variant, an operator that cannot compare, a negative weight, an unknown
+/// operator), answered as `warnings`; without it those are 400.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents what `admin::flagd_semantics` parses
+pub struct FlagdSemantics {
+    flagd_semantics: Option<bool>,
+}
+
 /// Adds the statuses that [`ApiError`](crate::error::ApiError) can answer to every operation
 /// that does not document them itself, with the error body (or the OFREP error shape).
 pub fn document_errors(api: &mut OpenApi) {

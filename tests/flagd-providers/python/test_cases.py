@@ -11,14 +11,13 @@ namespace) and OFREP_URL.
 import http.client
 import json
 import os
-import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 
 import grpc
+from common import admin, https
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
@@ -27,21 +26,8 @@ from openfeature.evaluation_context import EvaluationContext
 addresses, ns = os.environ["ADDRESSES"], os.environ["NS"]
 with open(os.environ["CA"], "rb") as f:
     ca = f.read()
-https = ssl.create_default_context(cafile=os.environ["CA"])
-admin_url, token = os.environ["ADMIN_URL"], os.environ["TOKEN"]
 with open(os.environ["CASES"]) as f:
     table = json.load(f)
-
-
-def admin(method, path, body=None):
-    req = urllib.request.Request(
-        admin_url + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10, context=https) as r:
-        return json.load(r)
 
 
 doc = table["document"]

@@ -12,13 +12,12 @@ import http.client
 import json
 import os
 import signal
-import ssl
 import sys
 import time
 import urllib.parse
-import urllib.request
 
 import grpc
+from common import admin, https
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
@@ -31,8 +30,6 @@ ports = [int(a.rsplit(":", 1)[1]) for a in addresses.split(",")]
 ns, key, keyless = os.environ["NS"], os.environ["SDK_KEY"], os.environ["KEYLESS_NS"]
 with open(os.environ["CA"], "rb") as f:
     ca = f.read()
-https = ssl.create_default_context(cafile=os.environ["CA"])
-admin_url, token = os.environ["ADMIN_URL"], os.environ["TOKEN"]
 failures = []
 
 
@@ -47,17 +44,6 @@ def with_key(k):
     if k is None:
         return tls
     return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(k))
-
-
-def admin(method, path, body=None):
-    req = urllib.request.Request(
-        admin_url + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10, context=https) as r:
-        return json.load(r)
 
 
 def first_message(port, selector, creds, timeout=5, metadata=()):
@@ -174,15 +160,7 @@ stream = sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
 )
 first = next(stream)
 check("second key streams", json.loads(first.flag_configuration)["flags"].get("bool-flag") is not None)
-urllib.request.urlopen(
-    urllib.request.Request(
-        f"{admin_url}/v1/namespaces/{ns}/sdk-keys/short-lived",
-        method="DELETE",
-        headers={"Authorization": f"Bearer {token}"},
-    ),
-    timeout=10,
-    context=https,
-)
+admin("DELETE", f"/v1/namespaces/{ns}/sdk-keys/short-lived")
 ended = None
 try:
     for _ in stream:
