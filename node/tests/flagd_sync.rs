@@ -114,7 +114,7 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Status> {
     let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .map(|m| percent_decode(m))
+        .map(percent_decode)
         .unwrap_or_default();
     (code != 0).then(|| tonic::Status::new(tonic::Code::from_i32(code), message))
 }

@@ -607,21 +607,17 @@ async fn list_items<const SEGMENT: bool>(
 /// `?flagd_semantics=true` on a flag write: store what flagd accepts although Flagstaff
 /// refuses it by default (see [`flagstaff_flags::validate_flag_as_flagd`]).
 fn flagd_semantics(uri: &Uri) -> Result<bool> {
-    let Some(q) = uri.query() else {
+    let query = uri.query().unwrap_or_default().as_bytes();
+    let Some((_, v)) = form_urlencoded::parse(query).find(|(k, _)| k == "flagd_semantics") else {
         return Ok(false);
     };
-    for pair in q.split('&') {
-        if let Some(v) = pair.strip_prefix("flagd_semantics=") {
-            return match v {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                other => Err(ApiError::bad_request(format!(
-                    "flagd_semantics: {other:?} is not true or false"
-                ))),
-            };
-        }
+    match v.as_ref() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(ApiError::bad_request(format!(
+            "flagd_semantics: {other:?} is not true or false"
+        ))),
     }
-    Ok(false)
 }
 
 /// Checks a definition and serializes it for the log; with `as_flagd`, also the warnings of

@@ -222,15 +222,16 @@ pub fn inline_segment_refs(
 
 /// `rule` with every `{"$ref": name}` of a segment in `done` replaced by its rule.
 fn substitute(rule: &Value, done: &Map<String, Value>) -> Value {
+    if let Some(Value::String(name)) = rule
+        .as_object()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("$ref"))
+    {
+        if let Some(segment) = done.get(name) {
+            return segment.clone();
+        }
+    }
     match rule {
-        Value::Object(m) if m.len() == 1 => match m.get("$ref") {
-            Some(Value::String(name)) if done.contains_key(name) => done[name.as_str()].clone(),
-            _ => Value::Object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), substitute(v, done)))
-                    .collect(),
-            ),
-        },
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| (k.clone(), substitute(v, done)))

@@ -288,7 +288,10 @@ fn document(node: &Node, ns: &str, provider: &Provider) -> Result<(String, u64),
     };
     let (mut flags, evaluators, revision) =
         found.ok_or_else(|| Status::not_found(format!("namespace {ns:?} does not exist")))?;
-    provider.check(ns, &flags, &evaluators)?;
+    provider.check(ns, &flags, &evaluators).inspect_err(|e| {
+        // Logged where it is decided, so the operator sees which provider was turned away.
+        tracing::warn!(ns, provider = %provider.learnt_from, "sync refused: {}", e.message());
+    })?;
     fractional::flagd_only(&mut flags);
     let evaluators =
         fractional::inline_segment_refs(&evaluators, MAX_DOCUMENT_BYTES).ok_or_else(|| {
@@ -397,10 +400,7 @@ impl Sync {
         self.node.sdk_admission.admit().await.map_err(status_of)?;
         // Subscribe before reading, so no change applied after the read is missed.
         let rx = self.node.hub.subscribe();
-        let (doc, revision) = self
-            .fresh_document(&ns, &provider)
-            .await
-            .inspect_err(|e| refused(&ns, &provider, e))?;
+        let (doc, revision) = self.fresh_document(&ns, &provider).await?;
         let (tx, out) = mpsc::channel(4);
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -425,18 +425,8 @@ impl Sync {
         self.authorize(&req, &ns)?;
         let provider = Provider::of(req.metadata())?;
         self.node.sdk_admission.admit().await.map_err(status_of)?;
-        let (flag_configuration, _) = self
-            .fresh_document(&ns, &provider)
-            .await
-            .inspect_err(|e| refused(&ns, &provider, e))?;
+        let (flag_configuration, _) = self.fresh_document(&ns, &provider).await?;
         Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
-    }
-}
-
-/// Logs a refusal that names a mismatch, so the operator sees which provider was turned away.
-fn refused(ns: &str, provider: &Provider, e: &Status) {
-    if e.code() == tonic::Code::FailedPrecondition {
-        tracing::warn!(ns, provider = %provider.learnt_from, "sync refused: {}", e.message());
     }
 }
 
@@ -534,7 +524,6 @@ impl Follow {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    refused(&self.ns, &self.provider, &e);
                     self.send(&tx, Err(e)).await;
                     return;
                 }
