@@ -12,6 +12,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+# CI builds once from scratch: incremental caches would only take disk (gigabytes for the
+# test binaries) and never be reused there.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
 cargo build --workspace --all-targets --locked
 # The Debian package, from the binary just built (a release package: README "As a service").
 if ! command -v cargo-deb >/dev/null 2>&1; then
