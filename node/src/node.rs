@@ -38,8 +38,6 @@ pub struct Node {
     /// Paces the starts of watch streams and snapshot requests.
     pub(crate) sdk_admission: crate::rate_limit::Pacer,
     pub(crate) snapshots: crate::snapshot_cache::SnapshotCache,
-    /// Turns true when the node starts to stop: watch streams end on it.
-    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// What the request paths count and time ([`crate::metrics`]).
     pub metrics: crate::metrics::Metrics,
     /// Every series of this node, as `GET /metrics` writes them.
@@ -307,11 +305,6 @@ impl Node {
             revision: self.state.applied().revision,
             ready: self.ready(),
         }
-    }
-
-    /// Resolves once the node starts to stop.
-    pub(crate) fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        when_stopped(self.stopping.clone())
     }
 
     /// Every metric of this node in the OpenMetrics text format (`GET /metrics`).

@@ -341,7 +341,18 @@ pub async fn start(
     };
     let proofs = Arc::new(Proofs::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (hub, hub_task) = WatchHub::spawn(state.clone(), when_stopped(stop_rx.clone()));
+    // Heartbeats every half bound (at least 10 per second at most, at least one per second),
+    // decided once per node for every stream.
+    let hub_tick = (config.max_staleness / 2).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(1),
+    );
+    let (hub, hub_task) = WatchHub::spawn(
+        state.clone(),
+        proofs.clone(),
+        hub_tick,
+        when_stopped(stop_rx.clone()),
+    );
     let registry = metrics.registry(
         &store_metrics,
         crate::metrics::RaftGauges {
@@ -357,7 +368,6 @@ pub async fn start(
         read_index,
         proofs,
         hub,
-        stopping: stop_rx.clone(),
         flag_sets: FlagSetCache::default(),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),

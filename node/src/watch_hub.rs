@@ -1,96 +1,206 @@
-//! The watch hub: one task per node turns each applied change into its SSE frame once, and
-//! fans the frames out to every watch stream through one bounded broadcast channel. A stream
-//! that falls behind the buffer is closed (it resumes with `Last-Event-ID`); it can never block
-//! the others or grow memory.
+//! The watch hub: one task per node turns each applied change into its SSE frame once and
+//! hands it to the streams of that namespace only, through one bounded broadcast channel per
+//! watched namespace. Once per tick it also decides, for every stream at once, what a heartbeat
+//! says (the revision delivered, the staleness proof) and whether credentials may have been
+//! revoked, so a stream does no work of its own between events. A stream that falls behind its
+//! channel's buffer is closed (it resumes with `Last-Event-ID`); it can never block the others
+//! or grow memory.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use flagstaff_raft_store::{AppliedBatch, Change, ChangeKind, StateHandle};
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
-/// Frames buffered per node before a slow stream is dropped.
-const HUB_BUFFER: usize = 8192;
+use crate::bounded_read::Proofs;
 
-/// One namespace change, serialized once for every subscriber.
-#[derive(Debug)]
-pub struct HubEvent {
-    pub ns: String,
-    pub revision: u64,
-    pub frame: Bytes,
+/// Messages buffered per watched namespace (one per apply that touched it, plus one per tick)
+/// before a slow stream is dropped. Allocated only for namespaces someone watches.
+const NAMESPACE_BUFFER: usize = 1024;
+
+/// What the streams of one namespace receive, in order.
+#[derive(Debug, Clone)]
+pub enum HubMessage {
+    /// The namespace's changes of one apply, in revision order: (revision, `change` frame).
+    Changes(Arc<[(u64, Bytes)]>),
+    /// A snapshot replaced the state, or the hub fell behind: resynchronise from the state.
+    Reset,
+    /// Once per tick, after every change up to `revision` was handed out.
+    Tick(Arc<Tick>),
 }
 
-/// What subscribers receive: the changes of one apply, or a reset (snapshot installed, or the
-/// hub itself fell behind) after which they resynchronise from the state.
+/// The node's state at one tick, the same for every stream.
 #[derive(Debug)]
-pub struct HubBatch {
-    /// The cluster revision after this batch.
+pub struct Tick {
+    /// Every applied change up to this revision reached the namespace channels before this
+    /// tick; `caught_up` says whether that is everything the node has applied.
     pub revision: u64,
-    pub reset: bool,
-    pub events: Vec<HubEvent>,
+    pub caught_up: bool,
+    /// The node's staleness proof (`None`: it has none).
+    pub staleness_ms: Option<u64>,
+    /// Moves whenever an apply may have removed credentials (an SDK key revoked, a namespace
+    /// deleted, a snapshot installed): streams re-check their key only then, not every tick.
+    pub credentials_epoch: u64,
+    /// `heartbeat` {revision, staleness_ms}, built once, when the proof exists and the hub is
+    /// caught up.
+    pub heartbeat: Option<Bytes>,
 }
+
+/// The per-namespace channels. `None` once the node stops: no new subscriptions.
+type Channels = Option<HashMap<String, broadcast::Sender<HubMessage>>>;
 
 #[derive(Clone)]
 pub struct WatchHub {
-    tx: broadcast::Sender<Arc<HubBatch>>,
+    channels: Arc<Mutex<Channels>>,
 }
 
 impl WatchHub {
-    /// Starts the hub's task, which ends when `stopping` resolves (the node stops).
+    /// Starts the hub's task, which ticks every `tick` and ends when `stopping` resolves (the
+    /// node stops); every stream's channel then closes, so the streams end too.
     pub fn spawn(
         state: StateHandle,
+        proofs: Arc<Proofs>,
+        tick: Duration,
         stopping: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, _) = broadcast::channel(HUB_BUFFER);
-        let hub = Self { tx: tx.clone() };
+        let hub = Self {
+            channels: Arc::new(Mutex::new(Some(HashMap::new()))),
+        };
+        let channels = hub.channels.clone();
         let mut rx = state.subscribe_batches();
         let task = tokio::spawn(async move {
             tokio::pin!(stopping);
+            let mut ticker = tokio::time::interval(tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut delivered = state.applied().revision;
+            let mut epoch = 0u64;
             loop {
-                let received = tokio::select! {
-                    r = rx.recv() => r,
-                    _ = &mut stopping => break,
-                };
-                let batch = match received {
-                    Ok(b) => frames_of(&b),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
-                        HubBatch {
-                            revision: state.applied().revision,
-                            reset: true,
-                            events: Vec::new(),
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(batch) => {
+                            if may_remove_credentials(&batch, delivered) {
+                                epoch += 1;
+                            }
+                            delivered = delivered.max(batch.revision);
+                            publish(&channels, &batch);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
+                            epoch += 1;
+                            delivered = state.applied().revision;
+                            for_each_channel(&channels, |tx| { let _ = tx.send(HubMessage::Reset); });
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = ticker.tick() => {
+                        let tick = tick_of(delivered, state.applied().revision, proofs.staleness_ms(), epoch);
+                        let tick = HubMessage::Tick(Arc::new(tick));
+                        let mut guard = channels.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(map) = guard.as_mut() {
+                            // Namespaces nobody watches any more give their buffer back.
+                            map.retain(|_, tx| tx.receiver_count() > 0);
+                            for tx in map.values() {
+                                let _ = tx.send(tick.clone());
+                            }
                         }
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                // No subscribers is fine.
-                let _ = tx.send(Arc::new(batch));
+                    _ = &mut stopping => break,
+                }
             }
+            // Dropping the senders closes every stream's channel.
+            channels.lock().unwrap_or_else(|e| e.into_inner()).take();
         });
         (hub, task)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HubBatch>> {
-        self.tx.subscribe()
+    /// The messages of namespace `ns` from now on; `None` once the node is stopping.
+    pub fn subscribe(&self, ns: &str) -> Option<broadcast::Receiver<HubMessage>> {
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let map = guard.as_mut()?;
+        if let Some(tx) = map.get(ns) {
+            return Some(tx.subscribe());
+        }
+        let (tx, rx) = broadcast::channel(NAMESPACE_BUFFER);
+        map.insert(ns.to_string(), tx);
+        Some(rx)
     }
 }
 
-fn frames_of(batch: &AppliedBatch) -> HubBatch {
-    let events = batch
-        .changes
-        .iter()
-        .map(|c| HubEvent {
-            ns: c.ns.clone(),
-            revision: c.revision,
-            frame: sse_frame("change", c.revision, &change_json(c)),
-        })
-        .collect();
-    HubBatch {
-        revision: batch.revision,
-        // Deliberate break, test builds only (see fault_injection.rs).
-        reset: batch.reset && !crate::fault_injection::watch_skips_snapshot(),
-        events,
+/// Whether `batch` may have removed credentials: a snapshot, a namespace deleted (its keys go
+/// with it), or any revision spent outside namespaces (SDK keys and admin tokens; creations
+/// too, which only costs a needless re-check).
+fn may_remove_credentials(batch: &AppliedBatch, delivered: u64) -> bool {
+    let outside_namespaces = batch.revision.saturating_sub(delivered) > batch.changes.len() as u64;
+    let namespace_deleted = batch.changes.iter().any(|c| {
+        c.items
+            .iter()
+            .any(|i| i.kind == ChangeKind::Namespace && i.after.is_none())
+    });
+    batch.reset || outside_namespaces || namespace_deleted
+}
+
+fn for_each_channel(channels: &Mutex<Channels>, mut f: impl FnMut(&broadcast::Sender<HubMessage>)) {
+    let guard = channels.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = guard.as_ref() {
+        map.values().for_each(&mut f);
+    }
+}
+
+/// Hands `batch` to the channels of the namespaces it changed (each frame built once, and
+/// only for namespaces someone watches), or a reset to every channel.
+fn publish(channels: &Mutex<Channels>, batch: &AppliedBatch) {
+    // Deliberate break, test builds only (see fault_injection.rs).
+    if batch.reset && !crate::fault_injection::watch_skips_snapshot() {
+        for_each_channel(channels, |tx| {
+            let _ = tx.send(HubMessage::Reset);
+        });
+        return;
+    }
+    let mut by_ns: Vec<(&str, Vec<&Change>)> = Vec::new();
+    for c in &batch.changes {
+        match by_ns.iter_mut().find(|(ns, _)| *ns == c.ns) {
+            Some((_, changes)) => changes.push(c),
+            None => by_ns.push((&c.ns, vec![c])),
+        }
+    }
+    // The senders are taken under the lock and the frames built after it, so subscribing
+    // never waits on serialization.
+    let watched: Vec<_> = {
+        let guard = channels.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(map) = guard.as_ref() else { return };
+        by_ns
+            .into_iter()
+            .filter_map(|(ns, changes)| map.get(ns).map(|tx| (tx.clone(), changes)))
+            .collect()
+    };
+    for (tx, changes) in watched {
+        let frames: Arc<[(u64, Bytes)]> = changes
+            .iter()
+            .map(|c| (c.revision, sse_frame("change", c.revision, &change_json(c))))
+            .collect();
+        // No subscribers left is fine.
+        let _ = tx.send(HubMessage::Changes(frames));
+    }
+}
+
+fn tick_of(delivered: u64, applied: u64, staleness_ms: Option<u64>, epoch: u64) -> Tick {
+    let caught_up = delivered >= applied;
+    let heartbeat = match staleness_ms {
+        Some(s) if caught_up => Some(sse_frame_no_id(
+            "heartbeat",
+            &json!({"revision": delivered, "staleness_ms": s}),
+        )),
+        _ => None,
+    };
+    Tick {
+        revision: delivered,
+        caught_up,
+        staleness_ms,
+        credentials_epoch: epoch,
+        heartbeat,
     }
 }
 

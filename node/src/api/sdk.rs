@@ -2,7 +2,6 @@
 //! Readable with the namespace's SDK key or an admin token; bounded consistency by default.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -12,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use flagstaff_raft_store::{Change, ChangeKind, Namespace, State as StoreState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,7 +21,7 @@ use crate::api::openapi::{NsPath, ReadQuery};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
-use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, HubBatch};
+use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, HubMessage, Tick};
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -207,7 +206,10 @@ async fn watch(
     node.sdk_admission.admit().await?;
     // Subscribe before reading the state, so nothing applied after the read can be missed;
     // events at or below the read revision are dropped as duplicates.
-    let rx = node.hub.subscribe();
+    let rx = node
+        .hub
+        .subscribe(&ns)
+        .ok_or_else(|| ApiError::Unavailable("this node is stopping".into()))?;
     node.read_barrier(params.consistency, params.min_revision.max(since))
         .await?;
     caller.check_still_valid(&node)?;
@@ -231,28 +233,28 @@ async fn watch(
         None => replay_frames(replay, ns.clone()).await?,
     };
 
-    let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(stream_changes(
-        node.clone(),
+    // The response body is the stream itself: no task or channel of its own. Hyper polls it
+    // when the connection can take more; a client that stops reading lets its hub channel
+    // overflow and is closed. The slot is held, and the stream counted open, as long as the
+    // body lives (until the client goes away).
+    let stream = ChangeStream {
+        _open: crate::metrics::Open::new(&node.metrics.watch_streams),
+        node: node.clone(),
         caller,
         ns,
-        bound,
-        initial,
+        bound_ms: bound.as_millis() as u64,
         last,
+        credentials_epoch: 0,
+        pending: initial.into(),
         rx,
-        tx,
-    ));
-    // The slot is held, and the stream counted open, as long as the response body lives (until
-    // the client goes away).
-    let open = crate::metrics::Open::new(&node.metrics.watch_streams);
-    let body = Body::from_stream(futures::stream::unfold(
-        (body_rx, slot, open),
-        |(mut rx, slot, open)| async move {
-            rx.recv()
-                .await
-                .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot, open)))
-        },
-    ));
+        ended: false,
+        _slot: slot,
+    };
+    let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
+        s.next_frame()
+            .await
+            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), s))
+    }));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -315,110 +317,118 @@ async fn replay_frames(changes: Vec<Arc<Change>>, ns: String) -> Result<Vec<Byte
     .map_err(|_| ApiError::Unavailable("the resume could not be built".into()))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_changes(
+/// One watch stream's state between the frames it yields.
+struct ChangeStream {
     node: Arc<Node>,
     caller: Caller,
     ns: String,
-    bound: Duration,
-    initial: Vec<Bytes>,
-    mut last: u64,
-    mut rx: broadcast::Receiver<Arc<HubBatch>>,
-    tx: mpsc::Sender<Bytes>,
-) {
-    // A subscriber that cannot take frames for this long is dropped; it resumes later.
-    let metrics = &node.metrics;
-    let send = |frame: Bytes| {
-        let tx = tx.clone();
-        async move {
-            match tx.send_timeout(frame, Duration::from_secs(10)).await {
-                Ok(()) => {
-                    metrics.events_sent.inc();
-                    true
-                }
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    metrics.slow_subscribers.inc();
-                    false
-                }
-                // The client went away.
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    bound_ms: u64,
+    /// The revision this stream's client holds everything up to.
+    last: u64,
+    /// The hub's credentials epoch the key was last checked at (0: at the start, just now).
+    credentials_epoch: u64,
+    /// Frames decided but not yet yielded.
+    pending: std::collections::VecDeque<Bytes>,
+    rx: broadcast::Receiver<HubMessage>,
+    /// Set once a closing frame (`stale`, `error`) is queued: the stream ends after it.
+    ended: bool,
+    _open: crate::metrics::Open,
+    _slot: crate::watch_hub::StreamSlot,
+}
+
+impl ChangeStream {
+    /// The next frame to send, or `None` when the stream ends: the node stops, the stream
+    /// fell behind its hub channel (its client resumes from its last event id), the node
+    /// can no longer prove its bound, or the key was revoked.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                self.node.metrics.events_sent.inc();
+                return Some(frame);
             }
-        }
-    };
-    for frame in initial {
-        if !send(frame).await {
-            return;
+            if self.ended {
+                return None;
+            }
+            match self.rx.recv().await {
+                Ok(HubMessage::Changes(frames)) => {
+                    for (revision, frame) in frames.iter() {
+                        if *revision > self.last {
+                            self.pending.push_back(frame.clone());
+                            self.last = *revision;
+                        }
+                    }
+                }
+                Ok(HubMessage::Reset) => self.resynchronise().await?,
+                Ok(HubMessage::Tick(tick)) => self.on_tick(&tick),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.node.metrics.slow_subscribers.inc();
+                    return None;
+                }
+                // The node is stopping: end the stream cleanly, so its client moves to
+                // another node at once.
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
         }
     }
-    let bound_ms = bound.as_millis() as u64;
-    let stopping = node.stopping();
-    tokio::pin!(stopping);
-    let mut ticker = tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
-    loop {
-        tokio::select! {
-            // The node is stopping: end the stream cleanly, so its client moves to another
-            // node at once.
-            _ = &mut stopping => return,
-            batch = rx.recv() => match batch {
-                Ok(batch) => {
-                    if batch.reset {
-                        let (snapshot, revision) = {
-                            let state = node.state.read();
-                            (node.snapshots.get(&state, &ns), state.revision())
-                        };
-                        let frames = match snapshot {
-                            Some(snap) => match snap.sse_chunks(&ns, &node.cluster_id).await {
-                                Some(chunks) => chunks.to_vec(),
-                                None => return,
-                            },
-                            // Deleted: an empty snapshot says so without a gap.
-                            None => vec![deleted_snapshot_frame(&ns, &node.cluster_id, revision)],
-                        };
-                        for frame in frames {
-                            if !send(frame).await {
-                                return;
-                            }
-                        }
-                        last = last.max(revision);
-                        continue;
-                    }
-                    for e in batch.events.iter().filter(|e| e.ns == ns && e.revision > last) {
-                        if !send(e.frame.clone()).await {
-                            return;
-                        }
-                    }
-                    last = last.max(batch.revision);
-                }
-                // Fell behind the hub's buffer (the client resumes from its last event id), or
-                // the hub has ended with the node: close.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    metrics.slow_subscribers.inc();
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = ticker.tick() => {
-                if !caller.still_valid(&node) {
-                    let _ = send(sse_frame_no_id("error", &json!({"message": "the SDK key was revoked"}))).await;
-                    return;
-                }
-                match node.proofs.staleness_ms() {
-                    Some(s) if s <= bound_ms => {
-                        // Only claim freshness once every applied change has been sent.
-                        if last >= node.state.applied().revision {
-                            let hb = json!({"revision": last, "staleness_ms": s});
-                            if !send(sse_frame_no_id("heartbeat", &hb)).await {
-                                return;
-                            }
-                        }
-                    }
-                    other => {
-                        let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms)");
-                        let _ = send(sse_frame_no_id("stale", &json!({"revision": last, "message": msg}))).await;
-                        return;
+
+    /// After a snapshot install: the namespace's snapshot (or an empty one if it is gone).
+    async fn resynchronise(&mut self) -> Option<()> {
+        let node = &self.node;
+        let (snapshot, revision) = {
+            let state = node.state.read();
+            (node.snapshots.get(&state, &self.ns), state.revision())
+        };
+        match snapshot {
+            Some(snap) => {
+                let chunks = snap.sse_chunks(&self.ns, &node.cluster_id).await?;
+                self.pending.extend(chunks.iter().cloned());
+            }
+            // Deleted: an empty snapshot says so without a gap.
+            None => {
+                self.pending
+                    .push_back(deleted_snapshot_frame(&self.ns, &node.cluster_id, revision))
+            }
+        }
+        self.last = self.last.max(revision);
+        Some(())
+    }
+
+    fn on_tick(&mut self, tick: &Tick) {
+        if tick.credentials_epoch != self.credentials_epoch {
+            self.credentials_epoch = tick.credentials_epoch;
+            if !self.caller.still_valid(&self.node) {
+                self.close_with(sse_frame_no_id(
+                    "error",
+                    &json!({"message": "the SDK key was revoked"}),
+                ));
+                return;
+            }
+        }
+        match tick.staleness_ms {
+            Some(s) if s <= self.bound_ms => {
+                // Only claim freshness once every applied change has been sent.
+                if let Some(hb) = &tick.heartbeat {
+                    if tick.revision >= self.last {
+                        self.last = tick.revision;
+                        self.pending.push_back(hb.clone());
                     }
                 }
             }
+            other => {
+                let msg = format!(
+                    "this node cannot prove its data is at most {} ms stale (proof: {other:?} ms)",
+                    self.bound_ms
+                );
+                self.close_with(sse_frame_no_id(
+                    "stale",
+                    &json!({"revision": self.last, "message": msg}),
+                ));
+            }
         }
+    }
+
+    fn close_with(&mut self, frame: Bytes) {
+        self.pending.push_back(frame);
+        self.ended = true;
     }
 }

@@ -37,6 +37,7 @@ use crate::api::extract::{bearer, Caller};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 use crate::tls::ServerTls;
+use crate::watch_hub::HubMessage;
 
 pub mod fractional;
 #[allow(clippy::all, missing_docs)]
@@ -399,7 +400,9 @@ impl Sync {
         })?;
         self.node.sdk_admission.admit().await.map_err(status_of)?;
         // Subscribe before reading, so no change applied after the read is missed.
-        let rx = self.node.hub.subscribe();
+        let rx = self.node.hub.subscribe(&ns).ok_or_else(|| {
+            Status::unavailable("this node is stopping; reconnect to another node")
+        })?;
         let (doc, revision) = self.fresh_document(&ns, &provider).await?;
         let (tx, out) = mpsc::channel(4);
         let node = self.node.clone();
@@ -469,7 +472,7 @@ impl Follow {
         self,
         doc: String,
         mut sent: u64,
-        mut rx: broadcast::Receiver<Arc<crate::watch_hub::HubBatch>>,
+        mut rx: broadcast::Receiver<HubMessage>,
         tx: mpsc::Sender<Result<SyncFlagsResponse, Status>>,
     ) {
         let node = &self.node;
@@ -477,43 +480,43 @@ impl Follow {
             return;
         }
         let bound_ms = node.config.max_staleness.as_millis() as u64;
-        let stopping = node.stopping();
-        tokio::pin!(stopping);
-        let mut ticker =
-            tokio::time::interval(Duration::from_millis((bound_ms / 2).clamp(100, 1000)));
+        let mut credentials_epoch = 0;
         loop {
             let changed = tokio::select! {
-                // Not a clean end: some stock providers reconnect only after an error status.
-                _ = &mut stopping => {
-                    self.send(&tx, Err(Status::unavailable("this node is stopping; reconnect to another node"))).await;
-                    return;
-                }
                 _ = tx.closed() => return,
-                batch = rx.recv() => match batch {
-                    Ok(b) => b.reset || b.events.iter().any(|e| e.ns == self.ns),
+                message = rx.recv() => match message {
+                    Ok(HubMessage::Changes(_) | HubMessage::Reset) => true,
                     // Behind the hub: resynchronise from the state, which is what a message is.
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = ticker.tick() => {
-                    if self.caller.as_ref().is_some_and(|c| !c.still_valid(node)) {
-                        self.send(&tx, Err(Status::permission_denied("the SDK key was revoked"))).await;
+                    // Not a clean end: some stock providers reconnect only after an error status.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.send(&tx, Err(Status::unavailable("this node is stopping; reconnect to another node"))).await;
                         return;
                     }
-                    match node.proofs.staleness_ms() {
-                        Some(s) if s <= bound_ms => false,
-                        other => {
-                            let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
-                            self.send(&tx, Err(Status::unavailable(msg))).await;
-                            return;
+                    Ok(HubMessage::Tick(tick)) => {
+                        if tick.credentials_epoch != credentials_epoch {
+                            credentials_epoch = tick.credentials_epoch;
+                            if self.caller.as_ref().is_some_and(|c| !c.still_valid(node)) {
+                                self.send(&tx, Err(Status::permission_denied("the SDK key was revoked"))).await;
+                                return;
+                            }
+                        }
+                        match tick.staleness_ms {
+                            Some(s) if s <= bound_ms => false,
+                            other => {
+                                let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
+                                self.send(&tx, Err(Status::unavailable(msg))).await;
+                                return;
+                            }
                         }
                     }
-                }
+                },
             };
             if !changed {
                 continue;
             }
-            // Coalesce: whatever else is already queued is covered by the one document below.
+            // Coalesce: changes already queued are covered by the one document below (a tick
+            // in between is skipped; the next one checks again).
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
             match document(node, &self.ns, &self.provider) {
                 Ok((doc, revision)) if revision > sent => {
