@@ -308,3 +308,123 @@ pub fn sse_frame(event: &str, id: u64, data: &Value) -> Bytes {
 pub fn sse_frame_no_id(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(ns: &str, revision: u64, item: ChangeKind, after: Option<&str>) -> Arc<Change> {
+        Arc::new(Change {
+            revision,
+            prev_revision: 0,
+            at_ms: 0,
+            actor: "test".into(),
+            ns: ns.into(),
+            items: vec![flagstaff_raft_store::ChangeItem {
+                kind: item,
+                key: "k".into(),
+                before: None,
+                after: after.map(str::to_string),
+            }],
+        })
+    }
+
+    fn batch(revision: u64, changes: Vec<Arc<Change>>) -> AppliedBatch {
+        AppliedBatch {
+            revision,
+            changes,
+            reset: false,
+        }
+    }
+
+    #[test]
+    fn a_change_reaches_only_the_streams_of_its_namespace() {
+        let (a, mut rx_a) = broadcast::channel(8);
+        let (b, mut rx_b) = broadcast::channel(8);
+        let channels = Mutex::new(Some(HashMap::from([
+            ("a".to_string(), a),
+            ("b".to_string(), b),
+        ])));
+        let flag = Some(r#"{"state":"ENABLED"}"#);
+        publish(
+            &channels,
+            &batch(
+                3,
+                vec![
+                    change("b", 2, ChangeKind::Flag, flag),
+                    change("b", 3, ChangeKind::Flag, flag),
+                    change("c", 4, ChangeKind::Flag, flag),
+                ],
+            ),
+        );
+        assert!(rx_a.try_recv().is_err(), "namespace a heard of b's changes");
+        match rx_b.try_recv() {
+            Ok(HubMessage::Changes(frames)) => {
+                let revisions: Vec<u64> = frames.iter().map(|(r, _)| *r).collect();
+                assert_eq!(
+                    revisions,
+                    [2, 3],
+                    "both of b's changes, in one message, in order"
+                );
+                assert!(std::str::from_utf8(&frames[0].1)
+                    .is_ok_and(|f| f.starts_with("id: 2\nevent: change\n")));
+            }
+            other => panic!("b got {other:?}"),
+        }
+        assert!(rx_b.try_recv().is_err(), "one message per apply");
+        // A snapshot install resets every watched namespace.
+        publish(
+            &channels,
+            &AppliedBatch {
+                revision: 9,
+                changes: Vec::new(),
+                reset: true,
+            },
+        );
+        assert!(matches!(rx_a.try_recv(), Ok(HubMessage::Reset)));
+        assert!(matches!(rx_b.try_recv(), Ok(HubMessage::Reset)));
+    }
+
+    #[test]
+    fn credentials_are_rechecked_only_after_applies_that_may_remove_them() {
+        let flag = Some("{}");
+        // Two flag writes, revisions 11 and 12, after 10: nothing outside namespaces.
+        let writes = batch(
+            12,
+            vec![
+                change("a", 11, ChangeKind::Flag, flag),
+                change("a", 12, ChangeKind::Flag, flag),
+            ],
+        );
+        assert!(!may_remove_credentials(&writes, 10));
+        // Revision 13 spent outside namespaces (an SDK key revoked, say).
+        assert!(may_remove_credentials(&batch(13, Vec::new()), 12));
+        // A deleted namespace takes its keys along.
+        let deleted = batch(14, vec![change("a", 14, ChangeKind::Namespace, None)]);
+        assert!(may_remove_credentials(&deleted, 13));
+        let reset = AppliedBatch {
+            revision: 14,
+            changes: Vec::new(),
+            reset: true,
+        };
+        assert!(may_remove_credentials(&reset, 14));
+    }
+
+    #[test]
+    fn a_tick_claims_a_heartbeat_only_when_the_hub_has_caught_up_and_a_proof_exists() {
+        let t = tick_of(7, 7, Some(40), 2);
+        let hb = t
+            .heartbeat
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        assert_eq!(
+            hb.as_deref(),
+            Some("event: heartbeat\ndata: {\"revision\":7,\"staleness_ms\":40}\n\n")
+        );
+        assert!(
+            tick_of(6, 7, Some(40), 2).heartbeat.is_none(),
+            "behind the applied state"
+        );
+        assert!(tick_of(7, 7, None, 2).heartbeat.is_none(), "no proof");
+    }
+}
