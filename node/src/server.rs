@@ -341,8 +341,8 @@ pub async fn start(
     };
     let proofs = Arc::new(Proofs::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    // Heartbeats every half bound (at least 10 per second at most, at least one per second),
-    // decided once per node for every stream.
+    // The hub ticks every half bound, between 100 ms and 1 s: heartbeats and staleness
+    // checks, decided once per node for every stream.
     let hub_tick = (config.max_staleness / 2).clamp(
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(1),

@@ -36,9 +36,8 @@ pub enum HubMessage {
 #[derive(Debug)]
 pub struct Tick {
     /// Every applied change up to this revision reached the namespace channels before this
-    /// tick; `caught_up` says whether that is everything the node has applied.
+    /// tick.
     pub revision: u64,
-    pub caught_up: bool,
     /// The node's staleness proof (`None`: it has none).
     pub staleness_ms: Option<u64>,
     /// Moves whenever an apply may have removed credentials (an SDK key revoked, a namespace
@@ -47,6 +46,35 @@ pub struct Tick {
     /// `heartbeat` {revision, staleness_ms}, built once, when the proof exists and the hub is
     /// caught up.
     pub heartbeat: Option<Bytes>,
+}
+
+impl Tick {
+    /// Why a stream that promises at most `bound_ms` of staleness must end at this tick, if
+    /// it must.
+    pub fn stale_beyond(&self, bound_ms: u64) -> Option<String> {
+        match self.staleness_ms {
+            Some(s) if s <= bound_ms => None,
+            other => Some(format!(
+                "this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms)"
+            )),
+        }
+    }
+}
+
+/// The credentials epoch a stream last checked its key at (0: at its start).
+#[derive(Debug, Default)]
+pub struct CredentialsSeen(u64);
+
+impl CredentialsSeen {
+    /// Whether the stream's key is gone: `still_valid` (which takes the state lock) is asked
+    /// only when the tick's epoch moved since the last check.
+    pub fn revoked(&mut self, tick: &Tick, still_valid: impl FnOnce() -> bool) -> bool {
+        if tick.credentials_epoch == self.0 {
+            return false;
+        }
+        self.0 = tick.credentials_epoch;
+        !still_valid()
+    }
 }
 
 /// The per-namespace channels. `None` once the node stops: no new subscriptions.
@@ -197,7 +225,6 @@ fn tick_of(delivered: u64, applied: u64, staleness_ms: Option<u64>, epoch: u64) 
     };
     Tick {
         revision: delivered,
-        caught_up,
         staleness_ms,
         credentials_epoch: epoch,
         heartbeat,
@@ -426,5 +453,42 @@ mod tests {
             "behind the applied state"
         );
         assert!(tick_of(7, 7, None, 2).heartbeat.is_none(), "no proof");
+    }
+
+    #[test]
+    fn a_stream_ends_beyond_its_bound_and_rechecks_its_key_only_when_the_epoch_moves() {
+        let tick = tick_of(7, 7, Some(40), 2);
+        assert_eq!(tick.stale_beyond(40), None);
+        let msg = tick.stale_beyond(39).unwrap_or_default();
+        assert!(
+            msg.contains("at most 39 ms stale (proof: Some(40) ms)"),
+            "{msg}"
+        );
+        assert!(
+            tick_of(7, 7, None, 2).stale_beyond(u64::MAX).is_some(),
+            "no proof is stale"
+        );
+
+        let mut seen = CredentialsSeen::default();
+        let mut asked = 0;
+        assert!(
+            !seen.revoked(&tick, || {
+                asked += 1;
+                true
+            }),
+            "epoch 2 after 0: checked, valid"
+        );
+        assert!(
+            !seen.revoked(&tick, || {
+                asked += 1;
+                false
+            }),
+            "same epoch: not asked again"
+        );
+        assert_eq!(asked, 1);
+        assert!(
+            seen.revoked(&tick_of(8, 8, Some(1), 3), || false),
+            "epoch moved: asked, gone"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::api::openapi::{NsPath, ReadQuery};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
-use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, HubMessage, Tick};
+use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, CredentialsSeen, HubMessage, Tick};
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -244,7 +244,7 @@ async fn watch(
         ns,
         bound_ms: bound.as_millis() as u64,
         last,
-        credentials_epoch: 0,
+        credentials: CredentialsSeen::default(),
         pending: initial.into(),
         rx,
         ended: false,
@@ -325,8 +325,8 @@ struct ChangeStream {
     bound_ms: u64,
     /// The revision this stream's client holds everything up to.
     last: u64,
-    /// The hub's credentials epoch the key was last checked at (0: at the start, just now).
-    credentials_epoch: u64,
+    /// When the key was last checked (at the start, just now).
+    credentials: CredentialsSeen,
     /// Frames decided but not yet yielded.
     pending: std::collections::VecDeque<Bytes>,
     rx: broadcast::Receiver<HubMessage>,
@@ -394,35 +394,26 @@ impl ChangeStream {
     }
 
     fn on_tick(&mut self, tick: &Tick) {
-        if tick.credentials_epoch != self.credentials_epoch {
-            self.credentials_epoch = tick.credentials_epoch;
-            if !self.caller.still_valid(&self.node) {
-                self.close_with(sse_frame_no_id(
-                    "error",
-                    &json!({"message": "the SDK key was revoked"}),
-                ));
-                return;
-            }
+        let (caller, node) = (&self.caller, &self.node);
+        if self.credentials.revoked(tick, || caller.still_valid(node)) {
+            self.close_with(sse_frame_no_id(
+                "error",
+                &json!({"message": "the SDK key was revoked"}),
+            ));
+            return;
         }
-        match tick.staleness_ms {
-            Some(s) if s <= self.bound_ms => {
-                // Only claim freshness once every applied change has been sent.
-                if let Some(hb) = &tick.heartbeat {
-                    if tick.revision >= self.last {
-                        self.last = tick.revision;
-                        self.pending.push_back(hb.clone());
-                    }
-                }
-            }
-            other => {
-                let msg = format!(
-                    "this node cannot prove its data is at most {} ms stale (proof: {other:?} ms)",
-                    self.bound_ms
-                );
-                self.close_with(sse_frame_no_id(
-                    "stale",
-                    &json!({"revision": self.last, "message": msg}),
-                ));
+        if let Some(msg) = tick.stale_beyond(self.bound_ms) {
+            self.close_with(sse_frame_no_id(
+                "stale",
+                &json!({"revision": self.last, "message": msg}),
+            ));
+            return;
+        }
+        // Only claim freshness once every applied change has been sent.
+        if let Some(hb) = &tick.heartbeat {
+            if tick.revision >= self.last {
+                self.last = tick.revision;
+                self.pending.push_back(hb.clone());
             }
         }
     }

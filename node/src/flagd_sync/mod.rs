@@ -37,7 +37,7 @@ use crate::api::extract::{bearer, Caller};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 use crate::tls::ServerTls;
-use crate::watch_hub::HubMessage;
+use crate::watch_hub::{CredentialsSeen, HubMessage};
 
 pub mod fractional;
 #[allow(clippy::all, missing_docs)]
@@ -480,7 +480,7 @@ impl Follow {
             return;
         }
         let bound_ms = node.config.max_staleness.as_millis() as u64;
-        let mut credentials_epoch = 0;
+        let mut credentials = CredentialsSeen::default();
         loop {
             let changed = tokio::select! {
                 _ = tx.closed() => return,
@@ -494,21 +494,17 @@ impl Follow {
                         return;
                     }
                     Ok(HubMessage::Tick(tick)) => {
-                        if tick.credentials_epoch != credentials_epoch {
-                            credentials_epoch = tick.credentials_epoch;
-                            if self.caller.as_ref().is_some_and(|c| !c.still_valid(node)) {
-                                self.send(&tx, Err(Status::permission_denied("the SDK key was revoked"))).await;
-                                return;
-                            }
+                        let still_valid = || self.caller.as_ref().is_none_or(|c| c.still_valid(node));
+                        if credentials.revoked(&tick, still_valid) {
+                            self.send(&tx, Err(Status::permission_denied("the SDK key was revoked"))).await;
+                            return;
                         }
-                        match tick.staleness_ms {
-                            Some(s) if s <= bound_ms => false,
-                            other => {
-                                let msg = format!("this node cannot prove its data is at most {bound_ms} ms stale (proof: {other:?} ms); reconnect to another node");
-                                self.send(&tx, Err(Status::unavailable(msg))).await;
-                                return;
-                            }
+                        if let Some(msg) = tick.stale_beyond(bound_ms) {
+                            let msg = format!("{msg}; reconnect to another node");
+                            self.send(&tx, Err(Status::unavailable(msg))).await;
+                            return;
                         }
+                        false
                     }
                 },
             };
