@@ -3,7 +3,7 @@
 //! Field names follow flagd's flag-definition schema (<https://flagd.dev/schema/v0/flags.json>):
 //! `state`, `variants`, `defaultVariant`, `targeting`, `metadata`, and at the document level
 //! `$schema`, `flags`, `$evaluators`, `metadata`; Flagstaff adds `description`, `tags` and
-//! `fractionalAlgorithm` per flag ([`FLAGSTAFF_FLAG_FIELDS`], which flagd providers are not
+//! `fractionalAlgorithm` and `experiment` per flag ([`FLAGSTAFF_FLAG_FIELDS`], which flagd providers are not
 //! sent). Targeting rules and segments stay JSON ([`Value`]): they are compiled, not modelled.
 //!
 //! Deserializing checks the shape only (field names and JSON types). Whether a definition
@@ -32,7 +32,8 @@ pub enum FlagState {
 }
 
 /// The fields Flagstaff adds to a flagd flag definition.
-pub const FLAGSTAFF_FLAG_FIELDS: &[&str] = &["description", "tags", "fractionalAlgorithm"];
+pub const FLAGSTAFF_FLAG_FIELDS: &[&str] =
+    &["description", "tags", "fractionalAlgorithm", "experiment"];
 
 /// One flag as flagd defines it, plus Flagstaff's `description`, `tags` and
 /// `fractionalAlgorithm`.
@@ -66,6 +67,19 @@ pub struct FlagDefinition {
     /// How `fractional` splits hash (see [`FractionalAlgorithm`]); absent means `v2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fractional_algorithm: Option<FractionalAlgorithm>,
+    /// The A/B test this flag runs: its control variant and the conversion events that count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentDefinition>,
+}
+
+/// A flag's `experiment` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentDefinition {
+    /// The variant the others are compared with.
+    pub control: String,
+    /// The conversion events that count (1 to `limits::MAX_EXPERIMENT_METRICS`).
+    pub metrics: Vec<String>,
 }
 
 impl FlagDefinition {

@@ -2,6 +2,7 @@
 
 use crate::bucketing::FractionalAlgorithm;
 use crate::fault::{Fault, Faults};
+use crate::limits::{MAX_EVENT_NAME_BYTES, MAX_EXPERIMENT_METRICS, MAX_EXPERIMENT_VARIANTS};
 use crate::rule::compile::{short_json, Compiler, RefLookup, VariantNames};
 use crate::rule::Node;
 use serde_json::{Map, Value};
@@ -51,6 +52,7 @@ const FLAG_FIELDS: &[&str] = &[
     "description",
     "tags",
     "fractionalAlgorithm",
+    "experiment",
 ];
 
 /// A flag compiled for evaluation: variants indexed, targeting compiled to a node tree,
@@ -67,8 +69,36 @@ pub struct CompiledFlag {
     pub(crate) metadata: Map<String, Value>,
     /// How its `fractional` splits hash (`fractionalAlgorithm`, default v2).
     pub(crate) fractional: FractionalAlgorithm,
+    /// The A/B test this flag runs (`experiment`), if any.
+    pub(crate) experiment: Option<Experiment>,
     /// Why the definition could not be compiled; evaluating it answers `PARSE_ERROR`.
     pub(crate) broken: Option<String>,
+}
+
+/// A flag's `experiment` field: the variant the others are compared with and the conversion
+/// events that count. Exposures of the flag and conversions of these events are recorded for
+/// it while the field is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Experiment {
+    control: Box<str>,
+    metrics: Box<[Box<str>]>,
+}
+
+impl Experiment {
+    /// The control variant (a variant of the flag).
+    pub fn control(&self) -> &str {
+        &self.control
+    }
+
+    /// The conversion events that count, in the order the definition names them.
+    pub fn metrics(&self) -> impl Iterator<Item = &str> {
+        self.metrics.iter().map(|m| &**m)
+    }
+
+    /// Whether `event` is one of the experiment's metrics.
+    pub fn counts(&self, event: &str) -> bool {
+        self.metrics.iter().any(|m| &**m == event)
+    }
 }
 
 impl CompiledFlag {
@@ -97,6 +127,16 @@ impl CompiledFlag {
         self.fractional
     }
 
+    /// The A/B test the flag runs, if its definition has an `experiment` field.
+    pub fn experiment(&self) -> Option<&Experiment> {
+        self.experiment.as_ref()
+    }
+
+    /// The variant names, sorted.
+    pub fn variant_names(&self) -> impl Iterator<Item = &str> {
+        self.variants.iter().map(|(n, _)| &**n)
+    }
+
     pub(crate) fn variant_index(&self, name: &str) -> Option<usize> {
         self.variants
             .binary_search_by(|(n, _)| n.as_ref().cmp(name))
@@ -119,6 +159,7 @@ impl CompiledFlag {
             targeting: None,
             metadata,
             fractional: FractionalAlgorithm::V2,
+            experiment: None,
             broken: Some(why),
         }
     }
@@ -325,6 +366,10 @@ pub(crate) fn compile_flag(
         }
     };
 
+    let experiment = obj
+        .get("experiment")
+        .and_then(|e| compile_experiment(e, &names, &mut faults));
+
     if !faults.is_empty() {
         return Err(faults.list);
     }
@@ -337,8 +382,115 @@ pub(crate) fn compile_flag(
         targeting,
         metadata,
         fractional,
+        experiment,
         broken: None,
     })
+}
+
+/// Reads an `experiment` field: `{"control": "<variant>", "metrics": ["<event>", …]}`.
+fn compile_experiment(
+    e: &Value,
+    variants: &BTreeSet<String>,
+    faults: &mut Faults,
+) -> Option<Experiment> {
+    let Value::Object(obj) = e else {
+        faults.add_at_key(
+            "experiment",
+            format!(
+                "must be an object with \"control\" and \"metrics\", found {}",
+                short_json(e)
+            ),
+        );
+        return None;
+    };
+    let before = faults.list.len();
+    faults.push_key("experiment");
+    for field in obj.keys() {
+        if field != "control" && field != "metrics" {
+            faults.add_at_key(field, "unknown field (expected one of: control, metrics)");
+        }
+    }
+    if variants.len() > MAX_EXPERIMENT_VARIANTS {
+        faults.add(format!(
+            "an experiment flag may have at most {MAX_EXPERIMENT_VARIANTS} variants, this one has {}",
+            variants.len()
+        ));
+    }
+    let control = match obj.get("control") {
+        Some(Value::String(c)) if variants.contains(c) => c.as_str(),
+        Some(Value::String(c)) => {
+            faults.add_at_key("control", format!("\"{c}\" is not a variant"));
+            ""
+        }
+        Some(other) => {
+            faults.add_at_key(
+                "control",
+                format!("must be a variant name, found {}", short_json(other)),
+            );
+            ""
+        }
+        None => {
+            faults.add_at_key(
+                "control",
+                "is required (the variant the others are compared with)",
+            );
+            ""
+        }
+    };
+    let mut metrics: Vec<Box<str>> = Vec::new();
+    match obj.get("metrics") {
+        Some(Value::Array(list)) => {
+            faults.push_key("metrics");
+            if list.is_empty() || list.len() > MAX_EXPERIMENT_METRICS {
+                faults.add(format!(
+                    "must name 1 to {MAX_EXPERIMENT_METRICS} conversion events, found {}",
+                    list.len()
+                ));
+            }
+            for (i, m) in list.iter().enumerate() {
+                faults.push_index(i);
+                match m {
+                    Value::String(name) if !is_event_name(name) => faults.add(format!(
+                        "\"{}\" is not an event name (1 to {MAX_EVENT_NAME_BYTES} letters, digits, '_', '-', '.' or ':')",
+                        name.chars().take(80).collect::<String>()
+                    )),
+                    Value::String(name) if metrics.iter().any(|x| **x == **name) => {
+                        faults.add(format!("\"{name}\" is named twice"))
+                    }
+                    Value::String(name) => metrics.push(name.as_str().into()),
+                    other => faults.add(format!(
+                        "an event name must be a string, found {}",
+                        short_json(other)
+                    )),
+                }
+                faults.pop();
+            }
+            faults.pop();
+        }
+        Some(other) => faults.add_at_key(
+            "metrics",
+            format!(
+                "must be an array of conversion event names, found {}",
+                short_json(other)
+            ),
+        ),
+        None => faults.add_at_key("metrics", "is required (the conversion events that count)"),
+    }
+    faults.pop();
+    (faults.list.len() == before).then(|| Experiment {
+        control: control.into(),
+        metrics: metrics.into_boxed_slice(),
+    })
+}
+
+/// Whether `name` can name a conversion event: 1 to [`MAX_EVENT_NAME_BYTES`] ASCII letters,
+/// digits, `_`, `-`, `.` or `:`.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 /// flagd metadata: an object whose values are strings, numbers or booleans.

@@ -46,10 +46,12 @@ mod validate;
 pub use bucketing::FractionalAlgorithm;
 pub use compiled_rule::CompiledRule;
 pub use context::Context;
-pub use definition::{FlagDefinition, FlagState, FlagdDocument, FLAGSTAFF_FLAG_FIELDS};
+pub use definition::{
+    ExperimentDefinition, FlagDefinition, FlagState, FlagdDocument, FLAGSTAFF_FLAG_FIELDS,
+};
 pub use evaluation::{ErrorCode, Evaluation, EvaluationError, Reason, Resolution};
 pub use fault::Fault;
-pub use flag::{CompiledFlag, VariantType};
+pub use flag::{is_event_name, CompiledFlag, Experiment, VariantType};
 pub use flag_set::FlagSet;
 pub use murmur3::murmur3_x86_32;
 pub use refs::{check_segment_graph, find_ref_cycle, flag_refs, rule_refs, RefFault};

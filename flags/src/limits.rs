@@ -25,6 +25,16 @@ pub const EVAL_MAX_BYTES: u64 = 1 << 20;
 /// How deeply values built during an evaluation may nest (lists of lists).
 pub const EVAL_MAX_VALUE_DEPTH: u32 = 32;
 
+/// Variants an experiment flag may have (each is an arm whose exposures and conversions the
+/// cluster keeps).
+pub const MAX_EXPERIMENT_VARIANTS: usize = 10;
+
+/// Conversion events one experiment may count.
+pub const MAX_EXPERIMENT_METRICS: usize = 10;
+
+/// Bytes of a conversion event's name.
+pub const MAX_EVENT_NAME_BYTES: usize = 64;
+
 /// Why an evaluation was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exceeded {

@@ -3,8 +3,8 @@
 //! back evaluates exactly as the one read.
 
 use flagstaff_flags::{
-    validate_document, validate_flag, Context, FlagDefinition, FlagSet, FlagState, FlagdDocument,
-    FractionalAlgorithm,
+    validate_document, validate_flag, Context, ExperimentDefinition, FlagDefinition, FlagSet,
+    FlagState, FlagdDocument, FractionalAlgorithm,
 };
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -233,6 +233,7 @@ fn definition() -> impl Strategy<Value = FlagDefinition> {
             Just(FractionalAlgorithm::V2),
             Just(FractionalAlgorithm::V3)
         ]),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -244,7 +245,15 @@ fn definition() -> impl Strategy<Value = FlagDefinition> {
                 description,
                 tags,
                 fractional_algorithm,
+                experiment,
             )| {
+                let experiment = experiment
+                    .then(|| variants.keys().next().cloned())
+                    .flatten()
+                    .map(|control| ExperimentDefinition {
+                        control,
+                        metrics: vec!["converted".into()],
+                    });
                 FlagDefinition {
                     state,
                     variants,
@@ -254,6 +263,7 @@ fn definition() -> impl Strategy<Value = FlagDefinition> {
                     description,
                     tags,
                     fractional_algorithm,
+                    experiment,
                 }
             },
         )
