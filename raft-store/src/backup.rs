@@ -55,7 +55,7 @@ impl Backup {
             cluster_id: cluster_id.to_string(),
             revision: state.revision(),
             taken_at_ms,
-            state: codec::encode(state)?,
+            state: state.to_snapshot()?,
         })
     }
 
@@ -82,7 +82,7 @@ impl Backup {
 
     /// The state it holds.
     pub fn state(&self) -> Result<State, CodecError> {
-        codec::decode(&self.state)
+        State::from_snapshot(&self.state)
     }
 }
 

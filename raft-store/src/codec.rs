@@ -37,6 +37,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// Decodes a value written by [`encode`] from the front of `bytes`, and returns the bytes after
+/// it (what a later release appended).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&FORMAT_VERSION, rest)) => Ok(postcard::take_from_bytes(rest)?),
+        Some((&found, _)) => Err(CodecError::Version { found }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

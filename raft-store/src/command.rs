@@ -105,6 +105,12 @@ pub enum Command {
     RevokeAdminToken {
         name: String,
     },
+    /// A/B test events one node gathered for `ns` in one interval (see `experiment_data`).
+    /// Changes no flag: it spends no revision and writes no history.
+    RecordEvents {
+        ns: String,
+        batch: crate::experiment_data::EventBatch,
+    },
 }
 
 impl Command {
@@ -118,7 +124,8 @@ impl Command {
             | Command::DeleteSegment { ns, .. }
             | Command::ImportFlagd { ns, .. }
             | Command::CreateSdkKey { ns, .. }
-            | Command::RevokeSdkKey { ns, .. } => ns,
+            | Command::RevokeSdkKey { ns, .. }
+            | Command::RecordEvents { ns, .. } => ns,
             Command::CreateAdminToken { .. } | Command::RevokeAdminToken { .. } => "",
         }
     }

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod codec;
 pub mod command;
 mod db;
+pub mod experiment_data;
 pub mod fault_injection;
 mod log_store;
 pub mod marker;

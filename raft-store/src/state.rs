@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::command::{Applied, ApplyError, Command, CommandResult, Condition, Envelope, Request};
+use crate::experiment_data::{ExperimentLimits, ExperimentStore, BATCH_TAG, RECORD_TAG};
 use crate::{LogId, StoredMembership};
 
 /// Retention bounds and write limits. They must be the same on every node, since eviction and
@@ -34,6 +35,8 @@ pub struct StateLimits {
     /// Segments one `$ref` chain may pass through; capped at
     /// `flagstaff_flags::limits::MAX_REF_CHAIN` (the evaluator's own limit).
     pub max_ref_chain: usize,
+    /// What the A/B test records keep.
+    pub experiments: ExperimentLimits,
 }
 
 impl StateLimits {
@@ -79,6 +82,7 @@ impl Default for StateLimits {
             max_definition_bytes: Self::DEFAULT_MAX_DEFINITION_BYTES,
             max_namespace_bytes: Self::DEFAULT_MAX_NAMESPACE_BYTES,
             max_ref_chain: flagstaff_flags::limits::MAX_REF_CHAIN,
+            experiments: ExperimentLimits::default(),
         }
     }
 }
@@ -357,6 +361,10 @@ pub struct State {
     /// Changes applied since the state machine last took them (to publish to watchers).
     #[serde(skip)]
     pending: Vec<Arc<Change>>,
+    /// A/B test records. Encoded after the rest in snapshots and backups
+    /// ([`State::to_snapshot`]), so those written before experiments existed still read.
+    #[serde(skip)]
+    experiments: ExperimentStore,
 }
 
 /// A pending write to the state-machine column family: `None` deletes the row.
@@ -388,7 +396,7 @@ fn idem_key(scope: &str) -> Vec<u8> {
     [b"i:", scope.as_bytes()].concat()
 }
 
-fn encode_row<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode_row<T: Serialize>(v: &T) -> Vec<u8> {
     // Encoding plain owned data into a Vec cannot fail.
     codec::encode(v).unwrap_or_default()
 }
@@ -413,6 +421,29 @@ impl State {
     /// The retained history, oldest first.
     pub fn history(&self) -> &VecDeque<Arc<Change>> {
         &self.history
+    }
+
+    /// The recorded exposures and conversions of experiment flags.
+    pub fn experiments(&self) -> &ExperimentStore {
+        &self.experiments
+    }
+
+    /// The state as a snapshot or backup carries it: the state, then the experiment records.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, codec::CodecError> {
+        let mut bytes = codec::encode(self)?;
+        postcard::to_io(&self.experiments, &mut bytes).map_err(codec::CodecError::Postcard)?;
+        Ok(bytes)
+    }
+
+    /// Reads [`State::to_snapshot`]'s bytes, or a state encoded before experiment records
+    /// existed (nothing after the state).
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, codec::CodecError> {
+        let (mut state, rest): (State, &[u8]) = codec::decode_prefix(bytes)?;
+        if !rest.is_empty() {
+            state.experiments = postcard::from_bytes(rest)?;
+            state.experiments.finish_load();
+        }
+        Ok(state)
     }
 
     /// SDK keys by the SHA-256 (hex) of their secret.
@@ -590,6 +621,7 @@ impl State {
                     items,
                 };
                 self.record(change, limits, rows);
+                self.prune_experiments(ns, rows);
                 Ok(Applied {
                     revision,
                     replayed: false,
@@ -626,7 +658,10 @@ impl State {
                 rows,
             ),
             Command::DeleteFlag { ns, key, condition } => {
-                self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)
+                let done =
+                    self.delete_item(ChangeKind::Flag, ns, key, *condition, actor, limits, rows)?;
+                self.prune_experiments(ns, rows);
+                Ok(done)
             }
             Command::DeleteSegment { ns, key, condition } => self.delete_item(
                 ChangeKind::Segment,
@@ -641,7 +676,31 @@ impl State {
                 ns,
                 flags,
                 segments,
-            } => self.import(ns, flags, segments, actor, limits, rows),
+            } => {
+                let done = self.import(ns, flags, segments, actor, limits, rows)?;
+                self.prune_experiments(ns, rows);
+                Ok(done)
+            }
+            Command::RecordEvents { ns, batch } => {
+                let space = self
+                    .namespaces
+                    .get(ns)
+                    .ok_or_else(|| ApplyError::NamespaceNotFound { ns: ns.clone() })?;
+                let now = self.meta.clock_ms;
+                let done = self.experiments.apply(
+                    ns,
+                    batch,
+                    |flag| space.flags.contains_key(flag),
+                    now,
+                    limits.experiments,
+                    rows,
+                );
+                // Events change no flag: no revision, no history, nothing for watchers.
+                Ok(Applied {
+                    revision: self.meta.revision,
+                    replayed: done.parts == 0 && done.duplicates > 0,
+                })
+            }
             Command::CreateSdkKey { ns, name, hash } => {
                 if !self.namespaces.contains_key(ns) {
                     return Err(ApplyError::NamespaceNotFound { ns: ns.clone() });
@@ -718,6 +777,16 @@ impl State {
                 Ok(self.bump())
             }
         }
+    }
+
+    /// Drops the experiment records of flags `ns` no longer has.
+    fn prune_experiments(&mut self, ns: &str, rows: &mut Vec<RowOp>) {
+        let space = self.namespaces.get(ns);
+        self.experiments.prune(
+            ns,
+            |flag| space.is_some_and(|s| s.flags.contains_key(flag)),
+            rows,
+        );
     }
 
     fn existing(&self, ns: &str) -> Result<&Namespace, ApplyError> {
@@ -985,6 +1054,7 @@ impl State {
         for (scope, rec) in &self.idempotency {
             rows.push((idem_key(scope), Some(encode_row(rec))));
         }
+        self.experiments.all_rows(&mut rows);
         rows
     }
 
@@ -1040,10 +1110,12 @@ impl State {
                     idem.push((rec.seq, scope.clone()));
                     state.idempotency.insert(scope, rec);
                 }
+                RECORD_TAG | BATCH_TAG => state.experiments.load_row(tag, rest, value)?,
                 _ if key == META_KEY => state.meta = codec::decode(value)?,
                 _ => {}
             }
         }
+        state.experiments.finish_load();
         idem.sort();
         state.idempotency_order = idem.into_iter().map(|(_, s)| s).collect();
         for (name, space) in &mut state.namespaces {

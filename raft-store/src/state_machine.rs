@@ -253,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let data = snapshot.into_inner();
-        let new_state: State = codec::decode(&data).map_err(|e| {
+        let new_state = State::from_snapshot(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),
@@ -315,7 +315,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let started = std::time::Instant::now();
         let (data, meta) = {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            let data = codec::encode(&*state).map_err(sm_read_err)?;
+            let data = state.to_snapshot().map_err(sm_read_err)?;
             let last = state.last_applied();
             let snapshot_id = match last {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, state.revision()),

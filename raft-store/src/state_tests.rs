@@ -456,3 +456,106 @@ fn segment_writes_are_checked_as_the_whole_graph_would_be() {
         assert!(outcomes.get(kind).is_some_and(|n| *n > 20), "{outcomes:?}");
     }
 }
+
+fn events(id: Option<&str>, flag: &str, variant: &str, users: &[&str]) -> Command {
+    use crate::experiment_data::{CountDelta, EventBatch, EventPart, SketchUpdate};
+    let mut sketch = flagstaff_experiments::DistinctCount::new();
+    for u in users {
+        sketch.insert(u);
+    }
+    Command::RecordEvents {
+        ns: "prod".into(),
+        batch: EventBatch {
+            parts: vec![EventPart {
+                id: id.map(Into::into),
+                counts: vec![CountDelta {
+                    flag: flag.into(),
+                    variant: variant.into(),
+                    count: users.len() as u64,
+                    ..CountDelta::default()
+                }],
+            }],
+            sketches: vec![SketchUpdate {
+                flag: flag.into(),
+                variant: variant.into(),
+                metric: None,
+                users: sketch,
+            }],
+        },
+    }
+}
+
+#[test]
+fn events_spend_no_revision_persist_in_rows_and_snapshots_and_go_with_their_flag() {
+    let mut s = State::default();
+    let mut table = std::collections::BTreeMap::new();
+    fn run(
+        s: &mut State,
+        table: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+        cmds: Vec<Command>,
+    ) -> Vec<crate::CommandResult> {
+        let mut rows = Vec::new();
+        let results = s.apply_request(
+            &Request {
+                proposed_at_ms: 120_000,
+                commands: cmds.into_iter().map(env).collect(),
+            },
+            StateLimits::default(),
+            &mut rows,
+        );
+        for (k, v) in rows {
+            match v {
+                Some(v) => table.insert(k, v),
+                None => table.remove(&k),
+            };
+        }
+        results
+    }
+    run(
+        &mut s,
+        &mut table,
+        vec![ns("prod"), flag("f", BOOL_FLAG, Condition::None)],
+    );
+    let revision = s.revision();
+    let r = run(
+        &mut s,
+        &mut table,
+        vec![
+            events(Some("b1"), "f", "on", &["u1", "u2"]),
+            events(Some("b1"), "f", "on", &["u1", "u2"]),
+            events(None, "missing", "on", &["u3"]),
+        ],
+    );
+    assert_eq!(s.revision(), revision, "events spend no revision");
+    assert!(!r[0].as_ref().unwrap().replayed && r[1].as_ref().unwrap().replayed);
+    let arm = &s.experiments().record("prod", "f").unwrap().arms["on"];
+    assert_eq!(arm.exposures, 2, "the retried batch counted once");
+    assert!(s.experiments().record("prod", "missing").is_none());
+
+    let loaded = State::from_rows(table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+    assert_eq!(loaded.experiments(), s.experiments());
+    s.take_pending();
+    let snapshot = State::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+    assert_eq!(snapshot, s);
+    assert!(snapshot.experiments().seen("prod", "b1"));
+    // A snapshot or backup written before experiment records existed still reads.
+    let old = State::from_snapshot(&crate::codec::encode(&s).unwrap()).unwrap();
+    assert_eq!(old.revision(), s.revision());
+    assert!(old.experiments().record("prod", "f").is_none());
+
+    run(
+        &mut s,
+        &mut table,
+        vec![Command::DeleteFlag {
+            ns: "prod".into(),
+            key: "f".into(),
+            condition: Condition::None,
+        }],
+    );
+    assert!(s.experiments().record("prod", "f").is_none());
+    let loaded = State::from_rows(table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+    assert!(
+        loaded.experiments().record("prod", "f").is_none(),
+        "its row is gone too"
+    );
+}
