@@ -140,6 +140,17 @@ pub struct Resolution<'a> {
     pub metadata: &'a Map<String, Value>,
 }
 
+impl Resolution<'_> {
+    /// The variant a user was exposed to, for A/B test counting: a variant was chosen, the
+    /// evaluation did not fail and the flag is not disabled.
+    pub fn exposed_variant(&self) -> Option<&str> {
+        if self.error.is_some() || matches!(self.reason, Reason::Error | Reason::Disabled) {
+            return None;
+        }
+        self.variant
+    }
+}
+
 /// A typed evaluation result. Never a panic: on any fault `value` is the caller's default,
 /// `reason` is `Error` and `error` says why.
 #[derive(Debug, Clone, PartialEq)]

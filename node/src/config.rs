@@ -72,6 +72,9 @@ pub struct NodeConfig {
     pub sync_keyless_namespaces: std::collections::BTreeSet<String>,
     /// At shutdown, how long requests in flight may take to finish before they are cut.
     pub drain_timeout: Duration,
+    /// How often the node proposes the A/B test events it gathered (one log entry per
+    /// namespace per interval).
+    pub events_interval: Duration,
     /// TLS of the client listener (and of the metrics listener); `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
     /// Mutual TLS between nodes: the peer listener and the peer client; `None`: plain HTTP.
@@ -152,6 +155,7 @@ impl NodeConfig {
             listen_sync: None,
             sync_keyless_namespaces: Default::default(),
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            events_interval: Duration::from_secs(1),
             tls: None,
             peer_tls: None,
         }

@@ -9,6 +9,7 @@ pub mod bounded_read;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod event_intake;
 pub mod fault_injection;
 pub mod flagd_sync;
 pub mod listener;

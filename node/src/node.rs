@@ -33,6 +33,8 @@ pub struct Node {
     pub(crate) peers: PeerClient,
     pub(crate) hub: WatchHub,
     pub(crate) flag_sets: FlagSetCache,
+    /// A/B test events waiting for the next flush ([`crate::event_intake`]).
+    pub(crate) events: crate::event_intake::EventIntake,
     pub(crate) rate_limits: RateLimiter,
     pub(crate) watch_streams: crate::watch_hub::StreamSlots,
     /// Paces the starts of watch streams and snapshot requests.

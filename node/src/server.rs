@@ -369,6 +369,7 @@ pub async fn start(
         proofs,
         hub,
         flag_sets: FlagSetCache::default(),
+        events: crate::event_intake::EventIntake::new(config.node_id),
         rate_limits: crate::rate_limit::RateLimiter::new(config.evaluation_rate_per_sec),
         watch_streams: crate::watch_hub::StreamSlots::new(config.max_watch_streams_per_key),
         sdk_admission: crate::rate_limit::Pacer::new(
@@ -387,6 +388,11 @@ pub async fn start(
 
     // Tasks that end by themselves once `stop` is sent (the listeners drain first).
     let mut tasks = vec![hub_task];
+    tasks.push(tokio::spawn(crate::event_intake::run_flusher(
+        node.clone(),
+        node.config.events_interval,
+        when_stopped(stop_rx.clone()),
+    )));
     if let Some(addr) = node.config.listen_metrics {
         let listener = crate::listener::bind(addr)?;
         warn_if_plain(&listener, tls.client.is_some(), "metrics");

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod experiments;
 pub mod extract;
 pub mod flagd;
 pub mod history;
@@ -50,6 +51,7 @@ pub fn documented_routes() -> OpenApiRouter<Arc<Node>> {
         .merge(history::router())
         .merge(flagd::router())
         .merge(ofrep::router())
+        .merge(experiments::router())
         .routes(utoipa_axum::routes!(openapi::document))
 }
 

@@ -300,8 +300,15 @@ fn counted(node: &Node, resp: Response) -> Response {
 }
 
 /// Counts an evaluation of a flag that exists (`flagstaff_evaluations_total`): keys a client
-/// merely asked for never become series.
-fn count_evaluation(node: &Node, ns: &str, key: &str, r: &Resolution<'_>) {
+/// merely asked for never become series. An experiment flag's evaluation is an exposure.
+fn count_evaluation(
+    node: &Node,
+    ns: &str,
+    set: &FlagSet,
+    key: &str,
+    ctx: &Context,
+    r: &Resolution<'_>,
+) {
     if r.error
         .as_ref()
         .is_some_and(|e| e.code == ErrorCode::FlagNotFound)
@@ -309,6 +316,12 @@ fn count_evaluation(node: &Node, ns: &str, key: &str, r: &Resolution<'_>) {
         return;
     }
     node.metrics.evaluated(ns, key, r.variant);
+    if let Some(variant) = r.exposed_variant() {
+        if set.get(key).is_some_and(|f| f.experiment().is_some()) {
+            node.events
+                .count_exposure(ns, key, variant, ctx.targeting_key());
+        }
+    }
 }
 
 async fn evaluate_one(
@@ -335,7 +348,7 @@ async fn evaluate_one(
         }
     };
     let r = set.resolve(key, &ctx);
-    count_evaluation(node, &ns, key, &r);
+    count_evaluation(node, &ns, &set, key, &ctx, &r);
     let resp = match failure(key, &r) {
         Some((status, body)) => (status, Json(body)).into_response(),
         None => Json(success(key, &r)).into_response(),
@@ -449,7 +462,7 @@ async fn evaluate_all(
     let mut flags: Vec<(String, BulkItem)> = set
         .resolve_all(&ctx)
         .map(|(key, r)| {
-            count_evaluation(node, &ns, key, &r);
+            count_evaluation(node, &ns, &set, key, &ctx, &r);
             let item = match failure(key, &r) {
                 Some((_, body)) => BulkItem::Failure(body),
                 None => BulkItem::Success(success(key, &r)),

@@ -1,0 +1,233 @@
+//! A/B test events on their way into the log: what a node gathers between two flushes.
+//!
+//! Batches from SDKs (`POST /v1/namespaces/{ns}/events`) and the exposures this node counts
+//! itself (OFREP evaluations of experiment flags) wait here. Once per interval the flusher
+//! proposes one [`Command::RecordEvents`] per namespace, and only when it is committed does a
+//! sender get its answer: an acknowledged batch is durable, on a quorum. A batch keeps its
+//! sender's id into the log, where a retry of it is skipped, so a retry after a lost answer
+//! or a leader change never counts twice.
+//!
+//! Everything waiting is bounded: parts and counts per namespace per interval (over them a
+//! sender gets 429 and retries), and sketches by what the namespace's experiment flags allow.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flagstaff_experiments::DistinctCount;
+use flagstaff_raft_store::experiment_data::{CountDelta, EventBatch, EventPart, SketchUpdate, Sum};
+use flagstaff_raft_store::{Command, Envelope};
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Batches one namespace may have waiting per interval.
+pub const MAX_PENDING_PARTS: usize = 512;
+/// Count rows one namespace may have waiting per interval (about 50 bytes each in the entry).
+pub const MAX_PENDING_COUNTS: usize = 50_000;
+
+/// (flag, variant, metric): `metric` is `None` for exposures.
+pub type ArmKey = (String, String, Option<String>);
+
+/// What waits for one namespace's next flush.
+#[derive(Default)]
+struct Gathered {
+    parts: Vec<EventPart>,
+    /// Ids of the parts above, so a retry within one interval is merged away.
+    ids: HashSet<String>,
+    counts: usize,
+    /// Counted by this node itself (OFREP): one part per flush.
+    local: BTreeMap<ArmKey, CountDelta>,
+    sketches: BTreeMap<ArmKey, DistinctCount>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Gathered {
+    fn merge_sketch(&mut self, key: ArmKey, users: &DistinctCount) {
+        if users.is_empty() {
+            return;
+        }
+        self.sketches.entry(key).or_default().merge(users);
+    }
+}
+
+/// The events waiting on this node. See the module docs.
+pub struct EventIntake {
+    pending: Mutex<HashMap<String, Gathered>>,
+    node_id: u64,
+    /// Numbers this node's own parts, with a random start so ids never repeat across restarts.
+    local_seq: AtomicU64,
+    run: u64,
+}
+
+/// Answers a sender once the flush that carries its batch is committed (or failed).
+pub type Acknowledgement = oneshot::Receiver<Result<(), String>>;
+
+impl EventIntake {
+    pub fn new(node_id: u64) -> Self {
+        Self {
+            pending: Mutex::new(HashMap::new()),
+            node_id,
+            local_seq: AtomicU64::new(0),
+            run: rand::random(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gathered>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one sender's batch for `ns`; 429 when the namespace already has as much waiting
+    /// as one entry may carry. A retry of a batch still waiting is answered with it.
+    pub fn submit(
+        &self,
+        ns: &str,
+        part: EventPart,
+        sketches: Vec<(ArmKey, DistinctCount)>,
+    ) -> Result<Acknowledgement, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.lock();
+        let g = pending.entry(ns.to_string()).or_default();
+        if let Some(id) = &part.id {
+            if g.ids.contains(id) {
+                g.waiters.push(tx);
+                return Ok(rx);
+            }
+        }
+        if g.parts.len() >= MAX_PENDING_PARTS || g.counts + part.counts.len() > MAX_PENDING_COUNTS {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: 1,
+            });
+        }
+        for (key, users) in &sketches {
+            g.merge_sketch(key.clone(), users);
+        }
+        if let Some(id) = &part.id {
+            g.ids.insert(id.clone());
+        }
+        g.counts += part.counts.len();
+        g.parts.push(part);
+        g.waiters.push(tx);
+        Ok(rx)
+    }
+
+    /// Counts one exposure this node evaluated itself (OFREP). Never waits; dropped (and
+    /// logged) when the namespace is over its bound for this interval.
+    pub fn count_exposure(&self, ns: &str, flag: &str, variant: &str, targeting_key: Option<&str>) {
+        let mut pending = self.lock();
+        let g = pending.entry(ns.to_string()).or_default();
+        let key: ArmKey = (flag.to_string(), variant.to_string(), None);
+        if !g.local.contains_key(&key) && g.counts >= MAX_PENDING_COUNTS {
+            tracing::debug!(ns, flag, "exposure dropped: the interval's intake is full");
+            return;
+        }
+        if let Some(k) = targeting_key {
+            g.sketches.entry(key.clone()).or_default().insert(k);
+        }
+        let delta = g.local.entry(key).or_insert_with(|| CountDelta {
+            flag: flag.to_string(),
+            variant: variant.to_string(),
+            ..CountDelta::default()
+        });
+        delta.count += 1;
+        g.counts += 1;
+    }
+
+    /// Takes everything waiting, one command per namespace with its waiters.
+    fn take(&self) -> Vec<(Command, Vec<oneshot::Sender<Result<(), String>>>)> {
+        let taken = std::mem::take(&mut *self.lock());
+        taken
+            .into_iter()
+            .map(|(ns, mut g)| {
+                if !g.local.is_empty() {
+                    let seq = self.local_seq.fetch_add(1, Ordering::Relaxed);
+                    g.parts.push(EventPart {
+                        id: Some(format!("node-{}-{:016x}-{seq}", self.node_id, self.run)),
+                        counts: std::mem::take(&mut g.local).into_values().collect(),
+                    });
+                }
+                let sketches = g
+                    .sketches
+                    .into_iter()
+                    .map(|((flag, variant, metric), users)| SketchUpdate {
+                        flag,
+                        variant,
+                        metric,
+                        users,
+                    })
+                    .collect();
+                let batch = EventBatch {
+                    parts: g.parts,
+                    sketches,
+                };
+                (Command::RecordEvents { ns, batch }, g.waiters)
+            })
+            .collect()
+    }
+}
+
+/// One count row for a received batch.
+pub fn count_delta(
+    flag: &str,
+    variant: &str,
+    metric: Option<&str>,
+    count: u64,
+    values: (u64, f64, f64),
+) -> CountDelta {
+    CountDelta {
+        flag: flag.to_string(),
+        variant: variant.to_string(),
+        metric: metric.map(str::to_string),
+        count,
+        value_count: values.0,
+        value_sum: Sum(values.1),
+        value_sum_squares: Sum(values.2),
+    }
+}
+
+/// Proposes what waits, every `interval`, until `stop` resolves; then flushes once more.
+pub async fn run_flusher(node: Arc<Node>, interval: Duration, stop: impl Future<Output = ()>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => flush(&node).await,
+            () = &mut stop => break,
+        }
+    }
+    flush(&node).await;
+}
+
+async fn flush(node: &Node) {
+    let commands = node.events.take();
+    if commands.is_empty() {
+        return;
+    }
+    let writes = commands.into_iter().map(|(command, waiters)| async move {
+        let envelope = Envelope {
+            actor: "events".into(),
+            // Every part carries its own id, which `apply` checks: resending is safe.
+            idempotency: None,
+            command,
+        };
+        let outcome = match node.write(vec![envelope]).await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("the write returned no result".to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, "recording A/B test events failed; senders will retry");
+        }
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    });
+    futures::future::join_all(writes).await;
+}
