@@ -127,7 +127,7 @@ impl Conn {
         Ok(value)
     }
 
-    fn print(&self, value: &Value, readable: impl FnOnce(&Value) -> String) {
+    pub fn print(&self, value: &Value, readable: impl FnOnce(&Value) -> String) {
         if self.json {
             println!(
                 "{}",

@@ -3,6 +3,7 @@
 mod backup;
 mod client;
 mod config_file;
+mod experiment_cmd;
 mod local_cluster;
 mod pki;
 
@@ -57,6 +58,9 @@ enum Cmd {
     /// SDK keys.
     #[command(subcommand)]
     Key(client::KeyCmd),
+    /// A/B tests: start one on a flag, read its results, ship the winner.
+    #[command(subcommand)]
+    Experiment(experiment_cmd::ExperimentCmd),
     /// Back up a running cluster, or seed a new one from a backup.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
@@ -401,6 +405,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Flag(cmd) => client::flag(cmd).await,
         Cmd::Namespace(cmd) => client::namespace(cmd).await,
         Cmd::Key(cmd) => client::key(cmd).await,
+        Cmd::Experiment(cmd) => experiment_cmd::experiment(cmd).await,
         Cmd::Backup(cmd) => backup::run(cmd).await,
         Cmd::Tls(cmd) => pki::run(cmd),
     };

@@ -42,6 +42,8 @@ struct Gathered {
     /// Counted by this node itself (OFREP): one part per flush.
     local: BTreeMap<ArmKey, CountDelta>,
     sketches: BTreeMap<ArmKey, DistinctCount>,
+    /// Flags evaluated (by senders or this node), for their "last evaluated" time.
+    evaluated: HashSet<String>,
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -87,6 +89,7 @@ impl EventIntake {
         ns: &str,
         part: EventPart,
         sketches: Vec<(ArmKey, DistinctCount)>,
+        evaluated: Vec<String>,
     ) -> Result<Acknowledgement, ApiError> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.lock();
@@ -105,6 +108,7 @@ impl EventIntake {
         for (key, users) in &sketches {
             g.merge_sketch(key.clone(), users);
         }
+        g.evaluated.extend(evaluated);
         if let Some(id) = &part.id {
             g.ids.insert(id.clone());
         }
@@ -114,11 +118,18 @@ impl EventIntake {
         Ok(rx)
     }
 
-    /// Counts one exposure this node evaluated itself (OFREP). Never waits; dropped (and
-    /// logged) when the namespace is over its bound for this interval.
-    pub fn count_exposure(&self, ns: &str, flag: &str, variant: &str, targeting_key: Option<&str>) {
+    /// Notes an evaluation this node made itself (OFREP): the flag's "last evaluated" time and,
+    /// for an experiment flag, one exposure of `variant`. Never waits; an exposure is dropped
+    /// (and logged) when the namespace is over its bound for this interval.
+    pub fn count_evaluation(&self, ns: &str, flag: &str, exposure: Option<(&str, Option<&str>)>) {
         let mut pending = self.lock();
         let g = pending.entry(ns.to_string()).or_default();
+        if !g.evaluated.contains(flag) {
+            g.evaluated.insert(flag.to_string());
+        }
+        let Some((variant, targeting_key)) = exposure else {
+            return;
+        };
         let key: ArmKey = (flag.to_string(), variant.to_string(), None);
         if !g.local.contains_key(&key) && g.counts >= MAX_PENDING_COUNTS {
             tracing::debug!(ns, flag, "exposure dropped: the interval's intake is full");
@@ -162,6 +173,7 @@ impl EventIntake {
                 let batch = EventBatch {
                     parts: g.parts,
                     sketches,
+                    evaluated: g.evaluated.into_iter().collect(),
                 };
                 (Command::RecordEvents { ns, batch }, g.waiters)
             })

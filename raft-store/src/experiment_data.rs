@@ -33,6 +33,9 @@ pub struct EventBatch {
     pub parts: Vec<EventPart>,
     /// Distinct-user sketches, merged over all parts (merging twice changes nothing).
     pub sketches: Vec<SketchUpdate>,
+    /// Flags evaluated in the interval (any flag, experiment or not): their "last evaluated"
+    /// time becomes the entry's.
+    pub evaluated: Vec<String>,
 }
 
 /// The counts of one received batch.
@@ -207,6 +210,8 @@ pub struct ExperimentStore {
     /// Batch ids in sequence order, for first-in-first-out eviction.
     batch_order: VecDeque<String>,
     batch_seq: u64,
+    /// (namespace, flag) → when an evaluation of it was last reported.
+    last_evaluated: BTreeMap<(String, String), u64>,
 }
 
 /// A row write for the state-machine column family (`None` deletes).
@@ -214,9 +219,13 @@ pub(crate) type RowOp = (Vec<u8>, Option<Vec<u8>>);
 
 pub(crate) const RECORD_TAG: &[u8] = b"x:";
 pub(crate) const BATCH_TAG: &[u8] = b"b:";
+pub(crate) const EVALUATED_TAG: &[u8] = b"l:";
 
 fn record_row(ns: &str, flag: &str) -> Vec<u8> {
     [RECORD_TAG, ns.as_bytes(), b"\0", flag.as_bytes()].concat()
+}
+fn evaluated_row(ns: &str, flag: &str) -> Vec<u8> {
+    [EVALUATED_TAG, ns.as_bytes(), b"\0", flag.as_bytes()].concat()
 }
 fn batch_row(scoped: &str) -> Vec<u8> {
     [BATCH_TAG, scoped.as_bytes()].concat()
@@ -239,6 +248,14 @@ impl ExperimentStore {
             .map(|((_, f), r)| (f.as_str(), r))
     }
 
+    /// When an evaluation of `flag` in `ns` was last reported (by an SDK or this cluster's
+    /// OFREP endpoints), in the cluster's apply clock.
+    pub fn last_evaluated(&self, ns: &str, flag: &str) -> Option<u64> {
+        self.last_evaluated
+            .get(&(ns.to_string(), flag.to_string()))
+            .copied()
+    }
+
     /// Whether batch `id` of `ns` was already counted.
     pub fn seen(&self, ns: &str, id: &str) -> bool {
         self.batches.contains_key(&format!("{ns}/{id}"))
@@ -256,6 +273,16 @@ impl ExperimentStore {
         rows: &mut Vec<RowOp>,
     ) -> Recorded {
         let mut done = Recorded::default();
+        for flag in &batch.evaluated {
+            if has_flag(flag) {
+                self.last_evaluated
+                    .insert((ns.to_string(), flag.clone()), now_ms);
+                rows.push((
+                    evaluated_row(ns, flag),
+                    Some(super::state::encode_row(&now_ms)),
+                ));
+            }
+        }
         for part in &batch.parts {
             if let Some(id) = &part.id {
                 let scoped = format!("{ns}/{id}");
@@ -373,6 +400,17 @@ impl ExperimentStore {
             rows.push((record_row(ns, &flag), None));
             self.records.remove(&(ns.to_string(), flag));
         }
+        let forgotten: Vec<String> = self
+            .last_evaluated
+            .range((ns.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .filter(|((_, flag), _)| !has_flag(flag))
+            .map(|((_, flag), _)| flag.clone())
+            .collect();
+        for flag in forgotten {
+            rows.push((evaluated_row(ns, &flag), None));
+            self.last_evaluated.remove(&(ns.to_string(), flag));
+        }
     }
 
     /// Every row that persists this store.
@@ -382,6 +420,9 @@ impl ExperimentStore {
         }
         for (scoped, seq) in &self.batches {
             rows.push((batch_row(scoped), Some(super::state::encode_row(seq))));
+        }
+        for ((ns, flag), at) in &self.last_evaluated {
+            rows.push((evaluated_row(ns, flag), Some(super::state::encode_row(at))));
         }
     }
 
@@ -393,12 +434,17 @@ impl ExperimentStore {
         rest: &[u8],
         value: &[u8],
     ) -> Result<(), crate::codec::CodecError> {
-        if tag == RECORD_TAG {
+        let ns_flag = || {
             let mut parts = rest.splitn(2, |b| *b == 0);
             let ns = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let flag = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            self.records
-                .insert((ns, flag), crate::codec::decode(value)?);
+            (ns, flag)
+        };
+        if tag == RECORD_TAG {
+            self.records.insert(ns_flag(), crate::codec::decode(value)?);
+        } else if tag == EVALUATED_TAG {
+            self.last_evaluated
+                .insert(ns_flag(), crate::codec::decode(value)?);
         } else {
             let seq: u64 = crate::codec::decode(value)?;
             self.batches
@@ -482,6 +528,7 @@ mod tests {
                 counts: vec![count("f", "a", None, 3), count("f", "a", Some("buy"), 1)],
             }],
             sketches: vec![sketch("f", "a", &["u1", "u2", "u3"])],
+            evaluated: Vec::new(),
         };
         let mut rows = Vec::new();
         let lim = ExperimentLimits::default();
@@ -516,6 +563,7 @@ mod tests {
             &EventBatch {
                 parts,
                 sketches: vec![sketch("gone", "a", &["u"])],
+                evaluated: Vec::new(),
             },
             |f| f != "gone",
             0,
@@ -558,19 +606,16 @@ mod tests {
                 counts: vec![count("f", "a", None, 1), count("g", "a", None, 1)],
             }],
             sketches: Vec::new(),
+            evaluated: vec!["f".into(), "other".into()],
         };
-        store.apply(
-            "ns",
-            &batch,
-            |_| true,
-            0,
-            ExperimentLimits::default(),
-            &mut rows,
-        );
+        let lim = ExperimentLimits::default();
+        store.apply("ns", &batch, |_| true, 7, lim, &mut rows);
+        assert_eq!(store.last_evaluated("ns", "other"), Some(7));
         rows.clear();
         store.prune("ns", |f| f == "g", &mut rows);
         assert!(store.record("ns", "f").is_none() && store.record("ns", "g").is_some());
-        assert_eq!(rows.len(), 1);
-        assert!(rows[0].1.is_none());
+        assert_eq!(store.last_evaluated("ns", "f"), None);
+        assert_eq!(rows.len(), 3, "the record and two evaluation times");
+        assert!(rows.iter().all(|r| r.1.is_none()));
     }
 }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::command::{Applied, ApplyError, Command, CommandResult, Condition, Envelope, Request};
-use crate::experiment_data::{ExperimentLimits, ExperimentStore, BATCH_TAG, RECORD_TAG};
+use crate::experiment_data::{
+    ExperimentLimits, ExperimentStore, BATCH_TAG, EVALUATED_TAG, RECORD_TAG,
+};
 use crate::{LogId, StoredMembership};
 
 /// Retention bounds and write limits. They must be the same on every node, since eviction and
@@ -1110,7 +1112,9 @@ impl State {
                     idem.push((rec.seq, scope.clone()));
                     state.idempotency.insert(scope, rec);
                 }
-                RECORD_TAG | BATCH_TAG => state.experiments.load_row(tag, rest, value)?,
+                RECORD_TAG | BATCH_TAG | EVALUATED_TAG => {
+                    state.experiments.load_row(tag, rest, value)?
+                }
                 _ if key == META_KEY => state.meta = codec::decode(value)?,
                 _ => {}
             }

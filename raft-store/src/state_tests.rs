@@ -481,6 +481,7 @@ fn events(id: Option<&str>, flag: &str, variant: &str, users: &[&str]) -> Comman
                 metric: None,
                 users: sketch,
             }],
+            evaluated: vec![flag.into()],
         },
     }
 }
@@ -530,6 +531,7 @@ fn events_spend_no_revision_persist_in_rows_and_snapshots_and_go_with_their_flag
     assert!(!r[0].as_ref().unwrap().replayed && r[1].as_ref().unwrap().replayed);
     let arm = &s.experiments().record("prod", "f").unwrap().arms["on"];
     assert_eq!(arm.exposures, 2, "the retried batch counted once");
+    assert_eq!(s.experiments().last_evaluated("prod", "f"), Some(120_000));
     assert!(s.experiments().record("prod", "missing").is_none());
 
     let loaded = State::from_rows(table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
@@ -553,6 +555,7 @@ fn events_spend_no_revision_persist_in_rows_and_snapshots_and_go_with_their_flag
         }],
     );
     assert!(s.experiments().record("prod", "f").is_none());
+    assert_eq!(s.experiments().last_evaluated("prod", "f"), None);
     let loaded = State::from_rows(table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
     assert!(
         loaded.experiments().record("prod", "f").is_none(),

@@ -140,6 +140,10 @@ pub struct ItemInfo {
     /// Present only when the stored definition does not parse.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// A flag's last reported evaluation (by an SDK's event batches or OFREP), if any: flags
+    /// nobody evaluates any more are easy to find and remove.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_evaluated_ms: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -412,7 +416,13 @@ fn read_answer(
 
 // ----- flags and segments -----
 
-fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
+fn item_info(
+    state: &flagstaff_raft_store::state::State,
+    kind: ChangeKind,
+    ns: &str,
+    key: &str,
+    item: &Item,
+) -> ItemInfo {
     let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition)
     {
         Ok(v) => (v, None),
@@ -427,6 +437,7 @@ fn item_info(kind: ChangeKind, ns: &str, key: &str, item: &Item) -> ItemInfo {
         updated_by: item.updated_by.clone(),
         definition,
         error,
+        last_evaluated_ms: state.experiments().last_evaluated(ns, key),
     }
 }
 
@@ -556,7 +567,7 @@ async fn get_item<const SEGMENT: bool>(
         ))
     })?;
     Ok(read_answer(
-        item_info(kind, ns, key, item),
+        item_info(&state, kind, ns, key, item),
         state.revision(),
         proof.staleness_ms,
         Some(item.version),
@@ -584,7 +595,7 @@ async fn list_items<const SEGMENT: bool>(
     let list: Vec<ItemInfo> = space
         .items(kind)
         .iter()
-        .map(|(k, item)| item_info(kind, ns, k, item))
+        .map(|(k, item)| item_info(&state, kind, ns, k, item))
         .collect();
     let (namespace, revision) = (ns.to_string(), state.revision());
     Ok(if kind == ChangeKind::Flag {

@@ -37,6 +37,8 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
 
 /// Entries one list of an events request may have.
 pub const MAX_EVENT_ENTRIES: usize = 1_000;
+/// Flag keys one events request may report as evaluated.
+pub const MAX_EVALUATED_FLAGS: usize = 10_000;
 /// Flag evaluations the `track` entries of one request may cost together.
 pub const MAX_TRACK_EVALUATIONS: usize = 20_000;
 
@@ -58,6 +60,10 @@ pub struct EventsRequest {
     /// Events the sender had to drop (its backlog was full), since its last accepted batch.
     #[serde(default)]
     dropped: u64,
+    /// Keys of the flags the sender evaluated since its last batch (any flag): each flag's
+    /// "last evaluated" time, shown in the flag list.
+    #[serde(default)]
+    evaluated: Vec<String>,
 }
 
 /// Evaluations of one experiment flag that chose one variant.
@@ -198,6 +204,15 @@ fn check_batch_id(id: &str) -> Result<(), ApiError> {
 
 /// Reads the request's aggregates and conversions into a tally, checking every entry.
 fn tally(set: &FlagSet, req: &EventsRequest) -> Result<Tally, ApiError> {
+    if req.evaluated.len() > MAX_EVALUATED_FLAGS {
+        return Err(bad(
+            "evaluated",
+            format!(
+                "{} flags, more than the limit of {MAX_EVALUATED_FLAGS}",
+                req.evaluated.len()
+            ),
+        ));
+    }
     for (name, len) in [
         ("exposures", req.exposures.len()),
         ("conversions", req.conversions.len()),
@@ -389,7 +404,13 @@ async fn record_events(
         conversions: t.conversions,
         ignored: t.ignored,
     };
-    if already || t.counts.is_empty() {
+    let evaluated: Vec<String> = req
+        .evaluated
+        .iter()
+        .filter(|k| set.get(k).is_some())
+        .cloned()
+        .collect();
+    if already || (t.counts.is_empty() && evaluated.is_empty()) {
         return Ok(Json(answer(already, t)));
     }
     let part = EventPart {
@@ -407,7 +428,7 @@ async fn record_events(
     };
     let sketches: Vec<(ArmKey, DistinctCount)> =
         std::mem::take(&mut t.sketches).into_iter().collect();
-    let ack = node.events.submit(&ns, part, sketches)?;
+    let ack = node.events.submit(&ns, part, sketches, evaluated)?;
     let wait = node.config.write_timeout + node.config.events_interval * 2;
     match tokio::time::timeout(wait, ack).await {
         Ok(Ok(Ok(()))) => Ok(Json(answer(false, t))),

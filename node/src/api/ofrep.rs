@@ -316,12 +316,11 @@ fn count_evaluation(
         return;
     }
     node.metrics.evaluated(ns, key, r.variant);
-    if let Some(variant) = r.exposed_variant() {
-        if set.get(key).is_some_and(|f| f.experiment().is_some()) {
-            node.events
-                .count_exposure(ns, key, variant, ctx.targeting_key());
-        }
-    }
+    let exposure = r
+        .exposed_variant()
+        .filter(|_| set.get(key).is_some_and(|f| f.experiment().is_some()))
+        .map(|variant| (variant, ctx.targeting_key()));
+    node.events.count_evaluation(ns, key, exposure);
 }
 
 async fn evaluate_one(

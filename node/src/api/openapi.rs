@@ -34,6 +34,7 @@ use crate::error::ErrorBody;
         (name = "namespaces"), (name = "flags"), (name = "segments"), (name = "keys"),
         (name = "sdk", description = "snapshot and watch stream for applications"),
         (name = "ofrep", description = "OpenFeature Remote Evaluation Protocol"),
+        (name = "experiments", description = "A/B tests: exposures and conversions in, results out"),
         (name = "cluster"), (name = "audit"), (name = "health")
     )
 )]

@@ -69,6 +69,8 @@ pub struct FlagForm {
     pub metadata: String,
     /// `fractionalAlgorithm`: empty (absent, v2), `v2` or `v3`.
     pub fractional_algorithm: String,
+    /// `experiment` as JSON text; empty for none.
+    pub experiment: String,
     /// Store what flagd accepts although Flagstaff refuses it by default (the API's
     /// `?flagd_semantics=true`).
     pub flagd_semantics: bool,
@@ -98,6 +100,7 @@ impl FlagForm {
                 "null_default" => f.null_default = v == "1",
                 "targeting" => f.targeting = v,
                 "metadata" => f.metadata = v,
+                "experiment" => f.experiment = v,
                 "fractional_algorithm" => f.fractional_algorithm = v.trim().to_string(),
                 "flagd_semantics" => f.flagd_semantics = v == "1",
                 "rb_kind" => f.builder.kind = v,
@@ -190,6 +193,10 @@ impl FlagForm {
                 Value::Null => String::new(),
                 m => m.to_string(),
             },
+            experiment: match &def["experiment"] {
+                Value::Null => String::new(),
+                e => e.to_string(),
+            },
             ..FlagForm::default()
         }
     }
@@ -245,6 +252,14 @@ impl FlagForm {
                     def.insert("metadata".into(), m);
                 }
                 Err(e) => faults.push(fault("metadata", format!("not valid JSON: {e}"))),
+            }
+        }
+        if !self.experiment.trim().is_empty() {
+            match serde_json::from_str::<Value>(&self.experiment) {
+                Ok(e) => {
+                    def.insert("experiment".into(), e);
+                }
+                Err(e) => faults.push(fault("experiment", format!("not valid JSON: {e}"))),
             }
         }
         if !self.description.trim().is_empty() {
@@ -536,6 +551,7 @@ mod tests {
                 ("default_variant".to_string(), f.default_variant.clone()),
                 ("targeting".to_string(), f.targeting.clone()),
                 ("metadata".to_string(), f.metadata.clone()),
+                ("experiment".to_string(), f.experiment.clone()),
                 (
                     "fractional_algorithm".to_string(),
                     f.fractional_algorithm.clone(),
@@ -551,6 +567,14 @@ mod tests {
             let posted = FlagForm::from_pairs(&pairs);
             assert_eq!(posted.to_definition().unwrap(), def);
         }
+    }
+
+    #[test]
+    fn an_experiment_survives_an_edit() {
+        let def = json!({"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off",
+                         "experiment":{"control":"off","metrics":["signup"]}});
+        let f = FlagForm::from_definition("f", Some(1), Some(&def));
+        assert_eq!(f.to_definition().unwrap(), def);
     }
 
     #[test]

@@ -116,6 +116,8 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "segments.html",
     "segment_edit.html",
     "keys.html",
+    "experiments.html",
+    "experiment.html",
     "cluster.html",
     "cluster_members.html",
 );

@@ -13,11 +13,13 @@ use axum::Router;
 use serde_json::{json, Value};
 
 mod cluster;
+mod experiments;
 mod flags;
 mod keys;
 mod segments;
 
 use cluster::*;
+use experiments::*;
 use flags::*;
 use keys::*;
 use segments::*;
@@ -64,6 +66,9 @@ pub fn routes() -> Router<Ui> {
             "/ui/ns/{ns}/keys/{name}/revoke",
             get(confirm_revoke).post(revoke_key),
         )
+        .route("/ui/ns/{ns}/experiments", get(experiments))
+        .route("/ui/ns/{ns}/experiments/{flag}", get(experiment))
+        .route("/ui/ns/{ns}/experiments/{flag}/ship", post(ship))
         .route("/ui/cluster", get(cluster))
         .route("/ui/cluster/members", get(cluster_members))
 }
