@@ -69,7 +69,8 @@ pub struct StartupReport {
     pub bootstrap: LoadOutcome,
 }
 
-/// Counters for the application's metrics system; all monotonic.
+/// Counters for the application's metrics system; all monotonic but
+/// `events_backlog_batches`, a gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Metrics {
     /// Snapshots accepted from the network.
@@ -91,6 +92,17 @@ pub struct Metrics {
     /// Data refused for exceeding [`crate::Limits`]: responses, stream lines or events, files,
     /// updates (each refused whole), and single definitions not kept.
     pub limits_exceeded: u64,
+    /// Batches of experiment events (exposures and conversions) a node accepted.
+    pub events_sent_batches: u64,
+    /// Batches of experiment events waiting to be sent now (a gauge; at most
+    /// [`Config::max_event_batches`]).
+    pub events_backlog_batches: u64,
+    /// Experiment events (exposures plus conversions) dropped: pushed out of a full backlog
+    /// or refused by a node as invalid.
+    pub events_dropped: u64,
+    /// [`Client::track`] calls ignored because the event name is not one
+    /// ([`flagstaff_flags::is_event_name`]).
+    pub events_invalid_names: u64,
 }
 
 /// Builds a [`Client`]; see [`Client::builder`].
@@ -167,7 +179,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds on the data accepted from the network and from files (see [`Limits`]).
+    /// How often experiment exposures and conversions are sent (default 5 s);
+    /// `Duration::ZERO` disables counting and sending them.
+    pub fn events_interval(mut self, d: Duration) -> Self {
+        self.cfg.events_interval = d;
+        self
+    }
+
+    /// Most batches of experiment events kept while no node accepts them (default 120).
+    pub fn max_event_batches(mut self, n: usize) -> Self {
+        self.cfg.max_event_batches = n;
+        self
+    }
+
     /// Trusts the CA certificates (PEM) in `path` for `https` endpoints, besides the built-in
     /// roots. `build` fails if the file cannot be read or holds no certificate.
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -175,6 +199,7 @@ impl ClientBuilder {
         self
     }
 
+    /// Bounds on the data accepted from the network and from files (see [`Limits`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.cfg.limits = limits;
         self
@@ -346,6 +371,26 @@ fn load_local(shared: &Shared) -> StartupReport {
 
 fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let work = async move {
+        // One HTTP client for the sync loop and the event sender (none when offline).
+        let http = if shared.endpoints.is_empty() {
+            None
+        } else {
+            match crate::sync_loop::http_client(&shared) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    shared.report_error(None, e);
+                    None
+                }
+            }
+        };
+        let send_events = {
+            let (shared, http, stop) = (shared.clone(), http.clone(), stop.clone());
+            async move {
+                if let Some(http) = http {
+                    crate::experiment_events::run(shared, http, stop).await;
+                }
+            }
+        };
         let stopped = async {
             let mut stop = stop;
             while !*stop.borrow() {
@@ -354,12 +399,28 @@ fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
             }
         };
-        tokio::select! {
-            _ = supervise(shared.clone()) => std::future::pending::<()>().await,
-            _ = monitor(shared.clone()) => {},
-            _ = lkg_writer(shared.clone()) => {},
-            _ = stopped => {},
-        }
+        // A sync loop that has nothing to follow returns; the other tasks carry on (the
+        // pending is inside the branch: a branch's handler runs only once the others are
+        // no longer polled).
+        let follow = {
+            let shared = shared.clone();
+            async move {
+                if let Some(http) = http {
+                    supervise(shared, http).await;
+                }
+                std::future::pending::<()>().await
+            }
+        };
+        let background = async {
+            tokio::select! {
+                _ = follow => {},
+                _ = monitor(shared.clone()) => {},
+                _ = lkg_writer(shared.clone()) => {},
+                _ = stopped => {},
+            }
+        };
+        // The sender stops on the same signal, after one last bounded flush.
+        tokio::join!(background, send_events);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
@@ -386,7 +447,7 @@ fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
 
 /// Runs the sync loop as its own task and restarts it should it ever panic, so a bug there
 /// can never leave the application silently following nothing.
-async fn supervise(shared: Arc<Shared>) {
+async fn supervise(shared: Arc<Shared>, http: reqwest::Client) {
     struct AbortOnDrop(tokio::task::AbortHandle);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
@@ -394,7 +455,7 @@ async fn supervise(shared: Arc<Shared>) {
         }
     }
     loop {
-        let task = tokio::spawn(crate::sync_loop::run(shared.clone()));
+        let task = tokio::spawn(crate::sync_loop::run(shared.clone(), http.clone()));
         let _guard = AbortOnDrop(task.abort_handle());
         match task.await {
             Err(e) if e.is_panic() => {
@@ -504,7 +565,9 @@ impl Drop for Inner {
 /// Guarantees: evaluation never blocks on the network, performs no I/O, takes no lock
 /// (it reads an atomically swapped snapshot, through the evaluating thread's own reference
 /// when that is current: one atomic load) and never panics; on any fault it returns the
-/// caller's default with reason `ERROR` and an error code. Each thread that evaluates keeps a
+/// caller's default with reason `ERROR` and an error code. The one lock: evaluating a flag that
+/// runs an A/B test (`experiment`) counts its exposure under a mutex held for a few additions.
+/// Each thread that evaluates keeps a
 /// reference to the data set it last used (for up to four clients), so a replaced data set is
 /// freed once those threads have evaluated again or exited.
 #[derive(Clone)]
@@ -542,6 +605,11 @@ impl Client {
             cfg: Config::new(namespace, sdk_key),
             on_event: Vec::new(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// What happened to the LKG file and bootstrap document at start.
@@ -643,6 +711,10 @@ impl Client {
             lkg_write_errors: l(&c.lkg_write_errors),
             malformed_responses: l(&c.malformed_responses),
             limits_exceeded: l(&c.limits_exceeded),
+            events_sent_batches: l(&c.events_sent_batches),
+            events_backlog_batches: l(&c.events_backlog_batches),
+            events_dropped: l(&c.events_dropped),
+            events_invalid_names: l(&c.events_invalid_names),
         }
     }
 
@@ -680,7 +752,8 @@ impl Client {
     }
 
     /// Stops the background work (also done when the last clone is dropped). Evaluation keeps
-    /// working on the data held.
+    /// working on the data held. Returns at once; the event sender then makes one last
+    /// attempt, bounded by one second, to send the experiment events not yet sent.
     pub fn close(&self) {
         let _ = self.inner.stop.send(true);
     }
@@ -698,19 +771,108 @@ impl Client {
         })
     }
 
-    fn run<T>(&self, ctx: &Context, default: T, eval: impl FnOnce(&FlagSet) -> T) -> T {
+    fn run<T>(&self, ctx: &Context, default: T, eval: impl FnOnce(&DataSet) -> T) -> T {
         if self.context_fault(ctx).is_some() {
             return default;
         }
         with_data(&self.inner.shared, |data| match data {
             None => default,
             // FlagSet evaluation does not panic; this is a second line of defence.
-            Some(d) => catch_unwind(AssertUnwindSafe(|| eval(&d.flags))).unwrap_or(default),
+            Some(d) => catch_unwind(AssertUnwindSafe(|| eval(d))).unwrap_or(default),
         })
+    }
+
+    /// The value of `e`, after counting its exposure if `key` may run an experiment: for any
+    /// other flag, one branch.
+    #[inline(always)]
+    fn counted<T>(&self, d: &DataSet, key: &str, ctx: &Context, e: Evaluation<'_, T>) -> T {
+        if d.experiments.may_include(key) {
+            self.expose(d, key, ctx, e.variant, e.reason, e.error.is_none());
+        }
+        e.value
+    }
+
+    /// Counts an exposure when `key` runs an experiment and the evaluation chose a variant.
+    /// Reached only for flags whose key length an experiment flag shares.
+    #[inline(never)]
+    fn expose(
+        &self,
+        d: &DataSet,
+        key: &str,
+        ctx: &Context,
+        variant: Option<&str>,
+        reason: Reason,
+        ok: bool,
+    ) {
+        let Some(recorder) = &self.inner.shared.events else {
+            return;
+        };
+        let Some(variant) = variant.filter(|_| ok) else {
+            return;
+        };
+        if matches!(reason, Reason::Disabled | Reason::Error) {
+            return;
+        }
+        if d.flags.get(key).and_then(|f| f.experiment()).is_some() {
+            recorder.expose(key, variant, ctx.targeting_key());
+        }
+    }
+
+    /// Records a conversion: for every experiment flag of the data held that counts `event`
+    /// (one of its `metrics`), evaluates the flag for `ctx` (no exposure is counted for it)
+    /// and, when a variant is chosen, adds one conversion of `event` to that variant, with
+    /// `ctx`'s targeting key among its converting users and `value` (when finite) in its sum.
+    /// A value that is not finite is ignored, the conversion still counts.
+    ///
+    /// Never blocks on the network, does no I/O and never panics: it takes the events' mutex
+    /// once, and the sender sends the counts every [`Config::events_interval`]. An invalid
+    /// event name ([`flagstaff_flags::is_event_name`]) is ignored and counted in
+    /// [`Metrics::events_invalid_names`]; with events disabled nothing is recorded.
+    pub fn track(&self, event: &str, ctx: &Context, value: Option<f64>) {
+        let shared = &self.inner.shared;
+        if !flagstaff_flags::is_event_name(event) {
+            shared
+                .counters
+                .events_invalid_names
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(recorder) = &shared.events else {
+            return;
+        };
+        if self.context_fault(ctx).is_some() {
+            return;
+        }
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            with_data(shared, |data| {
+                let Some(d) = data else {
+                    return;
+                };
+                let mut arms: Vec<(&str, &str)> = Vec::new();
+                for key in d.experiments.keys() {
+                    let counts = d
+                        .flags
+                        .get(key)
+                        .and_then(|f| f.experiment())
+                        .is_some_and(|x| x.counts(event));
+                    if !counts {
+                        continue;
+                    }
+                    let r = d.flags.resolve(key, ctx);
+                    if let (Some(variant), None) = (r.variant, &r.error) {
+                        if !matches!(r.reason, Reason::Disabled | Reason::Error) {
+                            arms.push((key, variant));
+                        }
+                    }
+                }
+                recorder.convert(&arms, event, ctx.targeting_key(), value);
+            })
+        }));
     }
 
     fn details<T: Clone>(
         &self,
+        key: &str,
         ctx: &Context,
         default: T,
         eval: impl FnOnce(&FlagSet) -> Owned<T>,
@@ -759,6 +921,16 @@ impl Client {
                 )),
                 metadata: Map::new(),
             });
+            if d.experiments.may_include(key) {
+                self.expose(
+                    d,
+                    key,
+                    ctx,
+                    o.variant.as_deref(),
+                    o.reason,
+                    o.error.is_none(),
+                );
+            }
             let source = if o.reason == Reason::Error || o.variant.is_none() {
                 Source::Default
             } else {
@@ -780,7 +952,9 @@ impl Client {
 
     /// The boolean value of flag `key` for `ctx`, or `default`.
     pub fn bool(&self, key: &str, ctx: &Context, default: bool) -> bool {
-        self.run(ctx, default, |f| f.boolean(key, ctx, default).value)
+        self.run(ctx, default, |d| {
+            self.counted(d, key, ctx, d.flags.boolean(key, ctx, default))
+        })
     }
 
     /// The string value of flag `key` for `ctx`, or `default`.
@@ -791,7 +965,8 @@ impl Client {
         with_data(&self.inner.shared, |data| match data {
             None => default.to_string(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
-                d.flags.string(key, ctx, default).value.to_string()
+                self.counted(d, key, ctx, d.flags.string(key, ctx, default))
+                    .to_string()
             }))
             .unwrap_or_else(|_| default.to_string()),
         })
@@ -799,12 +974,16 @@ impl Client {
 
     /// The integer value of flag `key` for `ctx`, or `default`.
     pub fn i64(&self, key: &str, ctx: &Context, default: i64) -> i64 {
-        self.run(ctx, default, |f| f.integer(key, ctx, default).value)
+        self.run(ctx, default, |d| {
+            self.counted(d, key, ctx, d.flags.integer(key, ctx, default))
+        })
     }
 
     /// The float value of flag `key` for `ctx`, or `default`.
     pub fn f64(&self, key: &str, ctx: &Context, default: f64) -> f64 {
-        self.run(ctx, default, |f| f.float(key, ctx, default).value)
+        self.run(ctx, default, |d| {
+            self.counted(d, key, ctx, d.flags.float(key, ctx, default))
+        })
     }
 
     /// The object value of flag `key` for `ctx`, or `default`.
@@ -815,7 +994,8 @@ impl Client {
         with_data(&self.inner.shared, |data| match data {
             None => default.clone(),
             Some(d) => catch_unwind(AssertUnwindSafe(|| {
-                d.flags.object(key, ctx, default).value.clone()
+                self.counted(d, key, ctx, d.flags.object(key, ctx, default))
+                    .clone()
             }))
             .unwrap_or_else(|_| default.clone()),
         })
@@ -823,29 +1003,35 @@ impl Client {
 
     /// [`Client::bool`] with details.
     pub fn bool_details(&self, key: &str, ctx: &Context, default: bool) -> Details<bool> {
-        self.details(ctx, default, |f| owned(f.boolean(key, ctx, default), |v| v))
+        self.details(key, ctx, default, |f| {
+            owned(f.boolean(key, ctx, default), |v| v)
+        })
     }
 
     /// [`Client::string`] with details.
     pub fn string_details(&self, key: &str, ctx: &Context, default: &str) -> Details<String> {
-        self.details(ctx, default.to_string(), |f| {
+        self.details(key, ctx, default.to_string(), |f| {
             owned(f.string(key, ctx, default), str::to_string)
         })
     }
 
     /// [`Client::i64`] with details.
     pub fn i64_details(&self, key: &str, ctx: &Context, default: i64) -> Details<i64> {
-        self.details(ctx, default, |f| owned(f.integer(key, ctx, default), |v| v))
+        self.details(key, ctx, default, |f| {
+            owned(f.integer(key, ctx, default), |v| v)
+        })
     }
 
     /// [`Client::f64`] with details.
     pub fn f64_details(&self, key: &str, ctx: &Context, default: f64) -> Details<f64> {
-        self.details(ctx, default, |f| owned(f.float(key, ctx, default), |v| v))
+        self.details(key, ctx, default, |f| {
+            owned(f.float(key, ctx, default), |v| v)
+        })
     }
 
     /// [`Client::object`] with details.
     pub fn object_details(&self, key: &str, ctx: &Context, default: &Value) -> Details<Value> {
-        self.details(ctx, default.clone(), |f| {
+        self.details(key, ctx, default.clone(), |f| {
             owned(f.object(key, ctx, default), Value::clone)
         })
     }

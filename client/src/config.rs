@@ -45,6 +45,14 @@ pub struct Config {
     /// CA certificates (PEM) trusted for `https` endpoints besides the built-in roots: the
     /// cluster's own CA when its certificates are not from a public one.
     pub ca_file: Option<PathBuf>,
+    /// How often the exposures and conversions of experiment flags are sent to the cluster
+    /// (`POST /v1/namespaces/{ns}/events`). Default 5 s. `Duration::ZERO` disables both
+    /// counting and sending (as does an empty endpoint list).
+    pub events_interval: Duration,
+    /// Most batches of experiment events kept while no node accepts them; beyond it the
+    /// oldest is dropped and its events counted in the next batch's `dropped`. Default 120
+    /// (10 minutes at the default interval, one batch per interval). At least 1.
+    pub max_event_batches: usize,
 }
 
 /// Bounds on the data the client accepts, so that no node, stream or file can make it hold
@@ -121,6 +129,8 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             ca_file: None,
+            events_interval: Duration::from_secs(5),
+            max_event_batches: 120,
         }
     }
 
@@ -163,6 +173,9 @@ impl Config {
             return Err(ConfigError(
                 "heartbeat_timeout and poll_interval must be > 0".into(),
             ));
+        }
+        if self.max_event_batches == 0 {
+            return Err(ConfigError("max_event_batches must be > 0".into()));
         }
         self.ca_certificates()?;
         let l = &self.limits;

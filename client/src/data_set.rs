@@ -233,6 +233,50 @@ pub(crate) struct DataSet {
     /// [`Limits::max_definition_bytes`] (`flags.KEY`, `$evaluators.NAME`): not kept, they
     /// evaluate to `PARSE_ERROR`.
     pub oversized: Vec<String>,
+    /// Which flags run an A/B test.
+    pub experiments: ExperimentFlags,
+}
+
+/// The flags of a data set that have an `experiment` field, found once per data set so that
+/// evaluating any other flag costs one branch: a bit per key length (modulo 64) that some
+/// experiment flag has. Only a key whose length bit is set is looked up again.
+#[derive(Debug, Default)]
+pub(crate) struct ExperimentFlags {
+    lengths: u64,
+    keys: Box<[Box<str>]>,
+}
+
+impl ExperimentFlags {
+    fn of(flags: &FlagSet) -> Self {
+        let mut keys: Vec<Box<str>> = flags
+            .keys()
+            .filter(|k| flags.get(k).is_some_and(|f| f.experiment().is_some()))
+            .map(Into::into)
+            .collect();
+        keys.sort_unstable();
+        let lengths = keys.iter().fold(0u64, |m, k| m | Self::bit(k));
+        Self {
+            lengths,
+            keys: keys.into_boxed_slice(),
+        }
+    }
+
+    #[inline(always)]
+    fn bit(key: &str) -> u64 {
+        1u64 << (key.len() % 64)
+    }
+
+    /// False for most flags that do not run an experiment (and for every flag when none
+    /// does); true for every flag that does.
+    #[inline(always)]
+    pub fn may_include(&self, key: &str) -> bool {
+        self.lengths & Self::bit(key) != 0
+    }
+
+    /// The experiment flags' keys, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &**k)
+    }
 }
 
 impl DataSet {
@@ -270,6 +314,7 @@ impl DataSet {
         drop(defs);
         faults.extend(corrupt);
         Self {
+            experiments: ExperimentFlags::of(&flags),
             flags,
             raw,
             revision,

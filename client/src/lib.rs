@@ -19,8 +19,12 @@
 //! Guarantees:
 //! - **Never blocks, never panics**: `build` returns at once (it reads the local LKG and
 //!   bootstrap files, nothing else); evaluation reads an atomically swapped snapshot (through
-//!   a per-thread reference checked with one atomic load), does no I/O and takes no lock; on
-//!   any fault it returns the caller's default with reason `ERROR`.
+//!   a per-thread reference checked with one atomic load), does no I/O and takes no lock
+//!   (but a short one, never held across an await, to count an exposure of an A/B test's
+//!   flag); on any fault it returns the caller's default with reason `ERROR`.
+//! - **A/B tests**: evaluations of flags with an `experiment` field count exposures per
+//!   variant, [`Client::track`] records conversions, and a background task sends them every
+//!   [`Config::events_interval`] (bounded backlog, retries with the same batch id).
 //! - **Sources, best first**: network → last-known-good file → bootstrap document → default;
 //!   every [`Details`] says which, at which revision, and how old.
 //! - **Never goes back**: within one cluster id, data at a lower revision than held is refused
@@ -39,7 +43,9 @@ mod client;
 mod clock;
 mod config;
 mod data_set;
+mod endpoints;
 mod events;
+mod experiment_events;
 pub mod lkg;
 #[cfg(feature = "openfeature")]
 pub mod provider;

@@ -4,7 +4,9 @@
 //! for travel as flag metadata: `flagstaff.source`, `flagstaff.revision`, `flagstaff.age_ms`,
 //! `flagstaff.stale`. The `open-feature` crate 0.3 has no event API, so provider events
 //! (`PROVIDER_READY`, `PROVIDER_STALE`, `PROVIDER_ERROR`, `PROVIDER_CONFIGURATION_CHANGED`) are
-//! offered through [`FlagstaffProvider::on_provider_event`].
+//! offered through [`FlagstaffProvider::on_provider_event`]. Nor has its `FeatureProvider` a
+//! tracking hook: record A/B conversions with `provider.client().track(…)`
+//! ([`Client::track`]); evaluations through the provider count exposures like any other.
 
 use std::time::Duration;
 

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::data_set::{DataSet, Source};
+use crate::endpoints::Endpoints;
 use crate::events::{contained, ChangeSet, Event, FlagChange, Registry, Status};
+use crate::experiment_events::Recorder;
 use crate::wire::{WireChange, WireSnapshot};
 
 const NO_PROOF: i64 = i64::MIN;
@@ -34,6 +36,11 @@ pub(crate) struct Counters {
     pub lkg_write_errors: AtomicU64,
     pub malformed_responses: AtomicU64,
     pub limits_exceeded: AtomicU64,
+    pub events_sent_batches: AtomicU64,
+    /// A gauge: batches waiting now.
+    pub events_backlog_batches: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub events_invalid_names: AtomicU64,
 }
 
 /// What became of an offered snapshot.
@@ -65,6 +72,11 @@ pub(crate) enum ChangeOutcome {
 
 pub(crate) struct Shared {
     pub cfg: Config,
+    /// The endpoints and the rotation the sync loop and the event sender share.
+    pub endpoints: Endpoints,
+    /// Exposures and conversions of experiment flags; `None` when events are disabled
+    /// (`events_interval` zero, or no endpoint to send them to).
+    pub events: Option<Recorder>,
     /// The current data. Replace it only with [`Shared::store_data`], which moves the
     /// generation that evaluating threads check their own reference against.
     pub data: ArcSwapOption<DataSet>,
@@ -101,7 +113,11 @@ pub(crate) fn unix_ms_now() -> i64 {
 
 impl Shared {
     pub fn new(cfg: Config) -> Self {
+        let events =
+            (!cfg.events_interval.is_zero() && !cfg.endpoints.is_empty()).then(Recorder::new);
         Self {
+            endpoints: Endpoints::new(cfg.endpoints.clone()),
+            events,
             cfg,
             data: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),

@@ -72,38 +72,28 @@ enum Watch {
     Ended(SessionEnd),
 }
 
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let endpoints = shared.cfg.endpoints.clone();
-    if endpoints.is_empty() {
-        return;
-    }
+/// The one HTTP client of the background tasks (the sync loop and the event sender share it,
+/// and with it its connections).
+pub(crate) fn http_client(shared: &Shared) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(shared.cfg.connect_timeout)
         .tcp_nodelay(true);
     // Read and checked by `build` already; a file changed since then is reported here.
-    match shared.cfg.ca_certificates() {
-        Ok(certs) => {
-            for ca in certs {
-                builder = builder.add_root_certificate(ca);
-            }
-        }
-        Err(e) => {
-            shared.report_error(None, e.to_string());
-            return;
-        }
+    for ca in shared.cfg.ca_certificates().map_err(|e| e.to_string())? {
+        builder = builder.add_root_certificate(ca);
     }
-    let http = match builder.build() {
-        Ok(c) => c,
-        Err(e) => {
-            shared.report_error(None, format!("cannot build the HTTP client: {e}"));
-            return;
-        }
-    };
-    // Start at a random endpoint so a fleet of applications spreads over the nodes.
-    let mut idx = rand::random::<usize>() % endpoints.len();
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, http: reqwest::Client) {
     let mut failures: u32 = 0;
-    loop {
-        let ep = &endpoints[idx];
+    // The rotation starts at a random endpoint, so a fleet of applications spreads over the
+    // nodes; the event sender moves it too when a node fails it.
+    while let Some((idx, ep)) = shared.endpoints.current() {
+        let ep = ep.to_string();
+        let ep = &ep;
         let mut progressed = false;
         let end = session(&shared, &http, ep, &mut progressed).await;
         if progressed {
@@ -139,7 +129,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         shared.report_error(Some(ep), end.to_string());
         shared.refresh_status();
-        idx = (idx + 1) % endpoints.len();
+        shared.endpoints.advance_from(idx);
         sleep(backoff::delay(
             failures,
             shared.cfg.backoff_min,
@@ -188,11 +178,14 @@ fn error_code(body: &[u8]) -> Option<String> {
 }
 
 /// Largest error body read (for its error code).
-const MAX_ERROR_BODY: usize = 64 << 10;
+pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Reads a body as it streams in, abandoning it at the first chunk past `max` bytes (or at
 /// once when its `Content-Length` says it is larger). The caller bounds the time it takes.
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, SessionEnd> {
+pub(crate) async fn read_limited(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, SessionEnd> {
     let too_large = || SessionEnd::OverLimit(format!("response body larger than {max} bytes"));
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(too_large());
@@ -506,7 +499,7 @@ fn far_future() -> Instant {
 }
 
 /// Percent-encodes a path segment.
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
