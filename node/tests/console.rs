@@ -419,3 +419,77 @@ async fn sessions_csrf_and_conditional_saves() {
         .any(|c| c.starts_with("flagstaff_session=;") && c.contains("Max-Age=0")));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_experiment_page_shows_results_and_ships_a_variant() {
+    let c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    c.create_namespace(leader, "shop").await;
+    let (s, b) = c
+        .put(
+            leader,
+            "/v1/namespaces/shop/flags/checkout",
+            json!({"state": "ENABLED", "variants": {"old": 1, "new": 2}, "defaultVariant": "old",
+                "targeting": {"fractional": [["old", 50], ["new", 50]]},
+                "experiment": {"control": "old", "metrics": ["purchase"]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // A skewed split with conversions: the page must say so in words.
+    let (s, b) = c
+        .post(
+            leader,
+            "/v1/namespaces/shop/events",
+            json!({"batch": "console-1", "track": (0..40).map(|i| json!({"event": "purchase",
+                "context": {"targetingKey": format!("u{i}")}})).collect::<Vec<_>>(),
+              "exposures": [{"flag": "checkout", "variant": "old", "count": 3000},
+                            {"flag": "checkout", "variant": "new", "count": 1000}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let b = Browser::new();
+    let api = &c.node(leader).api;
+    let session = b.sign_in(api, TOKEN).await.cookie("flagstaff_session");
+
+    let list = b.get(&format!("{api}/ui/ns/shop/experiments"), &session).await;
+    assert_eq!(list.status, 200, "{}", list.html);
+    assert!(list.html.contains("/ui/ns/shop/experiments/checkout"));
+    let page = b
+        .get(&format!("{api}/ui/ns/shop/experiments/checkout"), &session)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(page.html.contains("<svg"), "charts are drawn: {}", page.html);
+    assert!(page.html.contains("Metric purchase"));
+    // Exposures without distinct users: not enough to check the split yet.
+    assert!(page.html.contains("Not enough users yet"), "{}", page.html);
+    let flags = b.get(&format!("{api}/ui/ns/shop/flags"), &session).await;
+    assert!(flags.html.contains("Last evaluated"));
+
+    // Stop and ship "new": one flag write; the page then shows the stopped experiment.
+    let version = page.html.split("name=\"version\" value=\"").nth(1).unwrap();
+    let version = version.split('"').next().unwrap().to_string();
+    let shipped = b
+        .post(
+            &format!("{api}/ui/ns/shop/experiments/checkout/ship"),
+            &session,
+            &[
+                ("csrf", &page.csrf()),
+                ("version", &version),
+                ("control", "old"),
+                ("variant", "new"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(shipped.status, 303, "{}", shipped.html);
+    let (s, flag) = c.get(leader, "/v1/namespaces/shop/flags/checkout").await;
+    assert_eq!(s, 200);
+    assert_eq!(flag["definition"]["defaultVariant"], "new");
+    assert!(flag["definition"].get("experiment").is_none());
+    assert!(flag["definition"].get("targeting").is_none());
+    assert_eq!(flag["updated_by"], "admin");
+    let after = b.get(&format!("{api}{}", shipped.location), &session).await;
+    assert_eq!(after.status, 200, "{}", after.html);
+    assert!(after.html.contains("stopped"));
+    c.shutdown().await;
+}
