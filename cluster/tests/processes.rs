@@ -412,6 +412,48 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     assert!(cli(&["flag", "list", "copy"]).contains("dark-mode"));
     assert!(cli(&["cluster", "status"]).contains("voter"));
 
+    // An A/B test from the command line: start it, send conversions with the SDK key, read the
+    // results, ship a variant.
+    cli(&[
+        "flag",
+        "set",
+        "cli",
+        "checkout",
+        r#"{"state":"ENABLED","variants":{"old":1,"new":2},"defaultVariant":"old","targeting":{"fractional":[["old",50],["new",50]]}}"#,
+    ]);
+    cli(&[
+        "experiment", "start", "cli", "checkout", "--control", "old", "--metric", "purchase",
+    ]);
+    let track: Vec<Value> = (0..200)
+        .map(|i| json!({"event": "purchase", "context": {"targetingKey": format!("u{i}")}}))
+        .collect();
+    let sent = http
+        .post(format!("{api}/v1/namespaces/cli/events"))
+        .bearer_auth(secret.lines().next().unwrap().trim())
+        .json(&json!({"batch": "cli-1", "track": track}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+    assert!(cli(&["experiment", "list", "cli"]).contains("running"));
+    let results = cli(&["experiment", "results", "cli", "checkout"]);
+    assert!(results.contains("purchase") && results.contains("old") && results.contains("new"), "{results}");
+    let json: Value =
+        serde_json::from_str(&cli(&["experiment", "results", "cli", "checkout", "--json"])).unwrap();
+    let conversions: u64 = json["report"]["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["metrics"][0]["conversions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(conversions, 200, "{json}");
+    cli(&["experiment", "ship", "cli", "checkout", "new"]);
+    let got: Value =
+        serde_json::from_str(&cli(&["flag", "get", "cli", "checkout", "--json"])).unwrap();
+    assert_eq!(got["definition"]["defaultVariant"], "new");
+    assert!(got["definition"].get("experiment").is_none(), "{got}");
+    assert!(cli(&["experiment", "results", "cli", "checkout", "--control", "old"]).contains("stopped"));
+
     // SIGTERM stops every node.
     // SAFETY: kill(2) on the child this test started.
     unsafe {

@@ -28,6 +28,9 @@ use crate::node::Node;
 pub const MAX_PENDING_PARTS: usize = 512;
 /// Count rows one namespace may have waiting per interval (about 50 bytes each in the entry).
 pub const MAX_PENDING_COUNTS: usize = 50_000;
+/// How fresh a flag's recorded "last evaluated" time must be for a new evaluation not to be
+/// written again.
+pub const LAST_EVALUATED_RESOLUTION_MS: u64 = 60_000;
 
 /// (flag, variant, metric): `metric` is `None` for exposures.
 pub type ArmKey = (String, String, Option<String>);
@@ -147,12 +150,26 @@ impl EventIntake {
         g.counts += 1;
     }
 
-    /// Takes everything waiting, one command per namespace with its waiters.
-    fn take(&self) -> Vec<(Command, Vec<oneshot::Sender<Result<(), String>>>)> {
+    /// Takes everything waiting, one command per namespace with its waiters. A flag whose
+    /// evaluation `recent(ns, flag)` says is already recorded as recent is left out, and a
+    /// namespace with nothing else to record writes nothing.
+    fn take(
+        &self,
+        recent: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(Command, Vec<oneshot::Sender<Result<(), String>>>)> {
         let taken = std::mem::take(&mut *self.lock());
         taken
             .into_iter()
-            .map(|(ns, mut g)| {
+            .filter_map(|(ns, mut g)| {
+                g.evaluated.retain(|flag| !recent(&ns, flag));
+                if g.parts.is_empty()
+                    && g.local.is_empty()
+                    && g.sketches.is_empty()
+                    && g.evaluated.is_empty()
+                    && g.waiters.is_empty()
+                {
+                    return None;
+                }
                 if !g.local.is_empty() {
                     let seq = self.local_seq.fetch_add(1, Ordering::Relaxed);
                     g.parts.push(EventPart {
@@ -175,7 +192,7 @@ impl EventIntake {
                     sketches,
                     evaluated: g.evaluated.into_iter().collect(),
                 };
-                (Command::RecordEvents { ns, batch }, g.waiters)
+                Some((Command::RecordEvents { ns, batch }, g.waiters))
             })
             .collect()
     }
@@ -215,7 +232,18 @@ pub async fn run_flusher(node: Arc<Node>, interval: Duration, stop: impl Future<
 }
 
 async fn flush(node: &Node) {
-    let commands = node.events.take();
+    // "Last evaluated" is kept to the minute: a flag recorded within the last one is not
+    // written again, so evaluations alone cost one entry per namespace per minute at most.
+    let commands = {
+        let state = node.state.read();
+        let now = crate::clock::wall_ms();
+        node.events.take(|ns, flag| {
+            state
+                .experiments()
+                .last_evaluated(ns, flag)
+                .is_some_and(|at| now.saturating_sub(at) < LAST_EVALUATED_RESOLUTION_MS)
+        })
+    };
     if commands.is_empty() {
         return;
     }
