@@ -422,7 +422,14 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
         r#"{"state":"ENABLED","variants":{"old":1,"new":2},"defaultVariant":"old","targeting":{"fractional":[["old",50],["new",50]]}}"#,
     ]);
     cli(&[
-        "experiment", "start", "cli", "checkout", "--control", "old", "--metric", "purchase",
+        "experiment",
+        "start",
+        "cli",
+        "checkout",
+        "--control",
+        "old",
+        "--metric",
+        "purchase",
     ]);
     let track: Vec<Value> = (0..200)
         .map(|i| json!({"event": "purchase", "context": {"targetingKey": format!("u{i}")}}))
@@ -437,9 +444,18 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
     assert!(cli(&["experiment", "list", "cli"]).contains("running"));
     let results = cli(&["experiment", "results", "cli", "checkout"]);
-    assert!(results.contains("purchase") && results.contains("old") && results.contains("new"), "{results}");
-    let json: Value =
-        serde_json::from_str(&cli(&["experiment", "results", "cli", "checkout", "--json"])).unwrap();
+    assert!(
+        results.contains("purchase") && results.contains("old") && results.contains("new"),
+        "{results}"
+    );
+    let json: Value = serde_json::from_str(&cli(&[
+        "experiment",
+        "results",
+        "cli",
+        "checkout",
+        "--json",
+    ]))
+    .unwrap();
     let conversions: u64 = json["report"]["arms"]
         .as_array()
         .unwrap()
@@ -452,7 +468,15 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
         serde_json::from_str(&cli(&["flag", "get", "cli", "checkout", "--json"])).unwrap();
     assert_eq!(got["definition"]["defaultVariant"], "new");
     assert!(got["definition"].get("experiment").is_none(), "{got}");
-    assert!(cli(&["experiment", "results", "cli", "checkout", "--control", "old"]).contains("stopped"));
+    assert!(cli(&[
+        "experiment",
+        "results",
+        "cli",
+        "checkout",
+        "--control",
+        "old"
+    ])
+    .contains("stopped"));
 
     // SIGTERM stops every node.
     // SAFETY: kill(2) on the child this test started.

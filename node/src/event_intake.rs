@@ -47,7 +47,7 @@ struct Gathered {
     sketches: BTreeMap<ArmKey, DistinctCount>,
     /// Flags evaluated (by senders or this node), for their "last evaluated" time.
     evaluated: HashSet<String>,
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<Waiter>,
 }
 
 impl Gathered {
@@ -70,6 +70,7 @@ pub struct EventIntake {
 
 /// Answers a sender once the flush that carries its batch is committed (or failed).
 pub type Acknowledgement = oneshot::Receiver<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), String>>;
 
 impl EventIntake {
     pub fn new(node_id: u64) -> Self {
@@ -153,10 +154,7 @@ impl EventIntake {
     /// Takes everything waiting, one command per namespace with its waiters. A flag whose
     /// evaluation `recent(ns, flag)` says is already recorded as recent is left out, and a
     /// namespace with nothing else to record writes nothing.
-    fn take(
-        &self,
-        recent: impl Fn(&str, &str) -> bool,
-    ) -> Vec<(Command, Vec<oneshot::Sender<Result<(), String>>>)> {
+    fn take(&self, recent: impl Fn(&str, &str) -> bool) -> Vec<(Command, Vec<Waiter>)> {
         let taken = std::mem::take(&mut *self.lock());
         taken
             .into_iter()

@@ -451,14 +451,20 @@ async fn the_experiment_page_shows_results_and_ships_a_variant() {
     let api = &c.node(leader).api;
     let session = b.sign_in(api, TOKEN).await.cookie("flagstaff_session");
 
-    let list = b.get(&format!("{api}/ui/ns/shop/experiments"), &session).await;
+    let list = b
+        .get(&format!("{api}/ui/ns/shop/experiments"), &session)
+        .await;
     assert_eq!(list.status, 200, "{}", list.html);
     assert!(list.html.contains("/ui/ns/shop/experiments/checkout"));
     let page = b
         .get(&format!("{api}/ui/ns/shop/experiments/checkout"), &session)
         .await;
     assert_eq!(page.status, 200, "{}", page.html);
-    assert!(page.html.contains("<svg"), "charts are drawn: {}", page.html);
+    assert!(
+        page.html.contains("<svg"),
+        "charts are drawn: {}",
+        page.html
+    );
     assert!(page.html.contains("Metric purchase"));
     // Exposures without distinct users: not enough to check the split yet.
     assert!(page.html.contains("Not enough users yet"), "{}", page.html);

@@ -61,9 +61,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn setup(fs: &Cluster, leader: u64) -> anyhow::Result<String> {
-    let put = |path: &'static str, body: Value| {
-        fs.call(leader, reqwest::Method::PUT, path, Some(body))
-    };
+    let put =
+        |path: &'static str, body: Value| fs.call(leader, reqwest::Method::PUT, path, Some(body));
     let (s, b) = put("/v1/namespaces/shop", json!({})).await?;
     anyhow::ensure!(s == 200, "namespace: {s} {b}");
     let (s, b) = put(

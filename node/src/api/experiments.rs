@@ -404,12 +404,21 @@ async fn record_events(
         conversions: t.conversions,
         ignored: t.ignored,
     };
-    let evaluated: Vec<String> = req
+    // Flags the sender names as evaluated, and the experiment flags it saw exposures of.
+    let mut evaluated: Vec<String> = req
         .evaluated
         .iter()
         .filter(|k| set.get(k).is_some())
         .cloned()
+        .chain(
+            t.counts
+                .keys()
+                .filter(|k| k.2.is_none())
+                .map(|k| k.0.clone()),
+        )
         .collect();
+    evaluated.sort_unstable();
+    evaluated.dedup();
     if already || (t.counts.is_empty() && evaluated.is_empty()) {
         return Ok(Json(answer(already, t)));
     }
