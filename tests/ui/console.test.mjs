@@ -256,6 +256,60 @@ try {
   await shot(p2, "12-flags-phone-no-js");
   await plain.close();
 
+  step("an experiment's results page: charts, the split check, stop and ship");
+  const send = async (method, path, body) => {
+    const r = await fetch(`${urls[0]}${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const text = await r.text();
+    assert.equal(r.status, 200, `${method} ${path}: ${text}`);
+    return JSON.parse(text);
+  };
+  await send("PUT", `/v1/namespaces/${ns}/flags/checkout-test`, {
+    state: "ENABLED", variants: { old: "v1", new: "v2" }, defaultVariant: "old",
+    targeting: { fractional: [["old", 50], ["new", 50]] },
+    experiment: { control: "old", metrics: ["purchase"] },
+  });
+  const track = [];
+  for (let i = 0; i < 300; i += 1) {
+    if (i % 4 === 0) track.push({ event: "purchase", value: 12.5, context: { targetingKey: `user-${i}` } });
+  }
+  await send("POST", `/v1/namespaces/${ns}/events`, { batch: "browser-1", track });
+  for (let i = 0; i < 300; i += 1) {
+    await fetch(`${urls[0]}/ofrep/v1/evaluate/flags/checkout-test?namespace=${ns}`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ context: { targetingKey: `user-${i}` } }),
+    });
+  }
+  // The node's own OFREP exposures reach the log with its next flush (every second).
+  for (let tries = 0; ; tries += 1) {
+    const r = await apiGet(`/v1/namespaces/${ns}/experiments/checkout-test`);
+    const exposed = r.report.arms.reduce((n, a) => n + a.exposures, 0);
+    if (exposed === 300) break;
+    assert.ok(tries < 100, `exposures recorded: ${exposed} of 300`);
+    await new Promise((done) => setTimeout(done, 100));
+  }
+  await page.goto(`${urls[0]}/ui/ns/${ns}/experiments`);
+  await page.getByRole("link", { name: "checkout-test" }).click();
+  await page.waitForURL(new RegExp(`/ui/ns/${ns}/experiments/checkout-test$`));
+  await page.getByRole("heading", { name: "Metric purchase" }).waitFor();
+  assert.ok((await page.locator("svg.chart").count()) >= 1, "charts are drawn");
+  await page.locator("#srm").filter({ hasText: "split as configured" }).waitFor();
+  await assertLabelled(page, "experiment");
+  await shot(page, "12b-experiment");
+  await page.getByLabel("Serve to everyone").selectOption("new");
+  await page.getByRole("button", { name: "Stop and ship" }).click();
+  await page.waitForURL(new RegExp(`/ui/ns/${ns}/experiments/checkout-test\\?control=old$`));
+  await page.getByText("stopped", { exact: false }).first().waitFor();
+  const shipped = await apiGet(`/v1/namespaces/${ns}/flags/checkout-test`);
+  assert.equal(shipped.definition.defaultVariant, "new");
+  assert.equal(shipped.definition.experiment, undefined);
+  await page.goto(`${urls[0]}/ui/ns/${ns}/flags`);
+  await page.getByRole("columnheader", { name: "Last evaluated" }).waitFor();
+
   step("the cluster page shows a new leader after the leader is killed");
   const status = await apiGet("/v1/cluster");
   const leader = status.leader;

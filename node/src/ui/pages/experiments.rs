@@ -120,7 +120,7 @@ fn metric_rows(report: &Value, metric: &str) -> Vec<Value> {
         .map(|a| {
             let m = metric_of(a, metric);
             json!({
-                "variant": a["variant"], "users": a["users"].as_f64().map(|u| u.round()),
+                "variant": a["variant"], "users": a["users"].as_f64().map(|u| u.round() as u64),
                 "exposures": a["exposures"], "conversions": m["conversions"],
                 "rate": pct(&m["rate"]["value"]), "low": pct(&m["rate"]["low"]), "high": pct(&m["rate"]["high"]),
                 "uplift": m["uplift"]["relative"]["value"].as_f64().map(|v| format!("{:+.1}%", v * 100.0)),
@@ -168,16 +168,19 @@ pub(crate) fn exposure_chart(series: &Value) -> String {
         .flatten()
         .map(|s| {
             let mut total = 0.0;
-            let points = s["points"]
-                .as_array()
+            let buckets = s["points"].as_array().cloned().unwrap_or_default();
+            // The line starts at zero where the first bucket starts.
+            let start = buckets
+                .first()
+                .map(|p| (p["start_ms"].as_f64().unwrap_or(0.0), 0.0));
+            let points = start
                 .into_iter()
-                .flatten()
-                .map(|p| {
+                .chain(buckets.iter().map(|p| {
                     total += p["exposures"].as_f64().unwrap_or(0.0);
                     let end = p["start_ms"].as_f64().unwrap_or(0.0)
                         + p["width_ms"].as_f64().unwrap_or(0.0);
                     (end, total)
-                })
+                }))
                 .collect();
             (
                 s["variant"].as_str().unwrap_or_default().to_string(),
@@ -244,7 +247,7 @@ pub(crate) fn rate_chart(report: &Value, metric: &str) -> String {
     let max = rows.iter().map(|r| r.3).fold(0.0f64, f64::max).max(1e-9);
     let (left, row_h) = (120.0, 28.0);
     let height = row_h * rows.len() as f64 + 24.0;
-    let x = |v: f64| left + v / max * (WIDTH - left - 20.0);
+    let x = |v: f64| left + v / max * (WIDTH - left - 80.0);
     let mut svg = format!(
         r#"<svg class="chart" role="img" aria-label="Conversion rate of {} per variant, with 95% intervals" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}">"#,
         escape(metric)
@@ -253,13 +256,13 @@ pub(crate) fn rate_chart(report: &Value, metric: &str) -> String {
         let colour = COLOURS[i % COLOURS.len()];
         let cy = 16.0 + row_h * i as f64;
         svg.push_str(&format!(
-            r#"<text x="4" y="{:.1}" font-size="12">{}</text><line x1="{:.1}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{colour}" stroke-width="6" stroke-opacity="0.35"/><circle cx="{:.1}" cy="{cy:.1}" r="5" fill="{colour}"/><text x="{:.1}" y="{:.1}" font-size="11">{:.2}%</text>"#,
+            r#"<text x="4" y="{:.1}" font-size="12">{}</text><line x1="{:.1}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{colour}" stroke-width="6" stroke-opacity="0.35"/><circle cx="{:.1}" cy="{cy:.1}" r="5" fill="{colour}"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{:.2}%</text>"#,
             cy + 4.0,
             escape(variant),
             x(*low),
             x(*high),
             x(*value),
-            x(*high) + 6.0,
+            WIDTH - 4.0,
             cy + 4.0,
             value * 100.0
         ));
@@ -267,7 +270,7 @@ pub(crate) fn rate_chart(report: &Value, metric: &str) -> String {
     svg.push_str(&format!(
         r##"<text x="{left}" y="{:.1}" font-size="11" fill="#555">0%</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#555" text-anchor="end">{:.1}%</text></svg>"##,
         height - 4.0,
-        WIDTH - 20.0,
+        WIDTH - 80.0,
         height - 4.0,
         max * 100.0
     ));
