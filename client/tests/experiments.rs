@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::cluster::TestCluster;
+use common::cluster::{experiment_flag, TestCluster};
 use flagstaff_client::{context, Client};
 use serde_json::{json, Value};
 
@@ -54,10 +54,7 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         .put(
             leader,
             "/v1/namespaces/shop/flags/checkout",
-            json!({"state": "ENABLED", "variants": {"control": "old", "treatment": "new"},
-                "defaultVariant": "control",
-                "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
-                "experiment": {"control": "control", "metrics": ["purchase"]}}),
+            experiment_flag("control", "treatment"),
         )
         .await;
     assert_eq!(s, 200, "{b}");
@@ -138,21 +135,9 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
             (users_estimate - *n as f64).abs() < 0.03 * *n as f64,
             "{variant}: {users_estimate} users for {n}"
         );
-        let m = &arm["metrics"][0];
+        // Conversions are tracked after exposures and may arrive one batch later.
         let conversions = converted.get(variant).copied().unwrap_or(0);
-        // Conversions are tracked after exposures and may be one batch later: wait for them.
-        assert!(m["conversions"].as_u64().unwrap() <= conversions);
-        let true_rate = conversions as f64 / *n as f64;
-        if m["conversions"].as_u64() == Some(conversions) {
-            let (low, high) = (
-                m["rate"]["low"].as_f64().unwrap(),
-                m["rate"]["high"].as_f64().unwrap(),
-            );
-            assert!(
-                low <= true_rate && true_rate <= high,
-                "{variant}: true rate {true_rate} outside [{low}, {high}]"
-            );
-        }
+        assert!(arm["metrics"][0]["conversions"].as_u64().unwrap() <= conversions);
     }
     // Conversions: wait until all of them are in, then check the rates and the winner.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

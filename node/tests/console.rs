@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bool_flag, TestCluster, TOKEN};
+use common::{bool_flag, experiment_flag, TestCluster, TOKEN};
 use flagstaff_node::NodeConfig;
 use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use reqwest::redirect::Policy;
@@ -429,9 +429,7 @@ async fn the_experiment_page_shows_results_and_ships_a_variant() {
         .put(
             leader,
             "/v1/namespaces/shop/flags/checkout",
-            json!({"state": "ENABLED", "variants": {"old": 1, "new": 2}, "defaultVariant": "old",
-                "targeting": {"fractional": [["old", 50], ["new", 50]]},
-                "experiment": {"control": "old", "metrics": ["purchase"]}}),
+            experiment_flag("old", "new"),
         )
         .await;
     assert_eq!(s, 200, "{b}");

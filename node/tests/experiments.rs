@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::TestCluster;
+use common::{experiment_flag, TestCluster};
 use flagstaff_experiments::DistinctCount;
 use flagstaff_node::NodeConfig;
 use serde_json::{json, Value};
@@ -23,10 +23,7 @@ async fn setup(c: &TestCluster, leader: u64) -> String {
         .put(
             leader,
             &format!("/v1/namespaces/shop/flags/{FLAG}"),
-            json!({"state": "ENABLED", "variants": {"control": "old", "treatment": "new"},
-                "defaultVariant": "control",
-                "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
-                "experiment": {"control": "control", "metrics": ["purchase"]}}),
+            experiment_flag("control", "treatment"),
         )
         .await;
     assert_eq!(s, 200, "{b}");

@@ -456,6 +456,15 @@ impl TestCluster {
     }
 }
 
+/// An A/B test flag: a 50/50 `fractional` split of `control` and `treatment` (string values),
+/// counting the conversion event `purchase`.
+pub fn experiment_flag(control: &str, treatment: &str) -> Value {
+    json!({"state": "ENABLED", "variants": {control: "old", treatment: "new"},
+        "defaultVariant": control,
+        "targeting": {"fractional": [[control, 50], [treatment, 50]]},
+        "experiment": {"control": control, "metrics": ["purchase"]}})
+}
+
 pub fn bool_flag(default: &str) -> Value {
     json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
 }

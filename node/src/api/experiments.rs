@@ -168,6 +168,14 @@ impl Tally {
     }
 }
 
+/// The namespace's compiled flags; 404 when it does not exist.
+fn flag_set(node: &Node, ns: &str) -> Result<Arc<FlagSet>, ApiError> {
+    node.flag_sets
+        .get(node, ns)
+        .map(|(_, set)| set)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))
+}
+
 fn bad(path: impl Into<String>, message: impl Into<String>) -> ApiError {
     ApiError::invalid(vec![Fault::new(path, message)])
 }
@@ -388,10 +396,7 @@ async fn record_events(
             "a sender dropped A/B test events (backlog full)"
         );
     }
-    let (_, set) = node
-        .flag_sets
-        .get(&node, &ns)
-        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let set = flag_set(&node, &ns)?;
     let already = req
         .batch
         .as_deref()
@@ -481,10 +486,7 @@ async fn list_experiments(
     let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
-    let (_, set) = node
-        .flag_sets
-        .get(&node, &ns)
-        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let set = flag_set(&node, &ns)?;
     let state = node.state.read();
     let records: BTreeMap<&str, &ExperimentRecord> = state.experiments().records_of(&ns).collect();
     let mut flags: Vec<&str> = set
@@ -601,10 +603,7 @@ async fn experiment_results(
         .map(|(_, v)| v.clone());
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
-    let (_, set) = node
-        .flag_sets
-        .get(&node, &ns)
-        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let set = flag_set(&node, &ns)?;
     let compiled = set.get(&flag);
     let experiment = compiled.and_then(|f| f.experiment());
     let (record, definition) = {
