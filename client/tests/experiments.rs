@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::cluster::{experiment_flag, TestCluster};
+use common::cluster::{bool_flag, experiment_flag, TestCluster};
 use flagstaff_client::{context, Client};
 use serde_json::{json, Value};
 
@@ -59,6 +59,10 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, b) = c
+        .put(leader, "/v1/namespaces/shop/flags/banner", bool_flag("off"))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = c
         .post(
             leader,
             "/v1/namespaces/shop/sdk-keys",
@@ -81,6 +85,8 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         s.wait_ready(Duration::from_secs(20)).await.expect("ready");
     }
 
+    // A flag that is not an experiment: its evaluations are reported too ("last evaluated").
+    assert!(!sdks[0].bool("banner", &context(), true));
     let users = 2_000u64;
     let mut exposed = BTreeMap::<String, u64>::new();
     let mut converted = BTreeMap::<String, u64>::new();
@@ -184,6 +190,19 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         treatment["metrics"][0]["uplift"]["significant"], true,
         "25% against 10% is detected: {treatment}"
     );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, flag) = c.get(survivor, "/v1/namespaces/shop/flags/banner").await;
+        assert_eq!(s, 200, "{flag}");
+        if flag["last_evaluated_ms"].as_u64().is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "banner never reported evaluated: {flag}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for s in &sdks {
         s.close();
     }

@@ -7,6 +7,7 @@ use crate::rule::compile::{short_json, Compiler, RefLookup, VariantNames};
 use crate::rule::Node;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The JSON type shared by all of a flag's variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,6 +72,9 @@ pub struct CompiledFlag {
     pub(crate) fractional: FractionalAlgorithm,
     /// The A/B test this flag runs (`experiment`), if any.
     pub(crate) experiment: Option<Experiment>,
+    /// Set by every evaluation, cleared by [`CompiledFlag::take_evaluated`]: which flags an
+    /// application still reads ("last evaluated").
+    pub(crate) evaluated: AtomicBool,
     /// Why the definition could not be compiled; evaluating it answers `PARSE_ERROR`.
     pub(crate) broken: Option<String>,
 }
@@ -127,6 +131,19 @@ impl CompiledFlag {
         self.fractional
     }
 
+    /// Whether the flag was evaluated since the last call, clearing the mark.
+    pub fn take_evaluated(&self) -> bool {
+        self.evaluated.swap(false, Ordering::Relaxed)
+    }
+
+    /// Marks the flag evaluated: a load, and a store only the first time (the mark's cache
+    /// line stays shared between threads evaluating the flag).
+    pub(crate) fn mark_evaluated(&self) {
+        if !self.evaluated.load(Ordering::Relaxed) {
+            self.evaluated.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The A/B test the flag runs, if its definition has an `experiment` field.
     pub fn experiment(&self) -> Option<&Experiment> {
         self.experiment.as_ref()
@@ -160,6 +177,7 @@ impl CompiledFlag {
             metadata,
             fractional: FractionalAlgorithm::V2,
             experiment: None,
+            evaluated: AtomicBool::new(false),
             broken: Some(why),
         }
     }
@@ -383,6 +401,7 @@ pub(crate) fn compile_flag(
         metadata,
         fractional,
         experiment,
+        evaluated: AtomicBool::new(false),
         broken: None,
     })
 }

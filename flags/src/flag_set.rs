@@ -264,6 +264,7 @@ impl FlagSet {
     }
 
     fn resolve_flag<'a>(&'a self, flag: &'a CompiledFlag, ctx: &'a Context) -> Resolution<'a> {
+        flag.mark_evaluated();
         if let Some(why) = &flag.broken {
             return self.error(&flag.metadata, ErrorCode::ParseError, || {
                 format!("flag \"{}\" has an invalid definition: {why}", flag.key)

@@ -7,6 +7,8 @@ use super::aggregate::Aggregates;
 
 /// Most entries in each list (exposures, conversions) of one request.
 pub(crate) const MAX_ENTRIES: usize = 1_000;
+/// Most flag keys one request reports as evaluated (the node's limit).
+pub(crate) const MAX_EVALUATED: usize = 10_000;
 
 /// One request body. Its `batch` id is fixed when it is formed, and a retry sends the same
 /// body again, so a node that recorded an attempt whose answer was lost can recognise it.
@@ -19,6 +21,10 @@ pub(crate) struct Batch {
     /// Events dropped (backlog overflow, refused batches) before this batch was formed and
     /// not yet reported by an accepted one.
     pub dropped: u64,
+    /// Keys of the flags evaluated in the interval (any flag), for the flag list's "last
+    /// evaluated"; left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evaluated: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,6 +62,7 @@ impl Batch {
             exposures,
             conversions,
             dropped: 0,
+            evaluated: Vec::new(),
         }
     }
 

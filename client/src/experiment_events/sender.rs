@@ -93,7 +93,28 @@ fn gauge(shared: &Shared, backlog: &Backlog) {
 
 /// The interval's aggregates into the backlog.
 fn collect(shared: &Shared, recorder: &Recorder, backlog: &mut Backlog) {
-    let dropped = backlog.push(cut(recorder.take(), MAX_ENTRIES));
+    let mut batches = cut(recorder.take(), MAX_ENTRIES);
+    // The flags evaluated since the last interval ride with the first batch (or alone).
+    let evaluated: Vec<String> = shared
+        .data
+        .load()
+        .as_ref()
+        .map(|d| {
+            d.flags
+                .keys()
+                .filter(|k| d.flags.get(k).is_some_and(|f| f.take_evaluated()))
+                .take(super::batch::MAX_EVALUATED)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !evaluated.is_empty() {
+        if batches.is_empty() {
+            batches.push(super::batch::Batch::new(Vec::new(), Vec::new()));
+        }
+        batches[0].evaluated = evaluated;
+    }
+    let dropped = backlog.push(batches);
     if dropped > 0 {
         shared
             .counters
