@@ -260,6 +260,14 @@ async fn a_skewed_split_is_flagged_and_bad_events_are_refused_with_their_path() 
             "track[0].event",
         ),
         (json!({"batch": "not/ok"}), "batch"),
+        (
+            json!({"track": [{"event": "purchase", "value": 1e300, "context": {"targetingKey": "u"}}]}),
+            "track[0].value",
+        ),
+        (
+            json!({"conversions": [{"flag": FLAG, "variant": "control", "metric": "purchase", "count": 1, "valueSumSquares": 1e300}]}),
+            "conversions[0].valueSumSquares",
+        ),
         (json!({"surprise": 1}), ""),
     ] {
         let (s, b) = send_events(&c, leader, &key, &body).await;

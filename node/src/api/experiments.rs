@@ -37,6 +37,9 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
 
 /// Entries one list of an events request may have.
 pub const MAX_EVENT_ENTRIES: usize = 1_000;
+/// The largest conversion value (and sum of values) one entry may carry, so that sums of
+/// squares stay far from overflowing however long an experiment runs.
+pub const MAX_VALUE: f64 = 1e15;
 /// Flag keys one events request may report as evaluated.
 pub const MAX_EVALUATED_FLAGS: usize = 10_000;
 /// Flag evaluations the `track` entries of one request may cost together.
@@ -254,10 +257,16 @@ fn tally(set: &FlagSet, req: &EventsRequest) -> Result<Tally, ApiError> {
                 format!("{} is more than count ({})", c.value_count, c.count),
             ));
         }
-        if c.value_sum_squares < 0.0 {
+        if !(0.0..=MAX_VALUE * MAX_VALUE).contains(&c.value_sum_squares) {
             return Err(bad(
                 format!("{path}.valueSumSquares"),
-                "must not be negative",
+                format!("must be between 0 and {:e}", MAX_VALUE * MAX_VALUE),
+            ));
+        }
+        if c.value_sum.abs() > MAX_VALUE {
+            return Err(bad(
+                format!("{path}.valueSum"),
+                format!("must be between -{MAX_VALUE:e} and {MAX_VALUE:e}"),
             ));
         }
         match not_counted(set, &c.flag, &c.variant, Some(&c.metric)) {
@@ -294,8 +303,14 @@ fn track(set: &FlagSet, items: &[TrackIn], t: &mut Tally) -> Result<(), ApiError
                 "must be 1 to 64 letters, digits, '_', '-', '.' or ':'",
             ));
         }
-        if item.value.is_some_and(|v| !v.is_finite()) {
-            return Err(bad(format!("{path}.value"), "must be a finite number"));
+        if item
+            .value
+            .is_some_and(|v| !v.is_finite() || v.abs() > MAX_VALUE)
+        {
+            return Err(bad(
+                format!("{path}.value"),
+                format!("must be a number between -{MAX_VALUE:e} and {MAX_VALUE:e}"),
+            ));
         }
         let ctx = Context::from_json(&item.context, now)
             .map_err(|e| bad(format!("{path}.context"), e.message))?;
