@@ -1,7 +1,7 @@
 //! A/B tests from the SDK's side, against a live 3-node cluster (real sockets, real RocksDB):
-//! two SDK instances evaluate an experiment flag for simulated users whose true conversion
-//! rates are known, track their conversions, and keep sending while the leader is stopped
-//! halfway. The results endpoint must then hold every exposure and conversion exactly once and
+//! two application processes embedding the SDK (`examples/ab_simulator.rs`) evaluate an
+//! experiment flag for simulated users whose true conversion rates are known, track their
+//! conversions, and keep sending while the leader is stopped halfway. The results endpoint must then hold every exposure and conversion exactly once and
 //! recover the rates within their intervals.
 
 mod common;
@@ -9,20 +9,92 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+
 use common::cluster::{bool_flag, experiment_flag, TestCluster};
-use flagstaff_client::{context, Client};
+use common::example_bin;
 use serde_json::{json, Value};
 
 fn tune(cfg: &mut flagstaff_node::NodeConfig) {
     cfg.events_interval = Duration::from_millis(200);
 }
 
-/// Whether simulated user `i` converts in `variant`: 10% of control, 25% of treatment.
-fn converts(i: u64, variant: &str) -> bool {
-    let slot = (i * 61) % 100;
-    match variant {
-        "control" => slot < 10,
-        _ => slot < 25,
+/// One `examples/ab_simulator.rs` process: its users convert at 10% in control and 25% in
+/// treatment.
+struct Simulator {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Simulator {
+    fn start(endpoints: &str, key: &str, users: (u64, u64), also: &str) -> Simulator {
+        let mut child = Command::new(example_bin("ab_simulator"))
+            .env("FLAGSTAFF_ENDPOINTS", endpoints)
+            .env("FLAGSTAFF_NAMESPACE", "shop")
+            .env("FLAGSTAFF_SDK_KEY", key)
+            .env("FLAGSTAFF_FLAG", "checkout")
+            .env("FLAGSTAFF_EVENT", "purchase")
+            .env("FLAGSTAFF_USERS", format!("{}-{}", users.0, users.1))
+            .env("FLAGSTAFF_RATES", "control=10,treatment=25")
+            .env("FLAGSTAFF_ALSO_EVALUATE", also)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the simulator");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Simulator {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line naming `what` (within 60 s).
+    fn wait_for(&mut self, what: &str) -> Result<Value, String> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|e| format!("no {what:?} line from the simulator: {e}"))?;
+        if line.get(what).is_none() {
+            return Err(format!("expected {what:?}, got {line}"));
+        }
+        Ok(line)
+    }
+
+    fn go(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"go\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Closes its standard input (it stops by itself), and kills it if it has not within 10 s.
+    fn stop(mut self) {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -46,7 +118,8 @@ fn total_exposures(r: &Value) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rates() {
+async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rates(
+) -> Result<(), String> {
     let mut c = TestCluster::start(3, tune).await;
     let leader = c.wait_leader().await;
     c.create_namespace(leader, "shop").await;
@@ -72,38 +145,43 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
     assert_eq!(s, 200, "{b}");
     let key = b["secret"].as_str().unwrap().to_string();
     let endpoints: Vec<String> = (1..=3).map(|id| c.node(id).api.clone()).collect();
-    let sdk = |_: usize| {
-        Client::builder("shop", key.clone())
-            .endpoints(endpoints.clone())
-            .events_interval(Duration::from_millis(300))
-            .request_timeout(Duration::from_secs(3))
-            .build()
-            .expect("client")
-    };
-    let sdks = [sdk(0), sdk(1)];
-    for s in &sdks {
-        s.wait_ready(Duration::from_secs(20)).await.expect("ready");
-    }
 
-    // A flag that is not an experiment: its evaluations are reported too ("last evaluated").
-    assert!(!sdks[0].bool("banner", &context(), true));
+    // Two application processes, 1,000 users each; the leader is stopped when both are
+    // halfway. The second also evaluates `banner`, a flag that is not an experiment: its
+    // evaluations are reported too ("last evaluated").
+    let mut apps: Vec<Simulator> = (0..2u64)
+        .map(|n| {
+            Simulator::start(
+                &endpoints.join(","),
+                &key,
+                (n * 1_000, (n + 1) * 1_000),
+                if n == 1 { "banner" } else { "" },
+            )
+        })
+        .collect();
+    for app in &mut apps {
+        tokio::task::block_in_place(|| app.wait_for("half"))?;
+    }
+    c.stop(leader).await;
+    for app in &mut apps {
+        app.go();
+    }
     let users = 2_000u64;
     let mut exposed = BTreeMap::<String, u64>::new();
     let mut converted = BTreeMap::<String, u64>::new();
-    for i in 0..users {
-        if i == users / 2 {
-            c.stop(leader).await;
-        }
-        let s = &sdks[(i % 2) as usize];
-        let ctx = context().with_targeting_key(format!("user-{i}"));
-        let d = s.string_details("checkout", &ctx, "none");
-        let variant = d.variant.expect("a variant for every user");
-        *exposed.entry(variant.clone()).or_default() += 1;
-        if converts(i, &variant) {
-            *converted.entry(variant.clone()).or_default() += 1;
-            s.track("purchase", &ctx, Some(30.0));
+    for app in &mut apps {
+        let done = tokio::task::block_in_place(|| app.wait_for("done"))?;
+        for (into, what) in [(&mut exposed, "exposed"), (&mut converted, "converted")] {
+            for (variant, n) in done["done"][what].as_object().unwrap() {
+                *into.entry(variant.clone()).or_default() += n.as_u64().unwrap();
+            }
         }
     }
+    assert_eq!(
+        exposed.values().sum::<u64>(),
+        users,
+        "every user got a variant"
+    );
 
     // Every exposure arrives once the SDKs' next batches are committed.
     let survivor = (1..=3).find(|id| *id != leader).unwrap();
@@ -118,15 +196,10 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "exposures still missing; SDK metrics {:?} {:?}",
-            sdks[0].metrics(),
-            sdks[1].metrics()
+            "exposures still missing"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for s in &sdks {
-        assert_eq!(s.metrics().events_dropped, 0, "{:?}", s.metrics());
-    }
     assert_eq!(report["report"]["srm"]["mismatch"], false, "{report}");
     for (variant, n) in &exposed {
         let arm = report["report"]["arms"]
@@ -203,8 +276,9 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for s in &sdks {
-        s.close();
+    for app in apps {
+        app.stop();
     }
     c.shutdown().await;
+    Ok(())
 }
