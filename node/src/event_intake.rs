@@ -28,6 +28,9 @@ use crate::node::Node;
 pub const MAX_PENDING_PARTS: usize = 512;
 /// Count rows one namespace may have waiting per interval (about 50 bytes each in the entry).
 pub const MAX_PENDING_COUNTS: usize = 50_000;
+/// Distinct (flag, variant, metric) sketches one namespace may have waiting per interval: at
+/// most 16 KiB each, so at most 64 MiB.
+pub const MAX_PENDING_SKETCHES: usize = 4_096;
 /// How fresh a flag's recorded "last evaluated" time must be for a new evaluation not to be
 /// written again.
 pub const LAST_EVALUATED_RESOLUTION_MS: u64 = 60_000;
@@ -104,7 +107,14 @@ impl EventIntake {
                 return Ok(rx);
             }
         }
-        if g.parts.len() >= MAX_PENDING_PARTS || g.counts + part.counts.len() > MAX_PENDING_COUNTS {
+        let new_sketches = sketches
+            .iter()
+            .filter(|(k, _)| !g.sketches.contains_key(k))
+            .count();
+        if g.parts.len() >= MAX_PENDING_PARTS
+            || g.counts + part.counts.len() > MAX_PENDING_COUNTS
+            || g.sketches.len() + new_sketches > MAX_PENDING_SKETCHES
+        {
             return Err(ApiError::RateLimited {
                 retry_after_secs: 1,
             });
@@ -135,9 +145,16 @@ impl EventIntake {
             return;
         };
         let key: ArmKey = (flag.to_string(), variant.to_string(), None);
-        if !g.local.contains_key(&key) && g.counts >= MAX_PENDING_COUNTS {
+        let new_row = !g.local.contains_key(&key);
+        let full = (new_row && g.counts >= MAX_PENDING_COUNTS)
+            || (!g.sketches.contains_key(&key) && g.sketches.len() >= MAX_PENDING_SKETCHES);
+        if full {
             tracing::debug!(ns, flag, "exposure dropped: the interval's intake is full");
             return;
+        }
+        if new_row {
+            // One count row per (flag, variant), however many evaluations it counts.
+            g.counts += 1;
         }
         if let Some(k) = targeting_key {
             g.sketches.entry(key.clone()).or_default().insert(k);
@@ -148,7 +165,6 @@ impl EventIntake {
             ..CountDelta::default()
         });
         delta.count += 1;
-        g.counts += 1;
     }
 
     /// Takes everything waiting, one command per namespace with its waiters. A flag whose
@@ -268,4 +284,91 @@ async fn flush(node: &Node) {
         }
     });
     futures::future::join_all(writes).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(id: &str, rows: usize) -> EventPart {
+        EventPart {
+            id: Some(id.into()),
+            counts: (0..rows)
+                .map(|i| count_delta("f", &format!("v{i}"), None, 1, (0, 0.0, 0.0)))
+                .collect(),
+        }
+    }
+
+    fn sketch(n: usize) -> Vec<(ArmKey, DistinctCount)> {
+        (0..n)
+            .map(|i| {
+                let mut s = DistinctCount::new();
+                s.insert("u");
+                ((format!("f{i}"), "a".into(), None), s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_evaluations_of_one_flag_take_one_row_and_leave_room_for_senders() {
+        let intake = EventIntake::new(1);
+        for i in 0..(MAX_PENDING_COUNTS + 10) {
+            intake.count_evaluation("ns", "f", Some(("a", Some(&format!("u{i}")))));
+        }
+        assert!(intake
+            .submit("ns", part("b1", 10), Vec::new(), Vec::new())
+            .is_ok());
+        let taken = intake.take(|_, _| false);
+        let Command::RecordEvents { batch, .. } = &taken[0].0 else {
+            panic!("a RecordEvents");
+        };
+        let local = batch.parts.iter().find(|p| p.counts.len() == 1).unwrap();
+        assert_eq!(local.counts[0].count, (MAX_PENDING_COUNTS + 10) as u64);
+        assert_eq!(batch.evaluated, vec!["f".to_string()]);
+    }
+
+    #[test]
+    fn waiting_sketches_parts_and_rows_are_bounded_per_namespace() {
+        let intake = EventIntake::new(1);
+        assert!(intake
+            .submit(
+                "ns",
+                part("s1", 1),
+                sketch(MAX_PENDING_SKETCHES),
+                Vec::new()
+            )
+            .is_ok());
+        let over = intake.submit(
+            "ns",
+            part("s2", 1),
+            sketch(MAX_PENDING_SKETCHES + 1),
+            Vec::new(),
+        );
+        assert!(matches!(over, Err(ApiError::RateLimited { .. })));
+        // Another namespace has its own room.
+        assert!(intake
+            .submit("other", part("s2", 1), sketch(1), Vec::new())
+            .is_ok());
+        let too_many_rows = intake.submit(
+            "ns",
+            part("r", MAX_PENDING_COUNTS + 1),
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(matches!(too_many_rows, Err(ApiError::RateLimited { .. })));
+        // A retry of a waiting batch is answered with it, not queued twice.
+        assert!(intake
+            .submit("ns", part("s1", 1), Vec::new(), Vec::new())
+            .is_ok());
+        let taken = intake.take(|_, _| false);
+        let ns = taken.iter().find(|(c, _)| c.namespace() == "ns").unwrap();
+        let Command::RecordEvents { batch, .. } = &ns.0 else {
+            panic!("a RecordEvents");
+        };
+        assert_eq!(batch.parts.len(), 1);
+        assert_eq!(ns.1.len(), 2, "both senders of s1 are answered");
+        // Nothing waiting writes nothing; a recent "last evaluated" is not written again.
+        intake.count_evaluation("ns", "f", None);
+        assert!(intake.take(|_, flag| flag == "f").is_empty());
+    }
 }
