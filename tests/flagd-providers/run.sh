@@ -9,7 +9,8 @@
 # moves to another node of its address list and gets later changes), and the sync service's
 # refusals (no key, unknown namespace, bad selector, a revoked key's stream); then
 # flagstaff-flags' evaluation table through the Python provider and OFREP (every case OFREP
-# passes, the provider passes too). Python sends the namespace's SDK key; Node cannot send
+# passes, the provider passes too); last, the flagd testbed's gherkin suites through the Node
+# provider and OFREP (node/testbed.test.mjs). Python sends the namespace's SDK key; Node cannot send
 # one, so its namespace is served key-less (`--sync-keyless-namespace`).
 # The venv is cached under $CARGO_TARGET_DIR/flagd-providers. FLAGSTAFF_BIN=path uses that
 # binary instead of building.
@@ -26,8 +27,24 @@ phase "python venv"
 python_venv "$target_dir/flagd-providers/venv" "$here/python/requirements.txt"
 phase "npm ci"
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
+phase "flagd testbed"
+# The flagd project's testbed (flagd-testbed 0.5.3: its flag files and gherkin suites) as the
+# openfeature-provider-flagd 0.1.5 source archive on PyPI ships it (GitHub, where it lives, is
+# not reachable from CI): fetched once, its hash checked, kept beside the venv.
+testbed="$target_dir/flagd-providers/flagd-testbed-0.5.3"
+if [ ! -f "$testbed/gherkin/flagd-json-evaluator.feature" ]; then
+  sdist="$work/testbed-sdist.tar.gz"
+  curl -sSf --max-time 120 -o "$sdist" "https://files.pythonhosted.org/packages/ea/7f/\
+3ee415e6c05a54559ccbad9c226808153dd3f961a88d0a816cfb61b6d46e/openfeature_provider_flagd-0.1.5.tar.gz"
+  echo "e00d67eb6987cdfd62cb60ecf0b2b2bb12f9834f9d009e63af2dbbf73d7603d9  $sdist" | sha256sum -c --quiet
+  rm -rf "$testbed.tmp" && mkdir -p "$testbed.tmp"
+  tar -xzf "$sdist" -C "$testbed.tmp" --strip-components=2 openfeature_provider_flagd-0.1.5/test-harness
+  grep -q '"0.5.3"' "$testbed.tmp/.release-please-manifest.json"
+  rm -rf "$testbed" && mv "$testbed.tmp" "$testbed"
+fi
 keyless=flagd-keyless
-start_local_cluster --tls --sync-keyless-namespace "$keyless"
+testbed_ns=flagd-testbed
+start_local_cluster --tls --sync-keyless-namespace "$keyless" --sync-keyless-namespace "$testbed_ns"
 
 ns=flagd-test
 seed() { # the same flags in namespace $1, its split hashed with fractional algorithm $2
@@ -106,5 +123,9 @@ ADDRESSES="$addresses" CA="$ca" NS="$keyless" SDK_KEY="$keyless_key" OFREP_URL="
   ADMIN_URL="$leader_url" TOKEN="$token" KILL_PID="$started_pid" NODE_EXTRA_CA_CERTS="$ca" \
   ASSIGNED="$work/assigned-v2.json" URLS="$(IFS=,; echo "${urls[*]}")" \
   timeout 120 node "$here/node/in_process.test.mjs" || status=1
+phase "the flagd testbed's gherkin suites through the node provider and OFREP"
+TESTBED="$testbed" ADDRESSES="$addresses" CA="$ca" NS="$testbed_ns" OFREP_URL="${followers[1]}" \
+  ADMIN_URL="$leader_url" TOKEN="$token" NODE_EXTRA_CA_CERTS="$ca" \
+  timeout 120 node "$here/node/testbed.test.mjs" || status=1
 if [ "$status" = 0 ]; then phase "flagd providers: all passed"; else phase "flagd providers: FAILED"; fi
 exit "$status"

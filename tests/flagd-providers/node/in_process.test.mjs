@@ -9,33 +9,15 @@
 // /metrics), ASSIGNED (a JSON file of what
 // flagstaff-client assigns user-0… in the `split` flag); NODE_EXTRA_CA_CERTS=CA for fetch.
 import { OpenFeature } from '@openfeature/server-sdk';
-import { FlagdProvider } from '@openfeature/flagd-provider';
 import { readFileSync } from 'node:fs';
+import { admin, env, inProcessProvider, request, sleep } from './common.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
-const addresses = env('ADDRESSES');
 const ns = env('NS');
 const failures = [];
 const check = (what, ok, detail = '') => {
   console.log((ok ? 'ok   ' : 'FAIL ') + what + (detail && !ok ? `: ${detail}` : ''));
   if (!ok) failures.push(what);
 };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const request = async (url, method, token, body) => {
-  const r = await fetch(url, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(10_000),
-  });
-  if (!r.ok) throw new Error(`${method} ${url}: ${r.status} ${await r.text()}`);
-  return r.json();
-};
-const admin = (method, path, body) => request(env('ADMIN_URL') + path, method, env('TOKEN'), body);
 // Waits (bounded) until `probe` returns true; the seconds it took, or null.
 const until = async (probe, seconds) => {
   const t0 = Date.now();
@@ -46,18 +28,7 @@ const until = async (probe, seconds) => {
   return null;
 };
 
-// host:port is the channel's target: every node's address, the port of the last one separately.
-const cut = addresses.lastIndexOf(':');
-const provider = new FlagdProvider({
-  resolverType: 'in-process',
-  host: addresses.slice(0, cut),
-  port: Number(addresses.slice(cut + 1)),
-  tls: true,
-  certPath: env('CA'),
-  defaultAuthority: 'localhost',
-  selector: `flagSetId=${ns}`,
-  retryBackoffMaxMs: 2000,
-});
+const provider = inProcessProvider(ns, { retryBackoffMaxMs: 2000 });
 await OpenFeature.setProviderAndWait(provider);
 const client = OpenFeature.getClient();
 
