@@ -248,17 +248,9 @@ pub(crate) struct ExperimentFlags {
 
 impl ExperimentFlags {
     fn of(flags: &FlagSet) -> Self {
-        let mut keys: Vec<Box<str>> = flags
-            .keys()
-            .filter(|k| flags.get(k).is_some_and(|f| f.experiment().is_some()))
-            .map(Into::into)
-            .collect();
-        keys.sort_unstable();
+        let keys: Box<[Box<str>]> = flags.experiment_keys().map(Into::into).collect();
         let lengths = keys.iter().fold(0u64, |m, k| m | Self::bit(k));
-        Self {
-            lengths,
-            keys: keys.into_boxed_slice(),
-        }
+        Self { lengths, keys }
     }
 
     #[inline(always)]

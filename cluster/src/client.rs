@@ -210,57 +210,67 @@ pub enum FlagCmd {
     },
 }
 
+/// One command's request, and how its answer reads without `--json`.
+pub struct Call {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    show: Box<dyn FnOnce(&Value) -> String>,
+}
+
+impl Call {
+    fn new(method: Method, path: String, show: impl FnOnce(&Value) -> String + 'static) -> Self {
+        Call {
+            method,
+            path,
+            body: None,
+            show: Box::new(show),
+        }
+    }
+
+    fn with(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+impl Conn {
+    /// Sends `call` and prints its answer.
+    pub async fn run(&self, call: Call) -> anyhow::Result<()> {
+        let v = self.call(call.method, &call.path, call.body).await?;
+        self.print(&v, call.show);
+        Ok(())
+    }
+}
+
+/// A write's answer.
+fn revision(v: &Value) -> String {
+    format!("ok: revision {}", v["revision"])
+}
+
+/// JSON from `text`, or from the file `@path` names.
+fn json_arg(text: String, what: &str) -> anyhow::Result<Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => text,
+    };
+    serde_json::from_str(&text).with_context(|| format!("{what} is not valid JSON"))
+}
+
 pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
-    let written = |v: &Value| format!("ok: revision {}", v["revision"]);
-    match cmd {
+    let flag = |ns: &str, key: &str| format!("/v1/namespaces/{ns}/flags/{key}");
+    let (conn, call) = match cmd {
         FlagCmd::Get {
             conn,
             namespace,
             key,
-        } => {
-            let v = conn
-                .call(
-                    Method::GET,
-                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
-                    None,
-                )
-                .await?;
-            conn.print(&v, |v| {
-                format!(
-                    "{}/{} version {} (by {})\n{}",
-                    namespace,
-                    key,
-                    v["version"],
-                    v["updated_by"].as_str().unwrap_or("?"),
-                    serde_json::to_string_pretty(&v["definition"]).unwrap_or_default()
-                )
-            });
-        }
+        } => (
+            conn,
+            Call::new(Method::GET, flag(&namespace, &key), show_flag),
+        ),
         FlagCmd::List { conn, namespace } => {
-            let v = conn
-                .call(
-                    Method::GET,
-                    &format!("/v1/namespaces/{namespace}/flags"),
-                    None,
-                )
-                .await?;
-            conn.print(&v, |v| {
-                let mut out = format!(
-                    "{:<32} {:<9} {:<16} {}",
-                    "KEY", "STATE", "DEFAULT", "VERSION"
-                );
-                for f in v["flags"].as_array().into_iter().flatten() {
-                    let d = &f["definition"];
-                    out.push_str(&format!(
-                        "\n{:<32} {:<9} {:<16} {}",
-                        f["key"].as_str().unwrap_or(""),
-                        d["state"].as_str().unwrap_or(""),
-                        d["defaultVariant"].as_str().unwrap_or(""),
-                        f["version"]
-                    ));
-                }
-                out
-            });
+            let path = format!("/v1/namespaces/{namespace}/flags");
+            (conn, Call::new(Method::GET, path, flag_table))
         }
         FlagCmd::Set {
             conn,
@@ -268,74 +278,48 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
             key,
             definition,
         } => {
-            let text = match definition.strip_prefix('@') {
-                Some(path) => {
-                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
-                }
-                None => definition,
-            };
-            let def: Value = serde_json::from_str(&text).context("definition is not valid JSON")?;
-            let v = conn
-                .call(
-                    Method::PUT,
-                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
-                    Some(def),
-                )
-                .await?;
-            conn.print(&v, written);
+            let def = json_arg(definition, "the definition")?;
+            (
+                conn,
+                Call::new(Method::PUT, flag(&namespace, &key), revision).with(def),
+            )
         }
         FlagCmd::Enable {
             conn,
             namespace,
             key,
-        } => set_state(&conn, &namespace, &key, "ENABLED").await?,
+        } => {
+            let patch = json!({ "state": "ENABLED" });
+            (
+                conn,
+                Call::new(Method::PATCH, flag(&namespace, &key), revision).with(patch),
+            )
+        }
         FlagCmd::Disable {
             conn,
             namespace,
             key,
-        } => set_state(&conn, &namespace, &key, "DISABLED").await?,
+        } => {
+            let patch = json!({ "state": "DISABLED" });
+            (
+                conn,
+                Call::new(Method::PATCH, flag(&namespace, &key), revision).with(patch),
+            )
+        }
         FlagCmd::Import {
             conn,
             namespace,
             file,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let doc: Value =
-                serde_json::from_str(&text).context("the document is not valid JSON")?;
-            let v = conn
-                .call(
-                    Method::PUT,
-                    &format!("/v1/namespaces/{namespace}/flagd"),
-                    Some(doc),
-                )
-                .await?;
-            conn.print(&v, |v| {
-                let mut out = format!(
-                    "imported {} flags and {} segments: revision {}",
-                    v["flags"], v["segments"], v["revision"]
-                );
-                // What flagd accepts but a single write would refuse, evaluated as flagd does.
-                for w in v["warnings"].as_array().into_iter().flatten() {
-                    let (path, message) = (&w["path"], &w["message"]);
-                    out.push_str(&format!(
-                        "\nwarning: {}: {}",
-                        path.as_str().unwrap_or_default(),
-                        message.as_str().unwrap_or_default()
-                    ));
-                }
-                out
-            });
+            let doc = json_arg(format!("@{}", file.display()), "the document")?;
+            let path = format!("/v1/namespaces/{namespace}/flagd");
+            (conn, Call::new(Method::PUT, path, imported).with(doc))
         }
         FlagCmd::Export { conn, namespace } => {
-            let v = conn
-                .call(
-                    Method::GET,
-                    &format!("/v1/namespaces/{namespace}/flagd"),
-                    None,
-                )
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            // A flagd document, printed as it is.
+            let path = format!("/v1/namespaces/{namespace}/flagd");
+            let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+            (conn, Call::new(Method::GET, path, pretty))
         }
         FlagCmd::History {
             conn,
@@ -347,35 +331,63 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
             if let Some(k) = key {
                 path.push_str(&format!("&key={k}"));
             }
-            let v = conn.call(Method::GET, &path, None).await?;
-            conn.print(&v, history_table);
+            (conn, Call::new(Method::GET, path, history_table))
         }
         FlagCmd::Delete {
             conn,
             namespace,
             key,
-        } => {
-            let v = conn
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/namespaces/{namespace}/flags/{key}"),
-                    None,
-                )
-                .await?;
-            conn.print(&v, written);
-        }
-    }
-    Ok(())
+        } => (
+            conn,
+            Call::new(Method::DELETE, flag(&namespace, &key), revision),
+        ),
+    };
+    conn.run(call).await
 }
 
-/// Enable or disable (kill switch) a flag with a merge patch of its `state`.
-async fn set_state(conn: &Conn, namespace: &str, key: &str, state: &str) -> anyhow::Result<()> {
-    let path = format!("/v1/namespaces/{namespace}/flags/{key}");
-    let v = conn
-        .call(Method::PATCH, &path, Some(json!({ "state": state })))
-        .await?;
-    conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
-    Ok(())
+fn show_flag(v: &Value) -> String {
+    format!(
+        "{}/{} version {} (by {})\n{}",
+        v["namespace"].as_str().unwrap_or("?"),
+        v["key"].as_str().unwrap_or("?"),
+        v["version"],
+        v["updated_by"].as_str().unwrap_or("?"),
+        serde_json::to_string_pretty(&v["definition"]).unwrap_or_default()
+    )
+}
+
+fn flag_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<32} {:<9} {:<16} {}",
+        "KEY", "STATE", "DEFAULT", "VERSION"
+    );
+    for f in v["flags"].as_array().into_iter().flatten() {
+        let d = &f["definition"];
+        out.push_str(&format!(
+            "\n{:<32} {:<9} {:<16} {}",
+            f["key"].as_str().unwrap_or(""),
+            d["state"].as_str().unwrap_or(""),
+            d["defaultVariant"].as_str().unwrap_or(""),
+            f["version"]
+        ));
+    }
+    out
+}
+
+fn imported(v: &Value) -> String {
+    let mut out = format!(
+        "imported {} flags and {} segments: revision {}",
+        v["flags"], v["segments"], v["revision"]
+    );
+    // What flagd accepts but a single write would refuse, evaluated as flagd does.
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\nwarning: {}: {}",
+            w["path"].as_str().unwrap_or_default(),
+            w["message"].as_str().unwrap_or_default()
+        ));
+    }
+    out
 }
 
 pub async fn cluster_status(conn: &Conn) -> anyhow::Result<()> {
@@ -424,44 +436,33 @@ pub async fn cluster_init(conn: &Conn, members: &[String]) -> anyhow::Result<()>
         let id: u64 = id.parse().context("member id must be a positive integer")?;
         list.push(json!({"id": id, "api_addr": api, "peer_addr": peer}));
     }
-    let v = conn
-        .call(
-            Method::POST,
-            "/v1/cluster/init",
-            Some(json!({ "members": list })),
-        )
-        .await?;
-    conn.print(&v, |_| "initialized".into());
-    Ok(())
+    let init = Call::new(Method::POST, "/v1/cluster/init".into(), |_| {
+        "initialized".into()
+    });
+    conn.run(init.with(json!({ "members": list }))).await
 }
 
 pub async fn add_learner(conn: &Conn, id: u64, api: &str, peer: &str) -> anyhow::Result<()> {
     let body = json!({"id": id, "api_addr": api, "peer_addr": peer});
-    let v = conn
-        .call(Method::POST, "/v1/cluster/learners", Some(body))
-        .await?;
-    conn.print(&v, |_| format!("node {id} added as a learner"));
-    Ok(())
+    let added = move |_: &Value| format!("node {id} added as a learner");
+    conn.run(Call::new(Method::POST, "/v1/cluster/learners".into(), added).with(body))
+        .await
 }
 
 pub async fn promote(conn: &Conn, id: u64) -> anyhow::Result<()> {
-    let v = conn
-        .call(
-            Method::POST,
-            "/v1/cluster/voters",
-            Some(json!({ "id": id })),
-        )
-        .await?;
-    conn.print(&v, |_| format!("node {id} is now a voter"));
-    Ok(())
+    let promoted = move |_: &Value| format!("node {id} is now a voter");
+    let call = Call::new(Method::POST, "/v1/cluster/voters".into(), promoted);
+    conn.run(call.with(json!({ "id": id }))).await
 }
 
 pub async fn remove(conn: &Conn, id: u64) -> anyhow::Result<()> {
-    let v = conn
-        .call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
-        .await?;
-    conn.print(&v, |_| format!("node {id} removed"));
-    Ok(())
+    let removed = move |_: &Value| format!("node {id} removed");
+    conn.run(Call::new(
+        Method::DELETE,
+        format!("/v1/cluster/members/{id}"),
+        removed,
+    ))
+    .await
 }
 
 #[derive(Subcommand)]
@@ -487,49 +488,43 @@ pub enum NamespaceCmd {
 }
 
 pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
-    match cmd {
+    let (conn, call) = match cmd {
         NamespaceCmd::Create {
             conn,
             namespace,
             description,
         } => {
             let body = json!({ "description": description });
-            let v = conn
-                .call(
-                    Method::PUT,
-                    &format!("/v1/namespaces/{namespace}"),
-                    Some(body),
-                )
-                .await?;
-            conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
+            let path = format!("/v1/namespaces/{namespace}");
+            (conn, Call::new(Method::PUT, path, revision).with(body))
         }
-        NamespaceCmd::List { conn } => {
-            let v = conn.call(Method::GET, "/v1/namespaces", None).await?;
-            conn.print(&v, |v| {
-                let mut out = format!(
-                    "{:<32} {:<6} {:<8} {}",
-                    "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION"
-                );
-                for n in v["namespaces"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "\n{:<32} {:<6} {:<8} {}",
-                        n["name"].as_str().unwrap_or(""),
-                        n["flags"],
-                        n["segments"],
-                        n["description"].as_str().unwrap_or("")
-                    ));
-                }
-                out
-            });
-        }
+        NamespaceCmd::List { conn } => (
+            conn,
+            Call::new(Method::GET, "/v1/namespaces".into(), namespace_table),
+        ),
         NamespaceCmd::Delete { conn, namespace } => {
-            let v = conn
-                .call(Method::DELETE, &format!("/v1/namespaces/{namespace}"), None)
-                .await?;
-            conn.print(&v, |v| format!("ok: revision {}", v["revision"]));
+            let path = format!("/v1/namespaces/{namespace}");
+            (conn, Call::new(Method::DELETE, path, revision))
         }
+    };
+    conn.run(call).await
+}
+
+fn namespace_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<32} {:<6} {:<8} {}",
+        "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION"
+    );
+    for n in v["namespaces"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n{:<32} {:<6} {:<8} {}",
+            n["name"].as_str().unwrap_or(""),
+            n["flags"],
+            n["segments"],
+            n["description"].as_str().unwrap_or("")
+        ));
     }
-    Ok(())
+    out
 }
 
 #[derive(Subcommand)]
@@ -556,63 +551,50 @@ pub enum KeyCmd {
 }
 
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
-    match cmd {
+    let keys = |ns: &str| format!("/v1/namespaces/{ns}/sdk-keys");
+    let (conn, call) = match cmd {
         KeyCmd::Create {
             conn,
             namespace,
             name,
         } => {
-            let v = conn
-                .call(
-                    Method::POST,
-                    &format!("/v1/namespaces/{namespace}/sdk-keys"),
-                    Some(json!({ "name": name })),
-                )
-                .await?;
-            conn.print(&v, |v| {
-                format!(
-                    "{}\n(shown once; store it now)",
-                    v["secret"].as_str().unwrap_or("")
-                )
-            });
+            let secret = |v: &Value| {
+                let secret = v["secret"].as_str().unwrap_or("");
+                format!("{secret}\n(shown once; store it now)")
+            };
+            let body = json!({ "name": name });
+            (
+                conn,
+                Call::new(Method::POST, keys(&namespace), secret).with(body),
+            )
         }
         KeyCmd::List { conn, namespace } => {
-            let v = conn
-                .call(
-                    Method::GET,
-                    &format!("/v1/namespaces/{namespace}/sdk-keys"),
-                    None,
-                )
-                .await?;
-            conn.print(&v, |v| {
-                let mut out = format!("{:<24} {:<16} {}", "NAME", "CREATED BY", "CREATED AT (ms)");
-                for k in v["sdk_keys"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "\n{:<24} {:<16} {}",
-                        k["name"].as_str().unwrap_or(""),
-                        k["created_by"].as_str().unwrap_or(""),
-                        k["created_at_ms"]
-                    ));
-                }
-                out
-            });
+            (conn, Call::new(Method::GET, keys(&namespace), key_table))
         }
         KeyCmd::Revoke {
             conn,
             namespace,
             name,
         } => {
-            let v = conn
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/namespaces/{namespace}/sdk-keys/{name}"),
-                    None,
-                )
-                .await?;
-            conn.print(&v, |v| format!("revoked: revision {}", v["revision"]));
+            let path = format!("{}/{name}", keys(&namespace));
+            let revoked = |v: &Value| format!("revoked: revision {}", v["revision"]);
+            (conn, Call::new(Method::DELETE, path, revoked))
         }
+    };
+    conn.run(call).await
+}
+
+fn key_table(v: &Value) -> String {
+    let mut out = format!("{:<24} {:<16} {}", "NAME", "CREATED BY", "CREATED AT (ms)");
+    for k in v["sdk_keys"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n{:<24} {:<16} {}",
+            k["name"].as_str().unwrap_or(""),
+            k["created_by"].as_str().unwrap_or(""),
+            k["created_at_ms"]
+        ));
     }
-    Ok(())
+    out
 }
 
 fn history_table(v: &Value) -> String {

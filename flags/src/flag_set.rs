@@ -26,6 +26,9 @@ use std::sync::Arc;
 pub struct FlagSet {
     flags: HashMap<Box<str>, CompiledFlag, BuildHasherDefault<KeyHasher>>,
     metadata: Map<String, Value>,
+    /// The keys of the flags that run an A/B test, sorted: found once per compile, so readers
+    /// (the intake, the experiment list, the SDK's exposure counting) never scan every flag.
+    experiments: Box<[Box<str>]>,
 }
 
 /// Each segment's compiled rule, or why it cannot be used (a cycle, a broken reference).
@@ -193,13 +196,25 @@ impl FlagSet {
             compiled.insert(Box::from(key), flag);
         }
         all.extend(faults);
+        let mut experiments: Vec<Box<str>> = compiled
+            .iter()
+            .filter(|(_, f)| f.experiment().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        experiments.sort_unstable();
         (
             Self {
                 flags: compiled,
                 metadata: metadata.clone(),
+                experiments: experiments.into_boxed_slice(),
             },
             all,
         )
+    }
+
+    /// The keys of the flags with an `experiment` field, sorted.
+    pub fn experiment_keys(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.experiments.iter().map(AsRef::as_ref)
     }
 
     /// The compiled flag with `key`.

@@ -5,19 +5,20 @@
 //! [`server::run`] (until a shutdown future resolves).
 
 pub mod api;
+pub mod auth;
 pub mod bounded_read;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event_intake;
 pub mod fault_injection;
+pub mod flag_sets;
 pub mod flagd_sync;
 pub mod listener;
 pub mod metrics;
-pub mod network;
+pub mod names;
 pub mod node;
 pub mod peer;
-pub mod peer_api;
 pub mod proposer;
 pub mod rate_limit;
 pub mod read_index;

@@ -6,11 +6,11 @@ use std::time::Duration;
 use flagstaff_raft_store::{CommandResult, Envelope, Member, NodeId, Raft, StateHandle};
 use tokio::time::Instant;
 
-use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::Proofs;
 use crate::clock::boottime_us;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
+use crate::flag_sets::FlagSetCache;
 use crate::peer::{
     ForwardReply, ForwardRequest, PeerClient, PeerRefusal, ReadIndexResult, PATH_FORWARD,
     PATH_READ_INDEX,

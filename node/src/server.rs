@@ -9,14 +9,13 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::client_router;
-use crate::api::ofrep::FlagSetCache;
 use crate::bounded_read::{run_rounds, Proofs};
 use crate::config::NodeConfig;
-use crate::network::NetworkFactory;
+use crate::flag_sets::FlagSetCache;
 use crate::node::{when_stopped, Node};
+use crate::peer::network::NetworkFactory;
+use crate::peer::server::peer_router;
 use crate::peer::PeerClient;
-use crate::peer_api::peer_router;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexCoalescer;
 use crate::tls::{ServerTls, TlsError};
@@ -499,4 +498,18 @@ pub async fn run(
             Err(NodeError::Fatal(e))
         }
     }
+}
+
+/// The client listener: admin API, SDK API, OFREP, cluster operations, health, the OpenAPI
+/// document (the HTTP layer, `api/`) and the web console (`/ui`, `ui/`, on top of it).
+pub fn client_router(node: Arc<Node>) -> axum::Router {
+    let (routes, _) = crate::api::documented_routes().split_for_parts();
+    let api = routes.with_state(node.clone());
+    api.clone()
+        .merge(crate::ui::router(node.clone(), api))
+        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            crate::api::flagstaff_headers,
+        ))
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use flagstaff_raft_store::{ChangeKind, Namespace, State};
+use flagstaff_raft_store::{ChangeKind, Definition, Namespace, State};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 /// `"flags":{…},"segments":{…}` of one namespace at one change.
@@ -81,10 +81,10 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// Copies the namespace's definitions (cheap: text, no parsing) and serializes them on a
-/// blocking thread; the result is shared by everyone who awaits it.
+/// Takes the namespace's definitions (cheap: shared, no copy or parsing) and serializes them on
+/// a blocking thread; the result is shared by everyone who awaits it.
 fn start_build(ns: &str, space: &Namespace) -> Build {
-    let copy = |kind| -> Vec<(String, String)> {
+    let copy = |kind| -> Vec<(String, Definition)> {
         space
             .items(kind)
             .iter()
@@ -116,15 +116,12 @@ fn start_build(ns: &str, space: &Namespace) -> Build {
                 }
                 out.extend_from_slice(json_string(key).as_bytes());
                 out.push(b':');
-                // Stored definitions are compact JSON written by the node; one that does not
-                // parse (corruption) is sent as null, and logged.
-                match serde_json::from_str::<serde::de::IgnoredAny>(definition) {
-                    Ok(_) => out.extend_from_slice(definition.as_bytes()),
-                    Err(e) => {
-                        tracing::error!(ns = %ns, kind = kind.as_str(), key = %key, error = %e,
-                            "stored definition does not parse (state corrupt)");
-                        out.extend_from_slice(b"null");
-                    }
+                // Stored definitions are compact JSON written by the node, parsed when they
+                // entered the state; one that did not parse (corruption) is sent as null, and
+                // logged.
+                match definition.stored_json(&ns, kind, key) {
+                    Ok(_) => out.extend_from_slice(definition.text().as_bytes()),
+                    Err(_) => out.extend_from_slice(b"null"),
                 }
             }
             out.push(b'}');

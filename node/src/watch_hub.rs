@@ -238,10 +238,16 @@ pub fn change_json(c: &Change) -> Value {
     for item in &c.items {
         match (item.kind, &item.after) {
             (ChangeKind::Flag, Some(def)) => {
-                up_flags.insert(item.key.clone(), parse(&c.ns, item.kind, &item.key, def));
+                up_flags.insert(
+                    item.key.clone(),
+                    def.json_or_null(&c.ns, item.kind, &item.key),
+                );
             }
             (ChangeKind::Segment, Some(def)) => {
-                up_segments.insert(item.key.clone(), parse(&c.ns, item.kind, &item.key, def));
+                up_segments.insert(
+                    item.key.clone(),
+                    def.json_or_null(&c.ns, item.kind, &item.key),
+                );
             }
             (ChangeKind::Flag, None) => del_flags.push(item.key.clone()),
             (ChangeKind::Segment, None) => del_segments.push(item.key.clone()),
@@ -254,29 +260,6 @@ pub fn change_json(c: &Change) -> Value {
         "upserted": {"flags": up_flags, "segments": up_segments},
         "deleted": {"flags": del_flags, "segments": del_segments},
     })
-}
-
-/// A stored definition as JSON. The node validated it before proposal, so a failure means the
-/// state is corrupt: it is logged as an error naming the item.
-pub fn parse_stored(
-    ns: &str,
-    kind: ChangeKind,
-    key: &str,
-    definition: &str,
-) -> Result<Value, String> {
-    serde_json::from_str(definition).map_err(|e| {
-        tracing::error!(ns, kind = kind.as_str(), key, error = %e, "stored definition does not parse (state corrupt)");
-        format!(
-            "the stored definition of {} {key:?} in namespace {ns:?} does not parse ({e}); replace it",
-            kind.as_str()
-        )
-    })
-}
-
-/// [`parse_stored`], with `null` for a corrupt definition (logged; readers report `null` as an
-/// invalid flag or segment, never as a value).
-pub fn parse(ns: &str, kind: ChangeKind, key: &str, definition: &str) -> Value {
-    parse_stored(ns, kind, key, definition).unwrap_or(Value::Null)
 }
 
 /// Counts open watch streams per caller, refusing more than `max` at once.
@@ -351,7 +334,7 @@ mod tests {
                 kind: item,
                 key: "k".into(),
                 before: None,
-                after: after.map(str::to_string),
+                after: after.map(Into::into),
             }],
         })
     }

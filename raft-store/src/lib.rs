@@ -15,6 +15,7 @@ pub mod backup;
 pub mod codec;
 pub mod command;
 mod db;
+pub mod definition;
 pub mod experiment_data;
 pub mod fault_injection;
 mod log_store;
@@ -36,7 +37,8 @@ pub use command::{
 pub use db::StoreError;
 pub use log_store::LogStore;
 pub use state::{
-    AdminToken, Change, ChangeItem, ChangeKind, Item, Namespace, SdkKey, State, StateLimits,
+    AdminToken, Change, ChangeItem, ChangeKind, Definition, Item, Namespace, SdkKey, State,
+    StateLimits,
 };
 pub use state_machine::{AppliedBatch, AppliedView, StateHandle, StateMachine};
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::command::{Applied, ApplyError, Command, CommandResult, Condition, Envelope, Request};
+pub use crate::definition::Definition;
 use crate::experiment_data::{
     ExperimentLimits, ExperimentStore, BATCH_TAG, EVALUATED_TAG, RECORD_TAG,
 };
@@ -94,8 +95,8 @@ impl Default for StateLimits {
 pub struct Item {
     /// Revision of the item's last change.
     pub version: u64,
-    /// The definition as JSON text (postcard cannot carry `serde_json::Value`).
-    pub definition: String,
+    /// The definition: stored as JSON text, parsed once when it entered the state.
+    pub definition: Definition,
     pub updated_at_ms: u64,
     pub updated_by: String,
 }
@@ -298,13 +299,14 @@ pub struct Change {
     pub items: Vec<ChangeItem>,
 }
 
-/// One item a change touched; `before`/`after` are definitions (`None`: absent).
+/// One item a change touched; `before`/`after` are definitions (`None`: absent), shared with
+/// the items they were (a namespace's are its description, text that has no JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeItem {
     pub kind: ChangeKind,
     pub key: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
+    pub before: Option<Definition>,
+    pub after: Option<Definition>,
 }
 
 /// An SDK key: bound to one namespace; the secret itself is never stored.
@@ -560,14 +562,14 @@ impl State {
                 check(*condition, current)?;
                 let revision = self.meta.revision + 1;
                 let entry = self.namespaces.entry(ns.clone()).or_default();
-                let before = current.map(|_| entry.description.clone());
+                let before = current.map(|_| Definition::parse(entry.description.as_str()));
                 entry.version = revision;
                 entry.description = description.clone();
                 let item = ChangeItem {
                     kind: ChangeKind::Namespace,
                     key: ns.clone(),
                     before,
-                    after: Some(description.clone()),
+                    after: Some(Definition::parse(description.as_str())),
                 };
                 self.finish_change(ns, actor, vec![item], limits, rows)
             }
@@ -598,7 +600,7 @@ impl State {
                 items.push(ChangeItem {
                     kind: ChangeKind::Namespace,
                     key: ns.clone(),
-                    before: Some(removed.description),
+                    before: Some(Definition::parse(removed.description)),
                     after: None,
                 });
                 rows.push((ns_key(ns), None));
@@ -829,21 +831,22 @@ impl State {
         let existing = items.get(key);
         check(condition, existing.map(|i| i.version))?;
         check_size(kind, "definition", definition, limits)?;
+        let definition = Definition::parse(definition);
         if existing.is_none() {
             check_count(kind, items.len() + 1, limits, kind_section(kind))?;
         }
         let old_len = existing.map_or(0, |i| i.definition.len());
         let bytes = space.refs.bytes - old_len + definition.len();
         check_namespace_bytes(kind_section(kind), bytes, limits)?;
-        let refs = refs_of(kind, definition).map_err(|e| ApplyError::InvalidDefinition {
+        let refs = refs_of(kind, &definition).map_err(|message| ApplyError::InvalidDefinition {
             path: "definition".into(),
-            message: e.to_string(),
+            message: message.to_string(),
         })?;
         check_references(ns, space, kind, key, &refs, limits)?;
 
         let item = Item {
             version: self.meta.revision + 1,
-            definition: definition.to_string(),
+            definition: definition.clone(),
             updated_at_ms: self.meta.clock_ms,
             updated_by: actor.to_string(),
         };
@@ -859,7 +862,7 @@ impl State {
             kind,
             key: key.to_string(),
             before,
-            after: Some(definition.to_string()),
+            after: Some(definition),
         };
         self.finish_change(ns, actor, vec![change], limits, rows)
     }
@@ -899,7 +902,7 @@ impl State {
         space.refs.remove(kind, key);
         let items = space.items_mut(kind);
         let before = items.remove(key).map(|old| old.definition);
-        space.refs.bytes -= before.as_ref().map_or(0, String::len);
+        space.refs.bytes -= before.as_ref().map_or(0, Definition::len);
         rows.push((item_key(kind, ns, key), None));
         let change = ChangeItem {
             kind,
@@ -920,7 +923,7 @@ impl State {
         limits: StateLimits,
         rows: &mut Vec<RowOp>,
     ) -> CommandResult {
-        let index = import_refs(ns, flags, segments, limits)?;
+        let (index, [flags, segments]) = import_refs(ns, flags, segments, limits)?;
         let revision = self.meta.revision + 1;
         let (clock, who) = (self.meta.clock_ms, actor.to_string());
         let space = self.namespaces.entry(ns.to_string()).or_default();
@@ -931,10 +934,6 @@ impl State {
         let mut changes = Vec::new();
         for (kind, wanted) in [(ChangeKind::Flag, flags), (ChangeKind::Segment, segments)] {
             let items = space.items_mut(kind);
-            let wanted: BTreeMap<&str, &str> = wanted
-                .iter()
-                .map(|(k, d)| (k.as_str(), d.as_str()))
-                .collect();
             let gone: Vec<String> = items
                 .keys()
                 .filter(|k| !wanted.contains_key(k.as_str()))
@@ -951,23 +950,23 @@ impl State {
                 });
             }
             for (key, definition) in wanted {
-                let before = items.get(key).map(|i| i.definition.clone());
-                if before.as_deref() == Some(definition) {
+                let before = items.get(&key).map(|i| i.definition.clone());
+                if before.as_ref() == Some(&definition) {
                     continue;
                 }
                 let item = Item {
                     version: revision,
-                    definition: definition.to_string(),
+                    definition: definition.clone(),
                     updated_at_ms: clock,
                     updated_by: who.clone(),
                 };
-                rows.push((item_key(kind, ns, key), Some(encode_row(&item))));
-                items.insert(key.to_string(), item);
+                rows.push((item_key(kind, ns, &key), Some(encode_row(&item))));
+                items.insert(key.clone(), item);
                 changes.push(ChangeItem {
                     kind,
-                    key: key.to_string(),
+                    key,
                     before,
-                    after: Some(definition.to_string()),
+                    after: Some(definition),
                 });
             }
         }
@@ -1146,13 +1145,14 @@ fn check(condition: Condition, current: Option<u64>) -> Result<(), ApplyError> {
     }
 }
 
-/// The segment names a flag or segment definition `$ref`s; an error if it is not JSON.
-fn refs_of(kind: ChangeKind, definition: &str) -> Result<BTreeSet<String>, serde_json::Error> {
-    let value: serde_json::Value = serde_json::from_str(definition)?;
+/// The segment names a flag or segment definition `$ref`s; the parser's message if it is not
+/// JSON.
+fn refs_of(kind: ChangeKind, definition: &Definition) -> Result<BTreeSet<String>, &str> {
+    let value = definition.json()?;
     Ok(if kind == ChangeKind::Flag {
-        flagstaff_flags::flag_refs(&value)
+        flagstaff_flags::flag_refs(value)
     } else {
-        flagstaff_flags::rule_refs(&value)
+        flagstaff_flags::rule_refs(value)
     })
 }
 
@@ -1331,30 +1331,36 @@ fn import_refs(
     flags: &[(String, String)],
     segments: &[(String, String)],
     limits: StateLimits,
-) -> Result<RefIndex, ApplyError> {
+) -> Result<(RefIndex, [BTreeMap<String, Definition>; 2]), ApplyError> {
     let mut index = RefIndex::default();
-    for (kind, section, items) in [
+    let mut parsed: [BTreeMap<String, Definition>; 2] = Default::default();
+    for ((kind, section, items), parsed) in [
         (ChangeKind::Flag, "flags", flags),
         (ChangeKind::Segment, "$evaluators", segments),
-    ] {
+    ]
+    .into_iter()
+    .zip(&mut parsed)
+    {
         for (key, definition) in items {
             let path = format!("{section}.{key}");
             check_size(kind, &path, definition, limits)?;
-            let refs = refs_of(kind, definition).map_err(|e| ApplyError::InvalidDefinition {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let definition = Definition::parse(definition.as_str());
+            let refs =
+                refs_of(kind, &definition).map_err(|message| ApplyError::InvalidDefinition {
+                    path: path.clone(),
+                    message: message.to_string(),
+                })?;
             index.set(kind, key, Some(refs));
+            // Duplicate keys keep the last definition, as the import itself does.
+            parsed.insert(key.clone(), definition);
         }
         check_count(kind, index.of_mut(kind).len(), limits, section)?;
     }
-    // Duplicate keys keep the last definition, as the import itself does.
-    let last: BTreeMap<(bool, &str), usize> = flags
+    index.bytes = parsed
         .iter()
-        .map(|(k, d)| ((true, k.as_str()), d.len()))
-        .chain(segments.iter().map(|(k, d)| ((false, k.as_str()), d.len())))
-        .collect();
-    index.bytes = last.values().sum();
+        .flat_map(|m| m.values())
+        .map(Definition::len)
+        .sum();
     check_namespace_bytes("flags", index.bytes, limits)?;
     for (key, refs) in &index.flags {
         if let Some(missing) = refs
@@ -1373,7 +1379,7 @@ fn import_refs(
     check_segment_graph(ns, graph, limits, |segment| {
         format!("$evaluators.{segment}")
     })?;
-    Ok(index)
+    Ok((index, parsed))
 }
 
 /// Every `$ref` of the graph names one of its segments, no cycle, no chain longer than the

@@ -18,7 +18,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::extract::{
-    condition, idempotency, item_path, namespace_path, read_params, Admin, JsonBody,
+    condition, idempotency, item_kind, item_path, namespace_path, read_params, Admin, ItemRead,
+    ItemWrite, JsonBody, ListRead,
 };
 use crate::api::openapi::{
     FlagdSemantics, IdempotencyKey, IfMatch, IfNoneMatch, ItemPath, NsPath, ReadQuery,
@@ -184,14 +185,6 @@ pub struct ItemDeleted {
 /// Flags and segments share their handlers; the const parameter picks which one a route serves.
 const FLAGS: bool = false;
 const SEGMENTS: bool = true;
-
-const fn kind_of(segment: bool) -> ChangeKind {
-    if segment {
-        ChangeKind::Segment
-    } else {
-        ChangeKind::Flag
-    }
-}
 
 /// Proposes one command (with an idempotency key) and answers with what it produced.
 pub(crate) async fn submit(
@@ -423,9 +416,8 @@ fn item_info(
     key: &str,
     item: &Item,
 ) -> ItemInfo {
-    let (definition, error) = match crate::watch_hub::parse_stored(ns, kind, key, &item.definition)
-    {
-        Ok(v) => (v, None),
+    let (definition, error) = match item.definition.stored_json(ns, kind, key) {
+        Ok(v) => (v.clone(), None),
         Err(e) => (Value::Null, Some(e)),
     };
     ItemInfo {
@@ -446,112 +438,64 @@ fn item_info(
 /// One flag.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
     params(ItemPath, ReadQuery), responses((status = 200, description = "the flag; ETag is its version", body = ItemInfo)))]
-async fn get_flag(s: State<Arc<Node>>, a: Admin, p: ItemPathArg, q: RawQuery) -> Result<Response> {
-    get_item::<FLAGS>(s, a, p, q).await
+async fn get_flag(r: ItemRead<FLAGS>) -> Result<Response> {
+    get_item(r).await
 }
 
 /// One segment.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
     params(ItemPath, ReadQuery), responses((status = 200, description = "the segment; ETag is its version", body = ItemInfo)))]
-async fn get_segment(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: ItemPathArg,
-    q: RawQuery,
-) -> Result<Response> {
-    get_item::<SEGMENTS>(s, a, p, q).await
+async fn get_segment(r: ItemRead<SEGMENTS>) -> Result<Response> {
+    get_item(r).await
 }
 
 /// Every flag of a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/flags", tag = "flags", security(("bearer" = [])),
     params(NsPath, ReadQuery), responses((status = 200, description = "the flags", body = FlagList)))]
-async fn list_flags(s: State<Arc<Node>>, a: Admin, p: NsPathArg, q: RawQuery) -> Result<Response> {
-    list_items::<FLAGS>(s, a, p, q).await
+async fn list_flags(r: ListRead<FLAGS>) -> Result<Response> {
+    list_items(r).await
 }
 
 /// Every segment of a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/segments", tag = "segments", security(("bearer" = [])),
     params(NsPath, ReadQuery), responses((status = 200, description = "the segments", body = SegmentList)))]
-async fn list_segments(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: NsPathArg,
-    q: RawQuery,
-) -> Result<Response> {
-    list_items::<SEGMENTS>(s, a, p, q).await
+async fn list_segments(r: ListRead<SEGMENTS>) -> Result<Response> {
+    list_items(r).await
 }
 
 /// Create or replace a flag.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
     params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey, FlagdSemantics), request_body = FlagSpec,
     responses((status = 200, description = "written", body = ItemWritten)))]
-async fn put_flag(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: ItemPathArg,
-    m: Method,
-    u: Uri,
-    h: HeaderMap,
-    b: JsonBody,
-) -> Result<Response> {
-    put_item::<FLAGS>(s, a, p, m, u, h, b).await
+async fn put_flag(w: ItemWrite<FLAGS>, body: JsonBody) -> Result<Response> {
+    put_item(w, body).await
 }
 
 /// Create or replace a segment (a JsonLogic rule, referenced as `{"$ref": "key"}`).
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
     params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey), request_body(content = Object, description = "a JsonLogic rule"),
     responses((status = 200, description = "written", body = ItemWritten)))]
-async fn put_segment(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: ItemPathArg,
-    m: Method,
-    u: Uri,
-    h: HeaderMap,
-    b: JsonBody,
-) -> Result<Response> {
-    put_item::<SEGMENTS>(s, a, p, m, u, h, b).await
+async fn put_segment(w: ItemWrite<SEGMENTS>, body: JsonBody) -> Result<Response> {
+    put_item(w, body).await
 }
 
 /// Delete a flag.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
     params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
-async fn delete_flag(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: ItemPathArg,
-    m: Method,
-    u: Uri,
-    h: HeaderMap,
-) -> Result<Response> {
-    delete_item::<FLAGS>(s, a, p, m, u, h).await
+async fn delete_flag(w: ItemWrite<FLAGS>) -> Result<Response> {
+    delete_item(w).await
 }
 
 /// Delete a segment (409 while a flag or segment still references it).
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
     params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
-async fn delete_segment(
-    s: State<Arc<Node>>,
-    a: Admin,
-    p: ItemPathArg,
-    m: Method,
-    u: Uri,
-    h: HeaderMap,
-) -> Result<Response> {
-    delete_item::<SEGMENTS>(s, a, p, m, u, h).await
+async fn delete_segment(w: ItemWrite<SEGMENTS>) -> Result<Response> {
+    delete_item(w).await
 }
 
-async fn get_item<const SEGMENT: bool>(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: ItemPathArg,
-    RawQuery(query): RawQuery,
-) -> Result<Response> {
-    let kind = kind_of(SEGMENT);
-    let (ns, key) = item_path(p, kind.as_str())?;
-    let (ns, key, query) = (ns.as_str(), key.as_str(), query.as_deref());
-    let node = node.as_ref();
-    let params = read_params(query, node, true)?;
+async fn get_item<const SEGMENT: bool>(r: ItemRead<SEGMENT>) -> Result<Response> {
+    let kind = item_kind(SEGMENT);
+    let (node, ns, key, params) = (r.node.as_ref(), r.ns.as_str(), r.key.as_str(), r.params);
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -574,17 +518,9 @@ async fn get_item<const SEGMENT: bool>(
     ))
 }
 
-async fn list_items<const SEGMENT: bool>(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: NsPathArg,
-    RawQuery(query): RawQuery,
-) -> Result<Response> {
-    let kind = kind_of(SEGMENT);
-    let ns = namespace_path(p)?;
-    let (ns, query) = (ns.as_str(), query.as_deref());
-    let node = node.as_ref();
-    let params = read_params(query, node, true)?;
+async fn list_items<const SEGMENT: bool>(r: ListRead<SEGMENT>) -> Result<Response> {
+    let kind = item_kind(SEGMENT);
+    let (node, ns, params) = (r.node.as_ref(), r.ns.as_str(), r.params);
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -685,30 +621,16 @@ fn put_command(
     }
 }
 
-async fn put_item<const SEGMENT: bool>(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: ItemPathArg,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: JsonBody,
-) -> Result<Response> {
-    let kind = kind_of(SEGMENT);
-    let (ns, key) = item_path(p, kind.as_str())?;
-    let (node, actor, method, uri, headers) =
-        (node.as_ref(), actor.as_str(), &method, &uri, &headers);
-    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(uri)?)?;
-    let command = put_command(
-        kind,
-        ns.clone(),
-        key.clone(),
-        definition,
-        condition(headers)?,
-    );
-    let revision = submit(node, actor, headers, method, uri, &body.raw, command)
-        .await?
-        .revision;
+async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) -> Result<Response> {
+    let kind = item_kind(SEGMENT);
+    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&w.uri)?)?;
+    let (ns, key) = (w.ns.clone(), w.key.clone());
+    let command = put_command(kind, ns.clone(), key.clone(), definition, w.condition);
+    let revision = submit(
+        &w.node, &w.actor, &w.headers, &w.method, &w.uri, &body.raw, command,
+    )
+    .await?
+    .revision;
     Ok(written(
         ItemWritten {
             namespace: ns,
@@ -721,20 +643,9 @@ async fn put_item<const SEGMENT: bool>(
     ))
 }
 
-async fn delete_item<const SEGMENT: bool>(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: ItemPathArg,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let kind = kind_of(SEGMENT);
-    let (ns, key) = item_path(p, kind.as_str())?;
-    let (node, actor, method, uri, headers) =
-        (node.as_ref(), actor.as_str(), &method, &uri, &headers);
-    let condition = condition(headers)?;
-    let command = if kind == ChangeKind::Flag {
+async fn delete_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>) -> Result<Response> {
+    let (ns, key, condition) = (w.ns.clone(), w.key.clone(), w.condition);
+    let command = if item_kind(SEGMENT) == ChangeKind::Flag {
         Command::DeleteFlag {
             ns: ns.clone(),
             key: key.clone(),
@@ -747,9 +658,11 @@ async fn delete_item<const SEGMENT: bool>(
             condition,
         }
     };
-    let revision = submit(node, actor, headers, method, uri, b"", command)
-        .await?
-        .revision;
+    let revision = submit(
+        &w.node, &w.actor, &w.headers, &w.method, &w.uri, b"", command,
+    )
+    .await?
+    .revision;
     Ok(written(
         ItemDeleted {
             namespace: ns,
@@ -924,9 +837,8 @@ async fn patch_attempt(
         let item = space.flags.get(key).ok_or_else(|| {
             ApiError::NotFound(format!("flag {key:?} does not exist in namespace {ns:?}"))
         })?;
-        let current = crate::watch_hub::parse_stored(ns, ChangeKind::Flag, key, &item.definition)
-            .map_err(ApiError::Conflict)?;
-        (current, item.version)
+        let current = item.definition.stored_json(ns, ChangeKind::Flag, key);
+        (current.map_err(ApiError::Conflict)?.clone(), item.version)
     };
     merge_patch(&mut definition, patch);
     let (text, warnings) = validate(ChangeKind::Flag, &definition, as_flagd)?;

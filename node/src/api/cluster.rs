@@ -22,7 +22,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{bearer, Admin};
+use crate::api::extract::Admin;
+use crate::auth::bearer;
 use crate::error::{ApiError, ErrorBody};
 use crate::node::Node;
 

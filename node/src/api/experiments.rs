@@ -21,8 +21,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{item_path, namespace_path, read_params, Admin, Caller, JsonBody};
+use crate::api::extract::{item_path, namespace_path, read_params, Admin, JsonBody};
 use crate::api::openapi::{ItemPath, NsPath, ReadQuery};
+use crate::auth::Caller;
 use crate::clock::wall_ms;
 use crate::error::ApiError;
 use crate::event_intake::{count_delta, ArmKey};
@@ -289,10 +290,7 @@ fn track(set: &FlagSet, items: &[TrackIn], t: &mut Tally) -> Result<(), ApiError
     if items.is_empty() {
         return Ok(());
     }
-    let experiments: Vec<&str> = set
-        .keys()
-        .filter(|k| set.get(k).is_some_and(|f| f.experiment().is_some()))
-        .collect();
+    let experiments: Vec<&str> = set.experiment_keys().collect();
     let mut evaluations = 0usize;
     let now = (wall_ms() / 1000) as i64;
     for (i, item) in items.iter().enumerate() {
@@ -505,8 +503,7 @@ async fn list_experiments(
     let state = node.state.read();
     let records: BTreeMap<&str, &ExperimentRecord> = state.experiments().records_of(&ns).collect();
     let mut flags: Vec<&str> = set
-        .keys()
-        .filter(|k| set.get(k).is_some_and(|f| f.experiment().is_some()))
+        .experiment_keys()
         .chain(records.keys().copied())
         .collect();
     flags.sort_unstable();
@@ -627,7 +624,7 @@ async fn experiment_results(
         let definition = state
             .namespace(&ns)
             .and_then(|s| s.flags.get(&flag))
-            .and_then(|i| serde_json::from_str::<Value>(&i.definition).ok());
+            .and_then(|i| i.definition.json().ok().cloned());
         (record, definition)
     };
     if experiment.is_none() && record.is_none() {

@@ -9,30 +9,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
-use flagstaff_raft_store::{Condition, IdempotencyKey};
+use flagstaff_raft_store::{ChangeKind, Condition, IdempotencyKey};
 use rand::RngCore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
+use crate::names::check_name;
 use crate::node::{Consistency, Node};
-
-/// SHA-256 (hex) of a secret: what the replicated state stores for keys and tokens.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// Who is calling: an admin (token name) or an SDK key bound to one namespace.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    Admin(String),
-    Sdk {
-        ns: String,
-        name: String,
-        hash: String,
-    },
-}
 
 /// Set by the web console on the requests it makes to this API on behalf of a signed-in admin
 /// (after checking the session cookie). Clients cannot set request extensions, so this never
@@ -48,103 +33,13 @@ impl ConsoleActor {
     }
 }
 
-impl Caller {
-    fn identify(parts: &Parts, node: &Node) -> Result<Caller, ApiError> {
-        if let Some(ConsoleActor(name)) = parts.extensions.get::<ConsoleActor>() {
-            return Ok(Caller::Admin(name.clone()));
-        }
-        let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        Caller::of_secret(presented, node)
+/// Who is calling, from the request: the console's signed-in admin, else the bearer secret.
+fn identify(parts: &Parts, node: &Node) -> Result<Caller, ApiError> {
+    if let Some(ConsoleActor(name)) = parts.extensions.get::<ConsoleActor>() {
+        return Ok(Caller::Admin(name.clone()));
     }
-
-    /// The caller a presented secret (admin token or SDK key) names, for any protocol.
-    pub fn of_secret(presented: &str, node: &Node) -> Result<Caller, ApiError> {
-        if let Some(name) = Caller::configured_admin(presented, node) {
-            return Ok(Caller::Admin(name));
-        }
-        // Stored secrets are looked up by their hash, so timing reveals nothing about them.
-        let hash = hash_secret(presented);
-        let state = node.state.read();
-        if let Some(t) = state.admin_tokens().get(&hash) {
-            return Ok(Caller::Admin(t.name.clone()));
-        }
-        if let Some(k) = state.sdk_keys().get(&hash) {
-            return Ok(Caller::Sdk {
-                ns: k.ns.clone(),
-                name: k.name.clone(),
-                hash,
-            });
-        }
-        Err(ApiError::Unauthenticated)
-    }
-
-    /// May this caller read namespace `ns`?
-    pub fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        match self {
-            Caller::Admin(_) => Ok(()),
-            Caller::Sdk { ns: bound, .. } if bound == ns => Ok(()),
-            Caller::Sdk { ns: bound, .. } => Err(ApiError::Forbidden(format!(
-                "this SDK key is for namespace {bound:?}, not {ns:?}"
-            ))),
-        }
-    }
-
-    /// After a read barrier: the key must still exist at the revision the read reflects.
-    pub fn check_still_valid(&self, node: &Node) -> Result<(), ApiError> {
-        if self.still_valid(node) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthenticated)
-        }
-    }
-
-    /// The name of the configured admin token `presented` is, if it is one.
-    fn configured_admin(presented: &str, node: &Node) -> Option<String> {
-        node.config
-            .admin_tokens
-            .iter()
-            .find(|(_, token)| {
-                !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
-            })
-            .map(|(name, _)| name.clone())
-    }
-
-    /// The admin token `presented` names, if it is one (configured or created through the API).
-    pub fn admin_name(presented: &str, node: &Node) -> Option<String> {
-        Caller::configured_admin(presented, node).or_else(|| {
-            let state = node.state.read();
-            state
-                .admin_tokens()
-                .get(&hash_secret(presented))
-                .map(|t| t.name.clone())
-        })
-    }
-
-    /// Is the admin token whose SHA-256 is `credential` still an admin token called `name`
-    /// (configured, or created through the API and not revoked)? A token revoked and created
-    /// again under the same name, or a configured secret that changed, is another credential.
-    pub fn admin_credential_valid(name: &str, credential: &str, node: &Node) -> bool {
-        let configured = node.config.admin_tokens.iter().any(|(n, token)| {
-            n == name
-                && !token.is_empty()
-                && bool::from(hash_secret(token).as_bytes().ct_eq(credential.as_bytes()))
-        });
-        configured
-            || node
-                .state
-                .read()
-                .admin_tokens()
-                .get(credential)
-                .is_some_and(|t| t.name == name)
-    }
-
-    /// False once an SDK key has been revoked (as this node's state knows).
-    pub fn still_valid(&self, node: &Node) -> bool {
-        match self {
-            Caller::Admin(_) => true,
-            Caller::Sdk { hash, .. } => node.state.read().sdk_keys().contains_key(hash),
-        }
-    }
+    let presented = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+    Caller::of_secret(presented, node)
 }
 
 impl FromRequestParts<Arc<Node>> for Caller {
@@ -159,7 +54,7 @@ impl FromRequestParts<Arc<Node>> for Caller {
         if let Some(rev) = min_revision {
             node.wait_revision(rev).await?;
         }
-        Caller::identify(parts, node)
+        identify(parts, node)
     }
 }
 
@@ -170,21 +65,13 @@ impl FromRequestParts<Arc<Node>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        match Caller::identify(parts, node)? {
+        match identify(parts, node)? {
             Caller::Admin(name) => Ok(Admin(name)),
             Caller::Sdk { .. } => Err(ApiError::Forbidden(
                 "this route needs an admin token, not an SDK key".into(),
             )),
         }
     }
-}
-
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
 }
 
 /// A request body read with the node's size limit, kept as bytes (for fingerprints) and parsed
@@ -288,27 +175,6 @@ pub fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a non-negative integer")))
 }
 
-/// Names of namespaces, flags and segments: 1–128 characters of `A-Z a-z 0-9 . _ -`, starting
-/// with a letter or digit.
-pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{what}: {name:?} is not a valid name (1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit)"
-        )))
-    }
-}
-
 /// The `{ns}` path segment, checked as a name.
 pub fn namespace_path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -325,6 +191,96 @@ pub fn item_path(
     check_name("namespace", &ns)?;
     check_name(what, &key)?;
     Ok((ns, key))
+}
+
+/// A flag (`SEGMENT = false`) or segment item of the API: `…/{ns}/flags/{key}` or
+/// `…/{ns}/segments/{key}`.
+pub const fn item_kind(segment: bool) -> ChangeKind {
+    if segment {
+        ChangeKind::Segment
+    } else {
+        ChangeKind::Flag
+    }
+}
+
+/// An admin's read of one flag or segment (`GET …/{ns}/flags/{key}`, `…/segments/{key}`): the
+/// checked path and the read parameters (`consistency`, `min_revision`).
+pub struct ItemRead<const SEGMENT: bool> {
+    pub node: Arc<Node>,
+    pub ns: String,
+    pub key: String,
+    pub params: ReadParams,
+}
+
+impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemRead<SEGMENT> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        Admin::from_request_parts(parts, node).await?;
+        let path = Path::<(String, String)>::from_request_parts(parts, node).await;
+        let (ns, key) = item_path(path, item_kind(SEGMENT).as_str())?;
+        let params = read_params(parts.uri.query(), node, true)?;
+        let node = node.clone();
+        Ok(ItemRead {
+            node,
+            ns,
+            key,
+            params,
+        })
+    }
+}
+
+/// An admin's read of a namespace's flags or segments (`GET …/{ns}/flags`, `…/segments`).
+pub struct ListRead<const SEGMENT: bool> {
+    pub node: Arc<Node>,
+    pub ns: String,
+    pub params: ReadParams,
+}
+
+impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ListRead<SEGMENT> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        Admin::from_request_parts(parts, node).await?;
+        let ns = namespace_path(Path::<String>::from_request_parts(parts, node).await)?;
+        let params = read_params(parts.uri.query(), node, true)?;
+        let node = node.clone();
+        Ok(ListRead { node, ns, params })
+    }
+}
+
+/// An admin's write to one flag or segment (`PUT`, `PATCH`, `DELETE` of `…/{ns}/flags/{key}`
+/// or `…/segments/{key}`): the actor, the checked path, its condition (`If-Match`,
+/// `If-None-Match`) and what the idempotency key is made of. A body, if any, is read after it.
+pub struct ItemWrite<const SEGMENT: bool> {
+    pub node: Arc<Node>,
+    pub actor: String,
+    pub ns: String,
+    pub key: String,
+    pub condition: Condition,
+    pub method: Method,
+    pub uri: axum::http::Uri,
+    pub headers: HeaderMap,
+}
+
+impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemWrite<SEGMENT> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let Admin(actor) = Admin::from_request_parts(parts, node).await?;
+        let path = Path::<(String, String)>::from_request_parts(parts, node).await;
+        let (ns, key) = item_path(path, item_kind(SEGMENT).as_str())?;
+        Ok(ItemWrite {
+            node: node.clone(),
+            actor,
+            ns,
+            key,
+            condition: condition(&parts.headers)?,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
 }
 
 /// `If-Match: "<version>"` or `If-None-Match: *`.

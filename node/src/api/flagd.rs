@@ -16,9 +16,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::admin::submit;
-use crate::api::extract::{check_name, read_params, Admin, ImportBody};
+use crate::api::extract::{read_params, Admin, ImportBody};
 use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
 use crate::error::ApiError;
+use crate::names::check_name;
 use crate::node::Node;
 
 const SCHEMA: &str = "https://flagd.dev/schema/v0/flags.json";
@@ -72,7 +73,7 @@ async fn export(
     let space = state
         .namespace(&ns)
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
-    let (flags, evaluators) = crate::api::sdk::definitions(&ns, space);
+    let (flags, evaluators) = crate::flag_sets::definitions(&ns, space);
     Ok(Json(FlagdDocument {
         schema: SCHEMA,
         flags,

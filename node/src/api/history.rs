@@ -16,8 +16,7 @@ use crate::api::extract::{parse_u64, read_params, Admin};
 use crate::api::openapi::{NsPath, ReadQuery};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::watch_hub::parse;
-use flagstaff_raft_store::ChangeKind;
+use flagstaff_raft_store::{ChangeKind, Definition};
 
 const MAX_PAGE: usize = 1000;
 
@@ -125,12 +124,9 @@ async fn history(
                 key: i.key.clone(),
                 before: i
                     .before
-                    .as_deref()
+                    .as_ref()
                     .map(|d| value_of(&c.ns, i.kind, &i.key, d)),
-                after: i
-                    .after
-                    .as_deref()
-                    .map(|d| value_of(&c.ns, i.kind, &i.key, d)),
+                after: i.after.as_ref().map(|d| value_of(&c.ns, i.kind, &i.key, d)),
             })
             .collect();
         changes.push(HistoryChange {
@@ -152,10 +148,10 @@ async fn history(
 
 /// A flag or segment definition as JSON (`null`, logged, if it does not parse); a namespace's
 /// description as a string.
-fn value_of(ns: &str, kind: ChangeKind, key: &str, text: &str) -> serde_json::Value {
+fn value_of(ns: &str, kind: ChangeKind, key: &str, stored: &Definition) -> serde_json::Value {
     if kind == ChangeKind::Namespace {
-        serde_json::Value::String(text.to_string())
+        serde_json::Value::String(stored.text().to_string())
     } else {
-        parse(ns, kind, key, text)
+        stored.json_or_null(ns, kind, key)
     }
 }

@@ -18,9 +18,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::admin::submit;
-use crate::api::extract::{check_name, hash_secret, read_params, Admin, JsonBody};
+use crate::api::extract::{read_params, Admin, JsonBody};
 use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
+use crate::auth::hash_secret;
 use crate::error::ApiError;
+use crate::names::check_name;
 use crate::node::Node;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {

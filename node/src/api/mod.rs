@@ -1,4 +1,5 @@
-//! The client listener's HTTP API: one router per concern, merged in [`client_router`].
+//! The client listener's HTTP API: one router per concern, merged in [`documented_routes`]
+//! (the console is added on top of it in `server.rs::client_router`).
 
 pub mod admin;
 pub mod cluster;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use utoipa::OpenApi as _;
@@ -61,17 +62,6 @@ pub fn openapi_json() -> String {
     openapi::document_json(api)
 }
 
-/// The client listener: admin API, SDK API, OFREP, cluster operations, health, the OpenAPI
-/// document and the web console (`/ui`).
-pub fn client_router(node: Arc<Node>) -> Router {
-    let (routes, _) = documented_routes().split_for_parts();
-    let api = routes.with_state(node.clone());
-    api.clone()
-        .merge(crate::ui::router(node.clone(), api))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn_with_state(node, flagstaff_headers))
-}
-
 /// The `--listen-metrics` listener: `GET /metrics` and nothing else.
 pub fn metrics_router(node: Arc<Node>) -> Router {
     Router::new()
@@ -82,7 +72,11 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
 
 /// Adds `Flagstaff-Cluster`, `Flagstaff-Node`, `Flagstaff-Leader` and (unless the handler set
 /// the revision its answer reflects) `Flagstaff-Revision` to every response.
-async fn flagstaff_headers(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+pub async fn flagstaff_headers(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&node.cluster_id) {

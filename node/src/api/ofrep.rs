@@ -3,8 +3,7 @@
 //! runs). The namespace comes from the SDK key (an admin token names it with `?namespace=` or
 //! the `Flagstaff-Namespace` header). Reads are bounded-stale by default.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -18,14 +17,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{read_params, Caller, JsonBody};
+use crate::api::extract::{read_params, JsonBody};
 use crate::api::openapi::ReadQuery;
 use crate::api::{revision_header, staleness_header};
+use crate::auth::Caller;
 use crate::clock::wall_ms;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::watch_hub::parse;
-use flagstaff_raft_store::ChangeKind;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -89,51 +87,6 @@ struct NamespaceParam {
 struct EvaluationRequest {
     #[schema(value_type = Option<Object>)]
     context: Option<Value>,
-}
-
-/// Compiled flag sets per namespace, rebuilt when the namespace changed.
-#[derive(Default)]
-pub struct FlagSetCache {
-    sets: Mutex<HashMap<String, (u64, Arc<FlagSet>)>>,
-}
-
-impl FlagSetCache {
-    /// The namespace's compiled flags as of the node's current state, and the namespace's last
-    /// change revision; `None` if it does not exist.
-    pub fn get(&self, node: &Node, ns: &str) -> Option<(u64, Arc<FlagSet>)> {
-        let (last_change, flags, segments) = {
-            let state = node.state.read();
-            let space = state.namespace(ns)?;
-            if let Some((rev, set)) = self.sets.lock().unwrap_or_else(|e| e.into_inner()).get(ns) {
-                if *rev == space.last_change {
-                    return Some((*rev, set.clone()));
-                }
-            }
-            let flags: Vec<(String, Value)> = space
-                .flags
-                .iter()
-                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Flag, k, &i.definition)))
-                .collect();
-            let segments: BTreeMap<String, Value> = space
-                .segments
-                .iter()
-                .map(|(k, i)| (k.clone(), parse(ns, ChangeKind::Segment, k, &i.definition)))
-                .collect();
-            (space.last_change, flags, segments)
-        };
-        // Compile outside the state lock; definitions were validated before they were written.
-        let (set, _faults) = FlagSet::build(
-            flags.iter().map(|(k, v)| (k.as_str(), v)),
-            &segments,
-            &Map::new(),
-        );
-        let set = Arc::new(set);
-        self.sets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ns.to_string(), (last_change, set.clone()));
-        Some((last_change, set))
-    }
 }
 
 fn namespace_of(

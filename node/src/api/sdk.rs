@@ -8,7 +8,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flagstaff_raft_store::{Change, ChangeKind, Namespace, State as StoreState};
+use flagstaff_raft_store::{Change, State as StoreState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
@@ -16,12 +16,13 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{namespace_path, parse_u64, read_params, Caller};
+use crate::api::extract::{namespace_path, parse_u64, read_params};
 use crate::api::openapi::{NsPath, ReadQuery};
 use crate::api::{revision_header, staleness_header};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
-use crate::watch_hub::{parse, sse_frame, sse_frame_no_id, CredentialsSeen, HubMessage, Tick};
+use crate::watch_hub::{sse_frame, sse_frame_no_id, CredentialsSeen, HubMessage, Tick};
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -41,18 +42,6 @@ pub struct NamespaceSnapshot {
     /// Segment key → JsonLogic rule.
     #[schema(value_type = BTreeMap<String, Object>)]
     segments: Map<String, Value>,
-}
-
-/// A namespace's flags and segments as JSON maps (key → definition).
-pub fn definitions(ns: &str, space: &Namespace) -> (Map<String, Value>, Map<String, Value>) {
-    let parsed = |kind: ChangeKind| -> Map<String, Value> {
-        space
-            .items(kind)
-            .iter()
-            .map(|(k, i)| (k.clone(), parse(ns, kind, k, &i.definition)))
-            .collect()
-    };
-    (parsed(ChangeKind::Flag), parsed(ChangeKind::Segment))
 }
 
 fn not_found(ns: &str) -> ApiError {

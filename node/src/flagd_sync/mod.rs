@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::extract::{bearer, Caller};
+use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
 use crate::tls::ServerTls;
@@ -224,7 +224,7 @@ fn selected_namespace<T>(req: &Request<T>, body_selector: &str) -> Result<String
         }
         None => raw,
     };
-    crate::api::extract::check_name("selector", ns)
+    crate::names::check_name("selector", ns)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(ns.to_string())
 }
@@ -283,7 +283,7 @@ fn document(node: &Node, ns: &str, provider: &Provider) -> Result<(String, u64),
     let found = {
         let state = node.state.read();
         state.namespace(ns).map(|space| {
-            let (flags, evaluators) = crate::api::sdk::definitions(ns, space);
+            let (flags, evaluators) = crate::flag_sets::definitions(ns, space);
             (flags, evaluators, space.last_change)
         })
     };

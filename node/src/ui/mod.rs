@@ -28,7 +28,7 @@ use axum::Router;
 use minijinja::Environment;
 use serde_json::{json, Value};
 
-use crate::api::extract::{hash_secret, Caller};
+use crate::auth::{hash_secret, Caller};
 use crate::node::Node;
 use api::Api;
 use session::{Session, Signer, LOGIN_COOKIE, SESSION_COOKIE};

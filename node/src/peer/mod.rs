@@ -1,5 +1,11 @@
 //! The peer protocol: postcard bodies (with the format-version byte) over HTTP POST on the peer
 //! listener, authenticated by the cluster secret and checked against the cluster id.
+//!
+//! One module for the whole protocol: the wire types and the client (this file), the server
+//! (`server.rs`: the peer listener's routes) and openraft's network over it (`network.rs`).
+
+pub mod network;
+pub mod server;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use flagstaff_raft_store::{NodeId, TypeConfig};
 
-use crate::api::extract::bearer;
+use crate::auth::bearer;
 use crate::node::Node;
 use crate::peer::{
     identity_proof, ForwardReply, ForwardRequest, IdentifyReply, IdentifyRequest, PeerRefusal,
