@@ -230,12 +230,14 @@ impl ClientBuilder {
         let report = load_local(&shared);
         shared.refresh_status();
         let (stop_tx, stop_rx) = watch::channel(false);
-        spawn_tasks(shared.clone(), stop_rx);
+        let (ended_tx, ended) = watch::channel(false);
+        spawn_tasks(shared.clone(), stop_rx, ended_tx);
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
                 report,
                 stop: stop_tx,
+                ended,
             }),
         })
     }
@@ -369,7 +371,9 @@ fn load_local(shared: &Shared) -> StartupReport {
     StartupReport { lkg, bootstrap }
 }
 
-fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+/// Starts the background work; `ended` turns true once all of it has returned (the last event
+/// flush included), and its sender is dropped if the work cannot start.
+fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>, ended: watch::Sender<bool>) {
     let work = async move {
         // One HTTP client for the sync loop and the event sender (none when offline).
         let http = if shared.endpoints.is_empty() {
@@ -421,6 +425,7 @@ fn spawn_tasks(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         };
         // The sender stops on the same signal, after one last bounded flush.
         tokio::join!(background, send_events);
+        let _ = ended.send(true);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
@@ -551,6 +556,8 @@ struct Inner {
     shared: Arc<Shared>,
     report: StartupReport,
     stop: watch::Sender<bool>,
+    /// True once the background work has ended (see [`Client::shutdown`]).
+    ended: watch::Receiver<bool>,
 }
 
 impl Drop for Inner {
@@ -753,9 +760,20 @@ impl Client {
 
     /// Stops the background work (also done when the last clone is dropped). Evaluation keeps
     /// working on the data held. Returns at once; the event sender then makes one last
-    /// attempt, bounded by one second, to send the experiment events not yet sent.
+    /// attempt, bounded by one second, to send the experiment events not yet sent (await
+    /// [`shutdown`](Self::shutdown) to know it is done).
     pub fn close(&self) {
         let _ = self.inner.stop.send(true);
+    }
+
+    /// [`close`](Self::close), then waits until the background work has ended, its last
+    /// experiment-event flush included (bounded by one second), so that a process may exit
+    /// right after without losing the last interval's events. Evaluation keeps working.
+    pub async fn shutdown(&self) {
+        self.close();
+        let mut ended = self.inner.ended.clone();
+        // An error: the work never started, or has ended and dropped its sender.
+        let _ = ended.wait_for(|done| *done).await;
     }
 
     /// `INVALID_CONTEXT` when `ctx` is larger than `Limits::max_context_bytes`.

@@ -282,3 +282,46 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
     c.shutdown().await;
     Ok(())
 }
+
+/// `Client::shutdown` returns only once the last flush is done: with an interval far longer
+/// than the test, the exposures reach the cluster through that flush alone, and every one of
+/// them is recorded when it returns (a node answers a batch once it is committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_after_the_last_flush_of_events() -> Result<(), String> {
+    let c = TestCluster::start(3, tune).await;
+    let leader = c.wait_leader().await;
+    c.create_namespace(leader, "shop").await;
+    let flag = experiment_flag("control", "treatment");
+    let (s, b) = c
+        .put(leader, "/v1/namespaces/shop/flags/checkout", flag)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = c
+        .post(
+            leader,
+            "/v1/namespaces/shop/sdk-keys",
+            json!({"name": "app"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let key = b["secret"].as_str().unwrap().to_string();
+    let client = flagstaff_client::Client::builder("shop", key)
+        .endpoints(vec![c.node(leader).api.clone()])
+        .events_interval(Duration::from_secs(3600))
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let users = 300u64;
+    for i in 0..users {
+        let ctx = flagstaff_client::context().with_targeting_key(format!("user-{i}"));
+        let d = client.string_details("checkout", &ctx, "none");
+        assert!(d.variant.is_some(), "{d:?}");
+    }
+    client.shutdown().await;
+    let report = results(&c, leader).await.ok_or("no results")?;
+    assert_eq!(total_exposures(&report), users, "{report}");
+    Ok(())
+}

@@ -1,14 +1,16 @@
 //! [`Definition`]: a flag or segment definition as the state holds it, parsed once.
 //!
 //! The log, snapshots, rows and backups carry a definition as its compact JSON text (postcard
-//! cannot carry `serde_json::Value`). The text is parsed once, when it enters the state: in
-//! `apply`, or when rows, a snapshot or a backup are decoded. From then on every reader (the
-//! reference index, the watch hub, the OFREP cache, the SDK snapshot, history and admin reads)
-//! shares that one parse; a clone is a reference count. The history shares the items' own
-//! definitions, so it costs no second parse either.
+//! cannot carry `serde_json::Value`). The text is parsed at most once: a flag or segment when it
+//! enters the state (in `apply`, or when rows, a snapshot or a backup are loaded: the reference
+//! index reads every item then), a history entry loaded from disk when it is first read. From
+//! then on every reader (the reference index, the watch hub, the OFREP cache, the SDK snapshot,
+//! history and admin reads) shares that one parse; a clone is a reference count. A change made
+//! while the node runs shares the items' own definitions, so it costs no parse of its own; and a
+//! long history loaded at start costs no parsing until someone reads it.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -22,15 +24,29 @@ pub struct Definition(Arc<Parsed>);
 
 struct Parsed {
     text: Box<str>,
-    json: Result<Value, String>,
+    json: OnceLock<Result<Value, String>>,
+}
+
+fn parse_text(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 impl Definition {
-    /// Parses `text` (once; every clone shares the result).
+    /// Parses `text` now (every clone shares the result).
     pub fn parse(text: impl Into<Box<str>>) -> Self {
+        let d = Self::unparsed(text.into());
+        let _ = d.json();
+        d
+    }
+
+    /// Keeps `text`, to be parsed when it is first read (or never: a namespace's description in
+    /// the history is text).
+    pub fn unparsed(text: impl Into<Box<str>>) -> Self {
         let text = text.into();
-        let json = serde_json::from_str(&text).map_err(|e| e.to_string());
-        Self(Arc::new(Parsed { text, json }))
+        Self(Arc::new(Parsed {
+            text,
+            json: OnceLock::new(),
+        }))
     }
 
     /// The JSON text, as written to the log and to disk.
@@ -40,7 +56,8 @@ impl Definition {
 
     /// The parsed definition; the parser's message if the text is not JSON.
     pub fn json(&self) -> Result<&Value, &str> {
-        self.0.json.as_ref().map_err(String::as_str)
+        let json = self.0.json.get_or_init(|| parse_text(&self.0.text));
+        json.as_ref().map_err(String::as_str)
     }
 
     /// The parsed definition of item `key` (`kind`) in namespace `ns`. Definitions are validated
@@ -101,7 +118,7 @@ impl From<&str> for Definition {
 }
 
 /// Written as its text: the stored form is unchanged, so earlier rows, snapshots and backups
-/// read as before.
+/// read as before. Read back, it is parsed on its first use.
 impl Serialize for Definition {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.text())
@@ -110,7 +127,7 @@ impl Serialize for Definition {
 
 impl<'de> Deserialize<'de> for Definition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Definition::parse)
+        String::deserialize(d).map(Definition::unparsed)
     }
 }
 
@@ -131,6 +148,12 @@ mod tests {
         assert_eq!(back.json().unwrap()["state"], "ENABLED");
         let clone = d.clone();
         assert!(std::ptr::eq(clone.json().unwrap(), d.json().unwrap()));
+        // Read back: parsed on first use, then shared by its clones too.
+        let read_clone = back.clone();
+        assert!(std::ptr::eq(
+            read_clone.json().unwrap(),
+            back.json().unwrap()
+        ));
     }
 
     #[test]

@@ -562,14 +562,14 @@ impl State {
                 check(*condition, current)?;
                 let revision = self.meta.revision + 1;
                 let entry = self.namespaces.entry(ns.clone()).or_default();
-                let before = current.map(|_| Definition::parse(entry.description.as_str()));
+                let before = current.map(|_| Definition::unparsed(entry.description.as_str()));
                 entry.version = revision;
                 entry.description = description.clone();
                 let item = ChangeItem {
                     kind: ChangeKind::Namespace,
                     key: ns.clone(),
                     before,
-                    after: Some(Definition::parse(description.as_str())),
+                    after: Some(Definition::unparsed(description.as_str())),
                 };
                 self.finish_change(ns, actor, vec![item], limits, rows)
             }
@@ -600,7 +600,7 @@ impl State {
                 items.push(ChangeItem {
                     kind: ChangeKind::Namespace,
                     key: ns.clone(),
-                    before: Some(Definition::parse(removed.description)),
+                    before: Some(Definition::unparsed(removed.description)),
                     after: None,
                 });
                 rows.push((ns_key(ns), None));
