@@ -111,7 +111,7 @@ pub struct IfMatch {
     if_match: Option<String>,
 }
 
-/// `If-None-Match: *`: create only (409 if the item exists).
+/// `If-None-Match: *`: create only (412 if the item exists, with its current version).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
@@ -157,7 +157,10 @@ pub fn document_errors(api: &mut OpenApi) {
             409,
             "conflicts with the current state (exists already, still referenced, membership)",
         ),
-        (412, "If-Match names another version than the current one"),
+        (
+            412,
+            "If-Match names another version than the current one, or If-None-Match: * and the item exists",
+        ),
         (
             408,
             "the request body was not received within the body-read timeout",
