@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 
-use common::cluster::{bool_flag, experiment_flag, TestCluster};
+use common::cluster::{bool_flag, TestCluster};
 use common::example_bin;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn tune(cfg: &mut flagstaff_node::NodeConfig) {
     cfg.events_interval = Duration::from_millis(200);
@@ -122,28 +122,13 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
 ) -> Result<(), String> {
     let mut c = TestCluster::start(3, tune).await;
     let leader = c.wait_leader().await;
-    c.create_namespace(leader, "shop").await;
-    let (s, b) = c
-        .put(
-            leader,
-            "/v1/namespaces/shop/flags/checkout",
-            experiment_flag("control", "treatment"),
-        )
+    let key = c
+        .experiment_namespace(leader, "shop", "checkout", ("control", "treatment"))
         .await;
-    assert_eq!(s, 200, "{b}");
     let (s, b) = c
         .put(leader, "/v1/namespaces/shop/flags/banner", bool_flag("off"))
         .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = c
-        .post(
-            leader,
-            "/v1/namespaces/shop/sdk-keys",
-            json!({"name": "shop"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let key = b["secret"].as_str().unwrap().to_string();
     let endpoints: Vec<String> = (1..=3).map(|id| c.node(id).api.clone()).collect();
 
     // Two application processes, 1,000 users each; the leader is stopped when both are
@@ -290,21 +275,9 @@ async fn sdk_exposures_and_conversions_survive_a_leader_kill_and_recover_the_rat
 async fn shutdown_returns_after_the_last_flush_of_events() -> Result<(), String> {
     let c = TestCluster::start(3, tune).await;
     let leader = c.wait_leader().await;
-    c.create_namespace(leader, "shop").await;
-    let flag = experiment_flag("control", "treatment");
-    let (s, b) = c
-        .put(leader, "/v1/namespaces/shop/flags/checkout", flag)
+    let key = c
+        .experiment_namespace(leader, "shop", "checkout", ("control", "treatment"))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = c
-        .post(
-            leader,
-            "/v1/namespaces/shop/sdk-keys",
-            json!({"name": "app"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let key = b["secret"].as_str().unwrap().to_string();
     let client = flagstaff_client::Client::builder("shop", key)
         .endpoints(vec![c.node(leader).api.clone()])
         .events_interval(Duration::from_secs(3600))

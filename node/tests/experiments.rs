@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{experiment_flag, TestCluster};
+use common::TestCluster;
 use flagstaff_experiments::DistinctCount;
 use flagstaff_node::NodeConfig;
 use serde_json::{json, Value};
@@ -18,35 +18,8 @@ fn fast_flush(c: &mut NodeConfig) {
 const FLAG: &str = "checkout";
 
 async fn setup(c: &TestCluster, leader: u64) -> String {
-    c.create_namespace(leader, "shop").await;
-    let (s, b) = c
-        .put(
-            leader,
-            &format!("/v1/namespaces/shop/flags/{FLAG}"),
-            experiment_flag("control", "treatment"),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = c
-        .post(
-            leader,
-            "/v1/namespaces/shop/sdk-keys",
-            json!({"name": "shop"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let rev = b["revision"].as_u64().unwrap();
-    // Every node serves the key and the flag before the test sends anything.
-    for id in 1..=3 {
-        let (s, b) = c
-            .get(
-                id,
-                &format!("/v1/namespaces/shop/flags/{FLAG}?min_revision={rev}"),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
-    b["secret"].as_str().unwrap().to_string()
+    c.experiment_namespace(leader, "shop", FLAG, ("control", "treatment"))
+        .await
 }
 
 async fn send_events(c: &TestCluster, node: u64, key: &str, body: &Value) -> (u16, Value) {

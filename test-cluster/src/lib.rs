@@ -425,6 +425,35 @@ impl TestCluster {
         revision
     }
 
+    /// Creates namespace `ns` through node `via`, with flag `flag` running an A/B test
+    /// ([`experiment_flag`]`(control, treatment)`) and an SDK key, and waits until every running
+    /// node serves both. Returns the key's secret.
+    pub async fn experiment_namespace(
+        &self,
+        via: u64,
+        ns: &str,
+        flag: &str,
+        (control, treatment): (&str, &str),
+    ) -> String {
+        self.create_namespace(via, ns).await;
+        let path = format!("/v1/namespaces/{ns}/flags/{flag}");
+        let (s, b) = self
+            .put(via, &path, experiment_flag(control, treatment))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let keys = format!("/v1/namespaces/{ns}/sdk-keys");
+        let (s, key) = self.post(via, &keys, json!({"name": ns})).await;
+        assert_eq!(s, 200, "{key}");
+        let revision = key["revision"].as_u64().unwrap();
+        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+            let (s, b) = self
+                .get(n.id, &format!("{path}?min_revision={revision}"))
+                .await;
+            assert_eq!(s, 200, "node {}: {b}", n.id);
+        }
+        key["secret"].as_str().unwrap().to_string()
+    }
+
     pub fn revision(&self, id: u64) -> u64 {
         self.node(id)
             .running
