@@ -248,11 +248,7 @@ pub(super) async fn save_flag_form(
         None => {}
     }
     if is_new && form.key.is_empty() {
-        let faults = [FormFault {
-            path: "key".into(),
-            message: "give the flag a key".into(),
-        }];
-        return show(Outcome::faults(bad, &faults));
+        return show(Outcome::faults(bad, &missing_key("flag")));
     }
     let def = match checked_flag(&form) {
         Ok((d, _)) => d,
@@ -262,23 +258,21 @@ pub(super) async fn save_flag_form(
     if form.flagd_semantics {
         uri.push_str("?flagd_semantics=true");
     }
-    let a = s
-        .api
-        .call(Method::PUT, &uri, Some(&def), &[if_match(&form.version)])
-        .await;
-    if a.ok() {
-        return see_other(&format!(
-            "/ui/ns/{}/flags/{}?saved={}",
-            seg(ns),
-            seg(&form.key),
+    let save = Save {
+        ns,
+        kind: "flag",
+        key: &form.key,
+        version: &form.version,
+        definition: &def,
+    };
+    let (ns_seg, key_seg) = (seg(ns), seg(&form.key));
+    let done = |a: &Answer| {
+        format!(
+            "/ui/ns/{ns_seg}/flags/{key_seg}?saved={}",
             a.body["version"]
-        ));
-    }
-    if a.status == StatusCode::PRECONDITION_FAILED {
-        return conflict(ui, s, ns, "flag", &form.key, &def).await;
-    }
-    let faults = faults_of(&a);
-    show(Outcome::refused(&a, &faults))
+        )
+    };
+    put_from_editor(ui, s, save, &uri, done, show).await
 }
 
 pub(super) async fn reapply_flag(

@@ -220,6 +220,50 @@ impl<'a> Outcome<'a> {
     }
 }
 
+/// The fault of an editor saved without a key.
+fn missing_key(kind: &str) -> [FormFault; 1] {
+    [FormFault {
+        path: "key".into(),
+        message: format!("give the {kind} a key"),
+    }]
+}
+
+/// A checked definition from a flag or segment editor, on its way to the API.
+struct Save<'a> {
+    ns: &'a str,
+    kind: &'a str,
+    key: &'a str,
+    /// The version the editor was loaded at (empty: a new item, created only if absent).
+    version: &'a str,
+    definition: &'a Value,
+}
+
+/// The end of both editors' saves: `PUT` the definition to `uri` with the editor's version as
+/// its condition. Saved: a redirect to `done(answer)`. Someone else's write came first (412):
+/// the conflict page. Refused otherwise: the editor again (`show`) with the API's faults.
+async fn put_from_editor(
+    ui: &Ui,
+    s: &Signed,
+    save: Save<'_>,
+    uri: &str,
+    done: impl FnOnce(&Answer) -> String,
+    show: impl FnOnce(Outcome) -> Response,
+) -> Response {
+    let condition = [if_match(save.version)];
+    let a = s
+        .api
+        .call(Method::PUT, uri, Some(save.definition), &condition)
+        .await;
+    if a.ok() {
+        return see_other(&done(&a));
+    }
+    if a.status == StatusCode::PRECONDITION_FAILED {
+        return conflict(ui, s, save.ns, save.kind, save.key, save.definition).await;
+    }
+    let faults = faults_of(&a);
+    show(Outcome::refused(&a, &faults))
+}
+
 /// Someone else changed (or created) the item since the editor loaded it: their version next
 /// to this edit, with a diff, and the choice to save this edit over theirs or to edit it again.
 async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &Value) -> Response {

@@ -1,7 +1,7 @@
 //! Segment pages: the list and the rule editor.
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
@@ -126,36 +126,23 @@ pub(super) async fn save_segment_form(
     is_new: bool,
 ) -> Response {
     let bad = StatusCode::BAD_REQUEST;
+    let show = |outcome: Outcome| segment_editor(ui, s, ns, &form, is_new, outcome);
     if form.key.is_empty() {
-        let faults = [FormFault {
-            path: "key".into(),
-            message: "give the segment a key".into(),
-        }];
-        return segment_editor(ui, s, ns, &form, is_new, Outcome::faults(bad, &faults));
+        return show(Outcome::faults(bad, &missing_key("segment")));
     }
     let rule = match checked_segment(form.rule) {
         Ok(r) => r,
-        Err(faults) => {
-            return segment_editor(ui, s, ns, &form, is_new, Outcome::faults(bad, &faults))
-        }
+        Err(faults) => return show(Outcome::faults(bad, &faults)),
     };
-    let a = s
-        .api
-        .call(
-            Method::PUT,
-            &segment_uri(ns, form.key),
-            Some(&rule),
-            &[if_match(form.version)],
-        )
-        .await;
-    if a.ok() {
-        return see_other(&format!("/ui/ns/{}/segments", seg(ns)));
-    }
-    if a.status == StatusCode::PRECONDITION_FAILED {
-        return conflict(ui, s, ns, "segment", form.key, &rule).await;
-    }
-    let faults = faults_of(&a);
-    segment_editor(ui, s, ns, &form, is_new, Outcome::refused(&a, &faults))
+    let save = Save {
+        ns,
+        kind: "segment",
+        key: form.key,
+        version: form.version,
+        definition: &rule,
+    };
+    let done = |_: &Answer| format!("/ui/ns/{}/segments", seg(ns));
+    put_from_editor(ui, s, save, &segment_uri(ns, form.key), done, show).await
 }
 
 pub(super) async fn save_new_segment(
