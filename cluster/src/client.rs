@@ -288,24 +288,12 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
             conn,
             namespace,
             key,
-        } => {
-            let patch = json!({ "state": "ENABLED" });
-            (
-                conn,
-                Call::new(Method::PATCH, flag(&namespace, &key), revision).with(patch),
-            )
-        }
+        } => (conn, set_state(flag(&namespace, &key), "ENABLED")),
         FlagCmd::Disable {
             conn,
             namespace,
             key,
-        } => {
-            let patch = json!({ "state": "DISABLED" });
-            (
-                conn,
-                Call::new(Method::PATCH, flag(&namespace, &key), revision).with(patch),
-            )
-        }
+        } => (conn, set_state(flag(&namespace, &key), "DISABLED")),
         FlagCmd::Import {
             conn,
             namespace,
@@ -343,6 +331,11 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
         ),
     };
     conn.run(call).await
+}
+
+/// Enable or disable (kill switch) the flag at `path`: a merge patch of its `state`.
+fn set_state(path: String, state: &str) -> Call {
+    Call::new(Method::PATCH, path, revision).with(json!({ "state": state }))
 }
 
 fn show_flag(v: &Value) -> String {
