@@ -867,7 +867,7 @@ impl Client {
                     return;
                 };
                 let mut arms: Vec<(&str, &str)> = Vec::new();
-                for key in d.experiments.keys() {
+                for key in d.flags.experiment_keys() {
                     let counts = d
                         .flags
                         .get(key)

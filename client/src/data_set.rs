@@ -237,20 +237,19 @@ pub(crate) struct DataSet {
     pub experiments: ExperimentFlags,
 }
 
-/// The flags of a data set that have an `experiment` field, found once per data set so that
-/// evaluating any other flag costs one branch: a bit per key length (modulo 64) that some
-/// experiment flag has. Only a key whose length bit is set is looked up again.
+/// A filter over the flags of a data set that have an `experiment` field (their keys are
+/// `FlagSet::experiment_keys`), so that evaluating any other flag costs one branch: a bit per
+/// key length (modulo 64) that some experiment flag has. Only a key whose length bit is set is
+/// looked up again.
 #[derive(Debug, Default)]
 pub(crate) struct ExperimentFlags {
     lengths: u64,
-    keys: Box<[Box<str>]>,
 }
 
 impl ExperimentFlags {
     fn of(flags: &FlagSet) -> Self {
-        let keys: Box<[Box<str>]> = flags.experiment_keys().map(Into::into).collect();
-        let lengths = keys.iter().fold(0u64, |m, k| m | Self::bit(k));
-        Self { lengths, keys }
+        let lengths = flags.experiment_keys().fold(0u64, |m, k| m | Self::bit(k));
+        Self { lengths }
     }
 
     #[inline(always)]
@@ -263,11 +262,6 @@ impl ExperimentFlags {
     #[inline(always)]
     pub fn may_include(&self, key: &str) -> bool {
         self.lengths & Self::bit(key) != 0
-    }
-
-    /// The experiment flags' keys, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| &**k)
     }
 }
 

@@ -9,12 +9,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 
 use common::cluster::{bool_flag, TestCluster};
-use common::example_bin;
+use common::{example_bin, json_lines};
 use serde_json::Value;
 
 fn tune(cfg: &mut flagstaff_node::NodeConfig) {
@@ -46,17 +46,7 @@ impl Simulator {
             .expect("starting the simulator");
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let lines = json_lines(stdout);
         Simulator {
             child,
             stdin,

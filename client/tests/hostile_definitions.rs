@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{example_bin, flagstaff_bin};
+use common::{example_bin, flagstaff_bin, json_lines};
 use jepsen_like_tests::cluster::{Cluster, NodeOptions};
 use serde_json::{json, Value};
 
@@ -87,17 +86,7 @@ impl App {
             .spawn()
             .expect("starting the application");
         let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let lines = json_lines(stdout);
         App {
             child,
             lines,

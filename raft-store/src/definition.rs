@@ -99,12 +99,6 @@ impl PartialEq for Definition {
 
 impl Eq for Definition {}
 
-impl PartialEq<str> for Definition {
-    fn eq(&self, other: &str) -> bool {
-        self.text() == other
-    }
-}
-
 impl fmt::Debug for Definition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.text(), f)

@@ -831,13 +831,13 @@ impl State {
         let existing = items.get(key);
         check(condition, existing.map(|i| i.version))?;
         check_size(kind, "definition", definition, limits)?;
-        let definition = Definition::parse(definition);
         if existing.is_none() {
             check_count(kind, items.len() + 1, limits, kind_section(kind))?;
         }
         let old_len = existing.map_or(0, |i| i.definition.len());
         let bytes = space.refs.bytes - old_len + definition.len();
         check_namespace_bytes(kind_section(kind), bytes, limits)?;
+        let definition = Definition::parse(definition);
         let refs = refs_of(kind, &definition).map_err(|message| ApplyError::InvalidDefinition {
             path: "definition".into(),
             message: message.to_string(),

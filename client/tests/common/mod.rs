@@ -117,6 +117,24 @@ impl Evaluator {
     }
 }
 
+/// The JSON lines a child process prints, as they come (a reader thread; other lines are
+/// skipped). The channel closes when the process closes its output.
+pub fn json_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::{BufRead, BufReader};
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    lines
+}
+
 /// The `flagstaff` binary: `$FLAGSTAFF_BIN`, else next to this test executable
 /// (`target/<profile>/deps/…` → `target/<profile>/flagstaff`), else `$CARGO_TARGET_DIR/debug`,
 /// else built now (`built`).

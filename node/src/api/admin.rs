@@ -622,15 +622,22 @@ fn put_command(
 }
 
 async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) -> Result<Response> {
+    let ItemWrite {
+        node,
+        actor,
+        ns,
+        key,
+        condition,
+        method,
+        uri,
+        headers,
+    } = w;
     let kind = item_kind(SEGMENT);
-    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&w.uri)?)?;
-    let (ns, key) = (w.ns.clone(), w.key.clone());
-    let command = put_command(kind, ns.clone(), key.clone(), definition, w.condition);
-    let revision = submit(
-        &w.node, &w.actor, &w.headers, &w.method, &w.uri, &body.raw, command,
-    )
-    .await?
-    .revision;
+    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&uri)?)?;
+    let command = put_command(kind, ns.clone(), key.clone(), definition, condition);
+    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
+        .await?
+        .revision;
     Ok(written(
         ItemWritten {
             namespace: ns,
@@ -644,7 +651,16 @@ async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) ->
 }
 
 async fn delete_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>) -> Result<Response> {
-    let (ns, key, condition) = (w.ns.clone(), w.key.clone(), w.condition);
+    let ItemWrite {
+        node,
+        actor,
+        ns,
+        key,
+        condition,
+        method,
+        uri,
+        headers,
+    } = w;
     let command = if item_kind(SEGMENT) == ChangeKind::Flag {
         Command::DeleteFlag {
             ns: ns.clone(),
@@ -658,11 +674,9 @@ async fn delete_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>) -> Result<Respo
             condition,
         }
     };
-    let revision = submit(
-        &w.node, &w.actor, &w.headers, &w.method, &w.uri, b"", command,
-    )
-    .await?
-    .revision;
+    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command)
+        .await?
+        .revision;
     Ok(written(
         ItemDeleted {
             namespace: ns,
