@@ -621,27 +621,29 @@ fn put_command(
     }
 }
 
+/// Proposes `command` for write `w` (`raw`: its body, part of the idempotency fingerprint);
+/// the revision it produced.
+async fn submit_item<const SEGMENT: bool>(
+    w: &ItemWrite<SEGMENT>,
+    raw: &[u8],
+    command: Command,
+) -> Result<u64> {
+    let applied = submit(
+        &w.node, &w.actor, &w.headers, &w.method, &w.uri, raw, command,
+    )
+    .await?;
+    Ok(applied.revision)
+}
+
 async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) -> Result<Response> {
-    let ItemWrite {
-        node,
-        actor,
-        ns,
-        key,
-        condition,
-        method,
-        uri,
-        headers,
-    } = w;
     let kind = item_kind(SEGMENT);
-    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&uri)?)?;
-    let command = put_command(kind, ns.clone(), key.clone(), definition, condition);
-    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
-        .await?
-        .revision;
+    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&w.uri)?)?;
+    let command = put_command(kind, w.ns.clone(), w.key.clone(), definition, w.condition);
+    let revision = submit_item(&w, &body.raw, command).await?;
     Ok(written(
         ItemWritten {
-            namespace: ns,
-            key,
+            namespace: w.ns,
+            key: w.key,
             version: revision,
             revision,
             warnings: crate::error::FaultBody::list(&warnings),
@@ -651,16 +653,7 @@ async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) ->
 }
 
 async fn delete_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>) -> Result<Response> {
-    let ItemWrite {
-        node,
-        actor,
-        ns,
-        key,
-        condition,
-        method,
-        uri,
-        headers,
-    } = w;
+    let (ns, key, condition) = (w.ns.clone(), w.key.clone(), w.condition);
     let command = if item_kind(SEGMENT) == ChangeKind::Flag {
         Command::DeleteFlag {
             ns: ns.clone(),
@@ -674,9 +667,7 @@ async fn delete_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>) -> Result<Respo
             condition,
         }
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command)
-        .await?
-        .revision;
+    let revision = submit_item(&w, b"", command).await?;
     Ok(written(
         ItemDeleted {
             namespace: ns,
