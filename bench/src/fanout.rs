@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flagstaff_client::Client;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::machine;
@@ -100,6 +99,151 @@ fn cpu_between(
     (diff(a.1, b.1), diff(a.2, b.2))
 }
 
+/// One watch stream read straight off its socket: the subscribers' side of the bench is a
+/// plain HTTP/1.1 reader (request, status line, chunked body), so that it takes as little of
+/// the CPU the nodes share as it can.
+pub struct RawStream {
+    socket: tokio::net::TcpStream,
+    /// Bytes read but not yet de-chunked.
+    raw: Vec<u8>,
+    /// What is left of the chunk being read.
+    chunk_left: usize,
+}
+
+impl RawStream {
+    /// Sends `GET path` to `api` (`http://host:port`) and reads the answer's head; anything
+    /// but a 200 with a chunked body is an error.
+    pub async fn open(api: &str, path: &str, token: &str) -> anyhow::Result<RawStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = api.strip_prefix("http://").unwrap_or(api);
+        let mut socket = tokio::net::TcpStream::connect(host).await?;
+        socket.set_nodelay(true)?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\naccept: text/event-stream\r\n\r\n"
+        );
+        socket.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::with_capacity(4096);
+        let head_end = loop {
+            if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            anyhow::ensure!(raw.len() < 64 * 1024, "answer head too long");
+            if socket.read_buf(&mut raw).await? == 0 {
+                anyhow::bail!("closed before the answer's head");
+            }
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+        anyhow::ensure!(
+            head.starts_with("http/1.1 200"),
+            "answer: {}",
+            head.lines().next().unwrap_or("")
+        );
+        anyhow::ensure!(
+            head.contains("transfer-encoding: chunked"),
+            "answer is not chunked"
+        );
+        raw.drain(..head_end);
+        Ok(RawStream {
+            socket,
+            raw,
+            chunk_left: 0,
+        })
+    }
+
+    /// Reads from the socket and appends the body bytes that arrived to `out`: `false` once
+    /// the body ended (last chunk or closed socket).
+    pub async fn read_body(&mut self, out: &mut Vec<u8>) -> anyhow::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match dechunk(&mut self.raw, &mut self.chunk_left, out)? {
+                Dechunked::Data => return Ok(true),
+                Dechunked::End => return Ok(false),
+                Dechunked::NeedMore => {}
+            }
+            if self.socket.read_buf(&mut self.raw).await? == 0 {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Dechunked {
+    /// Body bytes were appended.
+    Data,
+    /// The last (empty) chunk was read.
+    End,
+    /// Nothing complete yet: read more.
+    NeedMore,
+}
+
+/// Moves the body bytes of HTTP/1.1 chunked encoding from `raw` to `out`, as far as `raw`
+/// goes; `left` is what remains of the current chunk (its data, then its CRLF).
+fn dechunk(raw: &mut Vec<u8>, left: &mut usize, out: &mut Vec<u8>) -> anyhow::Result<Dechunked> {
+    let mut pos = 0;
+    let mut moved = false;
+    let outcome = loop {
+        if *left > 0 {
+            // Inside a chunk: its data, then the CRLF that ends it (counted in `left`).
+            let take = (*left).min(raw.len() - pos);
+            let data = take.min(left.saturating_sub(2));
+            out.extend_from_slice(&raw[pos..pos + data]);
+            moved |= data > 0;
+            pos += take;
+            *left -= take;
+            if *left > 0 {
+                break Dechunked::NeedMore;
+            }
+            continue;
+        }
+        let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") else {
+            anyhow::ensure!(raw.len() - pos < 64, "chunk size line too long");
+            break Dechunked::NeedMore;
+        };
+        let line = std::str::from_utf8(&raw[pos..pos + eol])?;
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            // Left in `raw`, so every later call answers `End` too.
+            break Dechunked::End;
+        }
+        pos += eol + 2;
+        *left = size + 2;
+    };
+    raw.drain(..pos);
+    Ok(if moved { Dechunked::Data } else { outcome })
+}
+
+/// The length of the first complete SSE frame in `buf` (through its blank line), if any.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2)
+}
+
+/// The `event:` name of one frame.
+fn sse_event(frame: &[u8]) -> Option<&[u8]> {
+    frame
+        .split(|b| *b == b'\n')
+        .find_map(|l| l.strip_prefix(b"event: "))
+}
+
+/// The flag keys a `change` frame upserted. Only the keys are read (the definitions are
+/// skipped unparsed), so that the subscribers' side costs little of the CPU the nodes share.
+fn upserted_flags(frame: &[u8]) -> impl Iterator<Item = String> {
+    #[derive(serde::Deserialize)]
+    struct Change {
+        upserted: Upserted,
+    }
+    #[derive(serde::Deserialize)]
+    struct Upserted {
+        flags: BTreeMap<String, serde::de::IgnoredAny>,
+    }
+    let data = frame
+        .split(|b| *b == b'\n')
+        .find_map(|l| l.strip_prefix(b"data: "));
+    data.and_then(|d| serde_json::from_slice::<Change>(d).ok())
+        .into_iter()
+        .flat_map(|c| c.upserted.flags.into_keys())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -120,11 +264,6 @@ pub async fn run(
     gap: Duration,
     node_pids: &[Option<i32>],
 ) -> anyhow::Result<Fanout> {
-    let http = reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let admin = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -170,25 +309,18 @@ pub async fn run(
         + Duration::from_secs(60);
     let mut tasks = Vec::with_capacity(subscribers);
     for s in 0..subscribers {
-        let url = format!("{}/v1/namespaces/{ns}/watch", apis[s % apis.len()]);
-        let (http, ready, gate) = (http.clone(), ready_tx.clone(), gate.clone());
+        let api = apis[s % apis.len()].clone();
+        let path = format!("/v1/namespaces/{ns}/watch");
+        let (ready, gate) = (ready_tx.clone(), gate.clone());
         let token = token.to_string();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let resp = match tokio::time::timeout_at(
-                end,
-                http.get(url)
-                    .bearer_auth(token)
-                    .timeout(Duration::from_secs(3600))
-                    .send(),
-            )
-            .await
-            {
-                Ok(Ok(r)) if r.status().is_success() => r,
-                _ => return (Vec::new(), None, Some("refused")),
-            };
+            let mut stream =
+                match tokio::time::timeout_at(end, RawStream::open(&api, &path, &token)).await {
+                    Ok(Ok(s)) => s,
+                    _ => return (Vec::new(), None, Some("refused")),
+                };
             let mut permit = Some(permit);
-            let mut stream = resp.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             // (flag key, arrival) of every change event, kept per stream so that subscribers
             // never contend on a lock while measuring.
@@ -196,8 +328,8 @@ pub async fn run(
             // Why the stream ended before every write arrived, if it did.
             let mut ended = None;
             while arrivals.len() < writes && ended.is_none() {
-                let chunk = match tokio::time::timeout_at(end, stream.next()).await {
-                    Ok(Some(Ok(c))) => c,
+                match tokio::time::timeout_at(end, stream.read_body(&mut buf)).await {
+                    Ok(Ok(true)) => {}
                     Ok(_) => {
                         ended = ended.or(Some("closed by the node"));
                         break;
@@ -206,32 +338,26 @@ pub async fn run(
                         ended = Some("bench deadline");
                         break;
                     }
-                };
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                    let frame: Vec<u8> = buf.drain(..pos + 2).collect();
-                    let now = Instant::now();
-                    let frame = String::from_utf8_lossy(&frame);
-                    if frame.contains("event: snapshot") {
-                        permit.take();
-                        let _ = ready.send(()).await;
-                    } else if frame.contains("event: stale") {
-                        ended = Some("stale (node could not prove its bound)");
-                    } else if frame.contains("event: error") {
-                        ended = Some("error event");
-                    } else if frame.contains("event: change") {
-                        let data = frame
-                            .lines()
-                            .find_map(|l| l.strip_prefix("data: "))
-                            .unwrap_or("{}");
-                        let Ok(v) = serde_json::from_str::<Value>(data) else {
-                            continue;
-                        };
-                        if let Some(m) = v["upserted"]["flags"].as_object() {
-                            arrivals.extend(m.keys().map(|key| (key.clone(), now)));
+                }
+                let mut start = 0;
+                while let Some(len) = frame_len(&buf[start..]) {
+                    let frame = &buf[start..start + len];
+                    start += len;
+                    match sse_event(frame) {
+                        Some(b"snapshot") => {
+                            permit.take();
+                            let _ = ready.send(()).await;
                         }
+                        Some(b"stale") => ended = Some("stale (node could not prove its bound)"),
+                        Some(b"error") => ended = Some("error event"),
+                        Some(b"change") => {
+                            let now = Instant::now();
+                            arrivals.extend(upserted_flags(frame).map(|key| (key, now)));
+                        }
+                        _ => {}
                     }
                 }
+                buf.drain(..start);
             }
             // The stream goes back open: closing it now would tear the connection down while
             // the other subscribers are still receiving the last writes, and that teardown
@@ -317,4 +443,46 @@ pub async fn run(
         subscriber_cpu,
         ended_early,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_split_named_and_their_upserted_keys_read() {
+        let buf = b"id: 4\nevent: change\ndata: {\"revision\":4,\"upserted\":{\"flags\":{\"w1\":{\"state\":\"ENABLED\"},\"w2\":{}},\"segments\":{}}}\n\nevent: heart";
+        let len = frame_len(buf).unwrap_or(0);
+        assert_eq!(&buf[len..], b"event: heart", "the partial frame stays");
+        let frame = &buf[..len];
+        assert_eq!(sse_event(frame), Some(&b"change"[..]));
+        assert_eq!(upserted_flags(frame).collect::<Vec<_>>(), ["w1", "w2"]);
+        assert_eq!(frame_len(&buf[len..]), None);
+        assert_eq!(
+            upserted_flags(b"event: change\ndata: {\"upserted\":[]}\n\n").count(),
+            0,
+            "a malformed change yields no key"
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_across_any_split() {
+        let wire = b"5\r\nhello\r\nb;ext=1\r\n, the world\r\n0\r\n\r\n";
+        for split in 0..wire.len() {
+            let (mut raw, mut left, mut out) = (wire[..split].to_vec(), 0, Vec::new());
+            let first = dechunk(&mut raw, &mut left, &mut out).unwrap();
+            raw.extend_from_slice(&wire[split..]);
+            let second = dechunk(&mut raw, &mut left, &mut out).unwrap();
+            assert_eq!(out, b"hello, the world", "split at {split}");
+            assert!(first != Dechunked::End, "split at {split}");
+            let end = if second == Dechunked::End {
+                second
+            } else {
+                dechunk(&mut raw, &mut left, &mut out).unwrap()
+            };
+            assert_eq!(end, Dechunked::End, "split at {split}");
+        }
+        let (mut left, mut out) = (0, Vec::new());
+        assert!(dechunk(&mut b"zz\r\n".to_vec(), &mut left, &mut out).is_err());
+    }
 }

@@ -10,8 +10,83 @@ pub mod machine;
 pub mod plot;
 pub mod stats;
 
-use jepsen_like_tests::cluster::Cluster;
-use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jepsen_like_tests::cluster::{Cluster, NodeOptions};
+use serde_json::{json, Value};
+
+use crate::etcd::EtcdCluster;
+
+/// A 3-node Flagstaff cluster and a 3-member etcd cluster of processes side by side (fsync
+/// on, loopback), each with its leader found, and namespace `bench` created in Flagstaff.
+pub struct SideBySide {
+    pub fs: Cluster,
+    pub et: EtcdCluster,
+    pub fs_leader: u64,
+    pub et_leader: usize,
+}
+
+impl SideBySide {
+    /// Starts both under `dir` (each in a directory of its own).
+    pub async fn start(flagstaff_bin: &Path, etcd_bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("flagstaff"))?;
+        std::fs::create_dir_all(dir.join("etcd"))?;
+        let mut fs = Cluster::start_with(
+            flagstaff_bin,
+            &dir.join("flagstaff"),
+            3,
+            0,
+            NodeOptions::default(),
+            true,
+        )
+        .await
+        .context("starting Flagstaff")?;
+        let et = match EtcdCluster::start(etcd_bin, &dir.join("etcd")).await {
+            Ok(et) => et,
+            Err(e) => {
+                fs.stop().await;
+                return Err(e.context("starting etcd"));
+            }
+        };
+        let mut both = SideBySide {
+            fs,
+            et,
+            fs_leader: 0,
+            et_leader: 0,
+        };
+        match both.leaders().await {
+            Ok(()) => Ok(both),
+            Err(e) => {
+                both.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn leaders(&mut self) -> anyhow::Result<()> {
+        let fs = &self.fs;
+        self.fs_leader = fs.wait_leader(&fs.ids(), Duration::from_secs(30)).await?;
+        let (s, b) = fs
+            .call(
+                self.fs_leader,
+                reqwest::Method::PUT,
+                "/v1/namespaces/bench",
+                Some(json!({})),
+            )
+            .await?;
+        anyhow::ensure!(s == 200, "create namespace bench: {s} {b}");
+        self.et_leader = self.et.wait_leader(Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    /// Stops every process of both.
+    pub async fn stop(&mut self) {
+        self.fs.stop().await;
+        self.et.stop().await;
+    }
+}
 
 /// `GET /v1/cluster` on node `id` of a cluster of processes.
 pub async fn cluster_status(fs: &Cluster, id: u64) -> anyhow::Result<Value> {

@@ -148,3 +148,23 @@ pub fn flagstaff_writes(client: &reqwest::Client, api: &str, ns: &str, keys: u64
             .body(FLAG_BODY)
     })
 }
+
+/// The same writes to etcd through its HTTP/JSON gateway at `url`: [`FLAG_BODY`] as the value
+/// of keys `bench/k0…`, round robin.
+pub fn etcd_writes(client: &reqwest::Client, url: &str, keys: u64) -> MakeRequest {
+    let client = client.clone();
+    let put = format!("{url}/v3/kv/put");
+    let value = crate::etcd::b64(FLAG_BODY.as_bytes());
+    let bodies: Vec<String> = (0..keys)
+        .map(|k| {
+            serde_json::json!({"key": crate::etcd::b64(format!("bench/k{k}").as_bytes()), "value": value})
+                .to_string()
+        })
+        .collect();
+    Arc::new(move |_, n| {
+        client
+            .post(&put)
+            .header("content-type", "application/json")
+            .body(bodies[(n % keys) as usize].clone())
+    })
+}

@@ -9,16 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
 use flagstaff_bench::etcd::{b64, EtcdCluster};
 use flagstaff_bench::fanout::{self, Fanout};
-use flagstaff_bench::load::{self, LoadResult, MakeRequest, FLAG_BODY};
+use flagstaff_bench::load::{self, etcd_writes, LoadResult, MakeRequest, FLAG_BODY};
 use flagstaff_bench::machine;
 use flagstaff_bench::plot::{self, Series};
 use flagstaff_bench::stats::{ms, ratio, us, Summary};
-use flagstaff_bench::{cluster_status, max_term, node_apis, node_pids};
-use jepsen_like_tests::cluster::{Cluster, NodeOptions, ADMIN_TOKEN};
+use flagstaff_bench::{cluster_status, max_term, node_apis, node_pids, SideBySide};
+use jepsen_like_tests::cluster::{Cluster, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -119,21 +118,6 @@ impl Progress {
 
 const KEYS: u64 = 1000;
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
-
-fn etcd_write(client: &reqwest::Client, url: &str, keys: u64) -> MakeRequest {
-    let client = client.clone();
-    let put = format!("{url}/v3/kv/put");
-    let value = b64(FLAG_BODY.as_bytes());
-    let bodies: Vec<String> = (0..keys)
-        .map(|k| json!({"key": b64(format!("bench/k{k}").as_bytes()), "value": value}).to_string())
-        .collect();
-    Arc::new(move |_, n| {
-        client
-            .post(&put)
-            .header("content-type", "application/json")
-            .body(bodies[(n % keys) as usize].clone())
-    })
-}
 
 fn fs_read(client: &reqwest::Client, api: &str, consistency: &str) -> MakeRequest {
     let client = client.clone();
@@ -444,23 +428,12 @@ async fn main() -> anyhow::Result<()> {
     let load_start = machine::load_average();
 
     p.phase("start a 3-node Flagstaff cluster and a 3-node etcd cluster");
-    std::fs::create_dir_all(work.path().join("flagstaff"))?;
-    std::fs::create_dir_all(work.path().join("etcd"))?;
-    let mut fs = Cluster::start_with(
-        &args.flagstaff_bin,
-        &work.path().join("flagstaff"),
-        3,
-        0,
-        NodeOptions::default(),
-        true,
-    )
-    .await
-    .context("starting Flagstaff")?;
-    let mut et = EtcdCluster::start(&args.etcd_bin, &work.path().join("etcd"))
-        .await
-        .context("starting etcd")?;
-    let leader = fs_leader(&fs).await?;
-    fs_namespace(&fs, leader, "bench").await?;
+    let SideBySide {
+        mut fs,
+        mut et,
+        fs_leader: leader,
+        et_leader,
+    } = SideBySide::start(&args.flagstaff_bin, &args.etcd_bin, work.path()).await?;
     let fs_leader_api = fs.node(leader).api.clone();
     let fs_follower = fs
         .ids()
@@ -468,7 +441,6 @@ async fn main() -> anyhow::Result<()> {
         .find(|i| *i != leader)
         .unwrap_or(leader);
     let fs_follower_api = fs.node(fs_follower).api.clone();
-    let et_leader = et.wait_leader(Duration::from_secs(30)).await?;
     let et_urls = et.urls();
     let et_follower = (et_leader + 1) % 3;
 
@@ -489,7 +461,7 @@ async fn main() -> anyhow::Result<()> {
         16,
         2_000,
         warm,
-        etcd_write(&et_http, &et_urls[et_leader], KEYS),
+        etcd_writes(&et_http, &et_urls[et_leader], KEYS),
         None,
     )
     .await;
@@ -510,7 +482,7 @@ async fn main() -> anyhow::Result<()> {
                 c,
                 10_000_000,
                 plan.write_time,
-                etcd_write(&et_http, &et_urls[et_leader], KEYS),
+                etcd_writes(&et_http, &et_urls[et_leader], KEYS),
                 None,
             )
         };
