@@ -27,6 +27,8 @@ pub struct Fanout {
     pub sdk_values_ok: bool,
     /// RSS (KiB) of each node, sampled while every subscriber was connected.
     pub rss_kib: Vec<Option<u64>>,
+    /// RSS (KiB) of each node just before the subscribers connected.
+    pub rss_before_kib: Vec<Option<u64>>,
     /// CPU time the nodes used from the first write until the last event arrived (the
     /// streams' heartbeats included), if every node's could be read.
     pub node_cpu: Option<Duration>,
@@ -40,6 +42,18 @@ pub struct Fanout {
 impl Fanout {
     pub fn delivered(&self) -> usize {
         self.latencies.len()
+    }
+
+    /// What the nodes' RSS grew by, per connected stream (KiB), if every node's could be read.
+    pub fn rss_per_stream_kib(&self) -> Option<f64> {
+        if self.connected == 0 {
+            return None;
+        }
+        let mut grown = 0i64;
+        for (after, before) in self.rss_kib.iter().zip(&self.rss_before_kib) {
+            grown += (*after)? as i64 - (*before)? as i64;
+        }
+        Some(grown as f64 / self.connected as f64)
     }
 
     /// CPU per delivered event, (nodes, subscribers' side).
@@ -299,6 +313,7 @@ pub async fn run(
         .await
         .map_err(|s| anyhow::anyhow!("SDK not ready: {s}"))?;
 
+    let rss_before = machine::rss_of(node_pids);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers.max(1));
     // Connect a few hundred at a time so the listeners' accept queues never overflow.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
@@ -439,6 +454,7 @@ pub async fn run(
         sdk_latencies,
         sdk_values_ok,
         rss_kib: rss_connected,
+        rss_before_kib: rss_before,
         node_cpu,
         subscriber_cpu,
         ended_early,

@@ -56,8 +56,8 @@ async fn runs(fs: &Cluster, args: &Args) -> anyhow::Result<()> {
     let apis = node_apis(fs);
     let leader_api = fs.node(leader).api.clone();
     let pids = node_pids(fs);
-    println!("| subscribers | connected | delivered | event p50 / p99 / max ms | SDK p50 / p99 / max ms | CPU per delivery, nodes / subscribers µs |");
-    println!("|---|---|---|---|---|---|");
+    println!("| subscribers | connected | delivered | event p50 / p99 / max ms | SDK p50 / p99 / max ms | CPU per delivery, nodes / subscribers µs | node RSS per stream KiB |");
+    println!("|---|---|---|---|---|---|---|");
     let mut all_delivered = true;
     for &s in &args.subscribers {
         let f = fanout::run(
@@ -73,7 +73,7 @@ async fn runs(fs: &Cluster, args: &Args) -> anyhow::Result<()> {
         .await?;
         let (ev, sdk) = (Summary::of(&f.latencies), Summary::of(&f.sdk_latencies));
         println!(
-            "| {s} | {} | {}/{} | {} / {} / {} | {} / {} / {} | {} / {} |",
+            "| {s} | {} | {}/{} | {} / {} / {} | {} / {} / {} | {} / {} | {} |",
             f.connected,
             f.delivered(),
             s * args.writes,
@@ -85,6 +85,8 @@ async fn runs(fs: &Cluster, args: &Args) -> anyhow::Result<()> {
             ms(sdk.max),
             us(f.cpu_per_delivery().0),
             us(f.cpu_per_delivery().1),
+            f.rss_per_stream_kib()
+                .map_or("?".into(), |k| format!("{k:.1}")),
         );
         for (why, n) in &f.ended_early {
             println!("\n{n} of {s} streams ended early: {why}");
