@@ -221,7 +221,9 @@ fn dechunk(raw: &mut Vec<u8>, left: &mut usize, out: &mut Vec<u8>) -> anyhow::Re
             break Dechunked::End;
         }
         pos += eol + 2;
-        *left = size + 2;
+        *left = size
+            .checked_add(2)
+            .ok_or_else(|| anyhow::anyhow!("chunk size {line:?} too large"))?;
     };
     raw.drain(..pos);
     Ok(if moved { Dechunked::Data } else { outcome })
@@ -500,5 +502,7 @@ mod tests {
         }
         let (mut left, mut out) = (0, Vec::new());
         assert!(dechunk(&mut b"zz\r\n".to_vec(), &mut left, &mut out).is_err());
+        let huge = format!("{:x}\r\n", usize::MAX);
+        assert!(dechunk(&mut huge.into_bytes(), &mut left, &mut out).is_err());
     }
 }
