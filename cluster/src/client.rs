@@ -6,7 +6,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use flagstaff_api::admin::{FlagList, ItemInfo, NamespaceList, NamespaceSpec};
+use flagstaff_api::cluster::{
+    ClusterStatus, InitSpec, Initialized, MemberSpec, MembershipChanged, PromoteSpec,
+};
+use flagstaff_api::flagd::Imported;
+use flagstaff_api::history::HistoryPage;
+use flagstaff_api::keys::{NameSpec, Revoked, SdkKeyList, SecretCreated};
+use flagstaff_api::ErrorBody;
 use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Args, Clone)]
@@ -121,22 +131,42 @@ impl Conn {
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = value["error"]["message"].as_str().unwrap_or("");
+            let msg = ErrorBody::deserialize(&value)
+                .map(|b| b.error.message)
+                .unwrap_or_default();
             bail!("{status}: {msg}");
         }
         Ok(value)
     }
 
-    pub fn print(&self, value: &Value, readable: impl FnOnce(&Value) -> String) {
+    /// Prints `value` as it came with `--json`, else as `show` reads it.
+    pub fn print(&self, value: &Value, show: Show) -> anyhow::Result<()> {
         if self.json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(value).unwrap_or_default()
             );
         } else {
-            println!("{}", readable(value));
+            println!("{}", show(value)?);
         }
+        Ok(())
     }
+}
+
+/// How an answer reads without `--json`.
+pub type Show = Box<dyn FnOnce(&Value) -> anyhow::Result<String>>;
+
+/// Reads an answer as the `T` of `flagstaff-api` it is, then as `show` writes it.
+pub fn typed<T: DeserializeOwned>(show: impl FnOnce(T) -> String + 'static) -> Show {
+    Box::new(move |v| {
+        let answer = T::deserialize(v).context("the node answered in an unexpected shape")?;
+        Ok(show(answer))
+    })
+}
+
+/// A body of `flagstaff-api` as JSON.
+fn body(spec: impl serde::Serialize) -> Value {
+    serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
 #[derive(Subcommand)]
@@ -215,16 +245,20 @@ pub struct Call {
     method: Method,
     path: String,
     body: Option<Value>,
-    show: Box<dyn FnOnce(&Value) -> String>,
+    show: Show,
 }
 
 impl Call {
-    fn new(method: Method, path: String, show: impl FnOnce(&Value) -> String + 'static) -> Self {
+    fn new<T: DeserializeOwned>(
+        method: Method,
+        path: String,
+        show: impl FnOnce(T) -> String + 'static,
+    ) -> Self {
         Call {
             method,
             path,
             body: None,
-            show: Box::new(show),
+            show: typed(show),
         }
     }
 
@@ -238,14 +272,24 @@ impl Conn {
     /// Sends `call` and prints its answer.
     pub async fn run(&self, call: Call) -> anyhow::Result<()> {
         let v = self.call(call.method, &call.path, call.body).await?;
-        self.print(&v, call.show);
-        Ok(())
+        self.print(&v, call.show)
     }
 }
 
+/// Every write answers its revision.
+#[derive(Deserialize)]
+struct Written {
+    revision: u64,
+}
+
 /// A write's answer.
-fn revision(v: &Value) -> String {
-    format!("ok: revision {}", v["revision"])
+fn revision(w: Written) -> String {
+    format!("ok: revision {}", w.revision)
+}
+
+/// An optional number as the JSON answer writes it.
+fn or_null(n: Option<u64>) -> String {
+    n.map_or_else(|| "null".to_string(), |n| n.to_string())
 }
 
 /// JSON from `text`, or from the file `@path` names.
@@ -306,7 +350,7 @@ pub async fn flag(cmd: FlagCmd) -> anyhow::Result<()> {
         FlagCmd::Export { conn, namespace } => {
             // A flagd document, printed as it is.
             let path = format!("/v1/namespaces/{namespace}/flagd");
-            let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+            let pretty = |v: Value| serde_json::to_string_pretty(&v).unwrap_or_default();
             (conn, Call::new(Method::GET, path, pretty))
         }
         FlagCmd::History {
@@ -338,83 +382,78 @@ fn set_state(path: String, state: &str) -> Call {
     Call::new(Method::PATCH, path, revision).with(json!({ "state": state }))
 }
 
-fn show_flag(v: &Value) -> String {
+fn show_flag(f: ItemInfo) -> String {
     format!(
         "{}/{} version {} (by {})\n{}",
-        v["namespace"].as_str().unwrap_or("?"),
-        v["key"].as_str().unwrap_or("?"),
-        v["version"],
-        v["updated_by"].as_str().unwrap_or("?"),
-        serde_json::to_string_pretty(&v["definition"]).unwrap_or_default()
+        f.namespace,
+        f.key,
+        f.version,
+        f.updated_by,
+        serde_json::to_string_pretty(&f.definition).unwrap_or_default()
     )
 }
 
-fn flag_table(v: &Value) -> String {
+fn flag_table(list: FlagList) -> String {
     let mut out = format!(
         "{:<32} {:<9} {:<16} {}",
         "KEY", "STATE", "DEFAULT", "VERSION"
     );
-    for f in v["flags"].as_array().into_iter().flatten() {
-        let d = &f["definition"];
+    for f in list.flags {
+        // The definition as stored: any JSON (null when it does not parse).
+        let d = &f.definition;
         out.push_str(&format!(
             "\n{:<32} {:<9} {:<16} {}",
-            f["key"].as_str().unwrap_or(""),
+            f.key,
             d["state"].as_str().unwrap_or(""),
             d["defaultVariant"].as_str().unwrap_or(""),
-            f["version"]
+            f.version
         ));
     }
     out
 }
 
-fn imported(v: &Value) -> String {
+fn imported(i: Imported) -> String {
     let mut out = format!(
         "imported {} flags and {} segments: revision {}",
-        v["flags"], v["segments"], v["revision"]
+        i.flags, i.segments, i.revision
     );
     // What flagd accepts but a single write would refuse, evaluated as flagd does.
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "\nwarning: {}: {}",
-            w["path"].as_str().unwrap_or_default(),
-            w["message"].as_str().unwrap_or_default()
-        ));
+    for w in i.warnings {
+        out.push_str(&format!("\nwarning: {}: {}", w.path, w.message));
     }
     out
 }
 
 pub async fn cluster_status(conn: &Conn) -> anyhow::Result<()> {
     let v = conn.call(Method::GET, "/v1/cluster", None).await?;
-    conn.print(&v, |v| {
-        let mut out = format!(
-            "cluster {}  leader {}  term {}  revision {}\n{:<4} {:<8} {:<7} {:<26} {}",
-            v["cluster_id"].as_str().unwrap_or("?"),
-            v["leader"],
-            v["term"],
-            v["revision"],
-            "ID",
-            "ROLE",
-            "LEADER",
-            "API",
-            "MATCHED"
-        );
-        for m in v["members"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "\n{:<4} {:<8} {:<7} {:<26} {}",
-                m["id"],
-                m["role"].as_str().unwrap_or(""),
-                if m["is_leader"].as_bool() == Some(true) {
-                    "*"
-                } else {
-                    ""
-                },
-                m["api_addr"].as_str().unwrap_or(""),
-                m["matched_index"]
-            ));
-        }
-        out
-    });
-    Ok(())
+    conn.print(&v, typed(cluster_table))
+}
+
+fn cluster_table(c: ClusterStatus) -> String {
+    let mut out = format!(
+        "cluster {}  leader {}  term {}  revision {}\n{:<4} {:<8} {:<7} {:<26} {}",
+        c.cluster_id,
+        or_null(c.leader),
+        c.term,
+        c.revision,
+        "ID",
+        "ROLE",
+        "LEADER",
+        "API",
+        "MATCHED"
+    );
+    for m in c.members {
+        let role = serde_json::to_value(m.role).unwrap_or_default();
+        out.push_str(&format!(
+            "\n{:<4} {:<8} {:<7} {:<26} {}",
+            m.id,
+            role.as_str().unwrap_or(""),
+            if m.is_leader { "*" } else { "" },
+            m.api_addr,
+            or_null(m.matched_index)
+        ));
+    }
+    out
 }
 
 pub async fn cluster_init(conn: &Conn, members: &[String]) -> anyhow::Result<()> {
@@ -427,29 +466,36 @@ pub async fn cluster_init(conn: &Conn, members: &[String]) -> anyhow::Result<()>
             .split_once(',')
             .context("member must look like ID=API_URL,PEER_URL")?;
         let id: u64 = id.parse().context("member id must be a positive integer")?;
-        list.push(json!({"id": id, "api_addr": api, "peer_addr": peer}));
+        list.push(member(id, api, peer));
     }
-    let init = Call::new(Method::POST, "/v1/cluster/init".into(), |_| {
+    let init = Call::new(Method::POST, "/v1/cluster/init".into(), |_: Initialized| {
         "initialized".into()
     });
-    conn.run(init.with(json!({ "members": list }))).await
+    conn.run(init.with(body(InitSpec { members: list }))).await
+}
+
+fn member(id: u64, api: &str, peer: &str) -> MemberSpec {
+    MemberSpec {
+        id,
+        api_addr: api.to_string(),
+        peer_addr: peer.to_string(),
+    }
 }
 
 pub async fn add_learner(conn: &Conn, id: u64, api: &str, peer: &str) -> anyhow::Result<()> {
-    let body = json!({"id": id, "api_addr": api, "peer_addr": peer});
-    let added = move |_: &Value| format!("node {id} added as a learner");
-    conn.run(Call::new(Method::POST, "/v1/cluster/learners".into(), added).with(body))
-        .await
+    let added = move |_: MembershipChanged| format!("node {id} added as a learner");
+    let call = Call::new(Method::POST, "/v1/cluster/learners".into(), added);
+    conn.run(call.with(body(member(id, api, peer)))).await
 }
 
 pub async fn promote(conn: &Conn, id: u64) -> anyhow::Result<()> {
-    let promoted = move |_: &Value| format!("node {id} is now a voter");
+    let promoted = move |_: MembershipChanged| format!("node {id} is now a voter");
     let call = Call::new(Method::POST, "/v1/cluster/voters".into(), promoted);
-    conn.run(call.with(json!({ "id": id }))).await
+    conn.run(call.with(body(PromoteSpec { id }))).await
 }
 
 pub async fn remove(conn: &Conn, id: u64) -> anyhow::Result<()> {
-    let removed = move |_: &Value| format!("node {id} removed");
+    let removed = move |_: MembershipChanged| format!("node {id} removed");
     conn.run(Call::new(
         Method::DELETE,
         format!("/v1/cluster/members/{id}"),
@@ -487,9 +533,11 @@ pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
             namespace,
             description,
         } => {
-            let body = json!({ "description": description });
+            let spec = NamespaceSpec {
+                description: Some(description),
+            };
             let path = format!("/v1/namespaces/{namespace}");
-            (conn, Call::new(Method::PUT, path, revision).with(body))
+            (conn, Call::new(Method::PUT, path, revision).with(body(spec)))
         }
         NamespaceCmd::List { conn } => (
             conn,
@@ -503,18 +551,15 @@ pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
     conn.run(call).await
 }
 
-fn namespace_table(v: &Value) -> String {
+fn namespace_table(list: NamespaceList) -> String {
     let mut out = format!(
         "{:<32} {:<6} {:<8} {}",
         "NAMESPACE", "FLAGS", "SEGMENTS", "DESCRIPTION"
     );
-    for n in v["namespaces"].as_array().into_iter().flatten() {
+    for n in list.namespaces {
         out.push_str(&format!(
             "\n{:<32} {:<6} {:<8} {}",
-            n["name"].as_str().unwrap_or(""),
-            n["flags"],
-            n["segments"],
-            n["description"].as_str().unwrap_or("")
+            n.name, n.flags, n.segments, n.description
         ));
     }
     out
@@ -551,14 +596,10 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             namespace,
             name,
         } => {
-            let secret = |v: &Value| {
-                let secret = v["secret"].as_str().unwrap_or("");
-                format!("{secret}\n(shown once; store it now)")
-            };
-            let body = json!({ "name": name });
+            let secret = |c: SecretCreated| format!("{}\n(shown once; store it now)", c.secret);
             (
                 conn,
-                Call::new(Method::POST, keys(&namespace), secret).with(body),
+                Call::new(Method::POST, keys(&namespace), secret).with(body(NameSpec { name })),
             )
         }
         KeyCmd::List { conn, namespace } => {
@@ -570,54 +611,48 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             name,
         } => {
             let path = format!("{}/{name}", keys(&namespace));
-            let revoked = |v: &Value| format!("revoked: revision {}", v["revision"]);
+            let revoked = |r: Revoked| format!("revoked: revision {}", r.revision);
             (conn, Call::new(Method::DELETE, path, revoked))
         }
     };
     conn.run(call).await
 }
 
-fn key_table(v: &Value) -> String {
+fn key_table(list: SdkKeyList) -> String {
     let mut out = format!("{:<24} {:<16} {}", "NAME", "CREATED BY", "CREATED AT (ms)");
-    for k in v["sdk_keys"].as_array().into_iter().flatten() {
+    for k in list.sdk_keys {
         out.push_str(&format!(
             "\n{:<24} {:<16} {}",
-            k["name"].as_str().unwrap_or(""),
-            k["created_by"].as_str().unwrap_or(""),
-            k["created_at_ms"]
+            k.name, k.created_by, k.created_at_ms
         ));
     }
     out
 }
 
-fn history_table(v: &Value) -> String {
+fn history_table(page: HistoryPage) -> String {
     let mut out = format!(
         "{:<9} {:<14} {:<12} CHANGED",
         "REVISION", "AT (ms)", "ACTOR"
     );
-    for c in v["changes"].as_array().into_iter().flatten() {
-        let items: Vec<String> = c["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for c in page.changes {
+        let items: Vec<String> = c
+            .items
+            .iter()
             .map(|i| {
-                let verb = match (i["before"].is_null(), i["after"].is_null()) {
-                    (true, _) => "+",
-                    (_, true) => "-",
+                let verb = match (&i.before, &i.after) {
+                    (None, _) => "+",
+                    (_, None) => "-",
                     _ => "~",
                 };
-                format!(
-                    "{verb}{} {}",
-                    i["kind"].as_str().unwrap_or(""),
-                    i["key"].as_str().unwrap_or("")
-                )
+                let kind = serde_json::to_value(i.kind).unwrap_or_default();
+                format!("{verb}{} {}", kind.as_str().unwrap_or(""), i.key)
             })
             .collect();
         out.push_str(&format!(
             "\n{:<9} {:<14} {:<12} {}",
-            c["revision"],
-            c["at_ms"],
-            c["actor"].as_str().unwrap_or(""),
+            c.revision,
+            c.at_ms,
+            c.actor,
             items.join(", ")
         ));
     }

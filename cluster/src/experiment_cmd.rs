@@ -3,10 +3,14 @@
 
 use anyhow::bail;
 use clap::Subcommand;
+use flagstaff_api::admin::{ItemInfo, ItemWritten};
+use flagstaff_api::experiments::{ExperimentList, ExperimentResults, WeightsFrom};
+use flagstaff_experiments::Estimate;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 
-use crate::client::Conn;
+use crate::client::{typed, Conn};
 
 #[derive(Subcommand)]
 pub enum ExperimentCmd {
@@ -50,78 +54,90 @@ pub enum ExperimentCmd {
     },
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{:.2}%", x * 100.0))
-        .unwrap_or_else(|| "-".into())
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// An estimate and its interval as percentages.
+fn interval(e: &Estimate) -> String {
+    format!("{} [{}, {}]", pct(e.value), pct(e.low), pct(e.high))
+}
+
+fn running(running: bool) -> &'static str {
+    if running {
+        "running"
+    } else {
+        "stopped"
+    }
 }
 
 /// The results as a table per metric, with the SRM verdict first.
-fn results_table(v: &Value) -> String {
-    let report = &v["report"];
-    let srm = &report["srm"];
+fn results_table(r: ExperimentResults) -> String {
+    let srm = &r.report.srm;
+    let weights_from = match r.weights_from {
+        WeightsFrom::Fractional => "fractional",
+        WeightsFrom::Equal => "equal",
+    };
     let mut out = format!(
-        "experiment {} (control {}, {}, split {})\n",
-        v["flag"].as_str().unwrap_or(""),
-        v["control"].as_str().unwrap_or(""),
-        if v["running"] == true {
-            "running"
-        } else {
-            "stopped"
-        },
-        v["weights_from"].as_str().unwrap_or(""),
+        "experiment {} (control {}, {}, split {weights_from})\n",
+        r.flag,
+        r.control,
+        running(r.running),
     );
-    out.push_str(&match srm["p_value"].as_f64() {
+    out.push_str(&match srm.p_value {
         None => "sample ratio: not enough users yet\n".to_string(),
-        Some(p) if srm["mismatch"] == true => format!(
+        Some(p) if srm.mismatch => format!(
             "SAMPLE RATIO MISMATCH (p = {p:.2e}): users are not split as configured; do not trust these results\n"
         ),
         Some(p) => format!("sample ratio: as configured (p = {p:.3})\n"),
     });
-    let arms = report["arms"].as_array().cloned().unwrap_or_default();
-    for metric in v["metrics"].as_array().into_iter().flatten() {
-        let metric = metric.as_str().unwrap_or("");
+    for metric in &r.metrics {
         out.push_str(&format!(
             "\n{metric}\n{:<14} {:>9} {:>9} {:>8} {:>24} {:>26} {:>8}\n",
             "VARIANT", "EXPOSED", "USERS", "CONV", "RATE (95%)", "UPLIFT (95%)", "P(BEAT)"
         ));
-        for a in &arms {
-            let m = a["metrics"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["metric"] == metric))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let rate = format!(
-                "{} [{}, {}]",
-                pct(&m["rate"]["value"]),
-                pct(&m["rate"]["low"]),
-                pct(&m["rate"]["high"])
-            );
-            let up = &m["uplift"];
-            let uplift = if up.is_null() {
-                "-".to_string()
-            } else {
-                format!(
-                    "{} [{}, {}]{}",
-                    pct(&up["relative"]["value"]),
-                    pct(&up["relative"]["low"]),
-                    pct(&up["relative"]["high"]),
-                    if up["significant"] == true { " *" } else { "" }
-                )
+        for a in &r.report.arms {
+            let m = a.metrics.iter().find(|m| &m.metric == metric);
+            let up = m.and_then(|m| m.uplift.as_ref());
+            let uplift = match up {
+                None => "-".to_string(),
+                Some(up) => format!(
+                    "{}{}",
+                    interval(&up.relative),
+                    if up.significant { " *" } else { "" }
+                ),
             };
             out.push_str(&format!(
                 "{:<14} {:>9} {:>9.0} {:>8} {:>24} {:>26} {:>8}\n",
-                a["variant"].as_str().unwrap_or(""),
-                a["exposures"],
-                a["users"].as_f64().unwrap_or(0.0),
-                m["conversions"],
-                rate,
+                a.variant,
+                a.exposures,
+                a.users,
+                m.map_or_else(|| "-".to_string(), |m| m.conversions.to_string()),
+                m.map_or_else(|| "-".to_string(), |m| interval(&m.rate)),
                 uplift,
-                pct(&up["chance_to_beat_control"])
+                up.map_or_else(|| "-".to_string(), |u| pct(u.chance_to_beat_control))
             ));
         }
     }
     out.push_str("\n* significant at 95%; intervals stay valid however often you look.");
+    out
+}
+
+fn experiment_table(list: ExperimentList) -> String {
+    let mut out = format!(
+        "{:<24} {:<8} {:<12} {:>10} METRICS",
+        "FLAG", "STATUS", "CONTROL", "EXPOSURES"
+    );
+    for e in list.experiments {
+        out.push_str(&format!(
+            "\n{:<24} {:<8} {:<12} {:>10} {}",
+            e.flag,
+            running(e.running),
+            e.control.as_deref().unwrap_or("-"),
+            e.exposures,
+            e.metrics.join(",")
+        ));
+    }
     out
 }
 
@@ -141,7 +157,8 @@ pub async fn experiment(cmd: ExperimentCmd) -> anyhow::Result<()> {
                     Some(json!({"experiment": {"control": control, "metrics": metrics}})),
                 )
                 .await?;
-            conn.print(&v, |v| format!("started: version {}", v["version"]));
+            let started = |w: ItemWritten| format!("started: version {}", w.version);
+            conn.print(&v, typed(started))?;
         }
         ExperimentCmd::List { conn, namespace } => {
             let v = conn
@@ -151,33 +168,7 @@ pub async fn experiment(cmd: ExperimentCmd) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            conn.print(&v, |v| {
-                let mut out = format!(
-                    "{:<24} {:<8} {:<12} {:>10} METRICS",
-                    "FLAG", "STATUS", "CONTROL", "EXPOSURES"
-                );
-                for e in v["experiments"].as_array().into_iter().flatten() {
-                    let metrics: Vec<&str> = e["metrics"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    out.push_str(&format!(
-                        "\n{:<24} {:<8} {:<12} {:>10} {}",
-                        e["flag"].as_str().unwrap_or(""),
-                        if e["running"] == true {
-                            "running"
-                        } else {
-                            "stopped"
-                        },
-                        e["control"].as_str().unwrap_or("-"),
-                        e["exposures"],
-                        metrics.join(",")
-                    ));
-                }
-                out
-            });
+            conn.print(&v, typed(experiment_table))?;
         }
         ExperimentCmd::Results {
             conn,
@@ -191,7 +182,7 @@ pub async fn experiment(cmd: ExperimentCmd) -> anyhow::Result<()> {
                 path.push_str(&format!("&control={c}"));
             }
             let v = conn.call(Method::GET, &path, None).await?;
-            conn.print(&v, results_table);
+            conn.print(&v, typed(results_table))?;
         }
         ExperimentCmd::Ship {
             conn,
@@ -200,8 +191,8 @@ pub async fn experiment(cmd: ExperimentCmd) -> anyhow::Result<()> {
             variant,
         } => {
             let path = format!("/v1/namespaces/{namespace}/flags/{flag}");
-            let current = conn.call(Method::GET, &path, None).await?;
-            let known = current["definition"]["variants"]
+            let current = ItemInfo::deserialize(conn.call(Method::GET, &path, None).await?)?;
+            let known = current.definition["variants"]
                 .as_object()
                 .is_some_and(|vs| vs.contains_key(&variant));
             if !known {
@@ -209,12 +200,15 @@ pub async fn experiment(cmd: ExperimentCmd) -> anyhow::Result<()> {
             }
             let patch = json!({"defaultVariant": variant, "targeting": null, "experiment": null});
             let v = conn.call(Method::PATCH, &path, Some(patch)).await?;
-            conn.print(&v, |v| {
-                format!(
-                    "shipped {variant}: version {}; results: flagstaff experiment results {namespace} {flag} --control <control>",
-                    v["version"]
-                )
-            });
+            conn.print(
+                &v,
+                typed(move |w: ItemWritten| {
+                    format!(
+                        "shipped {variant}: version {}; results: flagstaff experiment results {namespace} {flag} --control <control>",
+                        w.version
+                    )
+                }),
+            )?;
         }
     }
     Ok(())

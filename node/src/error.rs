@@ -2,7 +2,7 @@
 //!
 //! Every error answers `{"error":{"code":"…","message":"…"}}`; validation errors add
 //! `"faults":[{"path":…,"message":…}]`, and 412 adds `"current_version"` ([`ErrorBody`], which
-//! is also the schema the OpenAPI document gives every error).
+//! is also the schema the OpenAPI document gives every error; the types are `flagstaff-api`'s).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -153,45 +153,17 @@ fn fault(e: &ApplyError, path: &str, message: String) -> ApiError {
     }
 }
 
-/// The body of every error answer: `{"error": {...}}`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
+pub use flagstaff_api::error::{ErrorBody, ErrorDetail, FaultBody};
 
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable code: `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`,
-    /// `CONFLICT`, `PRECONDITION_FAILED`, `PAYLOAD_TOO_LARGE`, `IDEMPOTENCY_KEY_REUSED`,
-    /// `NO_LEADER`, `STALE_REPLICA`, `UNAVAILABLE`, `OUTCOME_UNKNOWN` or `RATE_LIMITED`.
-    pub code: String,
-    pub message: String,
-    /// For an invalid definition: every fault with the JSON path where it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub faults: Option<Vec<FaultBody>>,
-    /// For 412: the item's current version (null when it does not exist).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub current_version: Option<Option<u64>>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct FaultBody {
-    /// JSON path of the fault, e.g. `/variants/on`.
-    pub path: String,
-    pub message: String,
-}
-
-impl FaultBody {
-    /// Faults (or warnings) as they are answered.
-    pub fn list(faults: &[flagstaff_flags::Fault]) -> Vec<FaultBody> {
-        faults
-            .iter()
-            .map(|f| FaultBody {
-                path: f.path.clone(),
-                message: f.message.clone(),
-            })
-            .collect()
-    }
+/// Faults (or warnings) as they are answered.
+pub fn fault_bodies(faults: &[flagstaff_flags::Fault]) -> Vec<FaultBody> {
+    faults
+        .iter()
+        .map(|f| FaultBody {
+            path: f.path.clone(),
+            message: f.message.clone(),
+        })
+        .collect()
 }
 
 impl ApiError {
@@ -200,7 +172,7 @@ impl ApiError {
         let (_, code) = self.status_code();
         let faults = match self {
             ApiError::BadRequest { faults, .. } if !faults.is_empty() => {
-                Some(FaultBody::list(faults))
+                Some(fault_bodies(faults))
             }
             _ => None,
         };

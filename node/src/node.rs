@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flagstaff_api::cluster::NodeState;
 use flagstaff_raft_store::{CommandResult, Envelope, Member, NodeId, Raft, StateHandle};
 use tokio::time::Instant;
 
@@ -300,7 +301,7 @@ impl Node {
         let m = self.raft.metrics().borrow().clone();
         crate::peer::MemberView {
             id: self.id,
-            state: state_name(m.state).to_string(),
+            state: node_state(m.state).as_str().to_string(),
             term: m.current_term,
             leader: m.current_leader,
             applied_index: m.last_applied.map(|l| l.index),
@@ -334,13 +335,13 @@ pub(crate) async fn when_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// A Raft role as the API names it.
-pub fn state_name(state: openraft::ServerState) -> &'static str {
+pub fn node_state(state: openraft::ServerState) -> NodeState {
     match state {
-        openraft::ServerState::Leader => "leader",
-        openraft::ServerState::Follower => "follower",
-        openraft::ServerState::Candidate => "candidate",
-        openraft::ServerState::Learner => "learner",
-        openraft::ServerState::Shutdown => "shutdown",
+        openraft::ServerState::Leader => NodeState::Leader,
+        openraft::ServerState::Follower => NodeState::Follower,
+        openraft::ServerState::Candidate => NodeState::Candidate,
+        openraft::ServerState::Learner => NodeState::Learner,
+        openraft::ServerState::Shutdown => NodeState::Shutdown,
     }
 }
 

@@ -10,10 +10,13 @@ use axum::Json;
 use flagstaff_flags::Fault;
 use flagstaff_raft_store::IdempotencyKey as StoredKey;
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
+use flagstaff_api::admin::{
+    FlagList, FlagSpec, ItemDeleted, ItemInfo, ItemWritten, NamespaceDeleted, NamespaceInfo,
+    NamespaceList, NamespaceSpec, NamespaceWritten, SegmentList,
+};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -41,146 +44,6 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 type NsPathArg = std::result::Result<Path<String>, PathRejection>;
 type ItemPathArg = std::result::Result<Path<(String, String)>, PathRejection>;
-
-/// `PUT /v1/namespaces/{ns}` body (may also be empty).
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents what `put_namespace` parses
-struct NamespaceSpec {
-    description: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum FlagState {
-    #[schema(rename = "ENABLED")]
-    Enabled,
-    #[schema(rename = "DISABLED")]
-    Disabled,
-}
-
-/// A flagd flag definition plus `description` and `tags`, validated whole by
-/// `flagstaff-flags` before it is proposed (400 with the path of every fault).
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents what `flagstaff_flags::validate_flag` accepts
-struct FlagSpec {
-    state: FlagState,
-    /// Variant name → value; all values of one type (boolean, string, number or object).
-    #[schema(value_type = Object)]
-    variants: std::collections::BTreeMap<String, Value>,
-    #[schema(rename = "defaultVariant")]
-    default_variant: Option<String>,
-    /// JsonLogic with flagd's `fractional`, `sem_ver`, `starts_with`, `ends_with` and
-    /// `{"$ref": "segment"}`.
-    #[schema(value_type = Option<Object>)]
-    targeting: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<Value>,
-    description: Option<String>,
-    tags: Option<Vec<String>>,
-    /// How `fractional` splits hash users: `v2` (the default; flagd and its Go, Java, .NET and
-    /// Node providers) or `v3` (the Python provider). Changing it moves users between variants.
-    #[schema(rename = "fractionalAlgorithm")]
-    fractional_algorithm: Option<FractionalAlgorithmSpec>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum FractionalAlgorithmSpec {
-    #[schema(rename = "v2")]
-    V2,
-    #[schema(rename = "v3")]
-    V3,
-}
-
-/// A namespace: its description, version and sizes.
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceInfo {
-    name: String,
-    description: String,
-    version: u64,
-    flags: usize,
-    segments: usize,
-    /// The revision the answer reflects (single namespace reads only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revision: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceList {
-    revision: u64,
-    namespaces: Vec<NamespaceInfo>,
-}
-
-/// The answer to a namespace write.
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceWritten {
-    namespace: String,
-    version: u64,
-    revision: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceDeleted {
-    namespace: String,
-    deleted: bool,
-    revision: u64,
-}
-
-/// A flag or segment with its version and last change.
-#[derive(Serialize, ToSchema)]
-pub struct ItemInfo {
-    namespace: String,
-    /// `flag` or `segment`.
-    kind: String,
-    key: String,
-    version: u64,
-    updated_at_ms: u64,
-    updated_by: String,
-    /// `null` if the stored definition does not parse (state corruption; see `error`).
-    definition: Value,
-    /// Present only when the stored definition does not parse.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// A flag's last reported evaluation (by an SDK's event batches or OFREP), if any: flags
-    /// nobody evaluates any more are easy to find and remove.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_evaluated_ms: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct FlagList {
-    namespace: String,
-    revision: u64,
-    flags: Vec<ItemInfo>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct SegmentList {
-    namespace: String,
-    revision: u64,
-    segments: Vec<ItemInfo>,
-}
-
-/// The answer to a flag or segment write: its new version (= the revision of the write).
-#[derive(Serialize, ToSchema)]
-pub struct ItemWritten {
-    namespace: String,
-    key: String,
-    version: u64,
-    revision: u64,
-    /// With `?flagd_semantics=true`: what was stored although Flagstaff refuses it by default,
-    /// because flagd accepts it (each evaluates as flagd does it).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<crate::error::FaultBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ItemDeleted {
-    namespace: String,
-    key: String,
-    deleted: bool,
-    revision: u64,
-}
 
 /// Flags and segments share their handlers; the const parameter picks which one a route serves.
 const FLAGS: bool = false;
@@ -250,26 +113,11 @@ async fn put_namespace(
     body: JsonBody,
 ) -> Result<Response> {
     let ns = namespace_path(p)?;
-    let description = match &body.value {
-        Value::Null => String::new(),
-        Value::Object(map) => {
-            if let Some(k) = map.keys().find(|k| k.as_str() != "description") {
-                return Err(ApiError::bad_request(format!(
-                    "{k}: unknown field (expected \"description\")"
-                )));
-            }
-            match map.get("description") {
-                None => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => return Err(ApiError::bad_request("description: must be a string")),
-            }
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "body: must be a JSON object like {\"description\": \"…\"}",
-            ))
-        }
+    let spec: NamespaceSpec = match &body.value {
+        Value::Null => NamespaceSpec::default(),
+        _ => body.parse()?,
     };
+    let description = spec.description.unwrap_or_default();
     let command = Command::PutNamespace {
         ns: ns.clone(),
         description,
@@ -422,7 +270,7 @@ fn item_info(
     };
     ItemInfo {
         namespace: ns.to_string(),
-        kind: kind.as_str().to_string(),
+        kind: crate::api::item_kind_of(kind),
         key: key.to_string(),
         version: item.version,
         updated_at_ms: item.updated_at_ms,
@@ -646,7 +494,7 @@ async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) ->
             key: w.key,
             version: revision,
             revision,
-            warnings: crate::error::FaultBody::list(&warnings),
+            warnings: crate::error::fault_bodies(&warnings),
         },
         revision,
     ))
@@ -801,7 +649,7 @@ async fn patch_flag(
                     key,
                     version: revision,
                     revision,
-                    warnings: crate::error::FaultBody::list(&warnings),
+                    warnings: crate::error::fault_bodies(&warnings),
                 };
                 return Ok(written(body, revision));
             }

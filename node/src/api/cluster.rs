@@ -16,9 +16,11 @@ use axum::Json;
 use flagstaff_raft_store::{Member, NodeId};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
+use flagstaff_api::cluster::{
+    ClusterStatus, InitSpec, Initialized, MemberRole, MemberSpec, MemberStatus,
+    MembershipChanged, MembershipRole, PromoteSpec,
+};
 use serde_json::Value;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -123,38 +125,6 @@ async fn backup(State(node): State<Arc<Node>>, _: Admin) -> Result<Response, Api
     Ok(resp)
 }
 
-/// One member as the answering node sees it.
-#[derive(Serialize, ToSchema)]
-pub struct MemberStatus {
-    id: NodeId,
-    api_addr: String,
-    peer_addr: String,
-    /// `voter` or `learner`.
-    role: &'static str,
-    is_leader: bool,
-    /// The last log index known replicated to it (on the leader only).
-    matched_index: Option<u64>,
-}
-
-/// The answering node's view of the cluster.
-#[derive(Serialize, ToSchema)]
-pub struct ClusterStatus {
-    cluster_id: String,
-    node_id: NodeId,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    state: &'static str,
-    leader: Option<NodeId>,
-    term: u64,
-    last_log_index: Option<u64>,
-    applied_index: Option<u64>,
-    revision: u64,
-    /// On the leader: time since a quorum last acknowledged it.
-    millis_since_quorum_ack: Option<u64>,
-    /// Age of this node's current staleness proof, if it has one.
-    staleness_ms: Option<u64>,
-    members: Vec<MemberStatus>,
-}
-
 /// Members, roles, leader, term, applied index, revision and staleness proof.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(("bearer" = [])),
     responses((status = 200, description = "this node's view", body = ClusterStatus)))]
@@ -174,15 +144,15 @@ async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<ClusterStatus> 
             api_addr: member.api_addr.clone(),
             peer_addr: member.peer_addr.clone(),
             role: if voters.contains(id) {
-                "voter"
+                MemberRole::Voter
             } else {
-                "learner"
+                MemberRole::Learner
             },
             is_leader: m.current_leader == Some(*id),
             matched_index: matched.get(id).copied().flatten(),
         })
         .collect();
-    let state = crate::node::state_name(m.state);
+    let state = crate::node::node_state(m.state);
     Json(ClusterStatus {
         cluster_id: node.cluster_id.clone(),
         node_id: node.id,
@@ -196,27 +166,6 @@ async fn status(State(node): State<Arc<Node>>, _: Admin) -> Json<ClusterStatus> 
         staleness_ms: node.proofs.staleness_ms(),
         members,
     })
-}
-
-/// A member: its id and the addresses of its two listeners.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct MemberSpec {
-    id: NodeId,
-    api_addr: String,
-    peer_addr: String,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct InitSpec {
-    members: Vec<MemberSpec>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PromoteSpec {
-    id: NodeId,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -233,20 +182,6 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> A
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Initialized {
-    initialized: bool,
-}
-
-/// A membership change, committed at `log_index`.
-#[derive(Serialize, ToSchema)]
-pub struct MembershipChanged {
-    /// The node added as a learner, promoted to voter or removed.
-    id: NodeId,
-    /// `learner`, `voter` or `removed`.
-    role: &'static str,
-    log_index: u64,
-}
 
 /// The first membership of a brand-new cluster, on one node (409 once initialised).
 #[utoipa::path(post, path = "/v1/cluster/init", tag = "cluster", security(("bearer" = [])),
@@ -479,7 +414,7 @@ async fn add_learner(
                 .map_err(membership_error)?;
             Ok(Json(MembershipChanged {
                 id: spec.id,
-                role: "learner",
+                role: MembershipRole::Learner,
                 log_index: resp.log_id.index,
             }))
         })
@@ -539,7 +474,7 @@ async fn promote(
                 .map_err(membership_error)?;
             Ok(Json(MembershipChanged {
                 id: spec.id,
-                role: "voter",
+                role: MembershipRole::Voter,
                 log_index: resp.log_id.index,
             }))
         })
@@ -583,7 +518,7 @@ async fn remove_member(
             .map_err(membership_error)?;
             Ok(Json(MembershipChanged {
                 id,
-                role: "removed",
+                role: MembershipRole::Removed,
                 log_index: resp.log_id.index,
             }))
         })

@@ -12,10 +12,14 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use flagstaff_experiments::{analyse, ArmInput, DistinctCount, MetricInput, Report, Settings};
+use flagstaff_api::experiments::{
+    ArmSeries, EventsRecorded, ExperimentList, ExperimentResults, ExperimentSummary, Ignored,
+    SeriesPoint, WeightsFrom,
+};
+use flagstaff_experiments::{analyse, ArmInput, DistinctCount, MetricInput, Settings};
 use flagstaff_flags::{is_event_name, Context, Fault, FlagSet};
 use flagstaff_raft_store::experiment_data::{EventPart, ExperimentRecord};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -115,26 +119,6 @@ pub struct TrackIn {
     context: Value,
     /// A number to average (an order's amount, say).
     value: Option<f64>,
-}
-
-/// What the node did with a batch.
-#[derive(Serialize, ToSchema)]
-pub struct EventsRecorded {
-    batch: Option<String>,
-    /// The batch had been recorded before: nothing was added this time.
-    duplicate: bool,
-    exposures: u64,
-    conversions: u64,
-    /// Entries that count for no running experiment (an unknown flag, variant or metric, a
-    /// flag that is not an experiment), with their paths. They are not an error: an SDK
-    /// whose data is a little behind may send them.
-    ignored: Vec<Ignored>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Ignored {
-    path: String,
-    reason: String,
 }
 
 /// Accumulates one request's counts and sketches by (flag, variant, metric).
@@ -468,24 +452,6 @@ async fn record_events(
     }
 }
 
-/// One experiment flag with recorded data, or running now.
-#[derive(Serialize, ToSchema)]
-pub struct ExperimentSummary {
-    flag: String,
-    /// The definition has an `experiment` field now.
-    running: bool,
-    control: Option<String>,
-    metrics: Vec<String>,
-    exposures: u64,
-    first_event_ms: Option<u64>,
-    last_event_ms: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ExperimentList {
-    experiments: Vec<ExperimentSummary>,
-}
-
 /// The experiment flags of a namespace: running ones and those with recorded data.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/experiments", tag = "experiments", security(("bearer" = [])),
     params(NsPath, ReadQuery), responses((status = 200, description = "the experiments", body = ExperimentList)))]
@@ -527,41 +493,6 @@ async fn list_experiments(
         })
         .collect();
     Ok(Json(ExperimentList { experiments }))
-}
-
-/// One bucket of an arm's time series.
-#[derive(Serialize, ToSchema)]
-pub struct SeriesPoint {
-    start_ms: u64,
-    width_ms: u64,
-    exposures: u64,
-    conversions: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ArmSeries {
-    variant: String,
-    points: Vec<SeriesPoint>,
-}
-
-/// An experiment's results.
-#[derive(Serialize, ToSchema)]
-pub struct ExperimentResults {
-    flag: String,
-    running: bool,
-    control: String,
-    metrics: Vec<String>,
-    /// The configured split the sample-ratio check compares with, by variant.
-    weights: BTreeMap<String, f64>,
-    /// `fractional` (read from the flag's targeting) or `equal` (no split found).
-    weights_from: &'static str,
-    first_event_ms: Option<u64>,
-    last_event_ms: Option<u64>,
-    /// Per variant: exposures, users, conversions, rates with always-valid 95% intervals,
-    /// uplift over control with its interval, chance to beat control; and the SRM check.
-    #[schema(value_type = Object)]
-    report: Report,
-    series: Vec<ArmSeries>,
 }
 
 /// The configured weights of the first `fractional` split in a targeting rule.
@@ -656,9 +587,9 @@ async fn experiment_results(
         .and_then(|d| d.get("targeting"))
         .and_then(fractional_weights);
     let weights_from = if split.is_some() {
-        "fractional"
+        WeightsFrom::Fractional
     } else {
-        "equal"
+        WeightsFrom::Equal
     };
     let mut variants: Vec<String> = record.arms.keys().cloned().collect();
     if let Some(w) = &split {

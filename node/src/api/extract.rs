@@ -119,6 +119,16 @@ impl JsonBody {
         };
         Ok(JsonBody { raw, value })
     }
+
+    /// The body as a `T` of `flagstaff-api`: a body of another shape is a 400 naming the path
+    /// of the fault (`body` for the whole).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(&self.value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "body".to_string() } else { path };
+            ApiError::bad_request(format!("{path}: {}", e.inner()))
+        })
+    }
 }
 
 /// `consistency`, `max_staleness_ms` and `min_revision` from a query string.

@@ -9,9 +9,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::Json;
 use flagstaff_raft_store::Command;
-use serde::Serialize;
-use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use flagstaff_api::flagd::{FlagdDocument, Imported, FLAGD_SCHEMA};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,38 +21,8 @@ use crate::error::ApiError;
 use crate::names::check_name;
 use crate::node::Node;
 
-const SCHEMA: &str = "https://flagd.dev/schema/v0/flags.json";
-
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new().routes(routes!(export, import))
-}
-
-/// A flagd `flags.json` document.
-#[derive(Serialize, ToSchema)]
-pub struct FlagdDocument {
-    #[serde(rename = "$schema")]
-    schema: &'static str,
-    /// Flag key → flagd flag definition.
-    #[schema(value_type = BTreeMap<String, Object>)]
-    flags: Map<String, Value>,
-    /// Segment key → JsonLogic rule (flagd's shared evaluators).
-    #[serde(rename = "$evaluators", skip_serializing_if = "Map::is_empty")]
-    #[schema(value_type = BTreeMap<String, Object>)]
-    evaluators: Map<String, Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Imported {
-    namespace: String,
-    /// How many flags and segments the namespace now holds.
-    flags: usize,
-    segments: usize,
-    revision: u64,
-    /// What was imported although Flagstaff refuses it for new writes, because flagd accepts
-    /// it: each with its path, evaluated as flagd does it (a branch naming no variant answers
-    /// `GENERAL`, an operator that cannot work answers null, a flag whose targeting flagd
-    /// cannot parse answers `PARSE_ERROR`).
-    warnings: Vec<crate::error::FaultBody>,
 }
 
 /// Export a namespace as a flagd document.
@@ -75,7 +44,7 @@ async fn export(
         .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
     let (flags, evaluators) = crate::flag_sets::definitions(&ns, space);
     Ok(Json(FlagdDocument {
-        schema: SCHEMA,
+        schema: Some(FLAGD_SCHEMA.to_string()),
         flags,
         evaluators,
     }))
@@ -125,6 +94,6 @@ async fn import(
         flags: count.0,
         segments: count.1,
         revision: applied.revision,
-        warnings: crate::error::FaultBody::list(&warnings),
+        warnings: crate::error::fault_bodies(&warnings),
     }))
 }

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use flagstaff_api::history::{HistoryChange, HistoryItem, HistoryPage};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,41 +21,6 @@ const MAX_PAGE: usize = 1000;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new().routes(routes!(history))
-}
-
-/// One page of the audit history, newest first.
-#[derive(Serialize, ToSchema)]
-pub struct HistoryPage {
-    namespace: String,
-    revision: u64,
-    /// The oldest revision the retained history still holds (of any namespace).
-    earliest_retained_revision: Option<u64>,
-    changes: Vec<HistoryChange>,
-    /// Pass as `before` for the next page; null on the last page.
-    next_before: Option<u64>,
-}
-
-/// One applied change: who made it, when, and each item before and after.
-#[derive(Serialize, ToSchema)]
-pub struct HistoryChange {
-    revision: u64,
-    /// The namespace's previous change.
-    prev_revision: u64,
-    at_ms: u64,
-    /// The token name that made the change.
-    actor: String,
-    items: Vec<HistoryItem>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct HistoryItem {
-    /// `flag` or `segment`.
-    kind: &'static str,
-    key: String,
-    /// The definition before the change (null when it was created).
-    before: Option<Value>,
-    /// The definition after the change (null when it was deleted).
-    after: Option<Value>,
 }
 
 #[derive(IntoParams)]
@@ -120,7 +84,7 @@ async fn history(
             .iter()
             .filter(|i| key.as_ref().is_none_or(|k| &i.key == k))
             .map(|i| HistoryItem {
-                kind: i.kind.as_str(),
+                kind: crate::api::item_kind_of(i.kind),
                 key: i.key.clone(),
                 before: i
                     .before

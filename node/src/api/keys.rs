@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flagstaff_raft_store::Command;
 use rand::RngCore;
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use flagstaff_api::keys::{
+    AdminTokenList, CredentialInfo, NameSpec, Revoked, SdkKeyList, SecretCreated,
+};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -31,56 +32,6 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(revoke_sdk_key))
         .routes(routes!(list_admin_tokens, create_admin_token))
         .routes(routes!(revoke_admin_token))
-}
-
-/// `{"name": "web"}`: the key's or token's name (the actor recorded in history).
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents what `name_from` parses
-struct NameSpec {
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    name: String,
-}
-
-/// A new SDK key or admin token. The secret is shown only here.
-#[derive(Serialize, ToSchema)]
-pub struct SecretCreated {
-    name: String,
-    /// The namespace an SDK key is bound to (null for an admin token).
-    namespace: Option<String>,
-    secret: String,
-    revision: u64,
-    note: &'static str,
-}
-
-/// A key or token, without its secret.
-#[derive(Serialize, ToSchema)]
-pub struct CredentialInfo {
-    name: String,
-    created_at_ms: u64,
-    created_by: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct SdkKeyList {
-    namespace: String,
-    sdk_keys: Vec<CredentialInfo>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AdminTokenList {
-    admin_tokens: Vec<CredentialInfo>,
-    /// Names of the tokens given in the node's configuration (not revocable here).
-    configured: Vec<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Revoked {
-    /// The SDK key's namespace (absent for an admin token).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    name: String,
-    revoked: bool,
-    revision: u64,
 }
 
 #[derive(IntoParams)]
@@ -110,21 +61,10 @@ fn secret(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
-fn name_from(body: &Value) -> Result<String, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("body: must be an object like {\"name\": \"web\"}"))?;
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "name") {
-        return Err(ApiError::bad_request(format!(
-            "{k}: unknown field (expected \"name\")"
-        )));
-    }
-    let name = obj
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("name: required string"))?;
-    check_name("name", name)?;
-    Ok(name.to_string())
+fn name_from(body: &JsonBody) -> Result<String, ApiError> {
+    let NameSpec { name } = body.parse()?;
+    check_name("name", &name)?;
+    Ok(name)
 }
 
 fn created(
@@ -145,7 +85,7 @@ fn created(
         namespace: ns.map(str::to_string),
         secret,
         revision,
-        note: "store the secret now: it is not shown again",
+        note: "store the secret now: it is not shown again".into(),
     })
     .into_response())
 }
@@ -164,7 +104,7 @@ async fn create_sdk_key(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let ns = crate::api::extract::namespace_path(p)?;
-    let name = name_from(&body.value)?;
+    let name = name_from(&body)?;
     let secret = secret("fsk_");
     let command = Command::CreateSdkKey {
         ns: ns.clone(),
@@ -282,7 +222,7 @@ async fn create_admin_token(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let name = name_from(&body.value)?;
+    let name = name_from(&body)?;
     check_not_configured(&node, &name)?;
     let secret = secret("fsa_");
     let command = Command::CreateAdminToken {

@@ -42,6 +42,17 @@ pub fn staleness_header(resp: &mut Response, staleness_ms: u64) {
     );
 }
 
+/// A change's or item's kind as the API names it.
+pub fn item_kind_of(kind: flagstaff_raft_store::ChangeKind) -> flagstaff_api::admin::ItemKind {
+    use flagstaff_api::admin::ItemKind;
+    use flagstaff_raft_store::ChangeKind;
+    match kind {
+        ChangeKind::Namespace => ItemKind::Namespace,
+        ChangeKind::Flag => ItemKind::Flag,
+        ChangeKind::Segment => ItemKind::Segment,
+    }
+}
+
 /// Every documented route of the client listener, with its OpenAPI description.
 pub fn documented_routes() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

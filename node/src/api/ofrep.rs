@@ -11,9 +11,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flagstaff_flags::{Context, ErrorCode, FlagSet, Resolution};
-use serde::Serialize;
+use flagstaff_api::ofrep::{BulkEvaluation, BulkItem, EvaluationRequest, OfrepError, OfrepSuccess};
 use serde_json::{Map, Value};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -31,47 +31,6 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(single))
 }
 
-/// A successful evaluation. A flag without a value for this context (no default variant)
-/// leaves `value` and `variant` out, as OFREP allows; the provider then uses its default.
-#[derive(Serialize, ToSchema)]
-pub struct OfrepSuccess {
-    key: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    variant: Option<String>,
-    /// `STATIC`, `TARGETING_MATCH`, `SPLIT`, `DEFAULT`, `DISABLED` or `UNKNOWN`.
-    reason: &'static str,
-    #[schema(value_type = Object)]
-    metadata: Map<String, Value>,
-}
-
-/// A failed evaluation or request, in OFREP's shape.
-#[derive(Serialize, ToSchema)]
-pub struct OfrepError {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
-    /// `FLAG_NOT_FOUND`, `TYPE_MISMATCH`, `PARSE_ERROR`, `TARGETING_KEY_MISSING`,
-    /// `INVALID_CONTEXT` or `GENERAL`.
-    #[serde(rename = "errorCode")]
-    error_code: String,
-    #[serde(rename = "errorDetails")]
-    error_details: String,
-}
-
-/// One flag of a bulk answer: its evaluation or its error.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum BulkItem {
-    Success(OfrepSuccess),
-    Failure(OfrepError),
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct BulkEvaluation {
-    flags: Vec<BulkItem>,
-}
-
 /// With an admin token, the namespace (an SDK key names its own).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -79,14 +38,6 @@ pub struct BulkEvaluation {
 struct NamespaceParam {
     /// Namespace, when called with an admin token (or the `Flagstaff-Namespace` header).
     namespace: Option<String>,
-}
-
-/// `{"context": {"targetingKey": …, …}}`; the body and the context may be left out.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents what `context_of` parses
-struct EvaluationRequest {
-    #[schema(value_type = Option<Object>)]
-    context: Option<Value>,
 }
 
 fn namespace_of(
@@ -172,8 +123,25 @@ fn success(key: &str, r: &Resolution<'_>) -> OfrepSuccess {
         key: key.to_string(),
         value: r.value.cloned(),
         variant: r.variant.map(str::to_string),
-        reason: r.reason.as_str(),
+        reason: reason(r.reason),
         metadata: r.metadata.clone(),
+    }
+}
+
+/// An evaluation's reason as OFREP names it.
+fn reason(r: flagstaff_flags::Reason) -> flagstaff_api::ofrep::Reason {
+    use flagstaff_api::ofrep::Reason as R;
+    use flagstaff_flags::Reason;
+    match r {
+        Reason::Static => R::Static,
+        Reason::TargetingMatch => R::TargetingMatch,
+        Reason::Split => R::Split,
+        Reason::Default => R::Default,
+        Reason::Disabled => R::Disabled,
+        Reason::Cached => R::Cached,
+        Reason::Stale => R::Stale,
+        Reason::Unknown => R::Unknown,
+        Reason::Error => R::Error,
     }
 }
 

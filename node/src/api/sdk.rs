@@ -9,10 +9,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flagstaff_raft_store::{Change, State as StoreState};
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+use flagstaff_api::sdk::{ErrorEvent, NamespaceSnapshot, StaleEvent};
+use serde_json::Value;
 use tokio::sync::broadcast;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -28,20 +27,6 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
         .routes(routes!(snapshot))
         .routes(routes!(watch))
-}
-
-/// A namespace's whole state at one revision.
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceSnapshot {
-    namespace: String,
-    cluster_id: String,
-    revision: u64,
-    /// Flag key → flagd flag definition.
-    #[schema(value_type = BTreeMap<String, Object>)]
-    flags: Map<String, Value>,
-    /// Segment key → JsonLogic rule.
-    #[schema(value_type = BTreeMap<String, Object>)]
-    segments: Map<String, Value>,
 }
 
 fn not_found(ns: &str) -> ApiError {
@@ -258,15 +243,19 @@ async fn watch(
 
 /// The `snapshot` event of a namespace that no longer exists: empty, at `revision`.
 fn deleted_snapshot_frame(ns: &str, cluster_id: &str, revision: u64) -> Bytes {
-    let body = NamespaceSnapshot {
+    let body: NamespaceSnapshot = NamespaceSnapshot {
         namespace: ns.to_string(),
         cluster_id: cluster_id.to_string(),
         revision,
-        flags: Map::new(),
-        segments: Map::new(),
+        flags: Default::default(),
+        segments: Default::default(),
     };
-    let body = serde_json::to_value(body).unwrap_or(Value::Null);
-    sse_frame("snapshot", revision, &body)
+    sse_frame("snapshot", revision, &event_json(&body))
+}
+
+/// An event's data as JSON (the frames take a `Value`).
+fn event_json(event: &impl serde::Serialize) -> Value {
+    serde_json::to_value(event).unwrap_or(Value::Null)
 }
 
 /// A resume scans at most this many retained changes; one from further back gets the
@@ -385,17 +374,18 @@ impl ChangeStream {
     fn on_tick(&mut self, tick: &Tick) {
         let (caller, node) = (&self.caller, &self.node);
         if self.credentials.revoked(tick, || caller.still_valid(node)) {
-            self.close_with(sse_frame_no_id(
-                "error",
-                &json!({"message": "the SDK key was revoked"}),
-            ));
+            let event = ErrorEvent {
+                message: "the SDK key was revoked".into(),
+            };
+            self.close_with(sse_frame_no_id("error", &event_json(&event)));
             return;
         }
         if let Some(msg) = tick.stale_beyond(self.bound_ms) {
-            self.close_with(sse_frame_no_id(
-                "stale",
-                &json!({"revision": self.last, "message": msg}),
-            ));
+            let event = StaleEvent {
+                revision: self.last,
+                message: msg,
+            };
+            self.close_with(sse_frame_no_id("stale", &event_json(&event)));
             return;
         }
         // Only claim freshness once every applied change has been sent.
