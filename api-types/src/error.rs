@@ -58,10 +58,13 @@ mod tests {
     fn a_null_current_version_is_kept_apart_from_an_absent_one() {
         let parse = |s: &str| serde_json::from_str::<ErrorBody>(s).unwrap().error;
         let absent = parse(r#"{"error":{"code":"NOT_FOUND","message":"m"}}"#);
-        assert_eq!((absent.current_version, absent.faults), (None, None));
-        let null = parse(r#"{"error":{"code":"PRECONDITION_FAILED","message":"m","current_version":null}}"#);
+        assert_eq!((&absent.current_version, &absent.faults), (&None, &None));
+        let null = parse(
+            r#"{"error":{"code":"PRECONDITION_FAILED","message":"m","current_version":null}}"#,
+        );
         assert_eq!(null.current_version, Some(None));
-        let seven = parse(r#"{"error":{"code":"PRECONDITION_FAILED","message":"m","current_version":7}}"#);
+        let seven =
+            parse(r#"{"error":{"code":"PRECONDITION_FAILED","message":"m","current_version":7}}"#);
         assert_eq!(seven.current_version, Some(Some(7)));
         for e in [absent, null, seven] {
             let body = ErrorBody { error: e };

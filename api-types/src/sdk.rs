@@ -132,7 +132,10 @@ mod tests {
             r#"{"namespace":"n","cluster_id":"c","revision":"5"}"#,
             r#"{"namespace":"n","cluster_id":"c","revision":5,"flags":[]}"#,
         ] {
-            assert!(serde_json::from_str::<NamespaceSnapshot>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<NamespaceSnapshot>(bad).is_err(),
+                "{bad}"
+            );
         }
         assert!(serde_json::from_str::<ChangeEvent>(r#"{"revision":9}"#).is_err());
     }

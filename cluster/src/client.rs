@@ -537,7 +537,10 @@ pub async fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
                 description: Some(description),
             };
             let path = format!("/v1/namespaces/{namespace}");
-            (conn, Call::new(Method::PUT, path, revision).with(body(spec)))
+            (
+                conn,
+                Call::new(Method::PUT, path, revision).with(body(spec)),
+            )
         }
         NamespaceCmd::List { conn } => (
             conn,

@@ -171,9 +171,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, code) = self.status_code();
         let faults = match self {
-            ApiError::BadRequest { faults, .. } if !faults.is_empty() => {
-                Some(fault_bodies(faults))
-            }
+            ApiError::BadRequest { faults, .. } if !faults.is_empty() => Some(fault_bodies(faults)),
             _ => None,
         };
         let current_version = match self {

@@ -7,13 +7,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flagstaff_flags::Fault;
-use flagstaff_raft_store::IdempotencyKey as StoredKey;
-use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use flagstaff_api::admin::{
     FlagList, FlagSpec, ItemDeleted, ItemInfo, ItemWritten, NamespaceDeleted, NamespaceInfo,
     NamespaceList, NamespaceSpec, NamespaceWritten, SegmentList,
 };
+use flagstaff_flags::Fault;
+use flagstaff_raft_store::IdempotencyKey as StoredKey;
+use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -13,13 +13,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use flagstaff_api::cluster::{
+    ClusterStatus, InitSpec, Initialized, MemberRole, MemberSpec, MemberStatus, MembershipChanged,
+    MembershipRole, PromoteSpec,
+};
 use flagstaff_raft_store::{Member, NodeId};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ChangeMembers;
-use flagstaff_api::cluster::{
-    ClusterStatus, InitSpec, Initialized, MemberRole, MemberSpec, MemberStatus,
-    MembershipChanged, MembershipRole, PromoteSpec,
-};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -181,7 +181,6 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> A
         other => ApiError::Unavailable(other.to_string()),
     }
 }
-
 
 /// The first membership of a brand-new cluster, on one node (409 once initialised).
 #[utoipa::path(post, path = "/v1/cluster/init", tag = "cluster", security(("bearer" = [])),

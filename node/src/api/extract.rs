@@ -125,7 +125,11 @@ impl JsonBody {
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
         serde_path_to_error::deserialize(&self.value).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { "body".to_string() } else { path };
+            let path = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
             ApiError::bad_request(format!("{path}: {}", e.inner()))
         })
     }

@@ -9,11 +9,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flagstaff_raft_store::Command;
-use rand::RngCore;
 use flagstaff_api::keys::{
     AdminTokenList, CredentialInfo, NameSpec, Revoked, SdkKeyList, SecretCreated,
 };
+use flagstaff_raft_store::Command;
+use rand::RngCore;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
