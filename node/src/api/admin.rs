@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Json;
 use flagstaff_api::admin::{
     FlagList, FlagSpec, ItemDeleted, ItemInfo, ItemWritten, NamespaceDeleted, NamespaceInfo,
@@ -14,53 +14,51 @@ use flagstaff_api::admin::{
 use flagstaff_flags::Fault;
 use flagstaff_raft_store::IdempotencyKey as StoredKey;
 use flagstaff_raft_store::{Applied, ChangeKind, Command, Condition, Envelope, Item};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa::openapi::path::HttpMethod;
+use utoipa::IntoParams;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use crate::api::extract::{
-    condition, idempotency, item_kind, item_path, namespace_path, read_params, Admin, ItemRead,
-    ItemWrite, JsonBody, ListRead,
+    item_kind, Admin, InPath, InQuery, ItemPath, ItemRead, ItemWrite, JsonBody, ListRead, NsPath,
+    Precondition, Read, ReadQuery, RetryKey,
 };
-use crate::api::openapi::{
-    FlagdSemantics, IdempotencyKey, IfMatch, IfNoneMatch, ItemPath, NsPath, ReadQuery,
-};
+use crate::api::openapi::{body_object, body_of, Operation};
 use crate::api::{revision_header, staleness_header};
 use crate::error::ApiError;
 use crate::node::Node;
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
+    let [flag, flags] = item_routes::<FLAGS>();
+    let [segment, segments] = item_routes::<SEGMENTS>();
     OpenApiRouter::new()
         .routes(routes!(list_namespaces))
         .routes(routes!(get_namespace, put_namespace, delete_namespace))
-        .routes(routes!(list_flags))
-        .routes(routes!(get_flag, put_flag, patch_flag, delete_flag))
-        .routes(routes!(list_segments))
-        .routes(routes!(get_segment, put_segment, delete_segment))
+        .routes(flags)
+        .routes(flag)
+        .routes(routes!(patch_flag))
+        .routes(segments)
+        .routes(segment)
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
-type NsPathArg = std::result::Result<Path<String>, PathRejection>;
-type ItemPathArg = std::result::Result<Path<(String, String)>, PathRejection>;
 
 /// Flags and segments share their handlers; the const parameter picks which one a route serves.
 const FLAGS: bool = false;
 const SEGMENTS: bool = true;
 
-/// Proposes one command (with an idempotency key) and answers with what it produced.
+/// Proposes one command (with the write's idempotency key) and answers with what it produced.
 pub(crate) async fn submit(
     node: &Node,
     actor: &str,
-    headers: &HeaderMap,
-    method: &Method,
-    uri: &Uri,
+    retry: &RetryKey,
     body: &[u8],
     command: Command,
 ) -> Result<Applied> {
-    let ns = command.namespace().to_string();
-    let idem = idempotency(headers, actor, &ns, method, uri.path(), body)?;
+    let idem = retry.key(actor, command.namespace(), body);
     submit_keyed(node, actor, idem, command).await
 }
 
@@ -100,19 +98,17 @@ fn etag(version: u64) -> HeaderValue {
 
 /// Create or update a namespace.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}", tag = "namespaces", security(("bearer" = [])),
-    params(NsPath, IfMatch, IfNoneMatch, IdempotencyKey),
+    params(NsPath, Precondition, RetryKey),
     request_body(content = Option<NamespaceSpec>, description = "`{}` or `{\"description\": \"…\"}`"),
     responses((status = 200, description = "written", body = NamespaceWritten)))]
 async fn put_namespace(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: NsPathArg,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    Precondition(condition): Precondition,
+    retry: RetryKey,
     body: JsonBody,
 ) -> Result<Response> {
-    let ns = namespace_path(p)?;
     let spec: NamespaceSpec = match &body.value {
         Value::Null => NamespaceSpec::default(),
         _ => body.parse()?,
@@ -121,9 +117,9 @@ async fn put_namespace(
     let command = Command::PutNamespace {
         ns: ns.clone(),
         description,
-        condition: condition(&headers)?,
+        condition,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, &body.raw, command)
+    let revision = submit(&node, &actor, &retry, &body.raw, command)
         .await?
         .revision;
     Ok(written(
@@ -138,24 +134,20 @@ async fn put_namespace(
 
 /// Delete a namespace with its flags, segments and SDK keys.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}", tag = "namespaces", security(("bearer" = [])),
-    params(NsPath, IfMatch, IfNoneMatch, IdempotencyKey),
+    params(NsPath, Precondition, RetryKey),
     responses((status = 200, description = "deleted", body = NamespaceDeleted)))]
 async fn delete_namespace(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: NsPathArg,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    Precondition(condition): Precondition,
+    retry: RetryKey,
 ) -> Result<Response> {
-    let ns = namespace_path(p)?;
     let command = Command::DeleteNamespace {
         ns: ns.clone(),
-        condition: condition(&headers)?,
+        condition,
     };
-    let revision = submit(&node, &actor, &headers, &method, &uri, b"", command)
-        .await?
-        .revision;
+    let revision = submit(&node, &actor, &retry, b"", command).await?.revision;
     Ok(written(
         NamespaceDeleted {
             namespace: ns,
@@ -172,9 +164,8 @@ async fn delete_namespace(
 async fn list_namespaces(
     State(node): State<Arc<Node>>,
     _: Admin,
-    RawQuery(q): RawQuery,
+    Read(params): Read,
 ) -> Result<Response> {
-    let params = read_params(q.as_deref(), &node, true)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -217,11 +208,9 @@ fn namespace_info(
 async fn get_namespace(
     State(node): State<Arc<Node>>,
     _: Admin,
-    p: NsPathArg,
-    RawQuery(q): RawQuery,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    Read(params): Read,
 ) -> Result<Response> {
-    let ns = namespace_path(p)?;
-    let params = read_params(q.as_deref(), &node, true)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
         .await?;
@@ -281,64 +270,105 @@ fn item_info(
     }
 }
 
-// The routed handlers for flags and segments: documented one by one, sharing the generic ones.
-
-/// One flag.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, ReadQuery), responses((status = 200, description = "the flag; ETag is its version", body = ItemInfo)))]
-async fn get_flag(r: ItemRead<FLAGS>) -> Result<Response> {
-    get_item(r).await
-}
-
-/// One segment.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
-    params(ItemPath, ReadQuery), responses((status = 200, description = "the segment; ETag is its version", body = ItemInfo)))]
-async fn get_segment(r: ItemRead<SEGMENTS>) -> Result<Response> {
-    get_item(r).await
-}
-
-/// Every flag of a namespace.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/flags", tag = "flags", security(("bearer" = [])),
-    params(NsPath, ReadQuery), responses((status = 200, description = "the flags", body = FlagList)))]
-async fn list_flags(r: ListRead<FLAGS>) -> Result<Response> {
-    list_items(r).await
-}
-
-/// Every segment of a namespace.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/segments", tag = "segments", security(("bearer" = [])),
-    params(NsPath, ReadQuery), responses((status = 200, description = "the segments", body = SegmentList)))]
-async fn list_segments(r: ListRead<SEGMENTS>) -> Result<Response> {
-    list_items(r).await
-}
-
-/// Create or replace a flag.
-#[utoipa::path(put, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey, FlagdSemantics), request_body = FlagSpec,
-    responses((status = 200, description = "written", body = ItemWritten)))]
-async fn put_flag(w: ItemWrite<FLAGS>, body: JsonBody) -> Result<Response> {
-    put_item(w, body).await
-}
-
-/// Create or replace a segment (a JsonLogic rule, referenced as `{"$ref": "key"}`).
-#[utoipa::path(put, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IfNoneMatch, IdempotencyKey), request_body(content = Object, description = "a JsonLogic rule"),
-    responses((status = 200, description = "written", body = ItemWritten)))]
-async fn put_segment(w: ItemWrite<SEGMENTS>, body: JsonBody) -> Result<Response> {
-    put_item(w, body).await
-}
-
-/// Delete a flag.
-#[utoipa::path(delete, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
-async fn delete_flag(w: ItemWrite<FLAGS>) -> Result<Response> {
-    delete_item(w).await
-}
-
-/// Delete a segment (409 while a flag or segment still references it).
-#[utoipa::path(delete, path = "/v1/namespaces/{ns}/segments/{key}", tag = "segments", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IdempotencyKey), responses((status = 200, description = "deleted", body = ItemDeleted)))]
-async fn delete_segment(w: ItemWrite<SEGMENTS>) -> Result<Response> {
-    delete_item(w).await
+/// The routes of flags (`SEGMENT = false`) or of segments: the generic handlers below, routed
+/// for one kind, with their operations documented here from one description per kind (a
+/// generic handler cannot carry a `#[utoipa::path]`). `PATCH` is for flags only and documented
+/// on [`patch_flag`].
+fn item_routes<const SEGMENT: bool>() -> [UtoipaMethodRouter<Arc<Node>>; 2] {
+    let (noun, tag) = if SEGMENT {
+        ("segment", "segments")
+    } else {
+        ("flag", "flags")
+    };
+    let mut schemas = Vec::new();
+    let (list, info) = if SEGMENT {
+        (
+            body_of::<SegmentList>(&mut schemas),
+            body_of::<ItemInfo>(&mut schemas),
+        )
+    } else {
+        (
+            body_of::<FlagList>(&mut schemas),
+            body_of::<ItemInfo>(&mut schemas),
+        )
+    };
+    let (written, deleted) = (
+        body_of::<ItemWritten>(&mut schemas),
+        body_of::<ItemDeleted>(&mut schemas),
+    );
+    let write_params = ItemWrite::<SEGMENT>::into_params(|| None);
+    let (put_summary, put_body, put_params) = if SEGMENT {
+        (
+            "Create or replace a segment (a JsonLogic rule, referenced as `{\"$ref\": \"key\"}`).",
+            (body_object(), "a JsonLogic rule"),
+            write_params.clone(),
+        )
+    } else {
+        (
+            "Create or replace a flag.",
+            (body_of::<FlagSpec>(&mut schemas), "the flag's definition"),
+            [write_params.clone(), FlagdSemantics::into_params(|| None)].concat(),
+        )
+    };
+    let delete_summary = if SEGMENT {
+        "Delete a segment (409 while a flag or segment still references it)."
+    } else {
+        "Delete a flag."
+    };
+    let one = Operation {
+        id: format!("get_{noun}"),
+        tag,
+        summary: format!("One {noun}."),
+        params: ItemRead::<SEGMENT>::into_params(|| None),
+        body: None,
+        ok: (format!("the {noun}; ETag is its version"), info),
+    };
+    let put = Operation {
+        id: format!("put_{noun}"),
+        summary: put_summary.to_string(),
+        params: put_params,
+        body: Some(put_body),
+        ok: ("written".to_string(), written),
+        ..one.clone()
+    };
+    let delete = Operation {
+        id: format!("delete_{noun}"),
+        summary: delete_summary.to_string(),
+        params: write_params,
+        ok: ("deleted".to_string(), deleted),
+        ..one.clone()
+    };
+    let every = Operation {
+        id: format!("list_{tag}"),
+        summary: format!("Every {noun} of a namespace."),
+        params: ListRead::<SEGMENT>::into_params(|| None),
+        ok: (format!("the {tag}"), list),
+        ..one.clone()
+    };
+    let item_path = format!("/v1/namespaces/{{ns}}/{tag}/{{key}}");
+    let list_path = format!("/v1/namespaces/{{ns}}/{tag}");
+    let item = [
+        (HttpMethod::Get, one),
+        (HttpMethod::Put, put),
+        (HttpMethod::Delete, delete),
+    ];
+    let item_router = MethodRouter::new()
+        .get(get_item::<SEGMENT>)
+        .put(put_item::<SEGMENT>)
+        .delete(delete_item::<SEGMENT>);
+    let list_router = MethodRouter::new().get(list_items::<SEGMENT>);
+    [
+        (
+            schemas.clone(),
+            Operation::paths(&item_path, item),
+            item_router,
+        ),
+        (
+            schemas,
+            Operation::paths(&list_path, [(HttpMethod::Get, every)]),
+            list_router,
+        ),
+    ]
 }
 
 async fn get_item<const SEGMENT: bool>(r: ItemRead<SEGMENT>) -> Result<Response> {
@@ -399,19 +429,19 @@ async fn list_items<const SEGMENT: bool>(r: ListRead<SEGMENT>) -> Result<Respons
     })
 }
 
-/// `?flagd_semantics=true` on a flag write: store what flagd accepts although Flagstaff
-/// refuses it by default (see [`flagstaff_flags::validate_flag_as_flagd`]).
-fn flagd_semantics(uri: &Uri) -> Result<bool> {
-    let query = uri.query().unwrap_or_default().as_bytes();
-    let Some((_, v)) = form_urlencoded::parse(query).find(|(k, _)| k == "flagd_semantics") else {
-        return Ok(false);
-    };
-    match v.as_ref() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(ApiError::bad_request(format!(
-            "flagd_semantics: {other:?} is not true or false"
-        ))),
+/// `?flagd_semantics=true` on a flag write.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FlagdSemantics {
+    /// Store what flagd accepts and resolves at evaluation (a branch naming no variant, an
+    /// operator that cannot compare, a negative weight, an unknown operator), answered as
+    /// `warnings`; without it those are 400 (see `flagstaff_flags::validate_flag_as_flagd`).
+    flagd_semantics: Option<bool>,
+}
+
+impl FlagdSemantics {
+    fn on(&self) -> bool {
+        self.flagd_semantics == Some(true)
     }
 }
 
@@ -476,16 +506,17 @@ async fn submit_item<const SEGMENT: bool>(
     raw: &[u8],
     command: Command,
 ) -> Result<u64> {
-    let applied = submit(
-        &w.node, &w.actor, &w.headers, &w.method, &w.uri, raw, command,
-    )
-    .await?;
+    let applied = submit(&w.node, &w.actor, &w.retry, raw, command).await?;
     Ok(applied.revision)
 }
 
-async fn put_item<const SEGMENT: bool>(w: ItemWrite<SEGMENT>, body: JsonBody) -> Result<Response> {
+async fn put_item<const SEGMENT: bool>(
+    w: ItemWrite<SEGMENT>,
+    InQuery(flagd): InQuery<FlagdSemantics>,
+    body: JsonBody,
+) -> Result<Response> {
     let kind = item_kind(SEGMENT);
-    let (definition, warnings) = validate(kind, &body.value, flagd_semantics(&w.uri)?)?;
+    let (definition, warnings) = validate(kind, &body.value, flagd.on())?;
     let command = put_command(kind, w.ns.clone(), w.key.clone(), definition, w.condition);
     let revision = submit_item(&w, &body.raw, command).await?;
     Ok(written(
@@ -595,31 +626,33 @@ fn patch_fingerprint(fingerprint: &str, wanted: Condition) -> String {
 /// applied against the version it was computed from and recomputed if someone else wrote in
 /// between, so a concurrent write is never silently overwritten.
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(ItemPath, IfMatch, IdempotencyKey, FlagdSemantics),
+    params(ItemPath, Precondition, RetryKey, FlagdSemantics),
     request_body(content = Object, description = "a JSON merge patch (RFC 7386) of the definition, e.g. `{\"state\": \"DISABLED\"}`"),
     responses((status = 200, description = "written", body = ItemWritten)))]
 async fn patch_flag(
-    State(node): State<Arc<Node>>,
-    Admin(actor): Admin,
-    p: ItemPathArg,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    w: ItemWrite<FLAGS>,
+    InQuery(flagd): InQuery<FlagdSemantics>,
     body: JsonBody,
 ) -> Result<Response> {
-    let (ns, key) = item_path(p, "flag")?;
+    let ItemWrite {
+        node,
+        actor,
+        ns,
+        key,
+        condition: wanted,
+        retry,
+    } = w;
     if !body.value.is_object() {
         return Err(ApiError::bad_request(
             "body: a merge patch must be a JSON object",
         ));
     }
-    let wanted = condition(&headers)?;
     if wanted == Condition::CreateOnly {
         return Err(ApiError::bad_request(
             "If-None-Match: * makes no sense on PATCH",
         ));
     }
-    let mut base = idempotency(&headers, &actor, &ns, &method, uri.path(), &body.raw)?;
+    let mut base = retry.key(&actor, &ns, &body.raw);
     base.fingerprint = patch_fingerprint(&base.fingerprint, wanted);
     let attempts = if wanted == Condition::None {
         PATCH_ATTEMPTS
@@ -634,8 +667,7 @@ async fn patch_flag(
             // This attempt was already decided (by an earlier try of this request).
             Some(recorded) => recorded.map(|applied| (applied, Vec::new())),
             None => {
-                let as_flagd = flagd_semantics(&uri)?;
-                let patch = (&body.value, as_flagd);
+                let patch = (&body.value, flagd.on());
                 patch_attempt(&node, &actor, &ns, &key, patch, wanted, idem).await
             }
         };

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use axum::Json;
 use flagstaff_api::experiments::{
     ArmSeries, EventsRecorded, ExperimentList, ExperimentResults, ExperimentSummary, Ignored,
@@ -21,12 +20,11 @@ use flagstaff_flags::{is_event_name, Context, Fault, FlagSet};
 use flagstaff_raft_store::experiment_data::{EventPart, ExperimentRecord};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{item_path, namespace_path, read_params, Admin, JsonBody};
-use crate::api::openapi::{ItemPath, NsPath, ReadQuery};
+use crate::api::extract::{InPath, InQuery, ItemRead, JsonBody, NsPath, NsRead};
 use crate::auth::Caller;
 use crate::clock::wall_ms;
 use crate::error::ApiError;
@@ -364,11 +362,11 @@ fn track(set: &FlagSet, items: &[TrackIn], t: &mut Tally) -> Result<(), ApiError
 async fn record_events(
     State(node): State<Arc<Node>>,
     caller: Result<Caller, ApiError>,
-    p: Result<Path<String>, PathRejection>,
+    path: Result<InPath<NsPath>, ApiError>,
     body: axum::extract::Request,
 ) -> Result<Json<EventsRecorded>, ApiError> {
     let caller = caller?;
-    let ns = namespace_path(p)?;
+    let InPath(NsPath { ns }) = path?;
     caller.check_namespace(&ns)?;
     node.rate_limits.check(match &caller {
         Caller::Admin(name) => name,
@@ -454,17 +452,10 @@ async fn record_events(
 
 /// The experiment flags of a namespace: running ones and those with recorded data.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/experiments", tag = "experiments", security(("bearer" = [])),
-    params(NsPath, ReadQuery), responses((status = 200, description = "the experiments", body = ExperimentList)))]
+    params(NsRead), responses((status = 200, description = "the experiments", body = ExperimentList)))]
 async fn list_experiments(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
+    NsRead { node, ns, .. }: NsRead,
 ) -> Result<Json<ExperimentList>, ApiError> {
-    let ns = namespace_path(p)?;
-    let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision)
-        .await?;
     let set = flag_set(&node, &ns)?;
     let state = node.state.read();
     let records: BTreeMap<&str, &ExperimentRecord> = state.experiments().records_of(&ns).collect();
@@ -525,25 +516,26 @@ pub fn fractional_weights(rule: &Value) -> Option<BTreeMap<String, f64>> {
     (!weights.is_empty()).then_some(weights)
 }
 
+/// Which variant is the control.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ControlQuery {
+    /// The control variant, for a flag whose experiment field was removed.
+    control: Option<String>,
+}
+
 /// An experiment's results: per variant exposures, users, conversions, rates and uplifts with
 /// always-valid intervals, and the sample-ratio check.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/experiments/{key}", tag = "experiments", security(("bearer" = [])),
-    params(ItemPath, ReadQuery, ("control" = Option<String>, Query, description = "the control variant, for a flag whose experiment field was removed")),
+    params(ItemRead<false>, ControlQuery),
     responses((status = 200, description = "the results", body = ExperimentResults),
         (status = 404, description = "no such flag, or neither running nor recorded")))]
 async fn experiment_results(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
+    r: ItemRead<false>,
+    InQuery(ControlQuery { control }): InQuery<ControlQuery>,
 ) -> Result<Json<ExperimentResults>, ApiError> {
-    let (ns, flag) = item_path(p, "flag")?;
-    let params = read_params(q.as_deref(), &node, true)?;
-    let control_param = params
-        .rest
-        .iter()
-        .find(|(k, _)| k == "control")
-        .map(|(_, v)| v.clone());
+    let (node, ns, flag, params) = (r.node, r.ns, r.key, r.params);
+    let control_param = control;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
     let set = flag_set(&node, &ns)?;

@@ -1,23 +1,28 @@
 //! Request parsing shared by the handlers: auth, bodies, read parameters, names, conditions and
-//! idempotency keys. Every failure becomes an [`ApiError`] (400/401/413), never a panic.
+//! idempotency keys. Every failure becomes an [`ApiError`] (400/401/413), never a panic. The
+//! parsed types also describe themselves to the OpenAPI document (`IntoParams`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use flagstaff_raft_store::{ChangeKind, Condition, IdempotencyKey};
 use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
 use crate::names::check_name;
-use crate::node::{Consistency, Node};
+use crate::node::{Consistency, Node, ReadProof};
 
 /// Set by the web console on the requests it makes to this API on behalf of a signed-in admin
 /// (after checking the session cookie). Clients cannot set request extensions, so this never
@@ -135,76 +140,206 @@ impl JsonBody {
     }
 }
 
-/// `consistency`, `max_staleness_ms` and `min_revision` from a query string.
+// ----- the shapes of requests -----
+//
+// Each type below is what a handler takes from a request and, through its `IntoParams`, what
+// the OpenAPI document says the request carries: the document is made from the parser's own
+// types, so the two cannot drift apart.
+
+/// A query string parsed as `T`: an unknown parameter is ignored, a malformed one is a 400
+/// naming it.
+pub struct InQuery<T>(pub T);
+
+impl<T: DeserializeOwned> InQuery<T> {
+    pub fn parse(query: Option<&str>) -> Result<T, ApiError> {
+        let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes());
+        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "query" } else { path.as_str() };
+            ApiError::bad_request(format!("{path}: {}", e.inner()))
+        })
+    }
+}
+
+impl<T: DeserializeOwned, S: Sync> FromRequestParts<S> for InQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        InQuery::parse(parts.uri.query()).map(InQuery)
+    }
+}
+
+/// Path parameters that are names (of namespaces, flags, segments, keys), checked by
+/// [`check_name`] once parsed.
+pub trait PathNames: DeserializeOwned + Send {
+    /// Each name with the parameter it is.
+    fn names(&self) -> Vec<(&'static str, &str)>;
+}
+
+/// A route's `{…}` segments parsed as `T` and checked as names.
+pub struct InPath<T>(pub T);
+
+impl<T: PathNames, S: Send + Sync> FromRequestParts<S> for InPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(p) = Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        for (what, name) in p.names() {
+            check_name(what, name)?;
+        }
+        Ok(InPath(p))
+    }
+}
+
+/// `{ns}` in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NsPath {
+    /// Namespace name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub ns: String,
+}
+
+impl PathNames for NsPath {
+    fn names(&self) -> Vec<(&'static str, &str)> {
+        vec![("namespace", &self.ns)]
+    }
+}
+
+/// `{ns}` and `{key}` in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ItemPath {
+    /// Namespace name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub ns: String,
+    /// Flag or segment key.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub key: String,
+}
+
+impl PathNames for ItemPath {
+    fn names(&self) -> Vec<(&'static str, &str)> {
+        vec![("namespace", &self.ns), ("key", &self.key)]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyParam {
+    Linearizable,
+    Bounded,
+}
+
+/// The read parameters every read takes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// `linearizable`: a quorum-confirmed read index from the leader, then wait until applied.
+    /// `bounded`: this node's state, which reflects every write acknowledged before
+    /// `now - Flagstaff-Staleness-Ms`; 503 `STALE_REPLICA` when the node cannot prove that.
+    /// Admin reads default to `linearizable`, application reads (snapshot, watch, OFREP) to
+    /// `bounded`.
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
+    /// Bound for `bounded` reads (default 2000; giving it alone selects `bounded`).
+    #[param(minimum = 1, maximum = 3600000)]
+    pub max_staleness_ms: Option<u64>,
+    /// Wait until this node has applied this revision (bounded wait, then 503).
+    pub min_revision: Option<u64>,
+}
+
+impl ReadQuery {
+    /// The consistency these parameters ask of `node`; without `consistency` (and without
+    /// `max_staleness_ms`), linearizable if `default_linearizable`.
+    pub fn resolve(self, node: &Node, default_linearizable: bool) -> Result<ReadParams, ApiError> {
+        let default_ms = node.config.max_staleness.as_millis() as u64;
+        let bound = Duration::from_millis(self.max_staleness_ms.unwrap_or(default_ms));
+        if bound.is_zero() || bound > Duration::from_secs(3600) {
+            return Err(ApiError::bad_request(
+                "max_staleness_ms: must be between 1 and 3600000",
+            ));
+        }
+        let consistency = match self.consistency {
+            None if default_linearizable && self.max_staleness_ms.is_none() => {
+                Consistency::Linearizable
+            }
+            None | Some(ConsistencyParam::Bounded) => Consistency::Bounded(bound),
+            Some(ConsistencyParam::Linearizable) => Consistency::Linearizable,
+        };
+        Ok(ReadParams {
+            consistency,
+            min_revision: self.min_revision,
+        })
+    }
+
+    /// Parses and resolves a query string's read parameters.
+    pub fn params(
+        query: Option<&str>,
+        node: &Node,
+        default_linearizable: bool,
+    ) -> Result<ReadParams, ApiError> {
+        InQuery::<ReadQuery>::parse(query)?.resolve(node, default_linearizable)
+    }
+}
+
+/// What a read asks for: its consistency and the revision to wait for.
 pub struct ReadParams {
     pub consistency: Consistency,
     pub min_revision: Option<u64>,
-    /// Remaining parameters, for handlers that take more.
-    pub rest: Vec<(String, String)>,
 }
 
-pub fn read_params(
-    query: Option<&str>,
-    node: &Node,
-    default_linearizable: bool,
-) -> Result<ReadParams, ApiError> {
-    let mut consistency = None;
-    let mut staleness = None;
-    let mut min_revision = None;
-    let mut rest = Vec::new();
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "consistency" => consistency = Some(v.into_owned()),
-            "max_staleness_ms" => staleness = Some(parse_u64("max_staleness_ms", &v)?),
-            "min_revision" => min_revision = Some(parse_u64("min_revision", &v)?),
-            _ => rest.push((k.into_owned(), v.into_owned())),
-        }
+/// The [`ReadQuery`] of a read, resolved: an admin read (`Read` or `Read<true>`) defaults to
+/// linearizable, an application's read (`Read<false>`) to bounded.
+pub struct Read<const DEFAULT_LINEARIZABLE: bool = true>(pub ReadParams);
+
+impl<const L: bool> FromRequestParts<Arc<Node>> for Read<L> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        ReadQuery::params(parts.uri.query(), node, L).map(Read)
     }
-    let bound =
-        Duration::from_millis(staleness.unwrap_or(node.config.max_staleness.as_millis() as u64));
-    if bound.is_zero() || bound > Duration::from_secs(3600) {
-        return Err(ApiError::bad_request(
-            "max_staleness_ms: must be between 1 and 3600000",
-        ));
+}
+
+/// An admin's read in one namespace (`GET /v1/namespaces/{ns}/…`): the caller checked, the
+/// path parsed and the read barrier passed, so the node's state reflects what `consistency`
+/// and `min_revision` asked for when the handler runs.
+pub struct NsRead {
+    pub node: Arc<Node>,
+    pub ns: String,
+    pub proof: ReadProof,
+}
+
+impl FromRequestParts<Arc<Node>> for NsRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        Admin::from_request_parts(parts, node).await?;
+        let InPath(NsPath { ns }) = InPath::from_request_parts(parts, node).await?;
+        let Read(params) = Read::<true>::from_request_parts(parts, node).await?;
+        let proof = node
+            .read_barrier(params.consistency, params.min_revision)
+            .await?;
+        let node = node.clone();
+        Ok(NsRead { node, ns, proof })
     }
-    let consistency = match consistency.as_deref() {
-        None if default_linearizable && staleness.is_none() => Consistency::Linearizable,
-        None | Some("bounded") => Consistency::Bounded(bound),
-        Some("linearizable") => Consistency::Linearizable,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "consistency: {other:?} is not one of \"linearizable\", \"bounded\""
-            )))
-        }
-    };
-    Ok(ReadParams {
-        consistency,
-        min_revision,
-        rest,
-    })
 }
 
-pub fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
-    v.parse()
-        .map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a non-negative integer")))
+impl IntoParams for NsRead {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        [
+            NsPath::into_params(|| None),
+            ReadQuery::into_params(|| None),
+        ]
+        .concat()
+    }
 }
 
-/// The `{ns}` path segment, checked as a name.
-pub fn namespace_path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(ns) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    Ok(ns)
-}
-
-/// The `{ns}/…/{key}` path segments, both checked as names (`what` names the second).
-pub fn item_path(
-    p: Result<Path<(String, String)>, PathRejection>,
-    what: &str,
-) -> Result<(String, String), ApiError> {
-    let Path((ns, key)) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("namespace", &ns)?;
-    check_name(what, &key)?;
-    Ok((ns, key))
+/// The 404 of a namespace that does not exist.
+pub fn no_namespace(ns: &str) -> ApiError {
+    ApiError::NotFound(format!("namespace {ns:?} does not exist"))
 }
 
 /// A flag (`SEGMENT = false`) or segment item of the API: `…/{ns}/flags/{key}` or
@@ -218,7 +353,7 @@ pub const fn item_kind(segment: bool) -> ChangeKind {
 }
 
 /// An admin's read of one flag or segment (`GET …/{ns}/flags/{key}`, `…/segments/{key}`): the
-/// checked path and the read parameters (`consistency`, `min_revision`).
+/// checked path and the read parameters.
 pub struct ItemRead<const SEGMENT: bool> {
     pub node: Arc<Node>,
     pub ns: String,
@@ -231,9 +366,8 @@ impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemRead<SEGMENT> {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         Admin::from_request_parts(parts, node).await?;
-        let path = Path::<(String, String)>::from_request_parts(parts, node).await;
-        let (ns, key) = item_path(path, item_kind(SEGMENT).as_str())?;
-        let params = read_params(parts.uri.query(), node, true)?;
+        let InPath(ItemPath { ns, key }) = InPath::from_request_parts(parts, node).await?;
+        let Read(params) = Read::<true>::from_request_parts(parts, node).await?;
         let node = node.clone();
         Ok(ItemRead {
             node,
@@ -241,6 +375,16 @@ impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemRead<SEGMENT> {
             key,
             params,
         })
+    }
+}
+
+impl<const SEGMENT: bool> IntoParams for ItemRead<SEGMENT> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        [
+            ItemPath::into_params(|| None),
+            ReadQuery::into_params(|| None),
+        ]
+        .concat()
     }
 }
 
@@ -256,25 +400,33 @@ impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ListRead<SEGMENT> {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         Admin::from_request_parts(parts, node).await?;
-        let ns = namespace_path(Path::<String>::from_request_parts(parts, node).await)?;
-        let params = read_params(parts.uri.query(), node, true)?;
+        let InPath(NsPath { ns }) = InPath::from_request_parts(parts, node).await?;
+        let Read(params) = Read::<true>::from_request_parts(parts, node).await?;
         let node = node.clone();
         Ok(ListRead { node, ns, params })
     }
 }
 
-/// An admin's write to one flag or segment (`PUT`, `PATCH`, `DELETE` of `…/{ns}/flags/{key}`
-/// or `…/segments/{key}`): the actor, the checked path, its condition (`If-Match`,
-/// `If-None-Match`) and what the idempotency key is made of. A body, if any, is read after it.
+impl<const SEGMENT: bool> IntoParams for ListRead<SEGMENT> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        [
+            NsPath::into_params(|| None),
+            ReadQuery::into_params(|| None),
+        ]
+        .concat()
+    }
+}
+
+/// An admin's write to one flag or segment (`PUT`, `DELETE` of `…/{ns}/flags/{key}` or
+/// `…/segments/{key}`): the actor, the checked path, its precondition and what its
+/// idempotency key is made of. A body, if any, is read after it.
 pub struct ItemWrite<const SEGMENT: bool> {
     pub node: Arc<Node>,
     pub actor: String,
     pub ns: String,
     pub key: String,
     pub condition: Condition,
-    pub method: Method,
-    pub uri: axum::http::Uri,
-    pub headers: HeaderMap,
+    pub retry: RetryKey,
 }
 
 impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemWrite<SEGMENT> {
@@ -282,23 +434,75 @@ impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemWrite<SEGMENT> {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let Admin(actor) = Admin::from_request_parts(parts, node).await?;
-        let path = Path::<(String, String)>::from_request_parts(parts, node).await;
-        let (ns, key) = item_path(path, item_kind(SEGMENT).as_str())?;
+        let InPath(ItemPath { ns, key }) = InPath::from_request_parts(parts, node).await?;
+        let Precondition(condition) = Precondition::from_request_parts(parts, node).await?;
+        let retry = RetryKey::from_request_parts(parts, node).await?;
         Ok(ItemWrite {
             node: node.clone(),
             actor,
             ns,
             key,
-            condition: condition(&parts.headers)?,
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
+            condition,
+            retry,
         })
     }
 }
 
-/// `If-Match: "<version>"` or `If-None-Match: *`.
-pub fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
+impl<const SEGMENT: bool> IntoParams for ItemWrite<SEGMENT> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        [
+            ItemPath::into_params(|| None),
+            Precondition::into_params(|| None),
+            RetryKey::into_params(|| None),
+        ]
+        .concat()
+    }
+}
+
+/// A header parameter of the document: optional, a string.
+fn header_param(name: &str, description: &str) -> Parameter {
+    header_param_of(name, description, ObjectBuilder::new())
+}
+
+fn header_param_of(name: &str, description: &str, schema: ObjectBuilder) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema.schema_type(Type::String)))
+        .build()
+}
+
+/// A write's precondition: `If-Match: "<version>"` (write only if the item's current version
+/// is this one) or `If-None-Match: *` (create only); a write that does not hold is a 412 with
+/// the current version.
+pub struct Precondition(pub Condition);
+
+impl<S: Sync> FromRequestParts<S> for Precondition {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        condition(&parts.headers).map(Precondition)
+    }
+}
+
+impl IntoParams for Precondition {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            header_param(
+                "If-Match",
+                "write only if the current version is this one, quoted: `\"42\"` (else 412)",
+            ),
+            header_param(
+                "If-None-Match",
+                "`*`: create only (412 with the current version if the item exists); not on `PATCH`",
+            ),
+        ]
+    }
+}
+
+fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
     let if_match = headers
         .get(header::IF_MATCH)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -325,43 +529,121 @@ pub fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
     }
 }
 
-/// The idempotency key for a write: the client's `Idempotency-Key`, scoped per caller and
-/// namespace, or a fresh one, so that the node's own retries after a leader change apply once.
-pub fn idempotency(
-    headers: &HeaderMap,
-    actor: &str,
-    ns: &str,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<IdempotencyKey, ApiError> {
-    let mut hash = Sha256::new();
-    hash.update(method.as_str().as_bytes());
-    hash.update([0]);
-    hash.update(path.as_bytes());
-    hash.update([0]);
-    hash.update(body);
-    let fingerprint = hex::encode(hash.finalize());
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
-            if k.is_empty() || k.len() > 256 {
-                return Err(ApiError::bad_request(
-                    "Idempotency-Key: must be 1-256 characters",
-                ));
+/// What a write's idempotency key is made of: the client's `Idempotency-Key` (a retry with
+/// the same key, per caller and namespace, applies once and answers the first result; the same
+/// key with another request answers 422), the method and the path. Without the header the
+/// node makes a fresh key, so that its own retries after a leader change apply once.
+pub struct RetryKey {
+    client: Option<String>,
+    method: Method,
+    path: String,
+}
+
+impl<S: Sync> FromRequestParts<S> for RetryKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let client = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(v) => {
+                let k = v
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+                if k.is_empty() || k.len() > 256 {
+                    return Err(ApiError::bad_request(
+                        "Idempotency-Key: must be 1-256 characters",
+                    ));
+                }
+                Some(k.to_string())
             }
-            format!("client:{k}")
+        };
+        Ok(RetryKey {
+            client,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+        })
+    }
+}
+
+impl IntoParams for RetryKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let length = ObjectBuilder::new()
+            .min_length(Some(1))
+            .max_length(Some(256));
+        vec![header_param_of(
+            "Idempotency-Key",
+            "visible ASCII characters: a retry with the same key (per token and namespace) \
+             applies once and answers the first result; the same key with another request \
+             answers 422",
+            length,
+        )]
+    }
+}
+
+impl RetryKey {
+    /// The stored idempotency key of this write by `actor` in `ns` with `body`.
+    pub fn key(&self, actor: &str, ns: &str, body: &[u8]) -> IdempotencyKey {
+        let mut hash = Sha256::new();
+        hash.update(self.method.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(self.path.as_bytes());
+        hash.update([0]);
+        hash.update(body);
+        let fingerprint = hex::encode(hash.finalize());
+        let key = match &self.client {
+            Some(k) => format!("client:{k}"),
+            None => {
+                let mut bytes = [0u8; 16];
+                rand::thread_rng().fill_bytes(&mut bytes);
+                format!("node:{}", hex::encode(bytes))
+            }
+        };
+        IdempotencyKey {
+            scope: format!("{actor}/{ns}/{key}"),
+            fingerprint,
         }
-        None => {
-            let mut bytes = [0u8; 16];
-            rand::thread_rng().fill_bytes(&mut bytes);
-            format!("node:{}", hex::encode(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document is made from the parsers' types; this shows each parameter it names is one
+    /// the parser reads: a bad value of it is a 400 that names it.
+    #[test]
+    fn every_documented_read_parameter_is_parsed() {
+        let documented = ReadQuery::into_params(|| None);
+        assert_eq!(documented.len(), 3);
+        for p in documented {
+            let query = format!("{}=not-a-value", p.name);
+            let e = InQuery::<ReadQuery>::parse(Some(&query))
+                .err()
+                .unwrap_or_else(|| panic!("{query} was accepted"));
+            assert!(e.to_string().contains(&p.name), "{query}: {e}");
         }
-    };
-    Ok(IdempotencyKey {
-        scope: format!("{actor}/{ns}/{key}"),
-        fingerprint,
-    })
+        let q = InQuery::<ReadQuery>::parse(Some("consistency=bounded&min_revision=7&other=1"));
+        let q = q.expect("valid read parameters");
+        assert_eq!(q.consistency, Some(ConsistencyParam::Bounded));
+        assert_eq!((q.min_revision, q.max_staleness_ms), (Some(7), None));
+    }
+
+    #[tokio::test]
+    async fn every_documented_write_header_is_parsed() {
+        let documented = [
+            Precondition::into_params(|| None),
+            RetryKey::into_params(|| None),
+        ]
+        .concat();
+        assert_eq!(documented.len(), 3);
+        for p in documented {
+            let request = Request::builder().header(p.name.as_str(), "").body(());
+            let (mut parts, ()) = request.expect("a request").into_parts();
+            let precondition = Precondition::from_request_parts(&mut parts, &()).await;
+            let retry = RetryKey::from_request_parts(&mut parts, &()).await;
+            let e = precondition.err().or(retry.err());
+            let e = e.unwrap_or_else(|| panic!("an empty {} was accepted", p.name));
+            assert!(e.to_string().contains(&p.name), "{}: {e}", p.name);
+        }
+    }
 }

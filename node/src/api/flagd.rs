@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::State;
 use axum::Json;
 use flagstaff_api::flagd::{FlagdDocument, Imported, FLAGD_SCHEMA};
 use flagstaff_raft_store::Command;
@@ -15,8 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::admin::submit;
-use crate::api::extract::{read_params, Admin, ImportBody};
-use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
+use crate::api::extract::{no_namespace, Admin, ImportBody, InPath, NsPath, NsRead, RetryKey};
 use crate::error::ApiError;
 use crate::names::check_name;
 use crate::node::Node;
@@ -27,21 +24,10 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
 
 /// Export a namespace as a flagd document.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/flagd", tag = "namespaces", security(("bearer" = [])),
-    params(NsPath, ReadQuery), responses((status = 200, description = "the document", body = FlagdDocument)))]
-async fn export(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Json<FlagdDocument>, ApiError> {
-    let ns = crate::api::extract::namespace_path(p)?;
-    let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision)
-        .await?;
+    params(NsRead), responses((status = 200, description = "the document", body = FlagdDocument)))]
+async fn export(NsRead { node, ns, .. }: NsRead) -> Result<Json<FlagdDocument>, ApiError> {
     let state = node.state.read();
-    let space = state
-        .namespace(&ns)
-        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    let space = state.namespace(&ns).ok_or_else(|| no_namespace(&ns))?;
     let (flags, evaluators) = crate::flag_sets::definitions(&ns, space);
     Ok(Json(FlagdDocument {
         schema: Some(FLAGD_SCHEMA.to_string()),
@@ -55,19 +41,16 @@ async fn export(
 /// loads is accepted, except `$ref`s to segments that do not exist and `$ref` cycles; what
 /// Flagstaff would refuse for a single write comes back as `warnings`.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/flagd", tag = "namespaces", security(("bearer" = [])),
-    params(NsPath, IdempotencyKey),
+    params(NsPath, RetryKey),
     request_body(content = Object, description = "a flagd document: `{\"flags\": {…}, \"$evaluators\": {…}}`"),
     responses((status = 200, description = "imported", body = Imported)))]
 async fn import(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    retry: RetryKey,
     ImportBody(body): ImportBody,
 ) -> Result<Json<Imported>, ApiError> {
-    let ns = crate::api::extract::namespace_path(p)?;
     let warnings =
         flagstaff_flags::validate_document_as_flagd(&body.value).map_err(ApiError::invalid)?;
     let section = |name: &str| -> Result<Vec<(String, String)>, ApiError> {
@@ -88,7 +71,7 @@ async fn import(
         flags,
         segments,
     };
-    let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
+    let applied = submit(&node, &actor, &retry, &body.raw, command).await?;
     Ok(Json(Imported {
         namespace: ns,
         flags: count.0,

@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use flagstaff_api::history::{HistoryChange, HistoryItem, HistoryPage};
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{parse_u64, read_params, Admin};
-use crate::api::openapi::{NsPath, ReadQuery};
+use crate::api::extract::{InQuery, NsRead};
 use crate::error::ApiError;
 use crate::node::Node;
 use flagstaff_raft_store::{ChangeKind, Definition};
@@ -23,9 +21,8 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new().routes(routes!(history))
 }
 
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documents what `history` parses
 struct HistoryQuery {
     /// Only changes of this flag or segment.
     key: Option<String>,
@@ -37,31 +34,17 @@ struct HistoryQuery {
 
 /// Who changed what at which revision (audit).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/history", tag = "audit", security(("bearer" = [])),
-    params(NsPath, HistoryQuery, ReadQuery),
+    params(NsRead, HistoryQuery),
     responses((status = 200, description = "one page of changes, newest first", body = HistoryPage)))]
 async fn history(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
+    NsRead { node, ns, .. }: NsRead,
+    InQuery(q): InQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let ns = crate::api::extract::namespace_path(p)?;
-    let params = read_params(q.as_deref(), &node, true)?;
-    let (mut key, mut before, mut limit) = (None, u64::MAX, 100usize);
-    for (k, v) in &params.rest {
-        match k.as_str() {
-            "key" => key = Some(v.clone()),
-            "before" => before = parse_u64("before", v)?,
-            "limit" => limit = (parse_u64("limit", v)? as usize).clamp(1, MAX_PAGE),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "{other}: unknown parameter (key, before, limit)"
-                )))
-            }
-        }
-    }
-    node.read_barrier(params.consistency, params.min_revision)
-        .await?;
+    let key = q.key;
+    let before = q.before.unwrap_or(u64::MAX);
+    let limit = q
+        .limit
+        .map_or(100, |l| l.clamp(1, MAX_PAGE as u64) as usize);
     let state = node.state.read();
     let matching = state
         .history()

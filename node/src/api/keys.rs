@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flagstaff_api::keys::{
@@ -14,13 +12,15 @@ use flagstaff_api::keys::{
 };
 use flagstaff_raft_store::Command;
 use rand::RngCore;
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::admin::submit;
-use crate::api::extract::{read_params, Admin, JsonBody};
-use crate::api::openapi::{IdempotencyKey, NsPath, ReadQuery};
+use crate::api::extract::{
+    no_namespace, Admin, InPath, JsonBody, NsPath, NsRead, PathNames, Read, ReadQuery, RetryKey,
+};
 use crate::auth::hash_secret;
 use crate::error::ApiError;
 use crate::names::check_name;
@@ -34,9 +34,9 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(revoke_admin_token))
 }
 
-#[derive(IntoParams)]
+/// `{ns}` and `{name}` in a path.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents what `item_path` parses
 struct KeyPath {
     /// Namespace name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
@@ -46,13 +46,25 @@ struct KeyPath {
     name: String,
 }
 
-#[derive(IntoParams)]
+impl PathNames for KeyPath {
+    fn names(&self) -> Vec<(&'static str, &str)> {
+        vec![("namespace", &self.ns), ("name", &self.name)]
+    }
+}
+
+/// `{name}` in a path.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct TokenPath {
     /// The admin token's name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     name: String,
+}
+
+impl PathNames for TokenPath {
+    fn names(&self) -> Vec<(&'static str, &str)> {
+        vec![("name", &self.name)]
+    }
 }
 
 fn secret(prefix: &str) -> String {
@@ -92,18 +104,15 @@ fn created(
 
 /// Create an SDK key for a namespace; the secret is in this answer only.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sdk-keys", tag = "keys", security(("bearer" = [])),
-    params(NsPath, IdempotencyKey), request_body = NameSpec,
+    params(NsPath, RetryKey), request_body = NameSpec,
     responses((status = 200, description = "created", body = SecretCreated)))]
 async fn create_sdk_key(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    retry: RetryKey,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let ns = crate::api::extract::namespace_path(p)?;
     let name = name_from(&body)?;
     let secret = secret("fsk_");
     let command = Command::CreateSdkKey {
@@ -111,7 +120,7 @@ async fn create_sdk_key(
         name: name.clone(),
         hash: hash_secret(&secret),
     };
-    let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
+    let applied = submit(&node, &actor, &retry, &body.raw, command).await?;
     created(
         "SDK key",
         name,
@@ -124,22 +133,11 @@ async fn create_sdk_key(
 
 /// A namespace's SDK keys (names only).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sdk-keys", tag = "keys", security(("bearer" = [])),
-    params(NsPath, ReadQuery), responses((status = 200, description = "the keys", body = SdkKeyList)))]
-async fn list_sdk_keys(
-    State(node): State<Arc<Node>>,
-    _: Admin,
-    p: Result<Path<String>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Json<SdkKeyList>, ApiError> {
-    let ns = crate::api::extract::namespace_path(p)?;
-    let params = read_params(q.as_deref(), &node, true)?;
-    node.read_barrier(params.consistency, params.min_revision)
-        .await?;
+    params(NsRead), responses((status = 200, description = "the keys", body = SdkKeyList)))]
+async fn list_sdk_keys(NsRead { node, ns, .. }: NsRead) -> Result<Json<SdkKeyList>, ApiError> {
     let state = node.state.read();
     if state.namespace(&ns).is_none() {
-        return Err(ApiError::NotFound(format!(
-            "namespace {ns:?} does not exist"
-        )));
+        return Err(no_namespace(&ns));
     }
     let mut sdk_keys: Vec<CredentialInfo> = state
         .sdk_keys()
@@ -165,21 +163,18 @@ fn credential(name: &str, created_at_ms: u64, created_by: &str) -> CredentialInf
 /// Revoke an SDK key: every node refuses it once it has applied this revision, and closes
 /// the streams using it.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/sdk-keys/{name}", tag = "keys", security(("bearer" = [])),
-    params(KeyPath, IdempotencyKey), responses((status = 200, description = "revoked", body = Revoked)))]
+    params(KeyPath, RetryKey), responses((status = 200, description = "revoked", body = Revoked)))]
 async fn revoke_sdk_key(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(KeyPath { ns, name }): InPath<KeyPath>,
+    retry: RetryKey,
 ) -> Result<Json<Revoked>, ApiError> {
-    let (ns, name) = crate::api::extract::item_path(p, "name")?;
     let command = Command::RevokeSdkKey {
         ns: ns.clone(),
         name: name.clone(),
     };
-    let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
+    let applied = submit(&node, &actor, &retry, b"", command).await?;
     Ok(Json(Revoked {
         namespace: Some(ns),
         name,
@@ -212,14 +207,12 @@ fn check_not_configured(node: &Node, name: &str) -> Result<(), ApiError> {
 /// Create another admin token; the secret is in this answer only. Its name may not be that of
 /// a configured admin token (`admin`), whatever the case (400 naming `name`).
 #[utoipa::path(post, path = "/v1/admin-tokens", tag = "keys", security(("bearer" = [])),
-    params(IdempotencyKey), request_body = NameSpec,
+    params(RetryKey), request_body = NameSpec,
     responses((status = 200, description = "created", body = SecretCreated)))]
 async fn create_admin_token(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    retry: RetryKey,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let name = name_from(&body)?;
@@ -229,7 +222,7 @@ async fn create_admin_token(
         name: name.clone(),
         hash: hash_secret(&secret),
     };
-    let applied = submit(&node, &actor, &headers, &method, &uri, &body.raw, command).await?;
+    let applied = submit(&node, &actor, &retry, &body.raw, command).await?;
     created(
         "admin token",
         name,
@@ -246,9 +239,8 @@ async fn create_admin_token(
 async fn list_admin_tokens(
     State(node): State<Arc<Node>>,
     _: Admin,
-    RawQuery(q): RawQuery,
+    Read(params): Read,
 ) -> Result<Json<AdminTokenList>, ApiError> {
-    let params = read_params(q.as_deref(), &node, true)?;
     node.read_barrier(params.consistency, params.min_revision)
         .await?;
     let state = node.state.read();
@@ -272,19 +264,15 @@ async fn list_admin_tokens(
 
 /// Revoke an admin token created through the API.
 #[utoipa::path(delete, path = "/v1/admin-tokens/{name}", tag = "keys", security(("bearer" = [])),
-    params(TokenPath, IdempotencyKey), responses((status = 200, description = "revoked", body = Revoked)))]
+    params(TokenPath, RetryKey), responses((status = 200, description = "revoked", body = Revoked)))]
 async fn revoke_admin_token(
     State(node): State<Arc<Node>>,
     Admin(actor): Admin,
-    p: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    InPath(TokenPath { name }): InPath<TokenPath>,
+    retry: RetryKey,
 ) -> Result<Json<Revoked>, ApiError> {
-    let Path(name) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_name("name", &name)?;
     let command = Command::RevokeAdminToken { name: name.clone() };
-    let applied = submit(&node, &actor, &headers, &method, &uri, b"", command).await?;
+    let applied = submit(&node, &actor, &retry, b"", command).await?;
     Ok(Json(Revoked {
         namespace: None,
         name,

@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flagstaff_api::ofrep::{BulkEvaluation, BulkItem, EvaluationRequest, OfrepError, OfrepSuccess};
 use flagstaff_flags::{Context, ErrorCode, FlagSet, Resolution};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{read_params, JsonBody};
-use crate::api::openapi::ReadQuery;
+use crate::api::extract::{no_namespace, InQuery, JsonBody, ReadQuery};
 use crate::api::{revision_header, staleness_header};
 use crate::auth::Caller;
 use crate::clock::wall_ms;
@@ -32,9 +32,8 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
 }
 
 /// With an admin token, the namespace (an SDK key names its own).
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documents what `namespace_of` parses
 struct NamespaceParam {
     /// Namespace, when called with an admin token (or the `Flagstaff-Namespace` header).
     namespace: Option<String>,
@@ -43,14 +42,12 @@ struct NamespaceParam {
 fn namespace_of(
     caller: &Caller,
     headers: &HeaderMap,
-    rest: &[(String, String)],
+    query: Option<&str>,
 ) -> Result<String, ApiError> {
     match caller {
         Caller::Sdk { ns, .. } => Ok(ns.clone()),
-        Caller::Admin(_) => rest
-            .iter()
-            .find(|(k, _)| k == "namespace")
-            .map(|(_, v)| v.clone())
+        Caller::Admin(_) => InQuery::<NamespaceParam>::parse(query)?
+            .namespace
             .or_else(|| headers.get("flagstaff-namespace").and_then(|v| v.to_str().ok()).map(str::to_string))
             .ok_or_else(|| ApiError::bad_request("namespace: an admin token must name it with ?namespace= or Flagstaff-Namespace")),
     }
@@ -165,8 +162,8 @@ async fn prepare(
         Caller::Admin(name) => name,
         Caller::Sdk { hash, .. } => hash,
     })?;
-    let params = read_params(query, node, false)?;
-    let ns = namespace_of(caller, headers, &params.rest)?;
+    let params = ReadQuery::params(query, node, false)?;
+    let ns = namespace_of(caller, headers, query)?;
     caller.check_namespace(&ns)?;
     let proof = node
         .read_barrier(params.consistency, params.min_revision)
@@ -175,7 +172,7 @@ async fn prepare(
     let (rev, set) = node
         .flag_sets
         .get(node, &ns)
-        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+        .ok_or_else(|| no_namespace(&ns))?;
     Ok((ns, rev, set, proof.staleness_ms))
 }
 

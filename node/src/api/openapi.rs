@@ -11,10 +11,13 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::{HttpMethod, Operation};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, OpenApi, Ref, ResponseBuilder, Type};
-use utoipa::{IntoParams, Modify, ToSchema};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, Paths};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Required, ResponseBuilder, Schema, Type,
+};
+use utoipa::{Modify, ToSchema};
 
 use crate::error::ErrorBody;
 
@@ -53,93 +56,71 @@ impl Modify for BearerAuth {
     }
 }
 
-/// `{ns}` in a path.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents what `extract::namespace_path` parses
-pub struct NsPath {
-    /// Namespace name.
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    ns: String,
+/// One operation of the document made by hand, for the handlers that serve flags and
+/// segments alike (`admin::item_routes`): a generic handler cannot carry a `#[utoipa::path]`.
+#[derive(Clone)]
+pub struct Operation {
+    pub id: String,
+    pub tag: &'static str,
+    pub summary: String,
+    /// From the `IntoParams` of the handler's extractors.
+    pub params: Vec<Parameter>,
+    /// The JSON body it takes, with what it is.
+    pub body: Option<(RefOr<Schema>, &'static str)>,
+    /// Its 200 answer: what it is, and the schema of its JSON body.
+    pub ok: (String, RefOr<Schema>),
 }
 
-/// `{ns}` and `{key}` in a path.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents what `extract::item_path` parses
-pub struct ItemPath {
-    /// Namespace name.
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    ns: String,
-    /// Flag or segment key.
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    key: String,
+impl Operation {
+    /// The operations of one path, for `OpenApiRouter::routes`.
+    pub fn paths(
+        path: &str,
+        operations: impl IntoIterator<Item = (HttpMethod, Operation)>,
+    ) -> Paths {
+        let mut paths = Paths::new();
+        for (method, op) in operations {
+            paths.add_path_operation(path, vec![method], op.build());
+        }
+        paths
+    }
+
+    fn build(self) -> utoipa::openapi::path::Operation {
+        let json = |schema| ContentBuilder::new().schema(Some(schema)).build();
+        let body = self.body.map(|(schema, description)| {
+            RequestBodyBuilder::new()
+                .description(Some(description))
+                .required(Some(Required::True))
+                .content("application/json", json(schema))
+                .build()
+        });
+        let (description, schema) = self.ok;
+        OperationBuilder::new()
+            .tag(self.tag)
+            .summary(Some(self.summary))
+            .operation_id(Some(self.id))
+            .parameters(Some(self.params))
+            .request_body(body)
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", json(schema)),
+            )
+            .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+            .build()
+    }
 }
 
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum ConsistencyParam {
-    Linearizable,
-    Bounded,
+/// A reference to `T`'s schema, which (with the schemas it refers to) goes into `schemas`.
+pub fn body_of<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) -> RefOr<Schema> {
+    T::schemas(schemas);
+    schemas.push((T::name().into_owned(), T::schema()));
+    Ref::from_schema_name(T::name()).into()
 }
 
-/// The read parameters every read takes (`extract::read_params`).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct ReadQuery {
-    /// `linearizable`: a quorum-confirmed read index from the leader, then wait until applied.
-    /// `bounded`: this node's state, which reflects every write acknowledged before
-    /// `now - Flagstaff-Staleness-Ms`; 503 `STALE_REPLICA` when the node cannot prove that.
-    #[param(inline)]
-    consistency: Option<ConsistencyParam>,
-    /// Bound for `bounded` reads (default 2000; giving it alone selects `bounded`).
-    #[param(minimum = 1, maximum = 3600000)]
-    max_staleness_ms: Option<u64>,
-    /// Wait until this node has applied this revision (bounded wait, then 503).
-    min_revision: Option<u64>,
-}
-
-/// `If-Match: "<version>"`: write only if the item's current version is this one (else 412).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documents what `extract::condition` parses
-pub struct IfMatch {
-    /// A quoted version, e.g. `"42"`.
-    #[param(rename = "If-Match")]
-    if_match: Option<String>,
-}
-
-/// `If-None-Match: *`: create only (412 if the item exists, with its current version).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct IfNoneMatch {
-    /// `*`
-    #[param(rename = "If-None-Match")]
-    if_none_match: Option<String>,
-}
-
-/// `Idempotency-Key`: a retry with the same key (per token and namespace) applies once and
-/// answers the first result; the same key with another request answers 422.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documents what `extract::idempotency` parses
-pub struct IdempotencyKey {
-    /// 1–256 visible ASCII characters.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 256)]
-    idempotency_key: Option<String>,
-}
-
-/// `?flagd_semantics=true` on a flag write: store what flagd accepts and resolves at evaluation
-/// (a branch naming no variant, an operator that cannot compare, a negative weight, an unknown
-/// operator), answered as `warnings`; without it those are 400.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documents what `admin::flagd_semantics` parses
-pub struct FlagdSemantics {
-    flagd_semantics: Option<bool>,
+/// Any JSON object.
+pub fn body_object() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::Object).into()
 }
 
 /// Adds the statuses that [`ApiError`](crate::error::ApiError) can answer to every operation
@@ -201,7 +182,9 @@ pub fn document_errors(api: &mut OpenApi) {
     }
 }
 
-fn operations(item: &mut utoipa::openapi::PathItem) -> Vec<(HttpMethod, &mut Operation)> {
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> Vec<(HttpMethod, &mut utoipa::openapi::path::Operation)> {
     [
         (HttpMethod::Get, item.get.as_mut()),
         (HttpMethod::Put, item.put.as_mut()),
@@ -214,7 +197,7 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> Vec<(HttpMethod, &mut Ope
     .collect()
 }
 
-fn add(op: &mut Operation, statuses: &[(u16, &str)], schema: &str) {
+fn add(op: &mut utoipa::openapi::path::Operation, statuses: &[(u16, &str)], schema: &str) {
     for (status, description) in statuses {
         let code = status.to_string();
         if op.responses.responses.contains_key(&code) {

@@ -4,19 +4,21 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flagstaff_api::sdk::{ErrorEvent, NamespaceSnapshot, StaleEvent};
 use flagstaff_raft_store::{Change, State as StoreState};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::extract::{namespace_path, parse_u64, read_params};
-use crate::api::openapi::{NsPath, ReadQuery};
+use crate::api::extract::{
+    no_namespace as not_found, InPath, InQuery, NsPath, Read, ReadParams, ReadQuery,
+};
 use crate::api::{revision_header, staleness_header};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -27,10 +29,6 @@ pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
         .routes(routes!(snapshot))
         .routes(routes!(watch))
-}
-
-fn not_found(ns: &str) -> ApiError {
-    ApiError::NotFound(format!("namespace {ns:?} does not exist"))
 }
 
 /// The revision in `If-None-Match: "R"` (a list or `*` is not meaningful here).
@@ -57,15 +55,17 @@ fn if_none_match(headers: &HeaderMap) -> Option<u64> {
 async fn snapshot(
     State(node): State<Arc<Node>>,
     caller: Result<Caller, ApiError>,
-    p: Result<Path<String>, PathRejection>,
+    path: Result<InPath<NsPath>, ApiError>,
+    read: Result<Read<false>, ApiError>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
 ) -> Response {
-    let resp = match caller {
-        Ok(caller) => serve_snapshot(&node, caller, p, &headers, q.as_deref())
-            .await
-            .into_response(),
-        Err(e) => e.into_response(),
+    let resp = match (caller, path, read) {
+        (Ok(caller), Ok(InPath(NsPath { ns })), Ok(Read(params))) => {
+            serve_snapshot(&node, caller, ns, params, &headers)
+                .await
+                .into_response()
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e.into_response(),
     };
     crate::metrics::Metrics::answered(&node.metrics.snapshot_requests, resp.status().as_u16());
     resp
@@ -74,13 +74,11 @@ async fn snapshot(
 async fn serve_snapshot(
     node: &Node,
     caller: Caller,
-    p: Result<Path<String>, PathRejection>,
+    ns: String,
+    params: ReadParams,
     headers: &HeaderMap,
-    q: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
-    let params = read_params(q, node, false)?;
     let held = if_none_match(headers);
     // A client holding revision R must never get anything older: R acts as `min_revision`.
     let min = params.min_revision.max(held);
@@ -126,12 +124,19 @@ async fn serve_snapshot(
     Ok(resp)
 }
 
+/// Where a watch resumes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct WatchQuery {
+    /// Resume after this revision (as `Last-Event-ID` does).
+    since: Option<u64>,
+}
+
 /// `GET /v1/namespaces/{ns}/watch`: `snapshot` first (or the missed changes when resuming
 /// with `Last-Event-ID`/`since`), then `change` events in revision order, `heartbeat`s while the
 /// node can prove its bound, `stale` and close when it cannot.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/watch", tag = "sdk", security(("bearer" = [])),
-    params(NsPath, ReadQuery,
-        ("since" = Option<u64>, Query, description = "resume after this revision"),
+    params(NsPath, ReadQuery, WatchQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this revision")),
     responses((status = 200, description = "Server-Sent Events: `snapshot`, `change` (id = revision), \
         `heartbeat` {revision, staleness_ms}, `stale` (then the stream closes), `error`",
@@ -143,11 +148,11 @@ async fn serve_snapshot(
 async fn watch(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    p: Result<Path<String>, PathRejection>,
+    InPath(NsPath { ns }): InPath<NsPath>,
+    Read(params): Read<false>,
+    InQuery(WatchQuery { mut since }): InQuery<WatchQuery>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let ns = namespace_path(p)?;
     caller.check_namespace(&ns)?;
     let who = match &caller {
         Caller::Admin(name) => format!("admin:{name}"),
@@ -159,18 +164,12 @@ async fn watch(
         .ok_or(ApiError::RateLimited {
             retry_after_secs: 5,
         })?;
-    let params = read_params(q.as_deref(), &node, false)?;
-    let mut since = None;
-    for (k, v) in &params.rest {
-        if k == "since" {
-            since = Some(parse_u64("since", v)?);
-        }
-    }
     if let Some(v) = headers.get("last-event-id") {
-        let text = v
-            .to_str()
-            .map_err(|_| ApiError::bad_request("Last-Event-ID: must be a revision"))?;
-        since = Some(parse_u64("Last-Event-ID", text)?);
+        let revision = v.to_str().ok().and_then(|t| t.parse().ok());
+        let revision = revision.ok_or_else(|| {
+            ApiError::bad_request(format!("Last-Event-ID: {v:?} is not a revision"))
+        })?;
+        since = Some(revision);
     }
     let bound = match params.consistency {
         Consistency::Bounded(b) => b,
