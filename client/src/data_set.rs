@@ -416,7 +416,7 @@ impl DataSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{WireDeleted, WireUpserted};
+    use flagstaff_api::sdk::{Deleted as WireDeleted, Upserted as WireUpserted};
     use flagstaff_flags::Context;
     use serde_json::json;
 

@@ -19,7 +19,6 @@ use crate::backoff;
 use crate::events::Event;
 use crate::shared::{ChangeOutcome, Offer, Shared};
 use crate::sse::{SseError, SseEvent, SseParser};
-use crate::wire::{WireChange, WireHeartbeat, WireSnapshot};
 
 /// Why a session with one endpoint ended.
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +283,8 @@ async fn pull(shared: &Shared, http: &reqwest::Client, ep: &str) -> Result<Pull,
         }
         // The request's timeout covers the body too.
         let body = read_limited(resp, shared.cfg.limits.max_snapshot_bytes).await?;
-        let snap = WireSnapshot::parse(&body).map_err(|e| SessionEnd::Malformed(e.to_string()))?;
+        let snap =
+            crate::wire::snapshot(&body).map_err(|e| SessionEnd::Malformed(e.to_string()))?;
         if let Some(c) = &cluster {
             if *c != snap.cluster_id {
                 return Err(SessionEnd::Malformed(format!(
@@ -415,7 +415,7 @@ fn handle_event(
     let malformed = |e: crate::wire::WireError| SessionEnd::Malformed(e.to_string());
     match ev.event.as_str() {
         "snapshot" => {
-            let snap = WireSnapshot::parse(ev.data.as_bytes()).map_err(malformed)?;
+            let snap = crate::wire::snapshot(ev.data.as_bytes()).map_err(malformed)?;
             if stream_cluster.is_some_and(|c| c != snap.cluster_id) {
                 return Err(SessionEnd::Malformed(
                     "snapshot event from another cluster than the stream's".into(),
@@ -432,7 +432,7 @@ fn handle_event(
             }
         }
         "change" => {
-            let change = WireChange::parse(ev.data.as_bytes()).map_err(malformed)?;
+            let change = crate::wire::change(ev.data.as_bytes()).map_err(malformed)?;
             let held = shared.held();
             // A change only makes sense on top of this cluster's data.
             let same_cluster = match (&held, stream_cluster) {
@@ -459,7 +459,7 @@ fn handle_event(
         }
         "heartbeat" => {
             let received = shared.now_ns();
-            let hb = WireHeartbeat::parse(ev.data.as_bytes()).map_err(malformed)?;
+            let hb = crate::wire::heartbeat(ev.data.as_bytes()).map_err(malformed)?;
             let Some((cluster, held)) = shared.held() else {
                 return Ok(());
             };
