@@ -23,7 +23,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use crate::api::extract::{
-    item_kind, Admin, InPath, InQuery, ItemPath, ItemRead, ItemWrite, JsonBody, ListRead, NsPath,
+    item_kind, Admin, InPath, InQuery, ItemPath, ItemRead, ItemWrite, JsonBody, NsPath, NsRead,
     Precondition, Read, ReadQuery, RetryKey,
 };
 use crate::api::openapi::{body_object, body_of, Operation};
@@ -341,7 +341,7 @@ fn item_routes<const SEGMENT: bool>() -> [UtoipaMethodRouter<Arc<Node>>; 2] {
     let every = Operation {
         id: format!("list_{tag}"),
         summary: format!("Every {noun} of a namespace."),
-        params: ListRead::<SEGMENT>::into_params(|| None),
+        params: NsRead::into_params(|| None),
         ok: (format!("the {tag}"), list),
         ..one.clone()
     };
@@ -396,12 +396,9 @@ async fn get_item<const SEGMENT: bool>(r: ItemRead<SEGMENT>) -> Result<Response>
     ))
 }
 
-async fn list_items<const SEGMENT: bool>(r: ListRead<SEGMENT>) -> Result<Response> {
+async fn list_items<const SEGMENT: bool>(r: NsRead) -> Result<Response> {
     let kind = item_kind(SEGMENT);
-    let (node, ns, params) = (r.node.as_ref(), r.ns.as_str(), r.params);
-    let proof = node
-        .read_barrier(params.consistency, params.min_revision)
-        .await?;
+    let (node, ns, proof) = (r.node.as_ref(), r.ns.as_str(), r.proof);
     let state = node.state.read();
     let space = state
         .namespace(ns)

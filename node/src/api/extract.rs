@@ -53,9 +53,9 @@ impl FromRequestParts<Arc<Node>> for Caller {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         // `min_revision` covers the credentials too: a key created at revision R works on any
         // node once that node has applied R.
-        let min_revision = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-            .find(|(k, _)| k == "min_revision")
-            .and_then(|(_, v)| v.parse::<u64>().ok());
+        // (A malformed query is the route's own 400, once the caller is known.)
+        let query = InQuery::<ReadQuery>::parse(parts.uri.query()).ok();
+        let min_revision = query.and_then(|q| q.min_revision);
         if let Some(rev) = min_revision {
             node.wait_revision(rev).await?;
         }
@@ -128,16 +128,15 @@ impl JsonBody {
     /// The body as a `T` of `flagstaff-api`: a body of another shape is a 400 naming the path
     /// of the fault (`body` for the whole).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_path_to_error::deserialize(&self.value).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            ApiError::bad_request(format!("{path}: {}", e.inner()))
-        })
+        serde_path_to_error::deserialize(&self.value).map_err(|e| fault_at("body", e))
     }
+}
+
+/// A 400 naming where `T` did not parse: the field's path, or `whole` for the whole input.
+fn fault_at<E: std::fmt::Display>(whole: &str, e: serde_path_to_error::Error<E>) -> ApiError {
+    let path = e.path().to_string();
+    let path = if path == "." { whole } else { path.as_str() };
+    ApiError::bad_request(format!("{path}: {}", e.inner()))
 }
 
 // ----- the shapes of requests -----
@@ -153,11 +152,8 @@ pub struct InQuery<T>(pub T);
 impl<T: DeserializeOwned> InQuery<T> {
     pub fn parse(query: Option<&str>) -> Result<T, ApiError> {
         let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes());
-        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { "query" } else { path.as_str() };
-            ApiError::bad_request(format!("{path}: {}", e.inner()))
-        })
+        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs))
+            .map_err(|e| fault_at("query", e))
     }
 }
 
@@ -382,35 +378,6 @@ impl<const SEGMENT: bool> IntoParams for ItemRead<SEGMENT> {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         [
             ItemPath::into_params(|| None),
-            ReadQuery::into_params(|| None),
-        ]
-        .concat()
-    }
-}
-
-/// An admin's read of a namespace's flags or segments (`GET …/{ns}/flags`, `…/segments`).
-pub struct ListRead<const SEGMENT: bool> {
-    pub node: Arc<Node>,
-    pub ns: String,
-    pub params: ReadParams,
-}
-
-impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ListRead<SEGMENT> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        Admin::from_request_parts(parts, node).await?;
-        let InPath(NsPath { ns }) = InPath::from_request_parts(parts, node).await?;
-        let Read(params) = Read::<true>::from_request_parts(parts, node).await?;
-        let node = node.clone();
-        Ok(ListRead { node, ns, params })
-    }
-}
-
-impl<const SEGMENT: bool> IntoParams for ListRead<SEGMENT> {
-    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        [
-            NsPath::into_params(|| None),
             ReadQuery::into_params(|| None),
         ]
         .concat()
