@@ -319,7 +319,7 @@ fn item_routes<const SEGMENT: bool>() -> [UtoipaMethodRouter<Arc<Node>>; 2] {
         id: format!("get_{noun}"),
         tag,
         summary: format!("One {noun}."),
-        params: ItemRead::<SEGMENT>::into_params(|| None),
+        params: ItemRead::into_params(|| None),
         body: None,
         ok: (format!("the {noun}; ETag is its version"), info),
     };
@@ -371,12 +371,9 @@ fn item_routes<const SEGMENT: bool>() -> [UtoipaMethodRouter<Arc<Node>>; 2] {
     ]
 }
 
-async fn get_item<const SEGMENT: bool>(r: ItemRead<SEGMENT>) -> Result<Response> {
+async fn get_item<const SEGMENT: bool>(r: ItemRead) -> Result<Response> {
     let kind = item_kind(SEGMENT);
-    let (node, ns, key, params) = (r.node.as_ref(), r.ns.as_str(), r.key.as_str(), r.params);
-    let proof = node
-        .read_barrier(params.consistency, params.min_revision)
-        .await?;
+    let (node, ns, key, proof) = (r.node.as_ref(), r.ns.as_str(), r.key.as_str(), r.proof);
     let state = node.state.read();
     let space = state
         .namespace(ns)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -225,47 +225,80 @@ async fn init(
     }
 }
 
-/// Runs `f` on the leader: here if this node leads, else by relaying the HTTP request.
-async fn on_leader<F, Fut>(
-    node: &Node,
+/// A membership request as it came, to be run on the leader: here when this node leads, else
+/// relayed to the leader's client listener unchanged, its answer passed back.
+struct LeaderRequest {
     method: Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
-    f: F,
-) -> Response
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Json<MembershipChanged>, ApiError>>,
-{
-    match node.leader() {
-        Some((id, _)) if id == node.id => match f().await {
-            Ok(j) => j.into_response(),
-            Err(e) => e.into_response(),
-        },
-        Some((_, member)) => relay(node, method, &member.api_addr, uri, headers, body).await,
-        None => ApiError::NoLeader.into_response(),
+}
+
+impl<S: Send + Sync> FromRequest<S> for LeaderRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (method, uri, headers) = (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        );
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+        Ok(LeaderRequest {
+            method,
+            uri,
+            headers,
+            body,
+        })
     }
 }
 
-async fn relay(
-    node: &Node,
-    method: Method,
-    base: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Response {
-    let url = format!("{}{}", base.trim_end_matches('/'), uri.path());
-    let mut req = node
-        .peers
-        .api_http()
-        .request(method, &url)
-        .body(body)
-        .timeout(node.config.write_timeout);
-    if let Some(token) = bearer(headers) {
-        req = req.bearer_auth(token);
+impl LeaderRequest {
+    /// The JSON body as `T` (400 naming the fault).
+    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse(&self.body)
     }
+
+    /// Runs `change` if this node leads, else relays the request to the leader; `change`
+    /// answers the membership change it made as `(id, role, log index)`.
+    async fn on_leader<Fut>(self, node: &Node, change: impl FnOnce() -> Fut) -> Response
+    where
+        Fut: std::future::Future<Output = Result<(NodeId, MembershipRole, u64), ApiError>>,
+    {
+        match node.leader() {
+            Some((id, _)) if id == node.id => match change().await {
+                Ok((id, role, log_index)) => Json(MembershipChanged {
+                    id,
+                    role,
+                    log_index,
+                })
+                .into_response(),
+                Err(e) => e.into_response(),
+            },
+            Some((_, member)) => self.relay(node, &member.api_addr).await,
+            None => ApiError::NoLeader.into_response(),
+        }
+    }
+
+    async fn relay(self, node: &Node, base: &str) -> Response {
+        let url = format!("{}{}", base.trim_end_matches('/'), self.uri.path());
+        let mut req = node
+            .peers
+            .api_http()
+            .request(self.method, &url)
+            .body(self.body)
+            .timeout(node.config.write_timeout);
+        if let Some(token) = bearer(&self.headers) {
+            req = req.bearer_auth(token);
+        }
+        relayed(req).await
+    }
+}
+
+/// The leader's answer to a relayed request, or why there is none.
+async fn relayed(req: reqwest::RequestBuilder) -> Response {
     match req.send().await {
         Ok(resp) => {
             let status = resp.status();
@@ -378,15 +411,12 @@ async fn verify_new_member(node: &Node, id: NodeId, member: &Member) -> Result<(
 async fn add_learner(
     State(node): State<Arc<Node>>,
     _: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: LeaderRequest,
 ) -> Result<Response, ApiError> {
-    let spec: MemberSpec = parse(&body)?;
+    let spec: MemberSpec = req.json()?;
     let n = node.clone();
-    Ok(
-        on_leader(&node, method, &uri, &headers, body, || async move {
+    Ok(req
+        .on_leader(&node, || async move {
             let member = Member {
                 api_addr: spec.api_addr,
                 peer_addr: spec.peer_addr,
@@ -411,14 +441,9 @@ async fn add_learner(
                 .add_learner(spec.id, member, false)
                 .await
                 .map_err(membership_error)?;
-            Ok(Json(MembershipChanged {
-                id: spec.id,
-                role: MembershipRole::Learner,
-                log_index: resp.log_id.index,
-            }))
+            Ok((spec.id, MembershipRole::Learner, resp.log_id.index))
         })
-        .await,
-    )
+        .await)
 }
 
 /// Promote a learner that is at most 16 entries behind to voter.
@@ -428,15 +453,12 @@ async fn add_learner(
 async fn promote(
     State(node): State<Arc<Node>>,
     _: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: LeaderRequest,
 ) -> Result<Response, ApiError> {
-    let spec: PromoteSpec = parse(&body)?;
+    let spec: PromoteSpec = req.json()?;
     let n = node.clone();
-    Ok(
-        on_leader(&node, method, &uri, &headers, body, || async move {
+    Ok(req
+        .on_leader(&node, || async move {
             let m = n.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
             if membership.get_node(&spec.id).is_none() {
@@ -471,14 +493,9 @@ async fn promote(
                 .change_membership(ChangeMembers::AddVoterIds(ids), false)
                 .await
                 .map_err(membership_error)?;
-            Ok(Json(MembershipChanged {
-                id: spec.id,
-                role: MembershipRole::Voter,
-                log_index: resp.log_id.index,
-            }))
+            Ok((spec.id, MembershipRole::Voter, resp.log_id.index))
         })
-        .await,
-    )
+        .await)
 }
 
 /// Remove a voter or learner.
@@ -489,14 +506,12 @@ async fn remove_member(
     State(node): State<Arc<Node>>,
     _: Admin,
     p: Result<Path<NodeId>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    req: LeaderRequest,
 ) -> Result<Response, ApiError> {
     let Path(id) = p.map_err(|e| ApiError::bad_request(format!("id: {}", e.body_text())))?;
     let n = node.clone();
-    Ok(
-        on_leader(&node, method, &uri, &headers, Bytes::new(), || async move {
+    Ok(req
+        .on_leader(&node, || async move {
             let m = n.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
             if membership.get_node(&id).is_none() {
@@ -515,12 +530,7 @@ async fn remove_member(
             .await
             .map_err(|_| ApiError::OutcomeUnknown)?
             .map_err(membership_error)?;
-            Ok(Json(MembershipChanged {
-                id,
-                role: MembershipRole::Removed,
-                log_index: resp.log_id.index,
-            }))
+            Ok((id, MembershipRole::Removed, resp.log_id.index))
         })
-        .await,
-    )
+        .await)
 }

@@ -527,17 +527,15 @@ struct ControlQuery {
 /// An experiment's results: per variant exposures, users, conversions, rates and uplifts with
 /// always-valid intervals, and the sample-ratio check.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/experiments/{key}", tag = "experiments", security(("bearer" = [])),
-    params(ItemRead<false>, ControlQuery),
+    params(ItemRead, ControlQuery),
     responses((status = 200, description = "the results", body = ExperimentResults),
         (status = 404, description = "no such flag, or neither running nor recorded")))]
 async fn experiment_results(
-    r: ItemRead<false>,
+    r: ItemRead,
     InQuery(ControlQuery { control }): InQuery<ControlQuery>,
 ) -> Result<Json<ExperimentResults>, ApiError> {
-    let (node, ns, flag, params) = (r.node, r.ns, r.key, r.params);
+    let (node, ns, flag) = (r.node, r.ns, r.key);
     let control_param = control;
-    node.read_barrier(params.consistency, params.min_revision)
-        .await?;
     let set = flag_set(&node, &ns)?;
     let compiled = set.get(&flag);
     let experiment = compiled.and_then(|f| f.experiment());

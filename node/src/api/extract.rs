@@ -348,33 +348,36 @@ pub const fn item_kind(segment: bool) -> ChangeKind {
     }
 }
 
-/// An admin's read of one flag or segment (`GET …/{ns}/flags/{key}`, `…/segments/{key}`): the
-/// checked path and the read parameters.
-pub struct ItemRead<const SEGMENT: bool> {
+/// An admin's read of one item of a namespace (`GET …/{ns}/flags/{key}`,
+/// `…/segments/{key}`, `…/experiments/{key}`): as [`NsRead`], with the item's key.
+pub struct ItemRead {
     pub node: Arc<Node>,
     pub ns: String,
     pub key: String,
-    pub params: ReadParams,
+    pub proof: ReadProof,
 }
 
-impl<const SEGMENT: bool> FromRequestParts<Arc<Node>> for ItemRead<SEGMENT> {
+impl FromRequestParts<Arc<Node>> for ItemRead {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         Admin::from_request_parts(parts, node).await?;
         let InPath(ItemPath { ns, key }) = InPath::from_request_parts(parts, node).await?;
         let Read(params) = Read::<true>::from_request_parts(parts, node).await?;
+        let proof = node
+            .read_barrier(params.consistency, params.min_revision)
+            .await?;
         let node = node.clone();
         Ok(ItemRead {
             node,
             ns,
             key,
-            params,
+            proof,
         })
     }
 }
 
-impl<const SEGMENT: bool> IntoParams for ItemRead<SEGMENT> {
+impl IntoParams for ItemRead {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         [
             ItemPath::into_params(|| None),

@@ -152,28 +152,62 @@ fn failure(key: &str, r: &Resolution<'_>) -> Option<(StatusCode, OfrepError)> {
     Some((status, error_body(Some(key), e.code.as_str(), &e.message)))
 }
 
+/// An evaluation request made ready: the caller admitted to the namespace, the read barrier
+/// passed, the namespace's compiled flags and the context parsed.
+struct Prepared {
+    ns: String,
+    /// The namespace's last change, which the flag set reflects.
+    rev: u64,
+    set: Arc<FlagSet>,
+    staleness: Option<u64>,
+    /// The request body, as read.
+    body: Value,
+    ctx: Context,
+}
+
+/// Checks and reads an evaluation request of flag `key` (`None`: every flag), or the answer
+/// refusing it: an API error, or OFREP's 400 for a context it cannot take. The body is read
+/// only for an authenticated caller.
 async fn prepare(
     node: &Node,
-    caller: &Caller,
+    caller: Result<Caller, ApiError>,
+    key: Option<&str>,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<(String, u64, Arc<FlagSet>, Option<u64>), ApiError> {
-    node.rate_limits.check(match caller {
-        Caller::Admin(name) => name,
-        Caller::Sdk { hash, .. } => hash,
-    })?;
-    let params = ReadQuery::params(query, node, false)?;
-    let ns = namespace_of(caller, headers, query)?;
-    caller.check_namespace(&ns)?;
-    let proof = node
-        .read_barrier(params.consistency, params.min_revision)
-        .await?;
-    caller.check_still_valid(node)?;
-    let (rev, set) = node
-        .flag_sets
-        .get(node, &ns)
-        .ok_or_else(|| no_namespace(&ns))?;
-    Ok((ns, rev, set, proof.staleness_ms))
+    body: Request,
+) -> Result<Prepared, Response> {
+    let ready = async {
+        let caller = caller?;
+        let body = JsonBody::read(body, node.config.max_body_bytes).await?;
+        node.rate_limits.check(match &caller {
+            Caller::Admin(name) => name,
+            Caller::Sdk { hash, .. } => hash,
+        })?;
+        let params = ReadQuery::params(query, node, false)?;
+        let ns = namespace_of(&caller, headers, query)?;
+        caller.check_namespace(&ns)?;
+        let proof = node
+            .read_barrier(params.consistency, params.min_revision)
+            .await?;
+        caller.check_still_valid(node)?;
+        let (rev, set) = node
+            .flag_sets
+            .get(node, &ns)
+            .ok_or_else(|| no_namespace(&ns))?;
+        Ok::<_, ApiError>((ns, rev, set, proof.staleness_ms, body))
+    };
+    let (ns, rev, set, staleness, body) = ready.await.map_err(|e| api_error(key, e))?;
+    let ctx = check_context_size(node, &body)
+        .and_then(|()| context_of(&body.value))
+        .map_err(|(code, details)| ofrep_error(StatusCode::BAD_REQUEST, key, &code, &details))?;
+    Ok(Prepared {
+        ns,
+        rev,
+        set,
+        staleness,
+        body: body.value,
+        ctx,
+    })
 }
 
 fn finish(mut resp: Response, node: &Node, staleness: Option<u64>) -> Response {
@@ -204,10 +238,7 @@ async fn single(
         Ok(Path(key)) => key,
         Err(e) => return api_error(None, ApiError::bad_request(e.body_text())),
     };
-    let resp = match evaluate_one(&node, caller, &key, &headers, q.as_deref(), body).await {
-        Ok(resp) => resp,
-        Err(e) => api_error(Some(&key), e),
-    };
+    let resp = evaluate_one(&node, caller, &key, &headers, q.as_deref(), body).await;
     counted(&node, resp)
 }
 
@@ -248,29 +279,18 @@ async fn evaluate_one(
     headers: &HeaderMap,
     query: Option<&str>,
     body: Request,
-) -> Result<Response, ApiError> {
-    let caller = caller?;
-    // The body is read only for an authenticated caller.
-    let body = JsonBody::read(body, node.config.max_body_bytes).await?;
-    let (ns, _, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
-        Ok(c) => c,
-        Err((code, details)) => {
-            return Ok(ofrep_error(
-                StatusCode::BAD_REQUEST,
-                Some(key),
-                &code,
-                &details,
-            ))
-        }
+) -> Response {
+    let p = match prepare(node, caller, Some(key), headers, query, body).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
-    let r = set.resolve(key, &ctx);
-    count_evaluation(node, &ns, &set, key, &ctx, &r);
+    let r = p.set.resolve(key, &p.ctx);
+    count_evaluation(node, &p.ns, &p.set, key, &p.ctx, &r);
     let resp = match failure(key, &r) {
         Some((status, body)) => (status, Json(body)).into_response(),
         None => Json(success(key, &r)).into_response(),
     };
-    Ok(finish(resp, node, staleness))
+    finish(resp, node, p.staleness)
 }
 
 /// Writes `v` with object keys sorted, so equal contexts give equal bytes whatever the order
@@ -339,9 +359,7 @@ async fn bulk(
     RawQuery(q): RawQuery,
     body: Request,
 ) -> Response {
-    let resp = evaluate_all(&node, caller, &headers, q.as_deref(), body)
-        .await
-        .unwrap_or_else(|e| api_error(None, e));
+    let resp = evaluate_all(&node, caller, &headers, q.as_deref(), body).await;
     counted(&node, resp)
 }
 
@@ -351,17 +369,13 @@ async fn evaluate_all(
     headers: &HeaderMap,
     query: Option<&str>,
     body: Request,
-) -> Result<Response, ApiError> {
-    let caller = caller?;
-    let body = JsonBody::read(body, node.config.max_body_bytes).await?;
-    let (ns, rev, set, staleness) = prepare(node, &caller, headers, query).await?;
-    let ctx = match check_context_size(node, &body).and_then(|()| context_of(&body.value)) {
-        Ok(c) => c,
-        Err((code, details)) => {
-            return Ok(ofrep_error(StatusCode::BAD_REQUEST, None, &code, &details))
-        }
+) -> Response {
+    let p = match prepare(node, caller, None, headers, query, body).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
-    let etag = bulk_etag(rev, &body.value);
+    let (ns, set, ctx, staleness) = (&p.ns, &p.set, &p.ctx, p.staleness);
+    let etag = bulk_etag(p.rev, &p.body);
     let held = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
@@ -374,12 +388,12 @@ async fn evaluate_all(
             header::ETAG,
             HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
         );
-        return Ok(finish(resp, node, staleness));
+        return finish(resp, node, staleness);
     }
     let mut flags: Vec<(String, BulkItem)> = set
-        .resolve_all(&ctx)
+        .resolve_all(ctx)
         .map(|(key, r)| {
-            count_evaluation(node, &ns, &set, key, &ctx, &r);
+            count_evaluation(node, ns, set, key, ctx, &r);
             let item = match failure(key, &r) {
                 Some((_, body)) => BulkItem::Failure(body),
                 None => BulkItem::Success(success(key, &r)),
@@ -394,5 +408,5 @@ async fn evaluate_all(
         header::ETAG,
         HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
     );
-    Ok(finish(resp, node, staleness))
+    finish(resp, node, staleness)
 }

@@ -1,20 +1,23 @@
 //! The console's way into the `/v1` API: each call goes through the same router, handlers,
 //! validation, consistency rules and leader forwarding as a call from `curl`, on behalf of the
-//! signed-in admin ([`ConsoleActor`]), without a network hop.
+//! signed-in admin ([`ConsoleActor`]), without a network hop. Answers are read as the API
+//! crate's types (`flagstaff_api`), the same ones the node writes them from.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use flagstaff_api::error::{ErrorBody, ErrorDetail, FaultBody};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
 
 use crate::api::extract::ConsoleActor;
 
-/// An answer of the API: its status and JSON body (`Null` when it had none).
+/// An answer of the API: its status and body (empty when it had none).
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
-    pub body: Value,
+    body: Bytes,
 }
 
 impl Answer {
@@ -22,27 +25,37 @@ impl Answer {
         self.status.is_success()
     }
 
+    /// The body as the API type `T`. A body that is not one becomes an answer of its own, a
+    /// 502 that says so: the console shows it as the node's fault, never as data.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Answer> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            local_error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the node's answer ({}) did not read as expected: {e}",
+                    self.status
+                ),
+            )
+        })
+    }
+
+    /// The error of a failed call, when its body is the API's error body.
+    fn error(&self) -> Option<ErrorDetail> {
+        serde_json::from_slice::<ErrorBody>(&self.body)
+            .ok()
+            .map(|b| b.error)
+    }
+
     /// The error message of a failed call (`error.message`), or the status.
     pub fn message(&self) -> String {
-        self.body["error"]["message"]
-            .as_str()
-            .map(str::to_string)
+        self.error()
+            .map(|e| e.message)
             .unwrap_or_else(|| format!("the node answered {}", self.status))
     }
 
-    /// `error.faults` of an invalid definition, as (path, message) pairs.
-    pub fn faults(&self) -> Vec<(String, String)> {
-        self.body["error"]["faults"]
-            .as_array()
-            .map(|fs| {
-                fs.iter()
-                    .map(|f| {
-                        let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
-                        (text("path"), text("message"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// `error.faults` of an invalid definition.
+    pub fn faults(&self) -> Vec<FaultBody> {
+        self.error().and_then(|e| e.faults).unwrap_or_default()
     }
 }
 
@@ -92,14 +105,7 @@ impl Api {
         };
         let status = resp.status();
         match axum::body::to_bytes(resp.into_body(), usize::MAX).await {
-            Ok(bytes) if bytes.is_empty() => Answer {
-                status,
-                body: Value::Null,
-            },
-            Ok(bytes) => Answer {
-                status,
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            },
+            Ok(body) => Answer { status, body },
             Err(e) => local_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
@@ -107,12 +113,30 @@ impl Api {
     pub async fn get(&self, uri: &str) -> Answer {
         self.call(Method::GET, uri, None, &[]).await
     }
+
+    /// `GET uri`, its success body read as `T`; a failed call as its answer.
+    pub async fn read<T: DeserializeOwned>(&self, uri: &str) -> Result<T, Answer> {
+        let a = self.get(uri).await;
+        if !a.ok() {
+            return Err(a);
+        }
+        a.parse()
+    }
 }
 
+/// An answer the console makes itself, in the API's error body.
 fn local_error(status: StatusCode, message: String) -> Answer {
+    let error = ErrorBody {
+        error: ErrorDetail {
+            code: "CONSOLE".into(),
+            message,
+            faults: None,
+            current_version: None,
+        },
+    };
     Answer {
         status,
-        body: serde_json::json!({"error": {"code": "CONSOLE", "message": message}}),
+        body: serde_json::to_vec(&error).unwrap_or_default().into(),
     }
 }
 
@@ -122,4 +146,57 @@ pub fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flagstaff_api::admin::ItemWritten;
+
+    fn answer(status: StatusCode, body: &str) -> Answer {
+        Answer {
+            status,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn an_answer_reads_as_its_type_or_as_the_nodes_fault() {
+        let written = answer(
+            StatusCode::OK,
+            r#"{"namespace":"a","key":"f","version":3,"revision":9}"#,
+        );
+        assert_eq!(
+            written.parse::<ItemWritten>().map(|w| w.version).ok(),
+            Some(3)
+        );
+        // A success whose body is not the type: a 502 of the console's own, saying why.
+        let odd = answer(StatusCode::OK, r#"{"namespace":"a"}"#);
+        let refused = odd.parse::<ItemWritten>().err();
+        assert_eq!(
+            refused.as_ref().map(|a| a.status),
+            Some(StatusCode::BAD_GATEWAY)
+        );
+        let message = refused.map(|a| a.message()).unwrap_or_default();
+        assert!(message.contains("missing field `key`"), "{message}");
+    }
+
+    #[test]
+    fn a_refusal_gives_its_message_and_faults() {
+        let invalid = answer(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"code":"INVALID","message":"2 faults","faults":[{"path":"variants","message":"empty"}]}}"#,
+        );
+        assert_eq!(invalid.message(), "2 faults");
+        let faults = invalid.faults();
+        assert_eq!(faults.len(), 1);
+        assert_eq!(
+            (faults[0].path.as_str(), faults[0].message.as_str()),
+            ("variants", "empty")
+        );
+        // No error body (a proxy's page, say): the status stands in for the message.
+        let bare = answer(StatusCode::SERVICE_UNAVAILABLE, "<html>");
+        assert!(bare.message().contains("503"), "{}", bare.message());
+        assert!(bare.faults().is_empty());
+    }
 }

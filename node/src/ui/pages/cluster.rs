@@ -7,6 +7,7 @@ use axum::extract::State;
 use crate::peer::{MemberView, PATH_STATUS};
 use axum::http::StatusCode;
 use axum::response::Response;
+use flagstaff_api::cluster::ClusterStatus;
 use serde_json::{json, Value};
 
 use super::*;
@@ -37,18 +38,19 @@ pub(super) async fn cluster_members(State(ui): State<Ui>, s: Signed) -> Response
 /// over the peer listener (role, term, applied index, revision, ready), with when this node last
 /// got an answer from it.
 pub(super) async fn cluster_view(ui: &Ui, s: &Signed) -> Value {
-    let a = s.api.get("/v1/cluster").await;
-    let mut status = a.body.clone();
-    let members = status["members"].as_array().cloned().unwrap_or_default();
+    let (mut status, members, failure) = match s.api.read::<ClusterStatus>("/v1/cluster").await {
+        Ok(mut c) => {
+            let members = std::mem::take(&mut c.members);
+            (json!(c), members, None)
+        }
+        Err(a) => (json!({}), Vec::new(), Some(a.message())),
+    };
     let node = &ui.node;
     let probes = members.iter().map(|m| {
-        let peer_addr = m["peer_addr"].as_str().unwrap_or_default().to_string();
-        async move {
-            let asked =
-                node.peers
-                    .call::<_, MemberView>(&peer_addr, PATH_STATUS, &(), PROBE_TIMEOUT);
-            asked.await.ok()
-        }
+        let asked = node
+            .peers
+            .call::<_, MemberView>(&m.peer_addr, PATH_STATUS, &(), PROBE_TIMEOUT);
+        async move { asked.await.ok() }
     });
     let views = futures::future::join_all(probes).await;
     let now = Instant::now();
@@ -56,8 +58,9 @@ pub(super) async fn cluster_view(ui: &Ui, s: &Signed) -> Value {
     let rows: Vec<Value> = members
         .into_iter()
         .zip(views)
-        .map(|(mut m, view)| {
-            let id = m["id"].as_u64().unwrap_or(0);
+        .map(|(member, view)| {
+            let id = member.id;
+            let mut m = json!(member);
             m["health"] = json!(match &view {
                 Some(v) if v.ready => "ready",
                 Some(_) => "not ready",
@@ -77,8 +80,8 @@ pub(super) async fn cluster_view(ui: &Ui, s: &Signed) -> Value {
         })
         .collect();
     status["members"] = json!(rows);
-    status["ok"] = json!(a.ok());
-    status["message"] = json!((!a.ok()).then(|| a.message()));
+    status["ok"] = json!(failure.is_none());
+    status["message"] = json!(failure);
     status
 }
 

@@ -4,8 +4,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
+use flagstaff_api::admin::ItemInfo;
+use flagstaff_api::experiments::{ArmSeries, ExperimentList, ExperimentResults, Report};
+use flagstaff_experiments::{ArmReport, Estimate, MetricReport, Srm};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::*;
 
@@ -14,20 +17,16 @@ pub(super) async fn experiments(
     s: Signed,
     Path(ns): Path<String>,
 ) -> Response {
-    let a = s
-        .api
-        .get(&format!("/v1/namespaces/{}/experiments", seg(&ns)))
-        .await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    render(
+    let uri = format!("/v1/namespaces/{}/experiments", seg(&ns));
+    read_page(
         &ui,
+        &s,
         StatusCode::OK,
+        &uri,
         "experiments.html",
-        Some(&s),
-        json!({"title": format!("Experiments in {ns}"), "ns": ns, "experiments": a.body["experiments"]}),
+        |l: ExperimentList| json!({"title": format!("Experiments in {ns}"), "ns": ns, "experiments": l.experiments}),
     )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -63,26 +62,27 @@ async fn experiment_page(
     if !control.is_empty() {
         uri.push_str(&format!("&control={}", seg(control)));
     }
-    let a = s.api.get(&uri).await;
-    if !a.ok() {
-        return api_error_page(ui, s, &a);
-    }
-    let f = s.api.get(&flag_uri(ns, flag)).await;
-    let version = f.body["version"].clone();
-    let r = &a.body;
-    let report = &r["report"];
-    let srm = &report["srm"];
-    let srm_text = srm_in_words(srm);
-    let metrics: Vec<Value> = r["metrics"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| {
-            let name = m.as_str().unwrap_or_default().to_string();
-            json!({"name": name, "chart": rate_chart(report, &name), "rows": metric_rows(report, &name)})
+    let r = match s.api.read::<ExperimentResults>(&uri).await {
+        Ok(r) => r,
+        Err(a) => return api_error_page(ui, s, &a),
+    };
+    // The flag's version makes "stop and ship" a conditional write; without it (the flag is
+    // gone) the page shows no ship form.
+    let version = s
+        .api
+        .read::<ItemInfo>(&flag_uri(ns, flag))
+        .await
+        .ok()
+        .map(|f| f.version);
+    let report = &r.report;
+    let metrics: Vec<_> = r
+        .metrics
+        .iter()
+        .map(|name| {
+            json!({"name": name, "chart": rate_chart(report, name), "rows": metric_rows(report, name)})
         })
         .collect();
+    let variants: Vec<&str> = report.arms.iter().map(|a| a.variant.as_str()).collect();
     render(
         ui,
         status,
@@ -90,20 +90,19 @@ async fn experiment_page(
         Some(s),
         json!({
             "title": format!("Experiment {flag}"), "ns": ns, "flag": flag, "r": r,
-            "exposure_chart": exposure_chart(&r["series"]), "metrics": metrics,
-            "srm_text": srm_text, "srm_bad": srm["mismatch"] == true,
-            "version": version, "message": message,
-            "variants": report["arms"].as_array().map(|a| a.iter().map(|x| x["variant"].clone()).collect::<Vec<_>>()),
+            "exposure_chart": exposure_chart(&r.series), "metrics": metrics,
+            "srm_text": srm_in_words(&report.srm), "srm_bad": report.srm.mismatch,
+            "version": version, "message": message, "variants": variants,
         }),
     )
 }
 
 /// The sample-ratio check, for people.
-fn srm_in_words(srm: &Value) -> String {
-    let Some(p) = srm["p_value"].as_f64() else {
+fn srm_in_words(srm: &Srm) -> String {
+    let Some(p) = srm.p_value else {
         return "Not enough users yet to check the split.".into();
     };
-    if srm["mismatch"] == true {
+    if srm.mismatch {
         format!(
             "Warning: the variants did not get the share of users the split configures (p = {p:.2e}). \
              Something is assigning or counting users unevenly (a redirect that loses users, a bot, \
@@ -115,37 +114,32 @@ fn srm_in_words(srm: &Value) -> String {
     }
 }
 
-fn metric_rows(report: &Value, metric: &str) -> Vec<Value> {
-    arms(report)
-        .map(|a| {
-            let m = metric_of(a, metric);
-            json!({
-                "variant": a["variant"], "users": a["users"].as_f64().map(|u| u.round() as u64),
-                "exposures": a["exposures"], "conversions": m["conversions"],
-                "rate": pct(&m["rate"]["value"]), "low": pct(&m["rate"]["low"]), "high": pct(&m["rate"]["high"]),
-                "uplift": m["uplift"]["relative"]["value"].as_f64().map(|v| format!("{:+.1}%", v * 100.0)),
-                "uplift_low": pct(&m["uplift"]["relative"]["low"]), "uplift_high": pct(&m["uplift"]["relative"]["high"]),
-                "beat": m["uplift"]["chance_to_beat_control"].as_f64().map(|v| format!("{:.1}%", v * 100.0)),
-                "significant": m["uplift"]["significant"] == true,
-                "mean": m["mean_value"]["value"].as_f64().map(|v| format!("{v:.2}")),
-            })
+/// One row per arm of `metric`'s table; an arm without the metric shows its users only.
+fn metric_rows(report: &Report, metric: &str) -> Vec<serde_json::Value> {
+    let row = |a: &ArmReport| {
+        let m = metric_of(a, metric);
+        let uplift = m.and_then(|m| m.uplift.as_ref());
+        let rate = m.map(|m| m.rate);
+        json!({
+            "variant": a.variant, "users": a.users.round() as u64, "exposures": a.exposures,
+            "conversions": m.map(|m| m.conversions),
+            "rate": rate.map(|r| pct(r.value)), "low": rate.map(|r| pct(r.low)), "high": rate.map(|r| pct(r.high)),
+            "uplift": uplift.map(|u| format!("{:+.1}%", u.relative.value * 100.0)),
+            "uplift_low": uplift.map(|u| pct(u.relative.low)), "uplift_high": uplift.map(|u| pct(u.relative.high)),
+            "beat": uplift.map(|u| format!("{:.1}%", u.chance_to_beat_control * 100.0)),
+            "significant": uplift.is_some_and(|u| u.significant),
+            "mean": m.and_then(|m| m.mean_value).map(|e: Estimate| format!("{:.2}", e.value)),
         })
-        .collect()
+    };
+    report.arms.iter().map(row).collect()
 }
 
-fn arms(report: &Value) -> impl Iterator<Item = &Value> {
-    report["arms"].as_array().into_iter().flatten()
+fn metric_of<'a>(arm: &'a ArmReport, metric: &str) -> Option<&'a MetricReport> {
+    arm.metrics.iter().find(|m| m.metric == metric)
 }
 
-fn metric_of<'a>(arm: &'a Value, metric: &str) -> &'a Value {
-    arm["metrics"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["metric"] == metric))
-        .unwrap_or(&Value::Null)
-}
-
-fn pct(v: &Value) -> Option<String> {
-    v.as_f64().map(|v| format!("{:.2}%", v * 100.0))
+fn pct(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
 }
 
 const COLOURS: [&str; 6] = [
@@ -161,31 +155,21 @@ fn escape(s: &str) -> String {
 }
 
 /// Cumulative exposures over time, one line per variant.
-pub(crate) fn exposure_chart(series: &Value) -> String {
-    let lines: Vec<(String, Vec<(f64, f64)>)> = series
-        .as_array()
-        .into_iter()
-        .flatten()
+fn exposure_chart(series: &[ArmSeries]) -> String {
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
         .map(|s| {
             let mut total = 0.0;
-            let buckets = s["points"].as_array().cloned().unwrap_or_default();
             // The line starts at zero where the first bucket starts.
-            let start = buckets
-                .first()
-                .map(|p| (p["start_ms"].as_f64().unwrap_or(0.0), 0.0));
+            let start = s.points.first().map(|p| (p.start_ms as f64, 0.0));
             let points = start
                 .into_iter()
-                .chain(buckets.iter().map(|p| {
-                    total += p["exposures"].as_f64().unwrap_or(0.0);
-                    let end = p["start_ms"].as_f64().unwrap_or(0.0)
-                        + p["width_ms"].as_f64().unwrap_or(0.0);
-                    (end, total)
+                .chain(s.points.iter().map(|p| {
+                    total += p.exposures as f64;
+                    ((p.start_ms + p.width_ms) as f64, total)
                 }))
                 .collect();
-            (
-                s["variant"].as_str().unwrap_or_default().to_string(),
-                points,
-            )
+            (s.variant.as_str(), points)
         })
         .collect();
     let all = lines.iter().flat_map(|(_, p)| p.iter());
@@ -232,16 +216,18 @@ pub(crate) fn exposure_chart(series: &Value) -> String {
 }
 
 /// Each variant's conversion rate as a dot with its interval as a bar.
-pub(crate) fn rate_chart(report: &Value, metric: &str) -> String {
-    let rows: Vec<(String, f64, f64, f64)> = arms(report)
+fn rate_chart(report: &Report, metric: &str) -> String {
+    let zero = Estimate {
+        value: 0.0,
+        low: 0.0,
+        high: 0.0,
+    };
+    let rows: Vec<(&str, f64, f64, f64)> = report
+        .arms
+        .iter()
         .map(|a| {
-            let r = &metric_of(a, metric)["rate"];
-            (
-                a["variant"].as_str().unwrap_or_default().to_string(),
-                r["value"].as_f64().unwrap_or(0.0),
-                r["low"].as_f64().unwrap_or(0.0),
-                r["high"].as_f64().unwrap_or(0.0),
-            )
+            let r = metric_of(a, metric).map_or(zero, |m| m.rate);
+            (a.variant.as_str(), r.value, r.low, r.high)
         })
         .collect();
     let max = rows.iter().map(|r| r.3).fold(0.0f64, f64::max).max(1e-9);

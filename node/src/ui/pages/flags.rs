@@ -4,6 +4,9 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
+use flagstaff_api::admin::{FlagList, ItemInfo, ItemKind};
+use flagstaff_api::history::{HistoryItem, HistoryPage};
+use flagstaff_api::ofrep::{OfrepError, OfrepSuccess};
 use serde_json::{json, Value};
 
 use super::*;
@@ -24,59 +27,40 @@ pub(super) async fn flags(
     Path(ns): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let a = s
-        .api
-        .get(&format!("/v1/namespaces/{}/flags", seg(&ns)))
-        .await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    let all = a.body["flags"].as_array().cloned().unwrap_or_default();
-    let mut tags: Vec<String> = all
-        .iter()
-        .flat_map(|f| {
-            f["definition"]["tags"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|t| t.as_str().map(str::to_string))
-        .collect();
-    tags.sort();
-    tags.dedup();
-    let needle = q.q.trim().to_lowercase();
-    let shown: Vec<&Value> = all
-        .iter()
-        .filter(|f| {
-            let d = &f["definition"];
-            let text_ok = needle.is_empty()
-                || f["key"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_lowercase()
-                    .contains(&needle)
-                || d["description"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_lowercase()
-                    .contains(&needle);
-            let tag_ok = q.tag.is_empty()
-                || d["tags"]
-                    .as_array()
-                    .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(q.tag.as_str())));
-            text_ok && tag_ok
-        })
-        .collect();
-    render(
+    let uri = format!("/v1/namespaces/{}/flags", seg(&ns));
+    read_page(
         &ui,
+        &s,
         StatusCode::OK,
+        &uri,
         "flags.html",
-        Some(&s),
-        json!({
-            "title": format!("Flags in {ns}"), "ns": ns, "flags": shown, "total": all.len(),
-            "tags": tags, "q": q.q, "tag": q.tag, "revision": a.body["revision"],
-        }),
+        |l: FlagList| {
+            // A definition stored with flagd semantics may hold anything under these names: what
+            // is not a list of strings or a string is no tag and no description.
+            let tags_of = |f: &ItemInfo| -> Vec<String> {
+                let tags = f.definition["tags"].as_array().into_iter().flatten();
+                tags.filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            };
+            let mut tags: Vec<String> = l.flags.iter().flat_map(tags_of).collect();
+            tags.sort();
+            tags.dedup();
+            let needle = q.q.trim().to_lowercase();
+            let matches = |f: &&ItemInfo| {
+                let description = f.definition["description"].as_str().unwrap_or("");
+                let text_ok = needle.is_empty()
+                    || f.key.to_lowercase().contains(&needle)
+                    || description.to_lowercase().contains(&needle);
+                text_ok && (q.tag.is_empty() || tags_of(f).contains(&q.tag))
+            };
+            let shown: Vec<&ItemInfo> = l.flags.iter().filter(matches).collect();
+            json!({
+                "title": format!("Flags in {ns}"), "ns": ns, "flags": shown, "total": l.flags.len(),
+                "tags": tags, "q": q.q, "tag": q.tag, "revision": l.revision,
+            })
+        },
     )
+    .await
 }
 
 /// The editor page for `form`, with faults or a message.
@@ -86,7 +70,7 @@ pub(super) fn editor(
     ns: &str,
     form: &FlagForm,
     is_new: bool,
-    current: Option<&Value>,
+    current: Option<&ItemInfo>,
     outcome: Outcome,
 ) -> Response {
     let Outcome {
@@ -141,22 +125,18 @@ pub(super) async fn edit_flag(
     Path((ns, key)): Path<(String, String)>,
     Query(q): Query<SavedQuery>,
 ) -> Response {
-    let a = s.api.get(&flag_uri(&ns, &key)).await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    let mut form = FlagForm::from_definition(
-        &key,
-        a.body["version"].as_u64(),
-        Some(&a.body["definition"]),
-    );
+    let item = match s.api.read::<ItemInfo>(&flag_uri(&ns, &key)).await {
+        Ok(item) => item,
+        Err(a) => return api_error_page(&ui, &s, &a),
+    };
+    let mut form = FlagForm::from_definition(&key, Some(item.version), Some(&item.definition));
     let mut note = q
         .saved
         .map(|v| format!("Saved as version {v}."))
         .unwrap_or_default();
     // A flag stored as flagd would (imported, or written with flagd semantics): say what in it
     // Flagstaff would refuse, and keep it savable as it is.
-    let def = &a.body["definition"];
+    let def = &item.definition;
     if flagstaff_flags::validate_flag(def).is_err() {
         if let Ok(warnings) = flagstaff_flags::validate_flag_as_flagd(def) {
             form.flagd_semantics = true;
@@ -165,34 +145,28 @@ pub(super) async fn edit_flag(
                 .to_string();
         }
     }
-    editor(
-        &ui,
-        &s,
-        &ns,
-        &form,
-        false,
-        Some(&a.body),
-        Outcome::note(&note),
-    )
+    let outcome = Outcome::note(&note);
+    editor(&ui, &s, &ns, &form, false, Some(&item), outcome)
 }
 
-pub(super) async fn save_new_flag(
-    State(ui): State<Ui>,
-    Path(ns): Path<String>,
-    f: SignedForm,
-) -> Response {
-    let form = FlagForm::from_pairs(&f.fields);
-    save_flag_form(&ui, &f.signed, &ns, form, true).await
-}
+impl EditorForm for FlagForm {
+    fn posted(f: &SignedForm, key: Option<String>) -> FlagForm {
+        let mut form = FlagForm::from_pairs(&f.fields);
+        if let Some(key) = key {
+            form.key = key;
+        }
+        form
+    }
 
-pub(super) async fn save_flag(
-    State(ui): State<Ui>,
-    Path((ns, key)): Path<(String, String)>,
-    f: SignedForm,
-) -> Response {
-    let mut form = FlagForm::from_pairs(&f.fields);
-    form.key = key;
-    save_flag_form(&ui, &f.signed, &ns, form, false).await
+    fn save(
+        self,
+        ui: &Ui,
+        s: &Signed,
+        ns: &str,
+        is_new: bool,
+    ) -> impl Future<Output = Response> + Send {
+        save_flag_form(ui, s, ns, self, is_new)
+    }
 }
 
 /// What a flag stored with flagd semantics holds that Flagstaff refuses by default.
@@ -266,12 +240,7 @@ pub(super) async fn save_flag_form(
         definition: &def,
     };
     let (ns_seg, key_seg) = (seg(ns), seg(&form.key));
-    let done = |a: &Answer| {
-        format!(
-            "/ui/ns/{ns_seg}/flags/{key_seg}?saved={}",
-            a.body["version"]
-        )
-    };
+    let done = |w: &ItemWritten| format!("/ui/ns/{ns_seg}/flags/{key_seg}?saved={}", w.version);
     put_from_editor(ui, s, save, &uri, done, show).await
 }
 
@@ -295,14 +264,11 @@ pub(super) async fn reapply_flag(
     form.version = f.field("version").to_string();
     if f.field("action") == "edit" {
         // Their version as it is now, shown beside the editor; saving replaces it.
-        let theirs = f.signed.api.get(&flag_uri(&ns, &key)).await;
-        let current = theirs.ok().then_some(&theirs.body);
-        form.version = current
-            .and_then(|t| t["version"].as_u64())
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+        let theirs = f.signed.api.read::<ItemInfo>(&flag_uri(&ns, &key)).await;
+        let current = theirs.as_ref().ok();
+        form.version = current.map(|t| t.version.to_string()).unwrap_or_default();
         let outcome = Outcome {
-            theirs: current.map(|t| pretty(&t["definition"])),
+            theirs: current.map(|t| pretty(&t.definition)),
             ..Outcome::note(
                 "This is your edit. Saving it replaces their version, shown below: carry over \
                  what you want to keep from it first.",
@@ -356,29 +322,23 @@ pub(super) async fn state_page(
             "to: must be ENABLED or DISABLED",
         );
     };
-    let a = s.api.get(&flag_uri(ns, key)).await;
-    if !a.ok() {
-        return api_error_page(ui, s, &a);
-    }
     let verb = if to == "DISABLED" {
         "Disable"
     } else {
         "Enable"
     };
-    render(
-        ui,
-        status,
-        "confirm.html",
-        Some(s),
+    let uri = flag_uri(ns, key);
+    read_page(ui, s, status, &uri, "confirm.html", |item: ItemInfo| {
         json!({
-            "title": format!("{verb} {key}?"), "ns": ns, "item": a.body, "message": message,
+            "title": format!("{verb} {key}?"), "ns": ns, "message": message,
             "question": format!("{verb} flag {key} in {ns}? Applications see the change within their staleness bound."),
             "action": format!("/ui/ns/{}/flags/{}/state", seg(ns), seg(key)),
-            "fields": {"to": to, "version": a.body["version"].to_string()},
+            "fields": {"to": to, "version": item.version.to_string()}, "item": item,
             "button": verb, "danger": to == "DISABLED",
             "back": format!("/ui/ns/{}/flags", seg(ns)),
-        }),
-    )
+        })
+    })
+    .await
 }
 
 pub(super) async fn set_state(
@@ -481,11 +441,20 @@ pub(super) async fn preview(
             .api
             .call(Method::POST, &uri, Some(&json!({"context": context})), &[])
             .await;
-        result = json!({
-            "ok": a.ok(), "status": a.status.as_u16(),
-            "value": a.body.get("value").map(pretty), "variant": a.body["variant"],
-            "reason": a.body["reason"], "error_code": a.body["errorCode"], "error_details": a.body["errorDetails"],
-        });
+        let status = a.status.as_u16();
+        result = match (a.ok(), a.parse::<OfrepSuccess>(), a.parse::<OfrepError>()) {
+            (true, Ok(r), _) => json!({
+                "ok": true, "status": status, "value": r.value.as_ref().map(pretty),
+                "variant": r.variant, "reason": r.reason,
+            }),
+            (false, _, Ok(e)) => json!({
+                "ok": false, "status": status, "error_code": e.error_code,
+                "error_details": e.error_details,
+            }),
+            // Neither OFREP answer: an error of the API itself (a bad name, say) or a body
+            // that does not read.
+            _ => json!({"ok": false, "status": status, "error_details": a.message()}),
+        };
     }
     let status = if faults.is_empty() {
         StatusCode::OK
@@ -511,41 +480,42 @@ pub(super) async fn history(
     s: Signed,
     Path((ns, key)): Path<(String, String)>,
 ) -> Response {
-    let a = s
-        .api
-        .get(&format!(
-            "/v1/namespaces/{}/history?key={}&limit=50",
-            seg(&ns),
-            seg(&key)
-        ))
-        .await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    let changes: Vec<Value> = a.body["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| {
-            c["items"].as_array().into_iter().flatten().filter(|i| i["kind"] == "flag" && i["key"] == key.as_str()).map(move |i| {
-                let (before, after) = (i.get("before").filter(|v| !v.is_null()), i.get("after").filter(|v| !v.is_null()));
-                let what = match (before, after) {
-                    (None, Some(_)) => "created",
-                    (Some(_), None) => "deleted",
-                    _ => "changed",
-                };
-                json!({"revision": c["revision"], "at_ms": c["at_ms"], "actor": c["actor"], "what": what, "diff": json_diff(before, after)})
-            })
-        })
-        .collect();
-    render(
+    let uri = format!(
+        "/v1/namespaces/{}/history?key={}&limit=50",
+        seg(&ns),
+        seg(&key)
+    );
+    read_page(
         &ui,
+        &s,
         StatusCode::OK,
+        &uri,
         "history.html",
-        Some(&s),
-        json!({
-            "title": format!("History of {key}"), "ns": ns, "key": key, "changes": changes,
-            "more": !a.body["next_before"].is_null(),
-        }),
+        |page: HistoryPage| {
+            let changes: Vec<Value> = page
+                .changes
+                .iter()
+                .flat_map(|c| {
+                    let this_flag = |i: &&HistoryItem| i.kind == ItemKind::Flag && i.key == key;
+                    c.items.iter().filter(this_flag).map(move |i| {
+                    let (before, after) = (i.before.as_ref(), i.after.as_ref());
+                    let what = match (before, after) {
+                        (None, Some(_)) => "created",
+                        (Some(_), None) => "deleted",
+                        _ => "changed",
+                    };
+                    json!({
+                        "revision": c.revision, "at_ms": c.at_ms, "actor": c.actor, "what": what,
+                        "diff": json_diff(before, after),
+                    })
+                })
+                })
+                .collect();
+            json!({
+                "title": format!("History of {key}"), "ns": ns, "key": key, "changes": changes,
+                "more": page.next_before.is_some(),
+            })
+        },
     )
+    .await
 }

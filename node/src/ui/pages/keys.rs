@@ -3,7 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use serde_json::{json, Value};
+use flagstaff_api::keys::{SdkKeyList, SecretCreated};
+use serde_json::json;
 
 use super::*;
 
@@ -12,25 +13,17 @@ pub(super) async fn keys_page(
     s: &Signed,
     status: StatusCode,
     ns: &str,
-    created: Option<&Value>,
+    created: Option<&SecretCreated>,
     message: Option<String>,
 ) -> Response {
-    let a = s
-        .api
-        .get(&format!("/v1/namespaces/{}/sdk-keys", seg(ns)))
-        .await;
-    if !a.ok() {
-        return api_error_page(ui, s, &a);
-    }
-    render(
-        ui,
-        status,
-        "keys.html",
-        Some(s),
+    let uri = format!("/v1/namespaces/{}/sdk-keys", seg(ns));
+    read_page(ui, s, status, &uri, "keys.html", |l: SdkKeyList| {
         json!({
-            "title": format!("SDK keys of {ns}"), "ns": ns, "keys": a.body["sdk_keys"], "created": created, "message": message,
-        }),
-    )
+            "title": format!("SDK keys of {ns}"), "ns": ns, "keys": l.sdk_keys, "created": created,
+            "message": message,
+        })
+    })
+    .await
 }
 
 pub(super) async fn keys(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Response {
@@ -56,7 +49,12 @@ pub(super) async fn create_key(
     if a.ok() {
         // The secret is shown on this answer only; it is not a redirect, so reloading does not
         // show it again.
-        return keys_page(&ui, &f.signed, StatusCode::OK, &ns, Some(&a.body), None).await;
+        return match a.parse::<SecretCreated>() {
+            Ok(created) => {
+                keys_page(&ui, &f.signed, StatusCode::OK, &ns, Some(&created), None).await
+            }
+            Err(e) => api_error_page(&ui, &f.signed, &e),
+        };
     }
     keys_page(&ui, &f.signed, a.status, &ns, None, Some(a.message())).await
 }

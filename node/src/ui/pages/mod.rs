@@ -3,6 +3,7 @@
 //! and on a write follows the API's answer: success → redirect (303), 412 → the conflict page,
 //! invalid → the editor with every fault, anything else → the error shown.
 
+use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::{Path, State};
@@ -10,6 +11,8 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use flagstaff_api::admin::{ItemInfo, ItemWritten, NamespaceList};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 mod cluster;
@@ -34,8 +37,14 @@ pub fn routes() -> Router<Ui> {
         .route("/ui/namespaces", get(namespaces).post(create_namespace))
         .route("/ui/ns/{ns}", get(namespace_home))
         .route("/ui/ns/{ns}/flags", get(flags))
-        .route("/ui/ns/{ns}/new-flag", get(new_flag).post(save_new_flag))
-        .route("/ui/ns/{ns}/flags/{key}", get(edit_flag).post(save_flag))
+        .route(
+            "/ui/ns/{ns}/new-flag",
+            get(new_flag).post(save_new::<FlagForm>),
+        )
+        .route(
+            "/ui/ns/{ns}/flags/{key}",
+            get(edit_flag).post(save_edited::<FlagForm>),
+        )
         .route(
             "/ui/ns/{ns}/flags/{key}/state",
             get(confirm_state).post(set_state),
@@ -54,11 +63,11 @@ pub fn routes() -> Router<Ui> {
         .route("/ui/ns/{ns}/segments", get(segments))
         .route(
             "/ui/ns/{ns}/new-segment",
-            get(new_segment).post(save_new_segment),
+            get(new_segment).post(save_new::<SegmentForm>),
         )
         .route(
             "/ui/ns/{ns}/segments/{key}",
-            get(edit_segment).post(save_segment),
+            get(edit_segment).post(save_edited::<SegmentForm>),
         )
         .route("/ui/ns/{ns}/segments/{key}/reapply", post(reapply_segment))
         .route("/ui/ns/{ns}/keys", get(keys).post(create_key))
@@ -102,7 +111,10 @@ fn faults_of(answer: &Answer) -> Vec<FormFault> {
     answer
         .faults()
         .into_iter()
-        .map(|(path, message)| FormFault { path, message })
+        .map(|f| FormFault {
+            path: f.path,
+            message: f.message,
+        })
         .collect()
 }
 
@@ -116,20 +128,36 @@ fn validation_faults(faults: Vec<flagstaff_flags::Fault>) -> Vec<FormFault> {
         .collect()
 }
 
+/// A page of one API read: `GET uri` read as `T`, rendered into `template` with the context
+/// `ctx` makes of it. A failed read shows its error page instead.
+async fn read_page<T: DeserializeOwned>(
+    ui: &Ui,
+    s: &Signed,
+    status: StatusCode,
+    uri: &str,
+    template: &str,
+    ctx: impl FnOnce(T) -> Value,
+) -> Response {
+    match s.api.read::<T>(uri).await {
+        Ok(answer) => render(ui, status, template, Some(s), ctx(answer)),
+        Err(a) => api_error_page(ui, s, &a),
+    }
+}
+
 // ---- namespaces
 
 async fn namespaces(State(ui): State<Ui>, s: Signed) -> Response {
-    let a = s.api.get("/v1/namespaces").await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    render(
+    read_page(
         &ui,
+        &s,
         StatusCode::OK,
+        "/v1/namespaces",
         "namespaces.html",
-        Some(&s),
-        json!({"title": "Namespaces", "namespaces": a.body["namespaces"], "revision": a.body["revision"]}),
+        |l: NamespaceList| {
+            json!({"title": "Namespaces", "namespaces": l.namespaces, "revision": l.revision})
+        },
     )
+    .await
 }
 
 async fn create_namespace(State(ui): State<Ui>, f: SignedForm) -> Response {
@@ -148,7 +176,7 @@ async fn create_namespace(State(ui): State<Ui>, f: SignedForm) -> Response {
     if a.ok() {
         return see_other(&format!("/ui/ns/{}/flags", seg(&name)));
     }
-    let list = f.signed.api.get("/v1/namespaces").await;
+    let list = f.signed.api.read::<NamespaceList>("/v1/namespaces").await;
     let (status, message) = if a.status == StatusCode::PRECONDITION_FAILED {
         (
             StatusCode::CONFLICT,
@@ -163,7 +191,7 @@ async fn create_namespace(State(ui): State<Ui>, f: SignedForm) -> Response {
         "namespaces.html",
         Some(&f.signed),
         json!({
-            "title": "Namespaces", "namespaces": list.body["namespaces"], "message": message,
+            "title": "Namespaces", "namespaces": list.ok().map(|l| l.namespaces), "message": message,
             "name": name, "description": body["description"],
         }),
     )
@@ -173,7 +201,44 @@ async fn namespace_home(Path(ns): Path<String>) -> Response {
     see_other(&format!("/ui/ns/{}/flags", seg(&ns)))
 }
 
-// ---- shared by flags and segments: editor outcomes, conflicts, live validation, delete
+// ---- shared by flags and segments: saves, editor outcomes, conflicts, live validation, delete
+
+/// The form of a flag or segment editor, as posted.
+trait EditorForm: Sized + Send {
+    /// The posted form of a new item (`key` is `None`: the key is a field) or of the existing
+    /// item `key` (the key is the page's, the version the one it was loaded at).
+    fn posted(f: &SignedForm, key: Option<String>) -> Self;
+
+    /// Checks the form and saves it through the API: the editor again with what is wrong, the
+    /// conflict page, or a redirect once saved.
+    fn save(
+        self,
+        ui: &Ui,
+        s: &Signed,
+        ns: &str,
+        is_new: bool,
+    ) -> impl Future<Output = Response> + Send;
+}
+
+/// `POST` of a new item's editor.
+async fn save_new<F: EditorForm>(
+    State(ui): State<Ui>,
+    Path(ns): Path<String>,
+    f: SignedForm,
+) -> Response {
+    F::posted(&f, None).save(&ui, &f.signed, &ns, true).await
+}
+
+/// `POST` of an existing item's editor.
+async fn save_edited<F: EditorForm>(
+    State(ui): State<Ui>,
+    Path((ns, key)): Path<(String, String)>,
+    f: SignedForm,
+) -> Response {
+    F::posted(&f, Some(key))
+        .save(&ui, &f.signed, &ns, false)
+        .await
+}
 
 /// What an editor page shows besides the form: its status, the faults and a message.
 struct Outcome<'a> {
@@ -246,7 +311,7 @@ async fn put_from_editor(
     s: &Signed,
     save: Save<'_>,
     uri: &str,
-    done: impl FnOnce(&Answer) -> String,
+    done: impl FnOnce(&ItemWritten) -> String,
     show: impl FnOnce(Outcome) -> Response,
 ) -> Response {
     let condition = [if_match(save.version)];
@@ -255,7 +320,10 @@ async fn put_from_editor(
         .call(Method::PUT, uri, Some(save.definition), &condition)
         .await;
     if a.ok() {
-        return see_other(&done(&a));
+        return match a.parse::<ItemWritten>() {
+            Ok(written) => see_other(&done(&written)),
+            Err(e) => api_error_page(ui, s, &e),
+        };
     }
     if a.status == StatusCode::PRECONDITION_FAILED {
         return conflict(ui, s, save.ns, save.kind, save.key, save.definition).await;
@@ -267,20 +335,17 @@ async fn put_from_editor(
 /// Someone else changed (or created) the item since the editor loaded it: their version next
 /// to this edit, with a diff, and the choice to save this edit over theirs or to edit it again.
 async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &Value) -> Response {
-    let uri = item_uri(ns, kind, key);
-    let theirs = s.api.get(&uri).await;
-    let (theirs_def, version) = if theirs.ok() {
-        let version = theirs.body["version"].as_u64().map(|v| v.to_string());
-        (
-            Some(theirs.body["definition"].clone()),
-            version.unwrap_or_default(),
-        )
-    } else if theirs.status == StatusCode::NOT_FOUND {
+    let theirs = match s.api.read::<ItemInfo>(&item_uri(ns, kind, key)).await {
+        Ok(item) => Some(item),
         // Deleted meanwhile: saving again creates it.
-        (None, String::new())
-    } else {
-        return api_error_page(ui, s, &theirs);
+        Err(a) if a.status == StatusCode::NOT_FOUND => None,
+        Err(a) => return api_error_page(ui, s, &a),
     };
+    let version = theirs
+        .as_ref()
+        .map(|t| t.version.to_string())
+        .unwrap_or_default();
+    let theirs_def = theirs.as_ref().map(|t| &t.definition);
     render(
         ui,
         StatusCode::CONFLICT,
@@ -288,9 +353,9 @@ async fn conflict(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str, mine: &V
         Some(s),
         json!({
             "title": format!("Conflicting edit of {key}"), "ns": ns, "kind": kind, "key": key,
-            "theirs": theirs.ok().then_some(&theirs.body), "theirs_json": theirs_def.as_ref().map(pretty),
+            "theirs": theirs, "theirs_json": theirs_def.map(pretty),
             "mine_json": pretty(mine), "version": version,
-            "diff": json_diff(theirs_def.as_ref(), Some(mine)),
+            "diff": json_diff(theirs_def, Some(mine)),
         }),
     )
 }
@@ -314,23 +379,16 @@ async fn validate(State(ui): State<Ui>, f: SignedForm) -> Response {
 
 async fn confirm_delete(ui: &Ui, s: &Signed, ns: &str, kind: &str, key: &str) -> Response {
     let uri = item_uri(ns, kind, key);
-    let a = s.api.get(&uri).await;
-    if !a.ok() {
-        return api_error_page(ui, s, &a);
-    }
-    render(
-        ui,
-        StatusCode::OK,
-        "confirm.html",
-        Some(s),
+    read_page(ui, s, StatusCode::OK, &uri, "confirm.html", |item: ItemInfo| {
         json!({
-            "title": format!("Delete {key}?"), "ns": ns, "item": a.body,
+            "title": format!("Delete {key}?"), "ns": ns,
             "question": format!("Delete {kind} {key} from {ns}? Applications fall back to their defaults for it."),
             "action": format!("/ui/ns/{}/{kind}s/{}/delete", seg(ns), seg(key)),
-            "fields": {"version": a.body["version"].to_string()},
+            "fields": {"version": item.version.to_string()}, "item": item,
             "button": "Delete", "danger": true, "back": format!("/ui/ns/{}/{kind}s", seg(ns)),
-        }),
-    )
+        })
+    })
+    .await
 }
 
 async fn delete_item(ui: &Ui, f: &SignedForm, ns: &str, kind: &str, key: &str) -> Response {

@@ -3,27 +3,22 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use flagstaff_api::admin::{ItemInfo, SegmentList};
 use serde_json::{json, Value};
 
 use super::*;
 
 pub(super) async fn segments(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Response {
-    let a = s
-        .api
-        .get(&format!("/v1/namespaces/{}/segments", seg(&ns)))
-        .await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    render(
+    let uri = format!("/v1/namespaces/{}/segments", seg(&ns));
+    read_page(
         &ui,
+        &s,
         StatusCode::OK,
+        &uri,
         "segments.html",
-        Some(&s),
-        json!({
-            "title": format!("Segments in {ns}"), "ns": ns, "segments": a.body["segments"],
-        }),
+        |l: SegmentList| json!({"title": format!("Segments in {ns}"), "ns": ns, "segments": l.segments}),
     )
+    .await
 }
 
 pub(super) fn checked_segment(text: &str) -> Result<Value, Vec<FormFault>> {
@@ -37,10 +32,35 @@ pub(super) fn checked_segment(text: &str) -> Result<Value, Vec<FormFault>> {
     Ok(rule)
 }
 
-pub(super) struct SegmentForm<'a> {
-    key: &'a str,
-    version: &'a str,
-    rule: &'a str,
+/// The segment editor's fields: the key, the version it was loaded at and the rule as text.
+pub(super) struct SegmentForm {
+    key: String,
+    version: String,
+    rule: String,
+}
+
+impl EditorForm for SegmentForm {
+    fn posted(f: &SignedForm, key: Option<String>) -> SegmentForm {
+        let (key, version) = match key {
+            Some(key) => (key, f.field("version").trim().to_string()),
+            None => (f.field("key").trim().to_string(), String::new()),
+        };
+        SegmentForm {
+            key,
+            version,
+            rule: f.field("rule").to_string(),
+        }
+    }
+
+    fn save(
+        self,
+        ui: &Ui,
+        s: &Signed,
+        ns: &str,
+        is_new: bool,
+    ) -> impl Future<Output = Response> + Send {
+        save_segment_form(ui, s, ns, self, is_new)
+    }
 }
 
 pub(super) fn segment_editor(
@@ -80,18 +100,12 @@ pub(super) async fn new_segment(
     Path(ns): Path<String>,
 ) -> Response {
     let rule = "{\"ends_with\": [{\"var\": \"email\"}, \"@example.com\"]}";
-    segment_editor(
-        &ui,
-        &s,
-        &ns,
-        &SegmentForm {
-            key: "",
-            version: "",
-            rule,
-        },
-        true,
-        Outcome::fresh(),
-    )
+    let form = SegmentForm {
+        key: String::new(),
+        version: String::new(),
+        rule: rule.to_string(),
+    };
+    segment_editor(&ui, &s, &ns, &form, true, Outcome::fresh())
 }
 
 pub(super) async fn edit_segment(
@@ -99,30 +113,23 @@ pub(super) async fn edit_segment(
     s: Signed,
     Path((ns, key)): Path<(String, String)>,
 ) -> Response {
-    let a = s.api.get(&segment_uri(&ns, &key)).await;
-    if !a.ok() {
-        return api_error_page(&ui, &s, &a);
-    }
-    let (rule, version) = (pretty(&a.body["definition"]), a.body["version"].to_string());
-    segment_editor(
-        &ui,
-        &s,
-        &ns,
-        &SegmentForm {
-            key: &key,
-            version: &version,
-            rule: &rule,
-        },
-        false,
-        Outcome::fresh(),
-    )
+    let item = match s.api.read::<ItemInfo>(&segment_uri(&ns, &key)).await {
+        Ok(item) => item,
+        Err(a) => return api_error_page(&ui, &s, &a),
+    };
+    let form = SegmentForm {
+        key,
+        version: item.version.to_string(),
+        rule: pretty(&item.definition),
+    };
+    segment_editor(&ui, &s, &ns, &form, false, Outcome::fresh())
 }
 
 pub(super) async fn save_segment_form(
     ui: &Ui,
     s: &Signed,
     ns: &str,
-    form: SegmentForm<'_>,
+    form: SegmentForm,
     is_new: bool,
 ) -> Response {
     let bad = StatusCode::BAD_REQUEST;
@@ -130,45 +137,19 @@ pub(super) async fn save_segment_form(
     if form.key.is_empty() {
         return show(Outcome::faults(bad, &missing_key("segment")));
     }
-    let rule = match checked_segment(form.rule) {
+    let rule = match checked_segment(&form.rule) {
         Ok(r) => r,
         Err(faults) => return show(Outcome::faults(bad, &faults)),
     };
     let save = Save {
         ns,
         kind: "segment",
-        key: form.key,
-        version: form.version,
+        key: &form.key,
+        version: &form.version,
         definition: &rule,
     };
-    let done = |_: &Answer| format!("/ui/ns/{}/segments", seg(ns));
-    put_from_editor(ui, s, save, &segment_uri(ns, form.key), done, show).await
-}
-
-pub(super) async fn save_new_segment(
-    State(ui): State<Ui>,
-    Path(ns): Path<String>,
-    f: SignedForm,
-) -> Response {
-    let form = SegmentForm {
-        key: f.field("key").trim(),
-        version: "",
-        rule: f.field("rule"),
-    };
-    save_segment_form(&ui, &f.signed, &ns, form, true).await
-}
-
-pub(super) async fn save_segment(
-    State(ui): State<Ui>,
-    Path((ns, key)): Path<(String, String)>,
-    f: SignedForm,
-) -> Response {
-    let form = SegmentForm {
-        key: &key,
-        version: f.field("version").trim(),
-        rule: f.field("rule"),
-    };
-    save_segment_form(&ui, &f.signed, &ns, form, false).await
+    let done = |_: &ItemWritten| format!("/ui/ns/{}/segments", seg(ns));
+    put_from_editor(ui, s, save, &segment_uri(ns, &form.key), done, show).await
 }
 
 pub(super) async fn reapply_segment(
@@ -177,9 +158,9 @@ pub(super) async fn reapply_segment(
     f: SignedForm,
 ) -> Response {
     let form = SegmentForm {
-        key: &key,
-        version: f.field("version").trim(),
-        rule: f.field("draft"),
+        key,
+        version: f.field("version").trim().to_string(),
+        rule: f.field("draft").to_string(),
     };
     if f.field("action") == "edit" {
         let message =
