@@ -114,19 +114,22 @@ fn cpu_between(
 }
 
 /// One watch stream read straight off its socket: the subscribers' side of the bench is a
-/// plain HTTP/1.1 reader (request, status line, chunked body), so that it takes as little of
-/// the CPU the nodes share as it can.
+/// plain HTTP/1.1 reader (request, status line, a chunked body or one that runs to the close),
+/// so that it takes as little of the CPU the nodes share as it can.
 pub struct RawStream {
     socket: tokio::net::TcpStream,
     /// Bytes read but not yet de-chunked.
     raw: Vec<u8>,
     /// What is left of the chunk being read.
     chunk_left: usize,
+    /// The body is chunked (a stream hyper serves); else it runs to the close (a node that
+    /// took the connection over).
+    chunked: bool,
 }
 
 impl RawStream {
     /// Sends `GET path` to `api` (`http://host:port`) and reads the answer's head; anything
-    /// but a 200 with a chunked body is an error.
+    /// but a 200, chunked or to the close, is an error.
     pub async fn open(api: &str, path: &str, token: &str) -> anyhow::Result<RawStream> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let host = api.strip_prefix("http://").unwrap_or(api);
@@ -152,15 +155,17 @@ impl RawStream {
             "answer: {}",
             head.lines().next().unwrap_or("")
         );
+        let chunked = head.contains("transfer-encoding: chunked");
         anyhow::ensure!(
-            head.contains("transfer-encoding: chunked"),
-            "answer is not chunked"
+            chunked || head.contains("connection: close"),
+            "answer is neither chunked nor delimited by the close"
         );
         raw.drain(..head_end);
         Ok(RawStream {
             socket,
             raw,
             chunk_left: 0,
+            chunked,
         })
     }
 
@@ -168,6 +173,13 @@ impl RawStream {
     /// the body ended (last chunk or closed socket).
     pub async fn read_body(&mut self, out: &mut Vec<u8>) -> anyhow::Result<bool> {
         use tokio::io::AsyncReadExt;
+        if !self.chunked {
+            if self.raw.is_empty() && self.socket.read_buf(&mut self.raw).await? == 0 {
+                return Ok(false);
+            }
+            out.append(&mut self.raw);
+            return Ok(true);
+        }
         loop {
             match dechunk(&mut self.raw, &mut self.chunk_left, out)? {
                 Dechunked::Data => return Ok(true),

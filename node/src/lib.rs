@@ -24,9 +24,12 @@ pub mod rate_limit;
 pub mod read_index;
 pub mod server;
 pub mod snapshot_cache;
+pub mod takeover;
 pub mod tls;
 pub mod ui;
 pub mod watch_hub;
+pub mod watch_stream;
+pub mod watch_writer;
 
 pub use config::NodeConfig;
 pub use error::ApiError;

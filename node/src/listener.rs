@@ -4,7 +4,9 @@
 //! most `max_connections` connections are open at once (while full, the listener stops
 //! accepting, so new connections wait in the kernel's backlog instead of costing memory).
 //! [`bind`] makes that backlog as deep as the kernel allows, and a thread per listener takes
-//! connections out of it as they arrive, however busy the workers are.
+//! connections out of it as they arrive, however busy the workers are. A listener may
+//! intercept some paths, so that their answer can take its connection over from hyper
+//! (`takeover.rs`; the watch stream).
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -26,6 +28,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::takeover::{first_request, FirstRequest, Intercept, Replayed};
 use crate::tls::ServerTls;
 
 /// How long a client may take and how many connections it may hold, per listener.
@@ -63,7 +66,9 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `app` on `listener` until `stop` resolves, then drains: stops accepting and returns
-/// once every open connection has finished its request in flight.
+/// once every open connection has finished its request in flight. On a plain connection, a
+/// first request of a path `intercept` names is answered without hyper, so that its answer may
+/// take the connection over (`takeover.rs`).
 ///
 /// Connections are accepted by a thread of their own ([`AcceptThread`]), not by a task: on a
 /// node whose workers are saturated (thousands of streams being served), an accepting task
@@ -75,6 +80,7 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<ServerTls>>,
     limits: ListenerLimits,
+    intercept: Option<Intercept>,
     stop: impl Future<Output = ()>,
     name: &'static str,
 ) {
@@ -113,7 +119,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let serving = serve_connection(
-            stream,
+            Connection {
+                stream,
+                permit,
+                intercept,
+            },
             tls.as_ref().map(|t| t.acceptor()),
             app.clone(),
             limits,
@@ -124,7 +134,6 @@ pub async fn serve(
             if let Err(e) = serving.await {
                 tracing::debug!(listener = name, error = %e, "connection ended");
             }
-            drop(permit);
         });
         while connections.try_join_next().is_some() {}
     }
@@ -136,30 +145,60 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// An accepted connection: the socket, the permit it holds while open, and the paths its
+/// listener intercepts.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    permit: OwnedSemaphorePermit,
+    intercept: Option<Intercept>,
+}
+
 /// Serves one connection, after a TLS handshake when `tls` is set (bounded by the header-read
 /// timeout, so a client that opens a connection and never finishes its handshake holds it no
 /// longer than one that sends no request). `graceful` lets the listener's drain wait for it;
 /// a handshake still going on when the drain starts is abandoned.
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    connection: Connection,
     tls: Option<TlsAcceptor>,
     app: Router,
     limits: ListenerLimits,
     graceful: hyper_util::server::graceful::Watcher,
     mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), axum::BoxError> {
+    let Connection {
+        mut stream,
+        permit,
+        intercept,
+    } = connection;
     let body_timeout = limits.body_read_timeout;
+    let hyper_app = app.clone();
     let service = TowerToHyperService::new(tower::service_fn(move |req: Request<Incoming>| {
         let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
-        app.clone().oneshot(req)
+        hyper_app.clone().oneshot(req)
     }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    match tls {
+    // Held until the connection closes (or by whoever takes it over).
+    let _permit = match tls {
         None => {
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            graceful.watch(connection).await?;
+            let read = match intercept {
+                None => Default::default(),
+                Some(intercept) => {
+                    let timeout = limits.header_read_timeout;
+                    match first_request(&mut stream, intercept, timeout).await {
+                        FirstRequest::Hyper(read) => read,
+                        FirstRequest::Intercepted(req) => {
+                            crate::takeover::answer(stream, *req, app, permit).await;
+                            return Ok(());
+                        }
+                        FirstRequest::Gone => return Ok(()),
+                    }
+                }
+            };
+            let io = TokioIo::new(Replayed::new(read, stream));
+            graceful.watch(http.serve_connection(io, service)).await?;
+            permit
         }
         Some(acceptor) => {
             let handshake =
@@ -170,8 +209,9 @@ async fn serve_connection(
             };
             let connection = http.serve_connection(TokioIo::new(stream), service);
             graceful.watch(connection).await?;
+            permit
         }
-    }
+    };
     Ok(())
 }
 

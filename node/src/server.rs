@@ -400,6 +400,7 @@ pub async fn start(
             crate::api::metrics_router(node.clone()),
             tls.client.clone(),
             node.config.client_listener,
+            None,
             when_stopped(stop_rx.clone()),
             "metrics",
         )));
@@ -422,6 +423,7 @@ pub async fn start(
         app,
         tls.client.clone(),
         node.config.client_listener,
+        Some(crate::api::sdk::is_watch_path),
         when_stopped(stop_rx.clone()),
         "client",
     )));
@@ -436,7 +438,8 @@ pub async fn start(
     tasks.push(raft_handle.spawn(async move {
         match TcpListener::from_std(peer) {
             Ok(peer) => {
-                crate::listener::serve(peer, peer_app, peer_tls, peer_limits, stop_peer, "peer")
+                let name = "peer";
+                crate::listener::serve(peer, peer_app, peer_tls, peer_limits, None, stop_peer, name)
                     .await
             }
             Err(e) => tracing::error!(error = %e, "peer listener failed"),

@@ -4,7 +4,8 @@
 //! says (the revision delivered, the staleness proof) and whether credentials may have been
 //! revoked, so a stream does no work of its own between events. A stream that falls behind its
 //! channel's buffer is closed (it resumes with `Last-Event-ID`); it can never block the others
-//! or grow memory.
+//! or grow memory. Streams on connections taken over from hyper are held by the writer shards
+//! (`watch_writer.rs`), which get every message once, on a channel of their own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +17,14 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
 use crate::bounded_read::Proofs;
+use crate::watch_writer::{Control, Joined, ShardMessage};
 
 /// Messages buffered per watched namespace (one per apply that touched it, plus one per tick)
 /// before a slow stream is dropped. Allocated only for namespaces someone watches.
-const NAMESPACE_BUFFER: usize = 1024;
+pub const NAMESPACE_BUFFER: usize = 1024;
+
+/// Messages buffered for the writer shards before one that falls behind drops its streams.
+const SHARD_BUFFER: usize = 4096;
 
 /// What the streams of one namespace receive, in order.
 #[derive(Debug, Clone)]
@@ -77,12 +82,28 @@ impl CredentialsSeen {
     }
 }
 
-/// The per-namespace channels. `None` once the node stops: no new subscriptions.
-type Channels = Option<HashMap<String, broadcast::Sender<HubMessage>>>;
+/// A watched namespace: the channel of its streams served by hyper, and how many streams the
+/// writer shards hold on it.
+struct Watched {
+    tx: broadcast::Sender<HubMessage>,
+    in_shards: usize,
+}
+
+impl Watched {
+    fn idle(&self) -> bool {
+        self.tx.receiver_count() == 0 && self.in_shards == 0
+    }
+}
+
+/// The watched namespaces. `None` once the node stops: no new subscriptions.
+type Channels = Option<HashMap<String, Watched>>;
 
 #[derive(Clone)]
 pub struct WatchHub {
     channels: Arc<Mutex<Channels>>,
+    /// Each writer shard's inputs (`watch_writer.rs`).
+    shards: Arc<[tokio::sync::mpsc::UnboundedSender<Control>]>,
+    next_shard: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WatchHub {
@@ -94,12 +115,25 @@ impl WatchHub {
         tick: Duration,
         stopping: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        let (shard_tx, _) = broadcast::channel::<ShardMessage>(SHARD_BUFFER);
+        let controls: Vec<_> = (0..count)
+            .map(|_| tokio::sync::mpsc::unbounded_channel::<Control>())
+            .collect();
         let hub = Self {
             channels: Arc::new(Mutex::new(Some(HashMap::new()))),
+            shards: controls.iter().map(|(tx, _)| tx.clone()).collect(),
+            next_shard: Arc::default(),
         };
+        let mut shards = tokio::task::JoinSet::new();
+        for (tx, rx) in controls {
+            let run = crate::watch_writer::run_shard(hub.clone(), tx, rx, shard_tx.subscribe());
+            shards.spawn(run);
+        }
         let channels = hub.channels.clone();
         let mut rx = state.subscribe_batches();
         let task = tokio::spawn(async move {
+            let shard_tx = shard_tx;
             tokio::pin!(stopping);
             let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,46 +147,78 @@ impl WatchHub {
                                 epoch += 1;
                             }
                             delivered = delivered.max(batch.revision);
-                            publish(&channels, &batch);
+                            publish(&channels, &shard_tx, &batch);
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!(skipped = n, "watch hub fell behind; streams resynchronise");
                             epoch += 1;
                             delivered = state.applied().revision;
-                            for_each_channel(&channels, |tx| { let _ = tx.send(HubMessage::Reset); });
+                            send_all(&channels, &shard_tx, HubMessage::Reset);
                         }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                     _ = ticker.tick() => {
                         let tick = tick_of(delivered, state.applied().revision, proofs.staleness_ms(), epoch);
-                        let tick = HubMessage::Tick(Arc::new(tick));
-                        let mut guard = channels.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(map) = guard.as_mut() {
+                        {
                             // Namespaces nobody watches any more give their buffer back.
-                            map.retain(|_, tx| tx.receiver_count() > 0);
-                            for tx in map.values() {
-                                let _ = tx.send(tick.clone());
+                            let mut guard = channels.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(map) = guard.as_mut() {
+                                map.retain(|_, w| !w.idle());
                             }
                         }
+                        send_all(&channels, &shard_tx, HubMessage::Tick(Arc::new(tick)));
                     }
                     _ = &mut stopping => break,
                 }
             }
-            // Dropping the senders closes every stream's channel.
+            // Dropping the senders closes every stream's channel, and the shards' (which then
+            // close their streams and end).
             channels.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(shard_tx);
+            while shards.join_next().await.is_some() {}
         });
         (hub, task)
+    }
+
+    /// Gives a stream whose initial frames are written to a writer shard (round robin). Once
+    /// the hub has stopped, the stream is dropped, which closes its connection.
+    pub fn join(&self, joined: Joined) {
+        let n = self
+            .next_shard
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.shards[n % self.shards.len()].send(Control::Join(Box::new(joined)));
+    }
+
+    /// A shard holds a stream of `ns`: its frames keep being built.
+    pub fn hold(&self, ns: &str) {
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = guard.as_mut() {
+            map.entry(ns.to_string())
+                .or_insert_with(|| Watched {
+                    tx: broadcast::channel(NAMESPACE_BUFFER).0,
+                    in_shards: 0,
+                })
+                .in_shards += 1;
+        }
+    }
+
+    /// A shard let go of a stream of `ns`.
+    pub fn release(&self, ns: &str) {
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = guard.as_mut().and_then(|map| map.get_mut(ns)) {
+            w.in_shards = w.in_shards.saturating_sub(1);
+        }
     }
 
     /// The messages of namespace `ns` from now on; `None` once the node is stopping.
     pub fn subscribe(&self, ns: &str) -> Option<broadcast::Receiver<HubMessage>> {
         let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let map = guard.as_mut()?;
-        if let Some(tx) = map.get(ns) {
-            return Some(tx.subscribe());
+        if let Some(w) = map.get(ns) {
+            return Some(w.tx.subscribe());
         }
         let (tx, rx) = broadcast::channel(NAMESPACE_BUFFER);
-        map.insert(ns.to_string(), tx);
+        map.insert(ns.to_string(), Watched { tx, in_shards: 0 });
         Some(rx)
     }
 }
@@ -170,21 +236,30 @@ fn may_remove_credentials(batch: &AppliedBatch, delivered: u64) -> bool {
     batch.reset || outside_namespaces || namespace_deleted
 }
 
-fn for_each_channel(channels: &Mutex<Channels>, mut f: impl FnMut(&broadcast::Sender<HubMessage>)) {
-    let guard = channels.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(map) = guard.as_ref() {
-        map.values().for_each(&mut f);
+/// Hands `msg` to every namespace channel, then to the shards.
+fn send_all(channels: &Mutex<Channels>, shards: &broadcast::Sender<ShardMessage>, msg: HubMessage) {
+    {
+        let guard = channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = guard.as_ref() {
+            for w in map.values() {
+                let _ = w.tx.send(msg.clone());
+            }
+        }
     }
+    let _ = shards.send(ShardMessage { ns: None, msg });
 }
 
 /// Hands `batch` to the channels of the namespaces it changed (each frame built once, and
-/// only for namespaces someone watches), or a reset to every channel.
-fn publish(channels: &Mutex<Channels>, batch: &AppliedBatch) {
+/// only for namespaces someone watches), or a reset to every channel; each namespace's
+/// message reaches its channel before the shards (see `watch_writer.rs::Shard::join`).
+fn publish(
+    channels: &Mutex<Channels>,
+    shards: &broadcast::Sender<ShardMessage>,
+    batch: &AppliedBatch,
+) {
     // Deliberate break, test builds only (see fault_injection.rs).
     if batch.reset && !crate::fault_injection::watch_skips_snapshot() {
-        for_each_channel(channels, |tx| {
-            let _ = tx.send(HubMessage::Reset);
-        });
+        send_all(channels, shards, HubMessage::Reset);
         return;
     }
     let mut by_ns: Vec<(&str, Vec<&Change>)> = Vec::new();
@@ -201,16 +276,20 @@ fn publish(channels: &Mutex<Channels>, batch: &AppliedBatch) {
         let Some(map) = guard.as_ref() else { return };
         by_ns
             .into_iter()
-            .filter_map(|(ns, changes)| map.get(ns).map(|tx| (tx.clone(), changes)))
+            .filter_map(|(ns, changes)| map.get(ns).map(|w| (ns, w.tx.clone(), changes)))
             .collect()
     };
-    for (tx, changes) in watched {
+    for (ns, tx, changes) in watched {
         let frames: Arc<[(u64, Bytes)]> = changes
             .iter()
             .map(|c| (c.revision, sse_frame("change", c.revision, &change_json(c))))
             .collect();
         // No subscribers left is fine.
-        let _ = tx.send(HubMessage::Changes(frames));
+        let _ = tx.send(HubMessage::Changes(frames.clone()));
+        let _ = shards.send(ShardMessage {
+            ns: Some(Arc::from(ns)),
+            msg: HubMessage::Changes(frames),
+        });
     }
 }
 
@@ -351,13 +430,16 @@ mod tests {
     fn a_change_reaches_only_the_streams_of_its_namespace() {
         let (a, mut rx_a) = broadcast::channel(8);
         let (b, mut rx_b) = broadcast::channel(8);
+        let watched = |tx| Watched { tx, in_shards: 0 };
         let channels = Mutex::new(Some(HashMap::from([
-            ("a".to_string(), a),
-            ("b".to_string(), b),
+            ("a".to_string(), watched(a)),
+            ("b".to_string(), watched(b)),
         ])));
+        let (shards, mut rx_shards) = broadcast::channel(8);
         let flag = Some(r#"{"state":"ENABLED"}"#);
         publish(
             &channels,
+            &shards,
             &batch(
                 3,
                 vec![
@@ -382,9 +464,19 @@ mod tests {
             other => panic!("b got {other:?}"),
         }
         assert!(rx_b.try_recv().is_err(), "one message per apply");
+        // The shards get b's changes once, named, after its channel did.
+        match rx_shards.try_recv() {
+            Ok(ShardMessage {
+                ns: Some(ns),
+                msg: HubMessage::Changes(frames),
+            }) => assert_eq!((&*ns, frames.len()), ("b", 2)),
+            other => panic!("the shards got {other:?}"),
+        }
+        assert!(rx_shards.try_recv().is_err(), "nothing for unwatched c");
         // A snapshot install resets every watched namespace.
         publish(
             &channels,
+            &shards,
             &AppliedBatch {
                 revision: 9,
                 changes: Vec::new(),
@@ -393,6 +485,13 @@ mod tests {
         );
         assert!(matches!(rx_a.try_recv(), Ok(HubMessage::Reset)));
         assert!(matches!(rx_b.try_recv(), Ok(HubMessage::Reset)));
+        assert!(matches!(
+            rx_shards.try_recv(),
+            Ok(ShardMessage {
+                ns: None,
+                msg: HubMessage::Reset
+            })
+        ));
     }
 
     #[test]

@@ -12,6 +12,15 @@ use serde_json::{json, Value};
 
 fn defaults(_: &mut NodeConfig) {}
 
+/// Who serves a watch stream on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// A writer shard, on a connection taken over from hyper.
+    TakenOver,
+    /// Hyper, polling the stream as a response body.
+    ByHyper,
+}
+
 /// A minimal Server-Sent Events reader for tests.
 struct Sse {
     resp: reqwest::Response,
@@ -55,6 +64,40 @@ impl Sse {
             resp,
             buf: String::new(),
         }
+    }
+
+    /// As [`Sse::open`], served as `served` says: the watch opens a connection of its own
+    /// (which the node takes over from hyper), or follows another request on its connection
+    /// (which hyper keeps serving). The response head tells them apart.
+    async fn open_served(
+        c: &TestCluster,
+        node: u64,
+        path: &str,
+        token: &str,
+        last_event_id: Option<u64>,
+        served: Served,
+    ) -> Sse {
+        let base = c.node(node).api.clone();
+        let client = match served {
+            Served::TakenOver => reqwest::Client::builder().pool_max_idle_per_host(0),
+            Served::ByHyper => reqwest::Client::builder().pool_max_idle_per_host(1),
+        }
+        .build()
+        .unwrap();
+        if served == Served::ByHyper {
+            let before = client.get(format!("{base}/healthz")).send().await.unwrap();
+            assert_eq!(before.status(), 200);
+            before.bytes().await.unwrap();
+        }
+        let sse = Sse::open_with(&client, &format!("{base}{path}"), token, last_event_id).await;
+        let close = sse.resp.headers().get("connection").map(|v| v.as_bytes());
+        assert_eq!(
+            close == Some(b"close".as_slice()),
+            served == Served::TakenOver,
+            "{served:?}: {:?}",
+            sse.resp.headers()
+        );
+        sse
     }
 
     /// The next event, or `None` when the stream ends or `limit` passes.
@@ -220,11 +263,21 @@ async fn snapshot_with_etag_and_sdk_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_streams_changes_in_order_and_resumes_without_gaps() {
+    streams_changes_in_order_and_resumes_without_gaps(Served::TakenOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_streams_served_by_hyper_stream_changes_in_order_and_resume_without_gaps() {
+    streams_changes_in_order_and_resumes_without_gaps(Served::ByHyper).await;
+}
+
+async fn streams_changes_in_order_and_resumes_without_gaps(served: Served) {
     let c = setup().await;
     let leader = c.wait_leader().await;
     let follower = c.follower_of(leader);
     c.put(leader, "/v1/namespaces/other", json!({})).await;
-    let mut w = Sse::open(&c, follower, "/v1/namespaces/prod/watch", TOKEN, None).await;
+    let watch = "/v1/namespaces/prod/watch";
+    let mut w = Sse::open_served(&c, follower, watch, TOKEN, None, served).await;
     let first = w.next_change(Duration::from_secs(5)).await.unwrap();
     assert_eq!(first.event, "snapshot");
     let mut last = first.id.unwrap();
@@ -295,14 +348,7 @@ async fn watch_streams_changes_in_order_and_resumes_without_gaps() {
 
     // Resume from the middle on another node: exactly the missed changes, no snapshot.
     let resume_from = ids[2];
-    let mut w = Sse::open(
-        &c,
-        leader,
-        "/v1/namespaces/prod/watch",
-        TOKEN,
-        Some(resume_from),
-    )
-    .await;
+    let mut w = Sse::open_served(&c, leader, watch, TOKEN, Some(resume_from), served).await;
     let mut resumed = Vec::new();
     while resumed.len() < ids.len() - 3 {
         let e = w
@@ -318,25 +364,28 @@ async fn watch_streams_changes_in_order_and_resumes_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_node_sends_stale_and_closes_and_a_revoked_key_closes_its_stream() {
+    stale_and_revoked_streams_close(Served::TakenOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_served_by_hyper_close_after_stale_and_after_a_revoked_key() {
+    stale_and_revoked_streams_close(Served::ByHyper).await;
+}
+
+async fn stale_and_revoked_streams_close(served: Served) {
     let c = setup().await;
     let leader = c.wait_leader().await;
     let follower = c.follower_of(leader);
     let (key, created) = sdk_key(&c, "prod", "mobile").await;
 
     let path = format!("/v1/namespaces/prod/watch?max_staleness_ms=500&min_revision={created}");
-    let mut cut = Sse::open(&c, follower, &path, &key, None).await;
+    let mut cut = Sse::open_served(&c, follower, &path, &key, None, served).await;
     assert_eq!(
         cut.next_change(Duration::from_secs(5)).await.unwrap().event,
         "snapshot"
     );
-    let mut revoked = Sse::open(
-        &c,
-        leader,
-        &format!("/v1/namespaces/prod/watch?min_revision={created}"),
-        &key,
-        None,
-    )
-    .await;
+    let path = format!("/v1/namespaces/prod/watch?min_revision={created}");
+    let mut revoked = Sse::open_served(&c, leader, &path, &key, None, served).await;
     assert_eq!(
         revoked
             .next_change(Duration::from_secs(5))
@@ -375,6 +424,105 @@ async fn a_cut_off_node_sends_stale_and_closes_and_a_revoked_key_closes_its_stre
     assert!(
         revoked.next(Duration::from_secs(3)).await.is_none(),
         "stream must close after revocation"
+    );
+    c.shutdown().await;
+}
+
+/// The node's count of streams it dropped for falling behind.
+async fn slow_dropped(c: &TestCluster, node: u64) -> u64 {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.node(node).api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("flagstaff_watch_slow_subscribers_dropped_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_nothing() {
+    let c = setup().await;
+    let leader = c.wait_leader().await;
+    // A client that sends its watch and never reads: its socket fills, then its queue.
+    let mut stuck = tokio::net::TcpStream::connect(c.node(leader).client_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/namespaces/prod/watch HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
+        .await
+        .unwrap();
+    let watch = "/v1/namespaces/prod/watch";
+    let mut reader = Sse::open_served(&c, leader, watch, TOKEN, None, Served::TakenOver).await;
+    assert_eq!(
+        reader
+            .next_change(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .event,
+        "snapshot"
+    );
+    let before = slow_dropped(&c, leader).await;
+
+    // Changes of about 8 KB, more than the stuck socket's buffers and a stream's queue
+    // (1,024 frames) hold, 8 at a time, while the other stream reads them as they come.
+    const WRITES: usize = 1_600;
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < WRITES {
+            match reader.next_change(Duration::from_secs(20)).await {
+                Some(e) => seen.push(e.id.unwrap()),
+                None => break,
+            }
+        }
+        seen
+    });
+    let padding = "x".repeat(8 * 1024);
+    let mut written = Vec::new();
+    for round in 0..WRITES / 8 {
+        let puts = (0..8).map(|k| {
+            let mut flag = bool_flag("on");
+            flag["description"] = json!(format!("{round} {padding}"));
+            let path = format!("/v1/namespaces/prod/flags/big{k}");
+            let c = &c;
+            async move { c.put(leader, &path, flag).await }
+        });
+        for (s, b) in futures::future::join_all(puts).await {
+            assert_eq!(s, 200, "{b}");
+            written.push(b["revision"].as_u64().unwrap());
+        }
+    }
+    written.sort_unstable();
+    let seen = reading.await.unwrap();
+    assert_eq!(
+        seen, written,
+        "every change reaches the stream that reads, in order"
+    );
+    assert!(
+        slow_dropped(&c, leader).await > before,
+        "the stream that stopped reading was not dropped"
+    );
+    // Its connection is closed: what it was sent ends, bounded.
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stuck, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the dropped stream's connection stayed open"
     );
     c.shutdown().await;
 }

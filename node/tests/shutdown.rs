@@ -1,7 +1,9 @@
-//! Stopping a node drains it: a watch stream on it ends cleanly (the chunked HTTP response is
-//! completed, so its client knows to move to another node at once rather than seeing a cut
-//! connection), and a node stopped and started again in the same process, three times, leaves
-//! no task behind on the runtime that served it.
+//! Stopping a node drains it: a watch stream on it ends cleanly, so its client knows to move
+//! to another node at once rather than seeing a cut connection — a stream hyper serves (one
+//! opened after another request on its connection) with the last chunk of its response, one
+//! on a connection taken over from hyper (opened by the watch) with a whole last frame and the
+//! close its head announced — and a node stopped and started again in the same process, three
+//! times, leaves no task behind on the runtime that served it.
 //!
 //! The node runs alone on a runtime of its own and the test talks to it with plain blocking
 //! sockets, so every task that runtime counts is the node's.
@@ -28,6 +30,62 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     answer
+}
+
+/// A watch of namespace `d`, read up to its snapshot event. With `after`, the connection first
+/// serves that request (read whole), so hyper serves the watch too.
+fn open_watch(api: SocketAddr, after: Option<&str>) -> (TcpStream, Vec<u8>) {
+    let mut watch = TcpStream::connect(api).unwrap();
+    watch
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    if let Some(path) = after {
+        write!(watch, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
+        // Its head, then as many bytes as its length says.
+        let whole = |seen: &[u8]| {
+            let text = String::from_utf8_lossy(seen);
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())
+                    .flatten()
+            })?;
+            Some(body.len() >= length)
+        };
+        while whole(&seen) != Some(true) {
+            let n = watch.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed after {path}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen.clear();
+    }
+    write!(
+        watch,
+        "GET /v1/namespaces/d/watch HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
+        let n = watch.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before its snapshot");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (watch, seen)
+}
+
+/// The rest of a response, to the close; a cut connection fails the test.
+fn read_to_close(watch: &mut TcpStream, mut seen: Vec<u8>, round: usize) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        match watch.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("round {round}: the stream was cut, not ended: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 fn wait_ready(addr: SocketAddr) {
@@ -76,41 +134,31 @@ fn a_stopping_node_ends_its_streams_cleanly_and_leaves_no_task_behind() {
         }
         wait_ready(api);
 
-        // A watch stream, open when the node stops.
-        let mut watch = TcpStream::connect(api).unwrap();
-        watch
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            watch,
-            "GET /v1/namespaces/d/watch HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-        )
-        .unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
-            let n = watch.read(&mut buf).unwrap();
-            assert!(n > 0, "the stream ended before its snapshot");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        // Two watch streams, open when the node stops: one on a connection taken over from
+        // hyper, one that hyper serves.
+        let (mut taken, taken_seen) = open_watch(api, None);
+        let (mut kept, kept_seen) = open_watch(api, Some("/healthz"));
 
         assert!(
             rt.block_on(running.shutdown()),
             "round {round}: the node did not drain before its deadline"
         );
-        // The rest of the response, to its end: the last chunk, then the connection closes.
-        loop {
-            match watch.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("round {round}: the stream was cut, not ended: {e}"),
-            }
-        }
-        let text = String::from_utf8_lossy(&seen);
+        let text = read_to_close(&mut kept, kept_seen, round);
         assert!(
-            text.ends_with("\r\n0\r\n\r\n"),
-            "round {round}: the response did not end with its last chunk: {:?}",
+            text.contains("transfer-encoding: chunked") && text.ends_with("\r\n0\r\n\r\n"),
+            "round {round}: hyper's response did not end with its last chunk: {:?}",
             &text[text.len().saturating_sub(80)..]
+        );
+        let text = read_to_close(&mut taken, taken_seen, round);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.contains("connection: close") && !head.contains("transfer-encoding"),
+            "round {round}: the taken-over head does not say the body runs to the close: {head}"
+        );
+        assert!(
+            body.starts_with("id: ") && body.ends_with("\n\n"),
+            "round {round}: the taken-over stream did not end on a whole frame: {:?}",
+            &body[body.len().saturating_sub(80)..]
         );
         // A task that has just returned (a stream's, whose end completed the response) is
         // released at the scheduler's next turn: wait for that, bounded.

@@ -52,6 +52,7 @@ async fn counting_server(tls: Option<ServerTls>) -> (SocketAddr, Arc<AtomicUsize
         app,
         tls.map(Arc::new),
         flagstaff_node::NodeConfig::DEFAULT_PEER_LISTENER,
+        None,
         std::future::pending(),
         "counting",
     ));

@@ -7,11 +7,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flagstaff_api::sdk::{ErrorEvent, NamespaceSnapshot, StaleEvent};
+use flagstaff_api::sdk::NamespaceSnapshot;
 use flagstaff_raft_store::{Change, State as StoreState};
 use serde::Deserialize;
-use serde_json::Value;
-use tokio::sync::broadcast;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,7 +21,9 @@ use crate::api::{revision_header, staleness_header};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
-use crate::watch_hub::{sse_frame, sse_frame_no_id, CredentialsSeen, HubMessage, Tick};
+use crate::takeover::TakeOver;
+use crate::watch_hub::sse_frame;
+use crate::watch_stream::{Start, WatchStream};
 
 pub fn router() -> OpenApiRouter<Arc<Node>> {
     OpenApiRouter::new()
@@ -210,25 +210,39 @@ async fn watch(
     // when the connection can take more; a client that stops reading lets its hub channel
     // overflow and is closed. The slot is held, and the stream counted open, as long as the
     // body lives (until the client goes away).
-    let stream = ChangeStream {
-        _open: crate::metrics::Open::new(&node.metrics.watch_streams),
+    let stream = WatchStream::new(Start {
         node: node.clone(),
         caller,
         ns,
         bound_ms: bound.as_millis() as u64,
         last,
-        credentials: CredentialsSeen::default(),
-        pending: initial.into(),
+        initial,
         rx,
-        ended: false,
-        _slot: slot,
+        slot,
+    });
+    // The stream goes to whoever asks first: the listener, on a connection it takes over from
+    // hyper (`takeover.rs`), which hands it to a writer shard; else hyper, as the body.
+    let cell = Arc::new(std::sync::Mutex::new(Some(stream)));
+    let take = |cell: &std::sync::Mutex<Option<WatchStream>>| {
+        cell.lock().unwrap_or_else(|e| e.into_inner()).take()
     };
-    let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
-        s.next_frame()
-            .await
-            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), s))
+    let body_cell = cell.clone();
+    let body = Body::from_stream(futures::stream::unfold(None, move |s| {
+        let first = s.is_none().then(|| take(&body_cell)).flatten();
+        async move {
+            let mut s: WatchStream = s.or(first)?;
+            let frame = s.next_frame().await?;
+            Some((Ok::<_, std::convert::Infallible>(frame), Some(s)))
+        }
     }));
     let mut resp = Response::new(body);
+    let take_over = TakeOver::new(move |sock, permit| async move {
+        if let Some(stream) = take(&cell) {
+            let hub = stream.node.hub.clone();
+            crate::watch_writer::start(&hub, stream, sock, permit).await;
+        }
+    });
+    resp.extensions_mut().insert(take_over);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -238,23 +252,6 @@ async fn watch(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     revision_header(&mut resp, last);
     Ok(resp)
-}
-
-/// The `snapshot` event of a namespace that no longer exists: empty, at `revision`.
-fn deleted_snapshot_frame(ns: &str, cluster_id: &str, revision: u64) -> Bytes {
-    let body: NamespaceSnapshot = NamespaceSnapshot {
-        namespace: ns.to_string(),
-        cluster_id: cluster_id.to_string(),
-        revision,
-        flags: Default::default(),
-        segments: Default::default(),
-    };
-    sse_frame("snapshot", revision, &event_json(&body))
-}
-
-/// An event's data as JSON (the frames take a `Value`).
-fn event_json(event: &impl serde::Serialize) -> Value {
-    serde_json::to_value(event).unwrap_or(Value::Null)
 }
 
 /// A resume scans at most this many retained changes; one from further back gets the
@@ -294,110 +291,11 @@ async fn replay_frames(changes: Vec<Arc<Change>>, ns: String) -> Result<Vec<Byte
     .map_err(|_| ApiError::Unavailable("the resume could not be built".into()))
 }
 
-/// One watch stream's state between the frames it yields.
-struct ChangeStream {
-    node: Arc<Node>,
-    caller: Caller,
-    ns: String,
-    bound_ms: u64,
-    /// The revision this stream's client holds everything up to.
-    last: u64,
-    /// When the key was last checked (at the start, just now).
-    credentials: CredentialsSeen,
-    /// Frames decided but not yet yielded.
-    pending: std::collections::VecDeque<Bytes>,
-    rx: broadcast::Receiver<HubMessage>,
-    /// Set once a closing frame (`stale`, `error`) is queued: the stream ends after it.
-    ended: bool,
-    _open: crate::metrics::Open,
-    _slot: crate::watch_hub::StreamSlot,
-}
-
-impl ChangeStream {
-    /// The next frame to send, or `None` when the stream ends: the node stops, the stream
-    /// fell behind its hub channel (its client resumes from its last event id), the node
-    /// can no longer prove its bound, or the key was revoked.
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(frame) = self.pending.pop_front() {
-                self.node.metrics.events_sent.inc();
-                return Some(frame);
-            }
-            if self.ended {
-                return None;
-            }
-            match self.rx.recv().await {
-                Ok(HubMessage::Changes(frames)) => {
-                    for (revision, frame) in frames.iter() {
-                        if *revision > self.last {
-                            self.pending.push_back(frame.clone());
-                            self.last = *revision;
-                        }
-                    }
-                }
-                Ok(HubMessage::Reset) => self.resynchronise().await?,
-                Ok(HubMessage::Tick(tick)) => self.on_tick(&tick),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.node.metrics.slow_subscribers.inc();
-                    return None;
-                }
-                // The node is stopping: end the stream cleanly, so its client moves to
-                // another node at once.
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-
-    /// After a snapshot install: the namespace's snapshot (or an empty one if it is gone).
-    async fn resynchronise(&mut self) -> Option<()> {
-        let node = &self.node;
-        let (snapshot, revision) = {
-            let state = node.state.read();
-            (node.snapshots.get(&state, &self.ns), state.revision())
-        };
-        match snapshot {
-            Some(snap) => {
-                let chunks = snap.sse_chunks(&self.ns, &node.cluster_id).await?;
-                self.pending.extend(chunks.iter().cloned());
-            }
-            // Deleted: an empty snapshot says so without a gap.
-            None => {
-                self.pending
-                    .push_back(deleted_snapshot_frame(&self.ns, &node.cluster_id, revision))
-            }
-        }
-        self.last = self.last.max(revision);
-        Some(())
-    }
-
-    fn on_tick(&mut self, tick: &Tick) {
-        let (caller, node) = (&self.caller, &self.node);
-        if self.credentials.revoked(tick, || caller.still_valid(node)) {
-            let event = ErrorEvent {
-                message: "the SDK key was revoked".into(),
-            };
-            self.close_with(sse_frame_no_id("error", &event_json(&event)));
-            return;
-        }
-        if let Some(msg) = tick.stale_beyond(self.bound_ms) {
-            let event = StaleEvent {
-                revision: self.last,
-                message: msg,
-            };
-            self.close_with(sse_frame_no_id("stale", &event_json(&event)));
-            return;
-        }
-        // Only claim freshness once every applied change has been sent.
-        if let Some(hb) = &tick.heartbeat {
-            if tick.revision >= self.last {
-                self.last = tick.revision;
-                self.pending.push_back(hb.clone());
-            }
-        }
-    }
-
-    fn close_with(&mut self, frame: Bytes) {
-        self.pending.push_back(frame);
-        self.ended = true;
-    }
+/// Whether a request path is a watch stream's (`/v1/namespaces/{ns}/watch`): the client
+/// listener answers those itself when they open a connection, so that the stream can leave
+/// hyper for a writer shard (`takeover.rs`, `watch_writer.rs`).
+pub fn is_watch_path(path: &str) -> bool {
+    path.strip_prefix("/v1/namespaces/")
+        .and_then(|rest| rest.strip_suffix("/watch"))
+        .is_some_and(|ns| !ns.is_empty() && !ns.contains('/'))
 }
