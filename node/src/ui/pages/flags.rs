@@ -73,32 +73,17 @@ pub(super) fn editor(
     current: Option<&ItemInfo>,
     outcome: Outcome,
 ) -> Response {
-    let Outcome {
-        status,
-        faults,
-        message,
-        theirs,
-    } = outcome;
     let mut form = form.clone();
     // Two empty rows, so a variant can be added without JavaScript.
     for _ in 0..2 {
         form.variants.push(Default::default());
     }
-    let title = if is_new {
-        "New flag".to_string()
-    } else {
-        format!("Flag {}", form.key)
-    };
-    render(
-        ui,
-        status,
-        "flag_edit.html",
-        Some(s),
-        json!({
-            "title": title, "ns": ns, "form": form, "is_new": is_new, "faults": faults,
-            "message": message, "current": current, "theirs_json": theirs, "value_types": VALUE_TYPES, "semver_ops": SEMVER_OPS,
-        }),
-    )
+    let title = editor_title("flag", &form.key, is_new);
+    let fields = json!({
+        "ns": ns, "form": form, "is_new": is_new, "current": current,
+        "value_types": VALUE_TYPES, "semver_ops": SEMVER_OPS,
+    });
+    editor_page(ui, s, outcome, title, "flag_edit.html", fields)
 }
 
 pub(super) async fn new_flag(State(ui): State<Ui>, s: Signed, Path(ns): Path<String>) -> Response {
@@ -158,14 +143,8 @@ impl EditorForm for FlagForm {
         form
     }
 
-    fn save(
-        self,
-        ui: &Ui,
-        s: &Signed,
-        ns: &str,
-        is_new: bool,
-    ) -> impl Future<Output = Response> + Send {
-        save_flag_form(ui, s, ns, self, is_new)
+    fn save(self, at: Editing<'_>) -> impl Future<Output = Response> + Send {
+        save_flag_form(at.ui, at.s, at.ns, self, at.is_new)
     }
 }
 

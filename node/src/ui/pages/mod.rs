@@ -211,13 +211,15 @@ trait EditorForm: Sized + Send {
 
     /// Checks the form and saves it through the API: the editor again with what is wrong, the
     /// conflict page, or a redirect once saved.
-    fn save(
-        self,
-        ui: &Ui,
-        s: &Signed,
-        ns: &str,
-        is_new: bool,
-    ) -> impl Future<Output = Response> + Send;
+    fn save(self, at: Editing<'_>) -> impl Future<Output = Response> + Send;
+}
+
+/// Where an editor's form is saved: by whom, in which namespace, a new item or not.
+struct Editing<'a> {
+    ui: &'a Ui,
+    s: &'a Signed,
+    ns: &'a str,
+    is_new: bool,
 }
 
 /// `POST` of a new item's editor.
@@ -226,7 +228,13 @@ async fn save_new<F: EditorForm>(
     Path(ns): Path<String>,
     f: SignedForm,
 ) -> Response {
-    F::posted(&f, None).save(&ui, &f.signed, &ns, true).await
+    let at = Editing {
+        ui: &ui,
+        s: &f.signed,
+        ns: &ns,
+        is_new: true,
+    };
+    F::posted(&f, None).save(at).await
 }
 
 /// `POST` of an existing item's editor.
@@ -235,9 +243,14 @@ async fn save_edited<F: EditorForm>(
     Path((ns, key)): Path<(String, String)>,
     f: SignedForm,
 ) -> Response {
-    F::posted(&f, Some(key))
-        .save(&ui, &f.signed, &ns, false)
-        .await
+    let form = F::posted(&f, Some(key));
+    let at = Editing {
+        ui: &ui,
+        s: &f.signed,
+        ns: &ns,
+        is_new: false,
+    };
+    form.save(at).await
 }
 
 /// What an editor page shows besides the form: its status, the faults and a message.
@@ -283,6 +296,33 @@ impl<'a> Outcome<'a> {
             ..Outcome::faults(answer.status, faults)
         }
     }
+}
+
+/// An editor page: `template` with `fields` and `title`, and the outcome's status, faults,
+/// message and (after a conflict) their definition.
+fn editor_page(
+    ui: &Ui,
+    s: &Signed,
+    outcome: Outcome,
+    title: String,
+    template: &str,
+    mut fields: Value,
+) -> Response {
+    fields["title"] = json!(title);
+    fields["faults"] = json!(outcome.faults);
+    fields["message"] = json!(outcome.message);
+    fields["theirs_json"] = json!(outcome.theirs);
+    render(ui, outcome.status, template, Some(s), fields)
+}
+
+/// An editor's title: "New flag" for a new one, else "Flag f".
+fn editor_title(noun: &str, key: &str, is_new: bool) -> String {
+    if is_new {
+        return format!("New {noun}");
+    }
+    let mut letters = noun.chars();
+    let first = letters.next().map(|c| c.to_ascii_uppercase());
+    format!("{}{} {key}", first.unwrap_or_default(), letters.as_str())
 }
 
 /// The fault of an editor saved without a key.

@@ -52,14 +52,8 @@ impl EditorForm for SegmentForm {
         }
     }
 
-    fn save(
-        self,
-        ui: &Ui,
-        s: &Signed,
-        ns: &str,
-        is_new: bool,
-    ) -> impl Future<Output = Response> + Send {
-        save_segment_form(ui, s, ns, self, is_new)
+    fn save(self, at: Editing<'_>) -> impl Future<Output = Response> + Send {
+        save_segment_form(at.ui, at.s, at.ns, self, at.is_new)
     }
 }
 
@@ -71,27 +65,11 @@ pub(super) fn segment_editor(
     is_new: bool,
     outcome: Outcome,
 ) -> Response {
-    let Outcome {
-        status,
-        faults,
-        message,
-        ..
-    } = outcome;
-    let title = if is_new {
-        "New segment".to_string()
-    } else {
-        format!("Segment {}", f.key)
-    };
-    render(
-        ui,
-        status,
-        "segment_edit.html",
-        Some(s),
-        json!({
-            "title": title, "ns": ns, "key": f.key, "version": f.version, "rule": f.rule,
-            "is_new": is_new, "faults": faults, "message": message,
-        }),
-    )
+    let title = editor_title("segment", &f.key, is_new);
+    let fields = json!({
+        "ns": ns, "key": f.key, "version": f.version, "rule": f.rule, "is_new": is_new,
+    });
+    editor_page(ui, s, outcome, title, "segment_edit.html", fields)
 }
 
 pub(super) async fn new_segment(
