@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::takeover::{first_request, FirstRequest, Intercept, Replayed};
+use crate::takeover::{first_request, FirstRequest, Intercept, Replayed, Socket};
 use crate::tls::ServerTls;
 
 /// How long a client may take and how many connections it may hold, per listener.
@@ -66,9 +66,9 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `app` on `listener` until `stop` resolves, then drains: stops accepting and returns
-/// once every open connection has finished its request in flight. On a plain connection, a
-/// first request of a path `intercept` names is answered without hyper, so that its answer may
-/// take the connection over (`takeover.rs`).
+/// once every open connection has finished its request in flight. A connection's first
+/// request of a path `intercept` names is answered without hyper, so that its answer may take
+/// the connection over (`takeover.rs`).
 ///
 /// Connections are accepted by a thread of their own ([`AcceptThread`]), not by a task: on a
 /// node whose workers are saturated (thousands of streams being served), an accepting task
@@ -166,7 +166,7 @@ async fn serve_connection(
     mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), axum::BoxError> {
     let Connection {
-        mut stream,
+        stream,
         permit,
         intercept,
     } = connection;
@@ -179,27 +179,8 @@ async fn serve_connection(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    // Held until the connection closes (or by whoever takes it over).
-    let _permit = match tls {
-        None => {
-            let read = match intercept {
-                None => Default::default(),
-                Some(intercept) => {
-                    let timeout = limits.header_read_timeout;
-                    match first_request(&mut stream, intercept, timeout).await {
-                        FirstRequest::Hyper(read) => read,
-                        FirstRequest::Intercepted(req) => {
-                            crate::takeover::answer(stream, *req, app, permit).await;
-                            return Ok(());
-                        }
-                        FirstRequest::Gone => return Ok(()),
-                    }
-                }
-            };
-            let io = TokioIo::new(Replayed::new(read, stream));
-            graceful.watch(http.serve_connection(io, service)).await?;
-            permit
-        }
+    let mut socket = match tls {
+        None => Socket::Plain(stream),
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
@@ -207,11 +188,27 @@ async fn serve_connection(
                 done = handshake => done.map_err(|_| "TLS handshake timed out")??,
                 _ = draining.wait_for(|d| *d) => return Ok(()),
             };
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            graceful.watch(connection).await?;
-            permit
+            Socket::Tls(Box::new(stream))
         }
     };
+    let read = match intercept {
+        None => Default::default(),
+        Some(intercept) => {
+            let timeout = limits.header_read_timeout;
+            match first_request(&mut socket, intercept, timeout).await {
+                FirstRequest::Hyper(read) => read,
+                FirstRequest::Intercepted(req) => {
+                    crate::takeover::answer(socket, *req, app, permit).await;
+                    return Ok(());
+                }
+                FirstRequest::Gone => return Ok(()),
+            }
+        }
+    };
+    let io = TokioIo::new(Replayed::new(read, socket));
+    graceful.watch(http.serve_connection(io, service)).await?;
+    // Held until the connection closes (or by whoever took it over).
+    drop(permit);
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //!
 //! A taken-over response has no length and no chunking: its body runs until the connection
 //! closes (`Connection: close`), so whoever holds the socket writes frames to it as they are,
-//! with no task, buffer or encoder of hyper's per connection.
+//! with no task, buffer or encoder of hyper's per connection. Over TLS, the socket comes with
+//! its TLS session ([`Socket::Tls`]).
 
 use std::future::Future;
 use std::io;
@@ -23,16 +24,81 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::server::TlsStream;
 use tower::ServiceExt;
 
 /// Which request paths (without the query) the listener answers itself when they open a
 /// connection, so that their answer may take the connection over.
 pub type Intercept = fn(&str) -> bool;
 
+/// A connection: a TCP socket, or a TLS session over one.
+pub enum Socket {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Plain(s) => s.is_write_vectored(),
+            Socket::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 /// What takes a connection over: the socket, after the response head, and the listener's
 /// permit for it (the connection counts against the listener's cap as long as it is open).
 type HandOver = Box<
-    dyn FnOnce(TcpStream, OwnedSemaphorePermit) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+    dyn FnOnce(Socket, OwnedSemaphorePermit) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
 >;
 
 /// A response extension: "give me the connection". On a connection hyper serves (a request
@@ -45,7 +111,7 @@ impl TakeOver {
     /// `hand_over` gets the socket once the response head is written.
     pub fn new<F, Fut>(hand_over: F) -> Self
     where
-        F: FnOnce(TcpStream, OwnedSemaphorePermit) -> Fut + Send + 'static,
+        F: FnOnce(Socket, OwnedSemaphorePermit) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let boxed: HandOver = Box::new(move |sock, permit| Box::pin(hand_over(sock, permit)));
@@ -79,7 +145,7 @@ pub enum FirstRequest {
 /// Reads the head of a connection's first request, as far as telling whether `intercept`
 /// wants it: a request whose line names another path goes to hyper as soon as the line is in.
 pub async fn first_request(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     intercept: Intercept,
     timeout: Duration,
 ) -> FirstRequest {
@@ -157,7 +223,7 @@ fn path_of(target: &str) -> &str {
 /// [`TakeOver`]; a response without one (a refusal) is written whole and the connection
 /// closed.
 pub async fn answer(
-    mut stream: TcpStream,
+    mut stream: Socket,
     req: Request<Body>,
     app: Router,
     permit: OwnedSemaphorePermit,
@@ -171,7 +237,8 @@ pub async fn answer(
     match hand_over {
         Some(hand_over) => {
             drop(body);
-            if stream.write_all(&head(&parts, None)).await.is_ok() {
+            let written = stream.write_all(&head(&parts, None)).await;
+            if written.is_ok() && stream.flush().await.is_ok() {
                 hand_over(stream, permit).await;
             }
         }

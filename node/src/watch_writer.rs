@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 
+use crate::takeover::Socket;
 use crate::watch_hub::{HubMessage, WatchHub};
 use crate::watch_stream::{WatchStream, MAX_QUEUED};
 
@@ -40,7 +41,7 @@ pub enum Control {
 
 pub struct Joined {
     pub stream: WatchStream,
-    pub sock: TcpStream,
+    pub sock: Socket,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -58,7 +59,7 @@ const MAX_CLIENT_BYTES: usize = 64 * 1024;
 pub async fn start(
     hub: &WatchHub,
     mut stream: WatchStream,
-    mut sock: TcpStream,
+    mut sock: Socket,
     permit: OwnedSemaphorePermit,
 ) {
     let initial = async {
@@ -66,7 +67,7 @@ pub async fn start(
             sock.write_all(&frame).await?;
             stream.node.metrics.events_sent.inc();
         }
-        Ok::<_, io::Error>(())
+        sock.flush().await
     };
     // A client that went away or did not read is dropped here: it reconnects or resumes.
     if let Ok(Ok(())) = tokio::time::timeout(INITIAL_WRITE_TIMEOUT, initial).await {
@@ -83,7 +84,9 @@ struct Member {
     id: u64,
     stream: WatchStream,
     sock: Arc<TcpStream>,
-    /// Bytes of `stream.pending`'s first frame already written.
+    /// The TLS session over `sock`, if the connection has one: frames go through it.
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Bytes of `stream.pending`'s first frame already written (plain connections).
     offset: usize,
     /// Waits for the client to hang up.
     hang_up: AbortHandle,
@@ -98,11 +101,29 @@ impl Drop for Member {
         if let Some(d) = &self.drain {
             d.abort();
         }
+        // The end of a TLS stream is its close_notify (best effort: a full socket loses it).
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut Raw(&self.sock));
+        }
         // The client sees the end at once, whoever else still holds the socket for a moment.
         // SAFETY: a valid descriptor, held by `self.sock` for the call's duration.
         unsafe {
             libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_WR);
         }
+    }
+}
+
+/// A socket as `std::io::Write` that never waits (`WouldBlock` when full), for rustls.
+struct Raw<'a>(&'a TcpStream);
+
+impl std::io::Write for Raw<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -119,31 +140,55 @@ enum Wrote {
 impl Member {
     /// Writes what the stream has queued, as far as the socket takes it now.
     fn write(&mut self) -> Wrote {
-        while let Some(frame) = self.stream.pending.front() {
-            match self.sock.try_write(&frame[self.offset..]) {
-                Ok(n) => {
-                    self.offset += n;
-                    if self.offset == frame.len() {
-                        self.stream.pending.pop_front();
-                        self.offset = 0;
-                        self.stream.node.metrics.events_sent.inc();
-                    }
+        let written = match &mut self.tls {
+            None => write_plain(&self.sock, &mut self.stream, &mut self.offset),
+            Some(tls) => write_tls(&self.sock, tls, &mut self.stream),
+        };
+        match written {
+            Ok(()) if self.stream.ended => Wrote::Over,
+            Ok(()) => Wrote::All,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.stream.pending.len() > MAX_QUEUED {
+                    self.stream.node.metrics.slow_subscribers.inc();
+                    return Wrote::Over;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.stream.pending.len() > MAX_QUEUED {
-                        self.stream.node.metrics.slow_subscribers.inc();
-                        return Wrote::Over;
-                    }
-                    return Wrote::Blocked;
-                }
-                Err(_) => return Wrote::Over,
+                Wrote::Blocked
             }
+            Err(_) => Wrote::Over,
         }
-        if self.stream.ended {
-            Wrote::Over
-        } else {
-            Wrote::All
+    }
+}
+
+/// Writes `stream`'s queue to `sock` until it is empty or the socket full (`WouldBlock`);
+/// `offset` is how much of the first frame a full socket took before.
+fn write_plain(sock: &TcpStream, stream: &mut WatchStream, offset: &mut usize) -> io::Result<()> {
+    while let Some(frame) = stream.pending.front() {
+        *offset += sock.try_write(&frame[*offset..])?;
+        if *offset == frame.len() {
+            stream.pending.pop_front();
+            *offset = 0;
+            stream.node.metrics.events_sent.inc();
         }
+    }
+    Ok(())
+}
+
+/// As [`write_plain`], through the TLS session: what it holds encrypted goes out first, and a
+/// frame enters it only once it holds nothing, so it holds at most one frame.
+fn write_tls(
+    sock: &TcpStream,
+    tls: &mut rustls::ServerConnection,
+    stream: &mut WatchStream,
+) -> io::Result<()> {
+    loop {
+        while tls.wants_write() {
+            tls.write_tls(&mut Raw(sock))?;
+        }
+        let Some(frame) = stream.pending.pop_front() else {
+            return Ok(());
+        };
+        std::io::Write::write_all(&mut tls.writer(), &frame)?;
+        stream.node.metrics.events_sent.inc();
     }
 }
 
@@ -227,6 +272,15 @@ impl Shard {
         drop(rx);
         let id = self.next_id;
         self.next_id += 1;
+        let (sock, tls) = match sock {
+            Socket::Plain(sock) => (sock, None),
+            Socket::Tls(tls) => {
+                let (sock, mut session) = tls.into_inner();
+                // Frames enter it one at a time (`write_tls`), whatever their size.
+                session.set_buffer_limit(None);
+                (sock, Some(Box::new(session)))
+            }
+        };
         let sock = Arc::new(sock);
         let hang_up =
             tokio::spawn(wait_hang_up(sock.clone(), id, self.control.clone())).abort_handle();
@@ -234,6 +288,7 @@ impl Shard {
             id,
             stream,
             sock,
+            tls,
             offset: 0,
             hang_up,
             drain: None,

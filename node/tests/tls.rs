@@ -256,3 +256,71 @@ async fn certificates_reload_without_a_restart_and_a_broken_file_keeps_the_old_o
     .await;
     c.shutdown().await;
 }
+
+/// The body of `resp` read until `pattern` appears (bounded); `None` if it ends or fails first.
+async fn read_until(resp: &mut reqwest::Response, seen: &mut String, pattern: &str) -> Option<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(pattern) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .ok()?
+            .ok()??;
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_over_tls_on_its_own_connection_leaves_hyper_and_ends_with_close_notify() {
+    let mut c = TestCluster::start_tls(3, |_| {}).await;
+    let leader = c.wait_leader().await;
+    let follower = c.follower_of(leader);
+    c.create_namespace(leader, "secure").await;
+    let tls = c.tls.as_ref().unwrap();
+    // A client that keeps no idle connection: the watch opens one of its own.
+    let client = client_trusting(&tls.ca)
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/namespaces/secure/watch", c.node(follower).api);
+    let mut watch = client
+        .get(&url)
+        .bearer_auth(flagstaff_test_cluster::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    assert_eq!(
+        watch.headers().get("connection").map(|v| v.as_bytes()),
+        Some(b"close".as_slice()),
+        "the watch was not taken over: {:?}",
+        watch.headers()
+    );
+    let mut seen = String::new();
+    read_until(&mut watch, &mut seen, "event: snapshot")
+        .await
+        .expect("a snapshot");
+    let (s, b) = c
+        .put(leader, "/v1/namespaces/secure/flags/f", bool_flag("on"))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    read_until(&mut watch, &mut seen, "event: change")
+        .await
+        .expect("the change, through the writer shard's TLS session");
+    // Stopping the node ends the stream as TLS ends a connection: a clean end of the body.
+    c.stop(follower).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end");
+    assert!(end.is_ok(), "the stream was cut: {end:?}");
+    c.shutdown().await;
+}
