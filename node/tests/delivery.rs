@@ -57,7 +57,11 @@ impl Sse {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let resp = req.send().await.unwrap();
+        Sse::of(req.send().await.unwrap(), url)
+    }
+
+    /// The stream of `resp`, a watch of `url` that must have been answered 200.
+    fn of(resp: reqwest::Response, url: &str) -> Sse {
         assert_eq!(resp.status(), 200, "{url}");
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         Sse {
@@ -67,8 +71,9 @@ impl Sse {
     }
 
     /// As [`Sse::open`], served as `served` says: the watch opens a connection of its own
-    /// (which the node takes over from hyper), or follows another request on its connection
-    /// (which hyper keeps serving). The response head tells them apart.
+    /// (which the node takes over from hyper), or carries a body of two bytes (which leaves it
+    /// to hyper, as following another request on its connection does: `tests/shutdown.rs`
+    /// opens one that way). The response head tells them apart.
     async fn open_served(
         c: &TestCluster,
         node: u64,
@@ -77,19 +82,19 @@ impl Sse {
         last_event_id: Option<u64>,
         served: Served,
     ) -> Sse {
-        let base = c.node(node).api.clone();
-        let client = match served {
-            Served::TakenOver => reqwest::Client::builder().pool_max_idle_per_host(0),
-            Served::ByHyper => reqwest::Client::builder().pool_max_idle_per_host(1),
-        }
-        .build()
-        .unwrap();
+        let url = format!("{}{path}", c.node(node).api);
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut req = client.get(&url).bearer_auth(token);
         if served == Served::ByHyper {
-            let before = client.get(format!("{base}/healthz")).send().await.unwrap();
-            assert_eq!(before.status(), 200);
-            before.bytes().await.unwrap();
+            req = req.body("{}");
         }
-        let sse = Sse::open_with(&client, &format!("{base}{path}"), token, last_event_id).await;
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let sse = Sse::of(req.send().await.unwrap(), &url);
         let close = sse.resp.headers().get("connection").map(|v| v.as_bytes());
         assert_eq!(
             close == Some(b"close".as_slice()),
