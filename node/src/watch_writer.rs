@@ -420,7 +420,8 @@ impl Shard {
 /// tells the shard. Whatever a client sends is read and dropped.
 async fn wait_hang_up(sock: Arc<TcpStream>, id: u64, control: mpsc::UnboundedSender<Control>) {
     let mut heard = 0usize;
-    let mut buf = [0u8; 512];
+    // Small: it lives in this task for as long as the stream, and a client sends nothing.
+    let mut buf = [0u8; 64];
     loop {
         if sock.readable().await.is_err() {
             break;
