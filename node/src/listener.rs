@@ -195,9 +195,18 @@ async fn serve_connection(
         None => Default::default(),
         Some(intercept) => {
             let timeout = limits.header_read_timeout;
-            match first_request(&mut socket, intercept, timeout).await {
+            // A connection that has not sent its request when the drain starts is closed, as
+            // hyper closes an idle one.
+            let first = tokio::select! {
+                first = first_request(&mut socket, intercept, timeout) => first,
+                _ = draining.wait_for(|d| *d) => return Ok(()),
+            };
+            match first {
                 FirstRequest::Hyper(read) => read,
                 FirstRequest::Intercepted(req) => {
+                    // A stream is no request in flight: the drain does not wait for it (the
+                    // watch hub ends it when the node stops).
+                    drop(graceful);
                     crate::takeover::answer(socket, *req, app, permit).await;
                     return Ok(());
                 }

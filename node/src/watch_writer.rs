@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -47,7 +48,11 @@ pub struct Joined {
 
 /// How long a taken-over stream may take to send its initial frames (its snapshot, or the
 /// changes it missed) before it is dropped.
-const INITIAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const INITIAL_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stream that has queued its closing frame (`stale`, `error`) may leave it unread
+/// before its connection is closed anyway.
+const CLOSING_GRACE: Duration = Duration::from_secs(10);
 
 /// Streams handled before a shard lets other tasks run, while it writes one message to all.
 const STREAMS_PER_TURN: usize = 256;
@@ -86,8 +91,11 @@ struct Member {
     sock: Arc<TcpStream>,
     /// The TLS session over `sock`, if the connection has one: frames go through it.
     tls: Option<Box<rustls::ServerConnection>>,
-    /// Bytes of `stream.pending`'s first frame already written (plain connections).
+    /// Bytes of `stream.pending`'s first frame already written (or, over TLS, given to the
+    /// session).
     offset: usize,
+    /// Since when the socket has been full, if it is.
+    blocked_since: Option<Instant>,
     /// Waits for the client to hang up.
     hang_up: AbortHandle,
     /// Waits for the socket to drain, while it is full.
@@ -122,6 +130,10 @@ impl std::io::Write for Raw<'_> {
         self.0.try_write(buf)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -142,13 +154,20 @@ impl Member {
     fn write(&mut self) -> Wrote {
         let written = match &mut self.tls {
             None => write_plain(&self.sock, &mut self.stream, &mut self.offset),
-            Some(tls) => write_tls(&self.sock, tls, &mut self.stream),
+            Some(tls) => write_tls(&self.sock, tls, &mut self.stream, &mut self.offset),
         };
         match written {
             Ok(()) if self.stream.ended => Wrote::Over,
-            Ok(()) => Wrote::All,
+            Ok(()) => {
+                self.blocked_since = None;
+                Wrote::All
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if self.stream.pending.len() > MAX_QUEUED {
+                let since = *self.blocked_since.get_or_insert_with(Instant::now);
+                // Too far behind; or ended (its last frame queued, so its queue no longer
+                // grows) and still not read after a grace period.
+                let closing_unread = self.stream.ended && since.elapsed() > CLOSING_GRACE;
+                if self.stream.pending.len() > MAX_QUEUED || closing_unread {
                     self.stream.node.metrics.slow_subscribers.inc();
                     return Wrote::Over;
                 }
@@ -173,22 +192,34 @@ fn write_plain(sock: &TcpStream, stream: &mut WatchStream, offset: &mut usize) -
     Ok(())
 }
 
-/// As [`write_plain`], through the TLS session: what it holds encrypted goes out first, and a
-/// frame enters it only once it holds nothing, so it holds at most one frame.
+/// As [`write_plain`], through the TLS session: what it holds encrypted goes out first, and
+/// only then more of the queue enters it, as much as its bound takes (`offset` into the first
+/// frame), so it holds at most its bound per stream, however large the frames.
 fn write_tls(
     sock: &TcpStream,
     tls: &mut rustls::ServerConnection,
     stream: &mut WatchStream,
+    offset: &mut usize,
 ) -> io::Result<()> {
     loop {
         while tls.wants_write() {
             tls.write_tls(&mut Raw(sock))?;
         }
-        let Some(frame) = stream.pending.pop_front() else {
+        let Some(frame) = stream.pending.front() else {
             return Ok(());
         };
-        std::io::Write::write_all(&mut tls.writer(), &frame)?;
-        stream.node.metrics.events_sent.inc();
+        let n = std::io::Write::write(&mut tls.writer(), &frame[*offset..])?;
+        if n == 0 {
+            // Its bound is reached with nothing to send: cannot happen once drained, but
+            // never spin on it.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        *offset += n;
+        if *offset == frame.len() {
+            stream.pending.pop_front();
+            *offset = 0;
+            stream.node.metrics.events_sent.inc();
+        }
     }
 }
 
@@ -197,7 +228,8 @@ struct Shard {
     hub: WatchHub,
     control: mpsc::UnboundedSender<Control>,
     groups: HashMap<Arc<str>, Vec<Member>>,
-    where_is: HashMap<u64, Arc<str>>,
+    /// Each stream's namespace and its place in that group.
+    where_is: HashMap<u64, (Arc<str>, usize)>,
     next_id: u64,
 }
 
@@ -275,9 +307,8 @@ impl Shard {
         let (sock, tls) = match sock {
             Socket::Plain(sock) => (sock, None),
             Socket::Tls(tls) => {
-                let (sock, mut session) = tls.into_inner();
-                // Frames enter it one at a time (`write_tls`), whatever their size.
-                session.set_buffer_limit(None);
+                // Its buffers keep rustls' bound (64 KiB): frames enter it in pieces.
+                let (sock, session) = tls.into_inner();
                 (sock, Some(Box::new(session)))
             }
         };
@@ -290,12 +321,14 @@ impl Shard {
             sock,
             tls,
             offset: 0,
+            blocked_since: None,
             hang_up,
             drain: None,
             _permit: permit,
         };
-        self.where_is.insert(id, ns.clone());
-        self.groups.entry(ns).or_default().push(member);
+        let group = self.groups.entry(ns.clone()).or_default();
+        self.where_is.insert(id, (ns, group.len()));
+        group.push(member);
         if !alive {
             self.remove(id);
             return;
@@ -312,18 +345,20 @@ impl Shard {
         };
         let mut over = Vec::new();
         let mut blocked = Vec::new();
+        let mut handled = 0usize;
         for ns in namespaces {
             let Some(group) = self.groups.get_mut(&ns) else {
                 continue;
             };
-            for (i, member) in group.iter_mut().enumerate() {
+            for member in group.iter_mut() {
                 let taken = member.stream.take(&m.msg).await;
                 match taken.map(|()| member.write()) {
                     Some(Wrote::All) => {}
                     Some(Wrote::Blocked) => blocked.push(member.id),
                     Some(Wrote::Over) | None => over.push(member.id),
                 }
-                if (i + 1) % STREAMS_PER_TURN == 0 {
+                handled += 1;
+                if handled.is_multiple_of(STREAMS_PER_TURN) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -375,18 +410,24 @@ impl Shard {
     }
 
     fn member(&mut self, id: u64) -> Option<&mut Member> {
-        let ns = self.where_is.get(&id)?;
-        self.groups.get_mut(ns)?.iter_mut().find(|m| m.id == id)
+        let (ns, i) = self.where_is.get(&id)?;
+        self.groups.get_mut(ns)?.get_mut(*i)
     }
 
     /// Drops stream `id` (closing its connection).
     fn remove(&mut self, id: u64) {
-        let Some(ns) = self.where_is.remove(&id) else {
+        let Some((ns, i)) = self.where_is.remove(&id) else {
             return;
         };
         if let Some(group) = self.groups.get_mut(&ns) {
-            if let Some(i) = group.iter().position(|m| m.id == id) {
+            if i < group.len() {
                 group.swap_remove(i);
+                // The last member took its place.
+                if let Some(moved) = group.get(i) {
+                    if let Some(at) = self.where_is.get_mut(&moved.id) {
+                        at.1 = i;
+                    }
+                }
             }
             if group.is_empty() {
                 self.groups.remove(&ns);
@@ -399,20 +440,20 @@ impl Shard {
     /// ends, and its client resumes from its last event id.
     fn fell_behind(&mut self) {
         tracing::warn!("a watch writer fell behind the hub; its streams resume");
-        let ids: Vec<u64> = self.where_is.keys().copied().collect();
-        for id in ids {
-            if let Some(m) = self.member(id) {
-                m.stream.node.metrics.slow_subscribers.inc();
-            }
-            self.remove(id);
+        for m in self.groups.values().flatten() {
+            m.stream.node.metrics.slow_subscribers.inc();
         }
+        self.close_all();
     }
 
+    /// Drops every stream (closing their connections).
     fn close_all(&mut self) {
-        let ids: Vec<u64> = self.where_is.keys().copied().collect();
-        for id in ids {
-            self.remove(id);
+        for (ns, group) in self.groups.drain() {
+            for _ in &group {
+                self.hub.release(&ns);
+            }
         }
+        self.where_is.clear();
     }
 }
 

@@ -2,8 +2,9 @@
 //! to another node at once rather than seeing a cut connection — a stream hyper serves (one
 //! opened after another request on its connection) with the last chunk of its response, one
 //! on a connection taken over from hyper (opened by the watch) with a whole last frame and the
-//! close its head announced — and a node stopped and started again in the same process, three
-//! times, leaves no task behind on the runtime that served it.
+//! close its head announced — while a connection that never sent a request does not hold the
+//! drain up, and a node stopped and started again in the same process, three times, leaves no
+//! task behind on the runtime that served it.
 //!
 //! The node runs alone on a runtime of its own and the test talks to it with plain blocking
 //! sockets, so every task that runtime counts is the node's.
@@ -138,6 +139,8 @@ fn a_stopping_node_ends_its_streams_cleanly_and_leaves_no_task_behind() {
         // hyper, one that hyper serves.
         let (mut taken, taken_seen) = open_watch(api, None);
         let (mut kept, kept_seen) = open_watch(api, Some("/healthz"));
+        // And a connection that never sends a request: the drain must not wait for it.
+        let _idle = TcpStream::connect(api).unwrap();
 
         assert!(
             rt.block_on(running.shutdown()),
