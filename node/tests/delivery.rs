@@ -533,6 +533,74 @@ async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_over_stream_left_unread_after_its_closing_frame_is_closed() {
+    let c = setup().await;
+    let leader = c.wait_leader().await;
+    let (key, created) = sdk_key(&c, "prod", "stuck").await;
+    // A client that never reads: its socket fills, but its queue stays under 1,024 frames.
+    let mut stuck = tokio::net::TcpStream::connect(c.node(leader).client_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/namespaces/prod/watch?min_revision={created} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {key}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
+        .await
+        .unwrap();
+    let before = slow_dropped(&c, leader).await;
+    // About 7 MB of changes: more than loopback buffers take from a reader that never reads
+    // (the test above shows under 4.8 MB), fewer frames than a stream may have queued.
+    let padding = "x".repeat(8 * 1024);
+    for round in 0..900 / 8 {
+        let puts = (0..8).map(|k| {
+            let mut flag = bool_flag("on");
+            flag["description"] = json!(format!("{round} {padding}"));
+            let path = format!("/v1/namespaces/prod/flags/pad{k}");
+            let c = &c;
+            async move { c.put(leader, &path, flag).await }
+        });
+        for (s, b) in futures::future::join_all(puts).await {
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    // Its key revoked: the `error` frame is queued last, behind what the client never read.
+    let (s, _, _) = c
+        .request(
+            leader,
+            Method::DELETE,
+            "/v1/namespaces/prod/sdk-keys/stuck",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Within the grace (10 s) and a tick, the node gives up on it, counting it as slow.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while slow_dropped(&c, leader).await == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a stream that never read its closing frame kept its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And its connection is closed: what it was sent ends, bounded.
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stuck, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the given-up stream's connection stayed open"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ofrep_evaluates_with_the_shared_evaluator() {
     let c = setup().await;
     let (key, _) = sdk_key(&c, "prod", "ofrep").await;
