@@ -433,6 +433,14 @@ async fn stale_and_revoked_streams_close(served: Served) {
     c.shutdown().await;
 }
 
+/// A connection to `addr` with a small receive buffer, for a client that will not read: the
+/// node's side of it fills after a little data, whatever the machine's TCP buffer tuning.
+async fn never_reading(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 /// The node's count of streams it dropped for falling behind.
 async fn slow_dropped(c: &TestCluster, node: u64) -> u64 {
     let text = c
@@ -455,9 +463,7 @@ async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_n
     let c = setup().await;
     let leader = c.wait_leader().await;
     // A client that sends its watch and never reads: its socket fills, then its queue.
-    let mut stuck = tokio::net::TcpStream::connect(c.node(leader).client_addr)
-        .await
-        .unwrap();
+    let mut stuck = never_reading(c.node(leader).client_addr).await;
     let request = format!(
         "GET /v1/namespaces/prod/watch HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
     );
@@ -538,9 +544,7 @@ async fn a_taken_over_stream_left_unread_after_its_closing_frame_is_closed() {
     let leader = c.wait_leader().await;
     let (key, created) = sdk_key(&c, "prod", "stuck").await;
     // A client that never reads: its socket fills, but its queue stays under 1,024 frames.
-    let mut stuck = tokio::net::TcpStream::connect(c.node(leader).client_addr)
-        .await
-        .unwrap();
+    let mut stuck = never_reading(c.node(leader).client_addr).await;
     let request = format!(
         "GET /v1/namespaces/prod/watch?min_revision={created} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {key}\r\n\r\n"
     );
@@ -548,8 +552,8 @@ async fn a_taken_over_stream_left_unread_after_its_closing_frame_is_closed() {
         .await
         .unwrap();
     let before = slow_dropped(&c, leader).await;
-    // About 7 MB of changes: more than loopback buffers take from a reader that never reads
-    // (the test above shows under 4.8 MB), fewer frames than a stream may have queued.
+    // About 7 MB of changes: far more than the socket's buffers take, fewer frames than a
+    // stream may have queued.
     let padding = "x".repeat(8 * 1024);
     for round in 0..900 / 8 {
         let puts = (0..8).map(|k| {
