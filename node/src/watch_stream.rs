@@ -112,7 +112,7 @@ impl WatchStream {
     }
 
     /// The frames of changes after the client's revision.
-    pub fn changes(&mut self, frames: &[(u64, Bytes)]) {
+    fn changes(&mut self, frames: &[(u64, Bytes)]) {
         for (revision, frame) in frames {
             if *revision > self.last {
                 self.pending.push_back(frame.clone());
@@ -122,7 +122,7 @@ impl WatchStream {
     }
 
     /// After a snapshot install: the namespace's snapshot (or an empty one if it is gone).
-    pub async fn resynchronise(&mut self) -> Option<()> {
+    async fn resynchronise(&mut self) -> Option<()> {
         let node = &self.node;
         let (snapshot, revision) = {
             let state = node.state.read();
@@ -145,7 +145,7 @@ impl WatchStream {
 
     /// A tick: end the stream if its key is gone or the node cannot prove its bound, else a
     /// heartbeat once every applied change has been sent.
-    pub fn on_tick(&mut self, tick: &Tick) {
+    fn on_tick(&mut self, tick: &Tick) {
         let (caller, node) = (&self.caller, &self.node);
         if self.credentials.revoked(tick, || caller.still_valid(node)) {
             let event = ErrorEvent {

@@ -433,12 +433,62 @@ async fn stale_and_revoked_streams_close(served: Served) {
     c.shutdown().await;
 }
 
-/// A connection to `addr` with a small receive buffer, for a client that will not read: the
-/// node's side of it fills after a little data, whatever the machine's TCP buffer tuning.
-async fn never_reading(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+/// A watch of `prod` on `node` (`query` after the path, `token` its credential) by a client
+/// that never reads, on a connection of its own with a small receive buffer: the node's side
+/// fills after a little data, whatever the machine's TCP buffer tuning.
+async fn never_reading_watch(
+    c: &TestCluster,
+    node: u64,
+    query: &str,
+    token: &str,
+) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(addr).await.unwrap()
+    let mut stuck = socket.connect(c.node(node).client_addr).await.unwrap();
+    let request = format!(
+        "GET /v1/namespaces/prod/watch{query} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
+        .await
+        .unwrap();
+    stuck
+}
+
+/// `writes` changes of about 8 KB each to `prod` through `node`, 8 at a time (flags
+/// `{prefix}0`..`{prefix}7`, rewritten); their revisions, in order.
+async fn padded_writes(c: &TestCluster, node: u64, writes: usize, prefix: &str) -> Vec<u64> {
+    let padding = "x".repeat(8 * 1024);
+    let mut written = Vec::new();
+    for round in 0..writes / 8 {
+        let puts = (0..8).map(|k| {
+            let mut flag = bool_flag("on");
+            flag["description"] = json!(format!("{round} {padding}"));
+            let path = format!("/v1/namespaces/prod/flags/{prefix}{k}");
+            async move { c.put(node, &path, flag).await }
+        });
+        for (s, b) in futures::future::join_all(puts).await {
+            assert_eq!(s, 200, "{b}");
+            written.push(b["revision"].as_u64().unwrap());
+        }
+    }
+    written.sort_unstable();
+    written
+}
+
+/// Whether the node closes `stuck` within 30 s (what it was sent is read and dropped).
+async fn closed_by_the_node(stuck: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = vec![0u8; 1 << 20];
+    let read_to_end = async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stuck, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_to_end)
+        .await
+        .is_ok()
 }
 
 /// The node's count of streams it dropped for falling behind.
@@ -463,13 +513,7 @@ async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_n
     let c = setup().await;
     let leader = c.wait_leader().await;
     // A client that sends its watch and never reads: its socket fills, then its queue.
-    let mut stuck = never_reading(c.node(leader).client_addr).await;
-    let request = format!(
-        "GET /v1/namespaces/prod/watch HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
-        .await
-        .unwrap();
+    let mut stuck = never_reading_watch(&c, leader, "", TOKEN).await;
     let watch = "/v1/namespaces/prod/watch";
     let mut reader = Sse::open_served(&c, leader, watch, TOKEN, None, Served::TakenOver).await;
     assert_eq!(
@@ -495,22 +539,7 @@ async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_n
         }
         seen
     });
-    let padding = "x".repeat(8 * 1024);
-    let mut written = Vec::new();
-    for round in 0..WRITES / 8 {
-        let puts = (0..8).map(|k| {
-            let mut flag = bool_flag("on");
-            flag["description"] = json!(format!("{round} {padding}"));
-            let path = format!("/v1/namespaces/prod/flags/big{k}");
-            let c = &c;
-            async move { c.put(leader, &path, flag).await }
-        });
-        for (s, b) in futures::future::join_all(puts).await {
-            assert_eq!(s, 200, "{b}");
-            written.push(b["revision"].as_u64().unwrap());
-        }
-    }
-    written.sort_unstable();
+    let written = padded_writes(&c, leader, WRITES, "big").await;
     let seen = reading.await.unwrap();
     assert_eq!(
         seen, written,
@@ -521,18 +550,8 @@ async fn a_taken_over_stream_that_stops_reading_is_dropped_and_the_others_miss_n
         "the stream that stopped reading was not dropped"
     );
     // Its connection is closed: what it was sent ends, bounded.
-    let mut buf = vec![0u8; 1 << 20];
-    let closed = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match tokio::io::AsyncReadExt::read(&mut stuck, &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_by_the_node(&mut stuck).await,
         "the dropped stream's connection stayed open"
     );
     c.shutdown().await;
@@ -544,29 +563,12 @@ async fn a_taken_over_stream_left_unread_after_its_closing_frame_is_closed() {
     let leader = c.wait_leader().await;
     let (key, created) = sdk_key(&c, "prod", "stuck").await;
     // A client that never reads: its socket fills, but its queue stays under 1,024 frames.
-    let mut stuck = never_reading(c.node(leader).client_addr).await;
-    let request = format!(
-        "GET /v1/namespaces/prod/watch?min_revision={created} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {key}\r\n\r\n"
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
-        .await
-        .unwrap();
+    let query = format!("?min_revision={created}");
+    let mut stuck = never_reading_watch(&c, leader, &query, &key).await;
     let before = slow_dropped(&c, leader).await;
     // About 7 MB of changes: far more than the socket's buffers take, fewer frames than a
     // stream may have queued.
-    let padding = "x".repeat(8 * 1024);
-    for round in 0..900 / 8 {
-        let puts = (0..8).map(|k| {
-            let mut flag = bool_flag("on");
-            flag["description"] = json!(format!("{round} {padding}"));
-            let path = format!("/v1/namespaces/prod/flags/pad{k}");
-            let c = &c;
-            async move { c.put(leader, &path, flag).await }
-        });
-        for (s, b) in futures::future::join_all(puts).await {
-            assert_eq!(s, 200, "{b}");
-        }
-    }
+    padded_writes(&c, leader, 900, "pad").await;
     // Its key revoked: the `error` frame is queued last, behind what the client never read.
     let (s, _, _) = c
         .request(
@@ -587,18 +589,8 @@ async fn a_taken_over_stream_left_unread_after_its_closing_frame_is_closed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And its connection is closed: what it was sent ends, bounded.
-    let mut buf = vec![0u8; 1 << 20];
-    let closed = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match tokio::io::AsyncReadExt::read(&mut stuck, &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_by_the_node(&mut stuck).await,
         "the given-up stream's connection stayed open"
     );
     c.shutdown().await;
