@@ -5,9 +5,9 @@
 //! namespace and writes what it queues.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use flagstaff_api::sdk::{ErrorEvent, NamespaceSnapshot, StaleEvent};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::auth::Caller;
 use crate::metrics::Open;
 use crate::node::Node;
+use crate::takeover::TakeOver;
 use crate::watch_hub::{sse_frame, sse_frame_no_id, CredentialsSeen, HubMessage, StreamSlot, Tick};
 
 /// Frames a stream may have queued and not sent before it counts as a slow subscriber and is
@@ -69,6 +70,32 @@ impl WatchStream {
             ended: false,
             _slot: s.slot,
         }
+    }
+
+    /// The stream as a response can carry it both ways, whichever asks first: a body that
+    /// hyper polls (`next_frame`), and a [`TakeOver`] that, on a connection the listener takes
+    /// over from hyper, gives it to a writer shard (`watch_writer.rs`).
+    pub fn served(self) -> (Body, TakeOver) {
+        let cell = Arc::new(Mutex::new(Some(self)));
+        let take = |cell: &Mutex<Option<WatchStream>>| {
+            cell.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        let body_cell = cell.clone();
+        let body = Body::from_stream(futures::stream::unfold(None, move |s| {
+            let first = s.is_none().then(|| take(&body_cell)).flatten();
+            async move {
+                let mut s: WatchStream = s.or(first)?;
+                let frame = s.next_frame().await?;
+                Some((Ok::<_, std::convert::Infallible>(frame), Some(s)))
+            }
+        }));
+        let take_over = TakeOver::new(move |sock, permit| async move {
+            if let Some(stream) = take(&cell) {
+                let hub = stream.node.hub.clone();
+                crate::watch_writer::start(&hub, stream, sock, permit).await;
+            }
+        });
+        (body, take_over)
     }
 
     /// The next frame to send, from the hub channel, or `None` when the stream ends: the node

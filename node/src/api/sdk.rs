@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,6 @@ use crate::api::{revision_header, staleness_header};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::node::{Consistency, Node};
-use crate::takeover::TakeOver;
 use crate::watch_hub::sse_frame;
 use crate::watch_stream::{Start, WatchStream};
 
@@ -206,10 +205,9 @@ async fn watch(
         None => replay_frames(replay, ns.clone()).await?,
     };
 
-    // The response body is the stream itself: no task or channel of its own. Hyper polls it
-    // when the connection can take more; a client that stops reading lets its hub channel
-    // overflow and is closed. The slot is held, and the stream counted open, as long as the
-    // body lives (until the client goes away).
+    // The stream is the answer: written by a writer shard on a connection taken over from
+    // hyper, else the body hyper polls (`WatchStream::served`). The slot is held, and the
+    // stream counted open, as long as the stream lives (until its client goes away).
     let stream = WatchStream::new(Start {
         node: node.clone(),
         caller,
@@ -220,28 +218,8 @@ async fn watch(
         rx,
         slot,
     });
-    // The stream goes to whoever asks first: the listener, on a connection it takes over from
-    // hyper (`takeover.rs`), which hands it to a writer shard; else hyper, as the body.
-    let cell = Arc::new(std::sync::Mutex::new(Some(stream)));
-    let take = |cell: &std::sync::Mutex<Option<WatchStream>>| {
-        cell.lock().unwrap_or_else(|e| e.into_inner()).take()
-    };
-    let body_cell = cell.clone();
-    let body = Body::from_stream(futures::stream::unfold(None, move |s| {
-        let first = s.is_none().then(|| take(&body_cell)).flatten();
-        async move {
-            let mut s: WatchStream = s.or(first)?;
-            let frame = s.next_frame().await?;
-            Some((Ok::<_, std::convert::Infallible>(frame), Some(s)))
-        }
-    }));
+    let (body, take_over) = stream.served();
     let mut resp = Response::new(body);
-    let take_over = TakeOver::new(move |sock, permit| async move {
-        if let Some(stream) = take(&cell) {
-            let hub = stream.node.hub.clone();
-            crate::watch_writer::start(&hub, stream, sock, permit).await;
-        }
-    });
     resp.extensions_mut().insert(take_over);
     let h = resp.headers_mut();
     h.insert(
