@@ -1,7 +1,8 @@
 //! The client listener cannot be held by its clients: idle and trickling connections are
 //! closed at the header-read timeout while other clients are served, a trickling body is cut
 //! off with 408, connections over the cap wait until one closes, and an unauthenticated
-//! request is refused before its body is read or any `min_revision` is waited for.
+//! request is refused before its body is read or any `min_revision` is waited for. A watch
+//! head, which the listener reads itself before hyper, is bounded the same way.
 
 mod common;
 
@@ -223,6 +224,73 @@ async fn connections_over_the_cap_wait_until_one_closes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = waiting.await.unwrap().expect("served once a slot was free");
+    assert_eq!(status, 200);
+    c.shutdown().await;
+}
+
+/// Sends `head` on a new connection and reads the answer to the close.
+async fn answer_to(c: &TestCluster, head: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr(c)).await.unwrap();
+    s.write_all(head).await.unwrap();
+    String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_head_read_before_hyper_is_bounded_and_a_bad_one_refused() {
+    let c = TestCluster::start(1, short_timeouts).await;
+    c.wait_leader().await;
+    // Read by the listener itself (the first request, a watch): refused without a credential,
+    // with its length, and the connection closed.
+    let text = answer_to(
+        &c,
+        b"GET /v1/namespaces/x/watch HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        text.contains("connection: close") && text.contains("content-length: "),
+        "{text}"
+    );
+    // A head past the 16 KiB the listener reads is left to hyper, which answers it.
+    let mut big = b"GET /v1/namespaces/x/watch HTTP/1.1\r\nHost: x\r\nx-pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let text = answer_to(&c, &big).await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    // A malformed head on the watch path: hyper's 400.
+    let text = answer_to(
+        &c,
+        b"GET /v1/namespaces/x/watch HTTP/1.1\r\nno colon\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // A watch head that trickles in is closed (at the header-read timeout), never served.
+    let mut s = TcpStream::connect(addr(&c)).await.unwrap();
+    s.write_all(b"GET /v1/namespaces/x/watch HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        assert!(
+            started.elapsed() < LONG,
+            "a trickled watch head was never closed"
+        );
+        if s.write_all(b"X").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => panic!(
+                "a trickled watch head was answered: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    // And the listener still serves.
+    let (status, _) = c.get(1, "/v1/namespaces").await;
     assert_eq!(status, 200);
     c.shutdown().await;
 }
