@@ -1082,6 +1082,13 @@ async fn a_rolling_restart_under_writes_loses_no_write_and_no_sdk_answers_a_defa
             .max()
             .unwrap();
         drop(a);
+        if was_leader {
+            // It handed its leadership over before it stopped, so it came back as a follower.
+            assert!(
+                leader_now.is_some_and(|l| l != procs[i].id),
+                "after the leader's restart the leader is {leader_now:?}"
+            );
+        }
         report.push((procs[i].id, was_leader, drain, pause, leader_now));
     }
     stop.store(true, Ordering::Relaxed);

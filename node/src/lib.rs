@@ -14,6 +14,7 @@ pub mod event_intake;
 pub mod fault_injection;
 pub mod flag_sets;
 pub mod flagd_sync;
+pub mod hand_over;
 pub mod listener;
 pub mod metrics;
 pub mod names;

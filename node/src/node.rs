@@ -30,6 +30,9 @@ pub struct Node {
     pub state: StateHandle,
     pub proofs: Arc<Proofs>,
     pub(crate) proposer: Proposer,
+    /// Local proposals hold it shared; a leadership hand-over holds it alone, so that no entry
+    /// is appended while the next leader catches up and campaigns ([`crate::hand_over`]).
+    pub(crate) proposal_gate: tokio::sync::RwLock<()>,
     pub(crate) read_index: ReadIndexCoalescer,
     pub(crate) peers: PeerClient,
     pub(crate) hub: WatchHub,
@@ -75,6 +78,19 @@ impl Node {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// Proposes `envelopes` as the leader, after any hand-over under way; `None` when this node
+    /// no longer leads once the gate opens (the caller looks the leader up again).
+    pub(crate) async fn propose_as_leader(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Option<crate::proposer::ProposeResult> {
+        let _open = self.proposal_gate.read().await;
+        if !self.is_leader() {
+            return None;
+        }
+        Some(self.proposer.propose(envelopes).await)
+    }
+
     /// Waits (at most `cap`) for the Raft metrics to change, e.g. a new leader.
     async fn metrics_changed(&self, cap: Duration) {
         let mut rx = self.raft.metrics();
@@ -109,10 +125,11 @@ impl Node {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => {
                     maybe_sent = true;
-                    match tokio::time::timeout(remaining, self.proposer.propose(envelopes.clone()))
-                        .await
-                    {
-                        Ok(r) => r,
+                    let proposed = self.propose_as_leader(envelopes.clone());
+                    match tokio::time::timeout(remaining, proposed).await {
+                        Ok(Some(r)) => r,
+                        // Leadership was handed over while this write waited: send it there.
+                        Ok(None) => continue,
                         Err(_) => break,
                     }
                 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::bounded_read::{run_rounds, Proofs};
 use crate::config::NodeConfig;
 use crate::flag_sets::FlagSetCache;
+use crate::hand_over::HandOver;
 use crate::node::{when_stopped, Node};
 use crate::peer::network::NetworkFactory;
 use crate::peer::server::peer_router;
@@ -214,6 +215,10 @@ fn warn_if_plain(listener: &TcpListener, tls: bool, name: &str) {
     }
 }
 
+/// What a hand-over may take beyond waiting out its own vote's lease: the catch-up of the
+/// next leader and one vote round.
+const HAND_OVER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a node that stopped on a fatal error keeps answering 503 before it exits.
 const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -231,14 +236,27 @@ impl RunningNode {
         }
     }
 
-    /// Drains and stops: the listeners stop accepting, watch streams end (their clients move
-    /// to another node at once), requests in flight finish (writes still commit: Raft runs
-    /// until they are done), for at most `NodeConfig::drain_timeout`; then whatever is left is
-    /// aborted and Raft shuts down. No task of the node outlives this call. Returns whether
-    /// everything drained before the deadline.
+    /// Drains and stops: a leader first hands its leadership to a caught-up voter
+    /// ([`crate::hand_over`]); then the listeners stop accepting, watch streams end (their
+    /// clients move to another node at once), requests in flight finish (writes still commit:
+    /// Raft runs until they are done), all within `NodeConfig::drain_timeout`; then whatever
+    /// is left is aborted and Raft shuts down. No task of the node outlives this call. Returns
+    /// whether everything drained before the deadline.
     pub async fn shutdown(mut self) -> bool {
+        let config = &self.node.config;
+        let deadline = tokio::time::Instant::now() + config.drain_timeout;
+        let within = (config.election_timeout_max + HAND_OVER_SLACK).min(config.drain_timeout / 2);
+        match self.node.hand_over(within).await {
+            HandOver::NotLeader | HandOver::NoOtherVoter => {}
+            HandOver::HandedTo(to) => tracing::info!(to, "handed leadership over"),
+            HandOver::TooManyVoters(n) => tracing::info!(
+                voters = n,
+                "not handing leadership over: with more than three voters the others would \
+                 refuse the vote; the next leader is elected after the election timeout"
+            ),
+            HandOver::Failed(why) => tracing::warn!(%why, "leadership hand-over failed"),
+        }
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + self.node.config.drain_timeout;
         let mut drained = true;
         for mut t in std::mem::take(&mut self.tasks) {
             if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
@@ -364,6 +382,7 @@ pub async fn start(
         id: config.node_id,
         cluster_id,
         proposer,
+        proposal_gate: Default::default(),
         read_index,
         proofs,
         hub,

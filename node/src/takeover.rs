@@ -265,7 +265,7 @@ fn head(parts: &axum::http::response::Parts, content_length: Option<usize>) -> V
     )
     .into_bytes();
     for (name, value) in &parts.headers {
-        if ["connection", "content-length", "transfer-encoding"].contains(&name.as_str()) {
+        if ["connection", "content-length", "transfer-encoding", "date"].contains(&name.as_str()) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -274,6 +274,8 @@ fn head(parts: &axum::http::response::Parts, content_length: Option<usize>) -> V
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"connection: close\r\n");
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    out.extend_from_slice(format!("date: {date}\r\n").as_bytes());
     if let Some(n) = content_length {
         out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     }
@@ -383,23 +385,29 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_over_head_says_the_body_runs_to_the_close() {
+    fn a_taken_over_head_says_the_body_runs_to_the_close_and_when_it_was_sent() {
         let resp = Response::builder()
             .status(200)
             .header("content-type", "text/event-stream")
             .header("transfer-encoding", "chunked")
+            .header("date", "Thu, 01 Jan 1970 00:00:00 GMT")
             .body(())
             .unwrap_or_default();
         let (parts, ()) = resp.into_parts();
         let text = String::from_utf8(head(&parts, None)).unwrap_or_default();
+        let (before_date, date) = text
+            .split_once("date: ")
+            .unwrap_or_else(|| panic!("no date header: {text}"));
         assert_eq!(
-            text,
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            before_date,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
         );
+        let (date, rest) = date.split_once("\r\n").unwrap_or_default();
+        let sent = httpdate::parse_http_date(date).unwrap_or(std::time::UNIX_EPOCH);
+        let age = std::time::SystemTime::now().duration_since(sent);
+        assert!(age.is_ok_and(|a| a.as_secs() < 3600), "date {date:?}");
+        assert_eq!(rest, "\r\n", "one date, the head ends: {text}");
         let text = String::from_utf8(head(&parts, Some(7))).unwrap_or_default();
-        assert!(
-            text.ends_with("connection: close\r\ncontent-length: 7\r\n\r\n"),
-            "{text}"
-        );
+        assert!(text.ends_with("content-length: 7\r\n\r\n"), "{text}");
     }
 }

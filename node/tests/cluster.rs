@@ -1,5 +1,5 @@
 //! Multi-node behaviour with real nodes on loopback: forwarding, linearizable and bounded reads,
-//! conditions, idempotency, partitions, snapshots, restarts and learners.
+//! conditions, idempotency, partitions, snapshots, restarts, leadership hand-over and learners.
 
 mod common;
 
@@ -526,4 +526,71 @@ async fn a_pristine_data_dir_without_a_cluster_id_is_refused() {
         .err()
         .expect("must refuse");
     assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_voter_and_no_write_fails() {
+    use flagstaff_node::hand_over::HandOver;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    namespace(&c, leader, "prod").await;
+    let node = c.node(leader).running.as_ref().unwrap().node.clone();
+    let term = node.raft.metrics().borrow().current_term;
+
+    // One writer through the leader, before, during and after the hand-over: a write that
+    // meets the closed gate waits, then goes to the new leader.
+    let handed = AtomicBool::new(false);
+    let writes = async {
+        let mut revisions = Vec::new();
+        let mut after = 0;
+        for i in 0..5_000 {
+            if handed.load(Ordering::Relaxed) {
+                after += 1;
+                if after > 5 {
+                    break;
+                }
+            }
+            let path = format!("/v1/namespaces/prod/flags/w{i}");
+            let (s, w) = c.put(leader, &path, bool_flag("on")).await;
+            assert_eq!(s, 200, "write w{i}: {w}");
+            revisions.push(w["revision"].as_u64().unwrap());
+        }
+        revisions
+    };
+    let hand_over = async {
+        let outcome = node.hand_over(Duration::from_secs(5)).await;
+        handed.store(true, Ordering::Relaxed);
+        outcome
+    };
+    let (revisions, outcome) = tokio::join!(writes, hand_over);
+
+    let HandOver::HandedTo(to) = outcome else {
+        panic!("leadership was not handed over: {outcome:?}");
+    };
+    assert_ne!(to, leader);
+    assert!(revisions.len() > 5, "{} writes", revisions.len());
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "revisions out of order: {revisions:?}"
+    );
+    // The old leader follows the voter it asked, one term on: the voter won its first campaign.
+    let m = node.raft.metrics().borrow().clone();
+    assert_eq!(m.current_leader, Some(to));
+    assert_eq!(m.current_term, term + 1);
+    assert_eq!(c.wait_leader().await, to);
+    // A follower has nothing to hand over.
+    assert_eq!(
+        node.hand_over(Duration::from_secs(5)).await,
+        HandOver::NotLeader
+    );
+
+    c.stop(leader).await;
+    let (s, w) = c
+        .put(to, "/v1/namespaces/prod/flags/after", bool_flag("on"))
+        .await;
+    assert_eq!(s, 200, "{w}");
+    assert!(w["revision"].as_u64().unwrap() > *revisions.last().unwrap());
+    c.shutdown().await;
 }

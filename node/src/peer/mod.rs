@@ -22,6 +22,8 @@ pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
 pub const PATH_FORWARD: &str = "/raft/forward";
+/// A stopping leader asks a caught-up voter to campaign now (`crate::hand_over`).
+pub const PATH_ELECT: &str = "/raft/elect";
 /// A member's own view of itself, for the console's cluster page.
 pub const PATH_STATUS: &str = "/raft/status";
 /// The one peer route served without the cluster secret: a node proves that it holds the
@@ -127,7 +129,16 @@ pub enum PeerRefusal {
     Unavailable(String),
 }
 
+/// `POST /raft/elect`: campaign now. Sent by a leader that stops, once the voter holds every
+/// entry up to `last_log_index`; a voter in another term, or behind it, refuses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElectRequest {
+    pub term: u64,
+    pub last_log_index: u64,
+}
+
 pub type ForwardReply = Result<Vec<CommandResult>, PeerRefusal>;
+pub type ElectReply = Result<(), PeerRefusal>;
 pub type ReadIndexResult = Result<ReadIndexReply, PeerRefusal>;
 
 /// A failed peer call, split by whether the request may have reached the other node.

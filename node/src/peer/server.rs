@@ -24,7 +24,7 @@ use crate::auth::bearer;
 use crate::node::Node;
 use crate::peer::{
     identity_proof, ForwardReply, ForwardRequest, IdentifyReply, IdentifyRequest, PeerRefusal,
-    ReadIndexReply, ReadIndexResult, CLUSTER_HEADER, IDENTIFY_NONCE_BYTES, PATH_APPEND,
+    ReadIndexReply, ReadIndexResult, CLUSTER_HEADER, IDENTIFY_NONCE_BYTES, PATH_APPEND, PATH_ELECT,
     PATH_FORWARD, PATH_IDENTIFY, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_STATUS, PATH_VOTE,
 };
 
@@ -42,6 +42,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route(PATH_READ_INDEX, post(read_index))
         .route(PATH_FORWARD, post(forward))
         .route(PATH_STATUS, post(status))
+        .route(PATH_ELECT, post(elect))
         // Only authenticated peers get here; axum's 2 MB default would refuse the append of a
         // lagging follower (hundreds of batched entries) and every snapshot chunk over 2 MB,
         // so that follower could never catch up.
@@ -160,6 +161,14 @@ async fn identify(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     })
 }
 
+/// `POST /raft/elect`: a stopping leader asks this voter to campaign (`crate::hand_over`).
+async fn elect(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(req) => encode(&node.campaign(req).await),
+        Err(e) => refuse(e),
+    }
+}
+
 async fn status(State(node): State<Arc<Node>>) -> Response {
     encode(&node.member_view())
 }
@@ -170,21 +179,16 @@ async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Err(e) => return refuse(e),
     };
     // Only the leader proposes; a node that is not the leader says so, and the sender retries.
-    let leader = node.raft.metrics().borrow().current_leader;
-    let reply: ForwardReply = if leader == Some(node.id) {
-        match tokio::time::timeout(
-            node.config.write_timeout,
-            node.proposer.propose(req.envelopes),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(PeerRefusal::Unavailable(
-                "commit timed out on the leader".into(),
-            )),
-        }
-    } else {
-        Err(PeerRefusal::NotLeader { leader })
+    let proposed = node.propose_as_leader(req.envelopes);
+    let reply: ForwardReply = match tokio::time::timeout(node.config.write_timeout, proposed).await
+    {
+        Ok(Some(r)) => r,
+        Ok(None) => Err(PeerRefusal::NotLeader {
+            leader: node.raft.metrics().borrow().current_leader,
+        }),
+        Err(_) => Err(PeerRefusal::Unavailable(
+            "commit timed out on the leader".into(),
+        )),
     };
     encode(&reply)
 }
