@@ -288,6 +288,7 @@ async fn run_cluster(
         }
     }
     let leader = wait_leader(&http, procs, token).await?;
+    wait_ready(&http, procs).await?;
 
     println!(
         "Flagstaff cluster of {} nodes is up (leader: node {leader}).",
@@ -394,6 +395,25 @@ async fn wait_leader(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("no leader was elected within 60 s; see the node logs")
+}
+
+/// Waits until every node answers `/readyz` (it knows the leader and has caught up), so the
+/// banner that follows means each node serves reads.
+async fn wait_ready(http: &reqwest::Client, procs: &[NodeProc]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for p in procs {
+        loop {
+            let r = http.get(format!("{}/readyz", p.api)).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("node {} was not ready within 60 s; see its log", p.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn stop_all(procs: &mut [NodeProc]) {

@@ -279,12 +279,18 @@ async fn every_node_holds(
 }
 
 /// Reads the child's stdout until a line contains `needle`.
-fn wait_for_line(out: &mut impl std::io::BufRead, needle: &str) -> String {
+/// Reads `out` up to the line holding `needle`; if the output ends first, fails with it and
+/// with what the process wrote to `stderr` (a file).
+fn wait_for_line(out: &mut impl std::io::BufRead, needle: &str, stderr: &Path) -> String {
     let mut all = String::new();
     loop {
         let mut line = String::new();
         let n = out.read_line(&mut line).unwrap();
-        assert!(n > 0, "output ended before {needle:?}: {all}");
+        assert!(
+            n > 0,
+            "output ended before {needle:?}: {all}\nstderr: {}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
         all.push_str(&line);
         if line.contains(needle) {
             return all;
@@ -298,6 +304,7 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     let client = free_ports(3);
     let peer = free_ports(3);
     let sync = free_ports(3);
+    let err = tmp.path().join("up.err");
     let start = |dir: &Path| {
         Command::new(exe())
             .args(["cluster", "up", "--nodes", "3"])
@@ -312,7 +319,7 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
                 &sync.to_string(),
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap()
     };
@@ -323,10 +330,12 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
 
     let mut up = start(&dir);
     let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
-    let banner =
-        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
-            .await
-            .unwrap();
+    let banner = tokio::task::spawn_blocking({
+        let err = err.clone();
+        move || (wait_for_line(&mut out, "Press Ctrl-C", &err), out)
+    })
+    .await
+    .unwrap();
     assert!(banner.0.contains("is up"), "{}", banner.0);
     let token = std::fs::read_to_string(&token_path)
         .unwrap()
@@ -493,10 +502,12 @@ async fn cluster_up_starts_serves_stops_and_restarts_on_its_data() {
     // Restart on the same data: no re-init, same cluster, data still there.
     let mut up = start(&dir);
     let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
-    let _keep_stdout_open =
-        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
-            .await
-            .unwrap();
+    let _keep_stdout_open = tokio::task::spawn_blocking({
+        let err = err.clone();
+        move || (wait_for_line(&mut out, "Press Ctrl-C", &err), out)
+    })
+    .await
+    .unwrap();
     let got: Value = http
         .get(format!(
             "{api}/v1/namespaces/checkout/flags/new-checkout?min_revision={rev}"
@@ -791,6 +802,7 @@ async fn cluster_up_tls_serves_https_between_nodes_and_to_the_cli_with_its_own_c
     let client = free_ports(3);
     let peer = free_ports(3);
     let dir = tmp.path().join("data");
+    let err = tmp.path().join("up.err");
     let mut up = Command::new(exe())
         .args(["cluster", "up", "--tls", "--nodes", "3"])
         .arg("--data-dir")
@@ -799,14 +811,16 @@ async fn cluster_up_tls_serves_https_between_nodes_and_to_the_cli_with_its_own_c
         .args(["--peer-port", &peer.to_string()])
         .args(["--sync-port", &free_ports(3).to_string()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
-    let (banner, _keep_stdout_open) =
-        tokio::task::spawn_blocking(move || (wait_for_line(&mut out, "Press Ctrl-C"), out))
-            .await
-            .unwrap();
+    let (banner, _keep_stdout_open) = tokio::task::spawn_blocking({
+        let err = err.clone();
+        move || (wait_for_line(&mut out, "Press Ctrl-C", &err), out)
+    })
+    .await
+    .unwrap();
     let ca = dir.join("tls").join("ca.pem");
     assert!(banner.contains(&ca.display().to_string()), "{banner}");
     let api = format!("https://127.0.0.1:{client}");
