@@ -13,29 +13,8 @@ pub struct EvaluationRequest {
     pub context: Option<Value>,
 }
 
-/// Why an evaluation answered what it did (OpenFeature's reasons).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Reason {
-    /// No targeting: the default variant, always.
-    Static,
-    /// Targeting chose the variant.
-    TargetingMatch,
-    /// A `fractional` split chose the variant.
-    Split,
-    /// Targeting chose nothing: the default variant.
-    Default,
-    /// The flag is `DISABLED`.
-    Disabled,
-    /// From a cache (SDKs only).
-    Cached,
-    /// From data older than the staleness bound (SDKs only).
-    Stale,
-    Unknown,
-    /// The evaluation failed.
-    Error,
-}
+/// Why an evaluation answered what it did (OpenFeature's reasons): the evaluator's own type.
+pub use flagstaff_flags::Reason;
 
 /// A successful evaluation. A flag without a value for this context (no default variant)
 /// leaves `value` and `variant` out, as OFREP allows; the provider then uses its default.

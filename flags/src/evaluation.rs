@@ -5,6 +5,7 @@ use std::fmt;
 
 /// Why a value was chosen (OpenFeature's reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reason {
     /// No targeting: the default variant, always.

@@ -120,25 +120,8 @@ fn success(key: &str, r: &Resolution<'_>) -> OfrepSuccess {
         key: key.to_string(),
         value: r.value.cloned(),
         variant: r.variant.map(str::to_string),
-        reason: reason(r.reason),
+        reason: r.reason,
         metadata: r.metadata.clone(),
-    }
-}
-
-/// An evaluation's reason as OFREP names it.
-fn reason(r: flagstaff_flags::Reason) -> flagstaff_api::ofrep::Reason {
-    use flagstaff_api::ofrep::Reason as R;
-    use flagstaff_flags::Reason;
-    match r {
-        Reason::Static => R::Static,
-        Reason::TargetingMatch => R::TargetingMatch,
-        Reason::Split => R::Split,
-        Reason::Default => R::Default,
-        Reason::Disabled => R::Disabled,
-        Reason::Cached => R::Cached,
-        Reason::Stale => R::Stale,
-        Reason::Unknown => R::Unknown,
-        Reason::Error => R::Error,
     }
 }
 
