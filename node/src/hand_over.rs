@@ -65,9 +65,9 @@ impl Node {
         }
     }
 
-    async fn hand_over_steps(&self, deadline: Instant) -> Result<NodeId, String> {
-        // This node's own vote counts for a candidate only once a lease has passed since it
-        // changed (openraft's `Engine::handle_vote_req`).
+    /// Waits until this node's own vote would count for a candidate: a lease after it last
+    /// changed (openraft's `Engine::handle_vote_req`).
+    async fn wait_out_own_lease(&self) -> Result<(), String> {
         let changed = self
             .raft
             .with_raft_state(|st| st.vote_last_modified())
@@ -77,16 +77,38 @@ impl Node {
             let lease = self.config.election_timeout_max + Duration::from_millis(1);
             tokio::time::sleep_until(at + lease).await;
         }
+        Ok(())
+    }
 
+    async fn hand_over_steps(&self, deadline: Instant) -> Result<NodeId, String> {
+        // Writes go on while the lease runs out.
+        self.wait_out_own_lease().await?;
+        // Every proposal, membership changes included, holds the gate until its entry is
+        // committed or refused, so from here on the log ends where it ends.
         let _closed = self.proposal_gate.write().await;
+        // Again, in case leadership was lost and won back meanwhile (then the vote is new).
+        self.wait_out_own_lease().await?;
+
         let mut rx = self.raft.metrics();
+        let lost_after = self.config.election_timeout_min.as_millis() as u64;
         let (target, request) = loop {
             let m = rx.borrow_and_update().clone();
             if m.current_leader != Some(self.id) {
                 return Err("leadership moved meanwhile".into());
             }
+            let membership = m.membership_config.membership();
+            if membership.get_joint_config().len() > 1 {
+                return Err("a membership change is under way".into());
+            }
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            if voters.len() > MAX_VOTERS {
+                return Err(format!("{} voters now", voters.len()));
+            }
+            // A leader that a quorum no longer answers has nobody to hand over to.
+            if m.millis_since_quorum_ack.is_none_or(|ms| ms > lost_after) {
+                return Err(format!("no quorum has answered for {lost_after} ms"));
+            }
             let last = m.last_log_index.unwrap_or(0);
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             let best = m.replication.as_ref().and_then(|r| {
                 r.iter()
                     .filter(|(id, _)| **id != self.id && voters.contains(id))
@@ -108,7 +130,11 @@ impl Node {
                     },
                 );
             }
-            rx.changed().await.map_err(|_| "Raft stopped".to_string())?;
+            // Looked at again on every change, and at least once per heartbeat (the quorum).
+            let beat = self.config.heartbeat_interval;
+            if let Ok(Err(_)) = tokio::time::timeout(beat, rx.changed()).await {
+                return Err("Raft stopped".into());
+            }
         };
 
         let (id, addr) = target;

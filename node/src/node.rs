@@ -16,7 +16,7 @@ use crate::peer::{
     ForwardReply, ForwardRequest, PeerClient, PeerRefusal, ReadIndexResult, PATH_FORWARD,
     PATH_READ_INDEX,
 };
-use crate::proposer::Proposer;
+use crate::proposer::{ProposalPass, Proposer};
 use crate::rate_limit::RateLimiter;
 use crate::read_index::ReadIndexCoalescer;
 use crate::watch_hub::WatchHub;
@@ -30,9 +30,10 @@ pub struct Node {
     pub state: StateHandle,
     pub proofs: Arc<Proofs>,
     pub(crate) proposer: Proposer,
-    /// Local proposals hold it shared; a leadership hand-over holds it alone, so that no entry
-    /// is appended while the next leader catches up and campaigns ([`crate::hand_over`]).
-    pub(crate) proposal_gate: tokio::sync::RwLock<()>,
+    /// Every proposal on this node (writes, membership changes) holds it shared until its entry
+    /// is committed or refused; a leadership hand-over holds it alone, so that no entry is
+    /// appended while the next leader catches up and campaigns ([`crate::hand_over`]).
+    pub(crate) proposal_gate: Arc<tokio::sync::RwLock<()>>,
     pub(crate) read_index: ReadIndexCoalescer,
     pub(crate) peers: PeerClient,
     pub(crate) hub: WatchHub,
@@ -78,17 +79,12 @@ impl Node {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
-    /// Proposes `envelopes` as the leader, after any hand-over under way; `None` when this node
-    /// no longer leads once the gate opens (the caller looks the leader up again).
-    pub(crate) async fn propose_as_leader(
-        &self,
-        envelopes: Vec<Envelope>,
-    ) -> Option<crate::proposer::ProposeResult> {
-        let _open = self.proposal_gate.read().await;
-        if !self.is_leader() {
-            return None;
-        }
-        Some(self.proposer.propose(envelopes).await)
+    /// Leave to propose as the leader, once any hand-over under way is over; `None` when this
+    /// node no longer leads by then (the caller looks the leader up again). Held until the
+    /// proposal is committed or refused.
+    pub(crate) async fn enter_as_leader(&self) -> Option<ProposalPass> {
+        let pass = self.proposal_gate.clone().read_owned().await;
+        self.is_leader().then_some(pass)
     }
 
     /// Waits (at most `cap`) for the Raft metrics to change, e.g. a new leader.
@@ -124,12 +120,17 @@ impl Node {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => {
+                    let Ok(pass) = tokio::time::timeout(remaining, self.enter_as_leader()).await
+                    else {
+                        break;
+                    };
+                    // Leadership was handed over while this write waited: send it there.
+                    let Some(pass) = pass else { continue };
                     maybe_sent = true;
-                    let proposed = self.propose_as_leader(envelopes.clone());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let proposed = self.proposer.propose(envelopes.clone(), pass);
                     match tokio::time::timeout(remaining, proposed).await {
-                        Ok(Some(r)) => r,
-                        // Leadership was handed over while this write waited: send it there.
-                        Ok(None) => continue,
+                        Ok(r) => r,
                         Err(_) => break,
                     }
                 }

@@ -15,9 +15,14 @@ const MAX_BATCH: usize = 1024;
 
 pub type ProposeResult = Result<Vec<CommandResult>, PeerRefusal>;
 
+/// A share of the node's proposal gate (`Node::enter_as_leader`), held until the proposal's
+/// entry is committed or refused, even when its caller gave up waiting first.
+pub type ProposalPass = tokio::sync::OwnedRwLockReadGuard<()>;
+
 struct Pending {
     envelopes: Vec<Envelope>,
     reply: oneshot::Sender<ProposeResult>,
+    pass: ProposalPass,
 }
 
 /// Handle to the proposer task. Cheap to clone.
@@ -36,9 +41,14 @@ impl Proposer {
 
     /// Proposes `envelopes` (from one request) and waits for their results. Callers bound the
     /// wait with their own deadline.
-    pub async fn propose(&self, envelopes: Vec<Envelope>) -> ProposeResult {
+    pub async fn propose(&self, envelopes: Vec<Envelope>, pass: ProposalPass) -> ProposeResult {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Pending { envelopes, reply }).await.is_err() {
+        let pending = Pending {
+            envelopes,
+            reply,
+            pass,
+        };
+        if self.tx.send(pending).await.is_err() {
             return Err(PeerRefusal::Unavailable("node is shutting down".into()));
         }
         rx.await
@@ -61,10 +71,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, batch_sizes: Histogram
         }
         let mut sizes = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
+        let mut passes = Vec::with_capacity(batch.len());
         let mut commands = Vec::with_capacity(count);
         for p in batch {
             sizes.push(p.envelopes.len());
             replies.push(p.reply);
+            passes.push(p.pass);
             commands.extend(p.envelopes);
         }
         batch_sizes.observe(commands.len() as f64);
@@ -95,5 +107,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, batch_sizes: Histogram
                 }
             }
         }
+        // The entry is committed or refused: a hand-over may close the gate now.
+        drop(passes);
     }
 }

@@ -594,3 +594,21 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_voter_and_no_writ
     assert!(w["revision"].as_u64().unwrap() > *revisions.last().unwrap());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_quorum_hands_nothing_over_and_says_why() {
+    use flagstaff_node::hand_over::HandOver;
+
+    let c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    c.isolate(leader);
+    let node = c.node(leader).running.as_ref().unwrap().node.clone();
+    // Given ten seconds, it gives up as soon as no quorum has answered for an election timeout.
+    let outcome = node.hand_over(Duration::from_secs(10)).await;
+    assert!(
+        matches!(&outcome, HandOver::Failed(why) if why.contains("no quorum")),
+        "{outcome:?}"
+    );
+    c.heal();
+    c.shutdown().await;
+}

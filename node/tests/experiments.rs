@@ -265,12 +265,13 @@ async fn a_leader_kill_during_intake_loses_no_acknowledged_batch() {
     let key = setup(&c, leader).await;
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
 
-    // 40 batches of 5 exposures each, sent to the two other nodes in turn; the leader is
-    // stopped after the tenth. A batch not acknowledged is retried with its id until it is.
+    // 40 batches of 5 exposures each, sent to the two other nodes in turn; the leader
+    // crashes after the tenth (cut off first, so it cannot hand over). A batch not acknowledged
+    // is retried with its id until it is.
     let mut acknowledged = 0u64;
     for n in 0..40u64 {
         if n == 10 {
-            c.stop(leader).await;
+            c.crash(leader).await;
         }
         let body = json!({"batch": format!("b{n}"), "exposures": [
             {"flag": FLAG, "variant": if n % 2 == 0 { "control" } else { "treatment" }, "count": 5}]});

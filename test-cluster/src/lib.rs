@@ -280,6 +280,14 @@ impl TestCluster {
         }
     }
 
+    /// Stops a node as a failure looks to the others: it is cut off first, so it cannot hand
+    /// its leadership over (`flagstaff_node::hand_over`); the links are healed once it is down.
+    pub async fn crash(&mut self, id: u64) {
+        self.isolate(id);
+        self.stop(id).await;
+        self.heal();
+    }
+
     /// Restarts a stopped node from its data dir, on the same client port.
     pub async fn restart(&mut self, id: u64) {
         let (dir, api, client_addr) = {
@@ -478,8 +486,18 @@ impl TestCluster {
             .unwrap_or(0)
     }
 
+    /// Stops every node, the leader last: stopped first, it would hand its leadership on
+    /// from node to node.
     pub async fn shutdown(mut self) {
-        for id in self.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
+        let leader = |c: &Self, id: u64| {
+            c.node(id)
+                .running
+                .as_ref()
+                .is_some_and(|r| r.node.raft.metrics().borrow().current_leader == Some(id))
+        };
+        let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_by_key(|id| leader(&self, *id));
+        for id in ids {
             self.stop(id).await;
         }
     }

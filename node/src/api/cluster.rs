@@ -267,8 +267,14 @@ impl LeaderRequest {
     where
         Fut: std::future::Future<Output = Result<(NodeId, MembershipRole, u64), ApiError>>,
     {
-        match node.leader() {
-            Some((id, _)) if id == node.id => match change().await {
+        // A membership change is a proposal too: it waits for a leadership hand-over, and a
+        // hand-over for it (`crate::hand_over`).
+        let pass = match node.leader() {
+            Some((id, _)) if id == node.id => node.enter_as_leader().await,
+            _ => None,
+        };
+        match (pass, node.leader()) {
+            (Some(_pass), _) => match change().await {
                 Ok((id, role, log_index)) => Json(MembershipChanged {
                     id,
                     role,
@@ -277,8 +283,8 @@ impl LeaderRequest {
                 .into_response(),
                 Err(e) => e.into_response(),
             },
-            Some((_, member)) => self.relay(node, &member.api_addr).await,
-            None => ApiError::NoLeader.into_response(),
+            (None, Some((id, member))) if id != node.id => self.relay(node, &member.api_addr).await,
+            (None, _) => ApiError::NoLeader.into_response(),
         }
     }
 

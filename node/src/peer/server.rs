@@ -179,16 +179,24 @@ async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Err(e) => return refuse(e),
     };
     // Only the leader proposes; a node that is not the leader says so, and the sender retries.
-    let proposed = node.propose_as_leader(req.envelopes);
-    let reply: ForwardReply = match tokio::time::timeout(node.config.write_timeout, proposed).await
+    let deadline = tokio::time::Instant::now() + node.config.write_timeout;
+    let reply: ForwardReply = match tokio::time::timeout_at(deadline, node.enter_as_leader()).await
     {
-        Ok(Some(r)) => r,
+        Err(_) => Err(PeerRefusal::Unavailable(
+            "a leadership hand-over outlasted the write's deadline".into(),
+        )),
         Ok(None) => Err(PeerRefusal::NotLeader {
             leader: node.raft.metrics().borrow().current_leader,
         }),
-        Err(_) => Err(PeerRefusal::Unavailable(
-            "commit timed out on the leader".into(),
-        )),
+        Ok(Some(pass)) => {
+            let proposed = node.proposer.propose(req.envelopes, pass);
+            match tokio::time::timeout_at(deadline, proposed).await {
+                Ok(r) => r,
+                Err(_) => Err(PeerRefusal::Unavailable(
+                    "commit timed out on the leader".into(),
+                )),
+            }
+        }
     };
     encode(&reply)
 }
