@@ -156,7 +156,7 @@ impl Node {
 
     /// Campaigns at once when a stopping leader asks (`POST /raft/elect`): only in the term it
     /// names, as a voter that is not the leader and holds every entry it names.
-    pub(crate) async fn campaign(&self, req: ElectRequest) -> ElectReply {
+    pub async fn campaign(&self, req: ElectRequest) -> ElectReply {
         let m = self.raft.metrics().borrow().clone();
         let refuse = |why: String| Err(PeerRefusal::Unavailable(why));
         if m.current_term != req.term {

@@ -531,6 +531,7 @@ async fn a_pristine_data_dir_without_a_cluster_id_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_voter_and_no_write_fails() {
     use flagstaff_node::hand_over::HandOver;
+    use flagstaff_node::peer::ElectRequest;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let mut c = TestCluster::start(3, defaults).await;
@@ -585,6 +586,25 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_voter_and_no_writ
         node.hand_over(Duration::from_secs(5)).await,
         HandOver::NotLeader
     );
+    // An ask to campaign that comes late (the term it names is over) or to the leader itself
+    // moves nothing.
+    let ask = |term| ElectRequest {
+        term,
+        last_log_index: 0,
+    };
+    let third = (1..=3).find(|id| *id != leader && *id != to).unwrap();
+    for (id, term, why) in [
+        (third, term, "asked in term"),
+        (to, term + 1, "leads already"),
+    ] {
+        let n = c.node(id).running.as_ref().unwrap().node.clone();
+        let refused = n.campaign(ask(term)).await;
+        assert!(
+            refused.as_ref().is_err_and(|r| r.to_string().contains(why)),
+            "node {id}: {refused:?}"
+        );
+    }
+    assert_eq!(c.wait_leader().await, to);
 
     c.stop(leader).await;
     let (s, w) = c
