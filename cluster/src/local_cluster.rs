@@ -267,7 +267,7 @@ async fn run_cluster(
 ) -> anyhow::Result<()> {
     let http = crate::client::http_client(ca, Duration::from_secs(5))?;
     for p in procs.iter_mut() {
-        wait_healthy(&http, p).await?;
+        wait_answering(&http, p, "/healthz", "healthy").await?;
     }
     if fresh {
         let members: Vec<Value> = procs
@@ -288,7 +288,10 @@ async fn run_cluster(
         }
     }
     let leader = wait_leader(&http, procs, token).await?;
-    wait_ready(&http, procs).await?;
+    // So that the banner below means every node serves reads.
+    for p in procs.iter_mut() {
+        wait_answering(&http, p, "/readyz", "ready").await?;
+    }
 
     println!(
         "Flagstaff cluster of {} nodes is up (leader: node {leader}).",
@@ -352,7 +355,14 @@ async fn run_cluster(
     Ok(())
 }
 
-async fn wait_healthy(http: &reqwest::Client, p: &mut NodeProc) -> anyhow::Result<()> {
+/// Waits until node `p` answers `path` with a success (`/healthz`: it serves; `/readyz`: it
+/// knows the leader and has caught up), within 60 s; fails early if the node exits.
+async fn wait_answering(
+    http: &reqwest::Client,
+    p: &mut NodeProc,
+    path: &str,
+    state: &str,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
         if let Ok(Some(status)) = p.child.try_wait() {
@@ -361,14 +371,17 @@ async fn wait_healthy(http: &reqwest::Client, p: &mut NodeProc) -> anyhow::Resul
                 p.id
             );
         }
-        if let Ok(r) = http.get(format!("{}/healthz", p.api)).send().await {
+        if let Ok(r) = http.get(format!("{}{path}", p.api)).send().await {
             if r.status().is_success() {
                 return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("node {} did not become healthy within 60 s", p.id)
+    bail!(
+        "node {} did not become {state} within 60 s; see its log",
+        p.id
+    )
 }
 
 async fn wait_leader(
@@ -395,25 +408,6 @@ async fn wait_leader(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("no leader was elected within 60 s; see the node logs")
-}
-
-/// Waits until every node answers `/readyz` (it knows the leader and has caught up), so the
-/// banner that follows means each node serves reads.
-async fn wait_ready(http: &reqwest::Client, procs: &[NodeProc]) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for p in procs {
-        loop {
-            let r = http.get(format!("{}/readyz", p.api)).send().await;
-            if r.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("node {} was not ready within 60 s; see its log", p.id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(())
 }
 
 async fn stop_all(procs: &mut [NodeProc]) {

@@ -91,7 +91,7 @@ impl Node {
 
         let mut rx = self.raft.metrics();
         let lost_after = self.config.election_timeout_min.as_millis() as u64;
-        let (target, request) = loop {
+        let (id, addr, request) = loop {
             let m = rx.borrow_and_update().clone();
             if m.current_leader != Some(self.id) {
                 return Err("leadership moved meanwhile".into());
@@ -116,14 +116,13 @@ impl Node {
                     .max_by_key(|(_, index)| *index)
             });
             if let Some((id, _)) = best.filter(|(_, matched)| *matched >= last) {
-                let addr = m
-                    .membership_config
-                    .membership()
+                let addr = membership
                     .get_node(&id)
                     .map(|n| n.peer_addr.clone())
                     .ok_or_else(|| format!("voter {id} has no address"))?;
                 break (
-                    (id, addr),
+                    id,
+                    addr,
                     ElectRequest {
                         term: m.current_term,
                         last_log_index: last,
@@ -137,7 +136,6 @@ impl Node {
             }
         };
 
-        let (id, addr) = target;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let reply: ElectReply = self
             .peers

@@ -51,6 +51,18 @@ pub struct Node {
     pub(crate) registry: prometheus_client::registry::Registry,
 }
 
+/// What [`Node::propose_as_leader`] came to.
+pub(crate) enum Proposed {
+    /// The proposer's answer: results, or a refusal.
+    Answered(crate::proposer::ProposeResult),
+    /// This node no longer leads once the gate opened: never proposed.
+    NotLeader,
+    /// The deadline passed at the gate (a hand-over): never proposed.
+    HeldAtGate,
+    /// The deadline passed after it was proposed: it may still commit.
+    NotCommitted,
+}
+
 /// How a read must relate to the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -87,6 +99,25 @@ impl Node {
         self.is_leader().then_some(pass)
     }
 
+    /// Proposes `envelopes` as the leader by `deadline`: first through the gate (after any
+    /// hand-over under way), then to the proposer.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        envelopes: Vec<Envelope>,
+        deadline: Instant,
+    ) -> Proposed {
+        let Ok(pass) = tokio::time::timeout_at(deadline, self.enter_as_leader()).await else {
+            return Proposed::HeldAtGate;
+        };
+        let Some(pass) = pass else {
+            return Proposed::NotLeader;
+        };
+        match tokio::time::timeout_at(deadline, self.proposer.propose(envelopes, pass)).await {
+            Ok(r) => Proposed::Answered(r),
+            Err(_) => Proposed::NotCommitted,
+        }
+    }
+
     /// Waits (at most `cap`) for the Raft metrics to change, e.g. a new leader.
     async fn metrics_changed(&self, cap: Duration) {
         let mut rx = self.raft.metrics();
@@ -120,18 +151,18 @@ impl Node {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => {
-                    let Ok(pass) = tokio::time::timeout(remaining, self.enter_as_leader()).await
-                    else {
-                        break;
-                    };
-                    // Leadership was handed over while this write waited: send it there.
-                    let Some(pass) = pass else { continue };
-                    maybe_sent = true;
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let proposed = self.proposer.propose(envelopes.clone(), pass);
-                    match tokio::time::timeout(remaining, proposed).await {
-                        Ok(r) => r,
-                        Err(_) => break,
+                    match self.propose_as_leader(envelopes.clone(), deadline).await {
+                        Proposed::Answered(r) => {
+                            maybe_sent = true;
+                            r
+                        }
+                        // Leadership was handed over while this write waited: send it there.
+                        Proposed::NotLeader => continue,
+                        Proposed::HeldAtGate => break,
+                        Proposed::NotCommitted => {
+                            maybe_sent = true;
+                            break;
+                        }
                     }
                 }
                 Some((_, member)) => {

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use flagstaff_raft_store::{NodeId, TypeConfig};
 
 use crate::auth::bearer;
-use crate::node::Node;
+use crate::node::{Node, Proposed};
 use crate::peer::{
     identity_proof, ForwardReply, ForwardRequest, IdentifyReply, IdentifyRequest, PeerRefusal,
     ReadIndexReply, ReadIndexResult, CLUSTER_HEADER, IDENTIFY_NONCE_BYTES, PATH_APPEND, PATH_ELECT,
@@ -180,23 +180,17 @@ async fn forward(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     };
     // Only the leader proposes; a node that is not the leader says so, and the sender retries.
     let deadline = tokio::time::Instant::now() + node.config.write_timeout;
-    let reply: ForwardReply = match tokio::time::timeout_at(deadline, node.enter_as_leader()).await
-    {
-        Err(_) => Err(PeerRefusal::Unavailable(
-            "a leadership hand-over outlasted the write's deadline".into(),
-        )),
-        Ok(None) => Err(PeerRefusal::NotLeader {
+    let reply: ForwardReply = match node.propose_as_leader(req.envelopes, deadline).await {
+        Proposed::Answered(r) => r,
+        Proposed::NotLeader => Err(PeerRefusal::NotLeader {
             leader: node.raft.metrics().borrow().current_leader,
         }),
-        Ok(Some(pass)) => {
-            let proposed = node.proposer.propose(req.envelopes, pass);
-            match tokio::time::timeout_at(deadline, proposed).await {
-                Ok(r) => r,
-                Err(_) => Err(PeerRefusal::Unavailable(
-                    "commit timed out on the leader".into(),
-                )),
-            }
-        }
+        Proposed::HeldAtGate => Err(PeerRefusal::Unavailable(
+            "a leadership hand-over outlasted the write's deadline".into(),
+        )),
+        Proposed::NotCommitted => Err(PeerRefusal::Unavailable(
+            "commit timed out on the leader".into(),
+        )),
     };
     encode(&reply)
 }
