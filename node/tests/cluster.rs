@@ -616,6 +616,33 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_voter_and_no_writ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ask_to_campaign_needs_the_cluster_secret_and_a_well_formed_body() {
+    let c = TestCluster::start(3, defaults).await;
+    let leader = c.wait_leader().await;
+    let follower = c.follower_of(leader);
+    let url = format!(
+        "{}/raft/elect",
+        c.member_json(follower)["peer_addr"].as_str().unwrap()
+    );
+    let http = reqwest::Client::new();
+    let ask = |secret: &str, body: &'static [u8]| {
+        http.post(&url)
+            .bearer_auth(secret)
+            .header("flagstaff-cluster", "test-cluster")
+            .body(body)
+            .send()
+    };
+    let r = ask("not-the-secret", b"").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = ask(common::SECRET, b"\xff\xff\xff").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("undecodable peer request"));
+    // Neither moved the leadership.
+    assert_eq!(c.wait_leader().await, leader);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_its_quorum_hands_nothing_over_and_says_why() {
     use flagstaff_node::hand_over::HandOver;
 
