@@ -24,8 +24,24 @@ pub fn node_ip(id: u64) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 40 + id as u8))
 }
 
-fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+/// Two free ports on `ip` for a node's client and peer listeners, below the kernel's ephemeral
+/// range (32768 and up): a port the kernel handed out is one that an outgoing connection from
+/// `ip` (a proxy's, a node's) may take again before the node binds it.
+fn free_ports(ip: IpAddr) -> anyhow::Result<(u16, u16)> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let (a, b) = (rng.gen_range(20_000..32_000), rng.gen_range(20_000..32_000));
+        if a == b {
+            continue;
+        }
+        let first = std::net::TcpListener::bind((ip, a));
+        let second = std::net::TcpListener::bind((ip, b));
+        if first.is_ok() && second.is_ok() {
+            return Ok((a, b));
+        }
+    }
+    bail!("no two free ports on {ip} between 20000 and 32000")
 }
 
 /// How a node process currently is.
@@ -186,8 +202,8 @@ impl Cluster {
             bail!("out of loopback addresses for node {id}");
         }
         let ip = node_ip(id);
-        let client = SocketAddr::new(ip, free_port(ip)?);
-        let peer = SocketAddr::new(ip, free_port(ip)?);
+        let (client, peer) = free_ports(ip)?;
+        let (client, peer) = (SocketAddr::new(ip, client), SocketAddr::new(ip, peer));
         let proxy = Proxy::start(ip, peer).await?;
         let api = format!("http://{client}");
         let advertised_peer = if self.direct_peers {
